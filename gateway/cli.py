@@ -1,0 +1,89 @@
+"""The `llm-gateway` command: serve, check-config, worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .config import ConfigError, GatewayConfig, ModelConfig, load_config
+from .supervisor import llama_params
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["worker"]:
+        from workers.cli import main as worker_main  # the worker needs no gateway import
+
+        code: int = worker_main(args[1:])
+        return code
+    options = _parser().parse_args(args)
+    try:
+        config = load_config(options.config)
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    if options.command == "check-config":
+        print(describe_plan(config, options.config))
+        return 0
+    return _serve(config, options.host, options.port, options.log_level)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the gateway and its workers")
+    serve.add_argument("--config", default="config.yaml")
+    serve.add_argument("--host", help="overrides server.host")
+    serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument("--log-level", default="info")
+    check = commands.add_parser("check-config", help="validate a config file and print the plan")
+    check.add_argument("config")
+    commands.add_parser("worker", help="run one worker by hand (see `llm-gateway worker --help`)")
+    return parser
+
+
+def describe_plan(config: GatewayConfig, source: str) -> str:
+    """A human-readable plan: each model, its replicas, their devices and params."""
+    replicas = sum(m.replicas for m in config.models)
+    lines = [f"{source}: valid; {len(config.models)} models, {replicas} replicas; "
+             f"serving on {config.server.host}:{config.server.port}"]  # fmt: skip
+    for model in config.models:
+        lines += _describe_model(model)
+    return "\n".join(lines)
+
+
+def _describe_model(model: ModelConfig) -> list[str]:
+    aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
+    params: dict[str, Any] = llama_params(model) if model.engine == "llama" else dict(model.standin)
+    lines = [
+        f"- {model.name}{aliases}",
+        f"    engine: {model.engine}; path: {model.path}",
+        f"    queue: max {model.max_queue}, timeout {model.queue_timeout:g} s",
+        f"    params: {json.dumps(params, sort_keys=True)}",
+    ]
+    lines += [f"    replica {i}: device {model.device(i) or 'cpu'}" for i in range(model.replicas)]
+    return lines
+
+
+def _serve(config: GatewayConfig, host: str | None, port: int | None, log_level: str) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(config),
+        host=host or config.server.host,
+        port=config.server.port if port is None else port,
+        log_level=log_level,
+        access_log=False,  # per-request logging would sit on the hot path
+        timeout_graceful_shutdown=10,
+    )
+    return 0

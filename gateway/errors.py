@@ -1,0 +1,130 @@
+"""The gateway's exceptions, each one an OpenAI-shaped error response.
+
+    GatewayError                 (500 server_error)
+    ├── InvalidRequest           (400 invalid_request_error)
+    │   └── BodyTooLarge         (413)
+    ├── Unauthorized             (401 invalid_api_key)
+    ├── ModelNotFound            (404 model_not_found)
+    ├── QueueFull                (429 rate_limit_exceeded, Retry-After)
+    ├── Unavailable              (503 service_unavailable)
+    │   └── QueueTimeout         (503 queue_timeout)
+    └── UpstreamFailed           (502 upstream_error)
+
+Foreign exceptions (aiohttp, msgspec) are translated once, where they are caught,
+with ``raise X from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "BodyTooLarge",
+    "GatewayError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "QueueFull",
+    "QueueTimeout",
+    "Unauthorized",
+    "Unavailable",
+    "UpstreamFailed",
+    "error_body",
+]
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    """Encode the OpenAI error envelope."""
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return msgspec.json.encode({"error": error})
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def as_dict(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = msgspec.json.decode(self.body())
+        return decoded
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str, available: list[str]):
+        names = ", ".join(available) or "none"
+        super().__init__(
+            f"The model '{model}' does not exist. Available models: {names}.", param="model"
+        )
+
+
+class QueueFull(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class QueueTimeout(Unavailable):
+    code = "queue_timeout"
+
+
+class UpstreamFailed(GatewayError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"

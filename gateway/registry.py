@@ -1,0 +1,138 @@
+"""The registry: every replica's state, load and health, with one writer per fact.
+
+The supervisor writes lifecycle facts (starting, ready, failed, exited); the
+scheduler writes load (begin, end). Everyone else reads snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Registry", "Replica", "ReplicaState"]
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(eq=False)
+class Replica:
+    """One place requests for a model can go; the scheduler and proxy need only `url`."""
+
+    model: str
+    index: int
+    device: str
+    capacity: int = 1
+    state: ReplicaState = ReplicaState.STARTING
+    url: str = ""
+    pid: int | None = None
+    port: int | None = None
+    in_flight: int = 0
+    requests_served: int = 0
+    restarts: int = 0
+    loaded_at: float | None = None
+    error: str | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.state is ReplicaState.READY and self.in_flight < self.capacity
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "replica": self.index,
+            "pid": self.pid,
+            "port": self.port,
+            "url": self.url or None,
+            "state": self.state.value,
+            "device": self.device,
+            "in_flight": self.in_flight,
+            "requests_served": self.requests_served,
+            "restarts": self.restarts,
+            "loaded_at": self.loaded_at,
+            "error": self.error,
+        }
+
+
+Listener = Callable[[str], None]
+
+
+class Registry:
+    """Owns every Replica; mutations go through its methods."""
+
+    def __init__(self) -> None:
+        self._by_model: dict[str, list[Replica]] = {}
+        self._listeners: list[Listener] = []
+
+    def add_model(self, model: str, devices: Sequence[str]) -> None:
+        self._by_model[model] = [Replica(model, i, device) for i, device in enumerate(devices)]
+
+    def on_capacity(self, listener: Listener) -> None:
+        """Call `listener(model)` whenever a replica of `model` may take more work."""
+        self._listeners.append(listener)
+
+    def models(self) -> list[str]:
+        return list(self._by_model)
+
+    def replicas(self, model: str) -> Sequence[Replica]:
+        return self._by_model[model]
+
+    def __iter__(self) -> Iterator[Replica]:
+        for replicas in self._by_model.values():
+            yield from replicas
+
+    # Lifecycle: written by the supervisor only.
+
+    def mark_starting(self, replica: Replica, pid: int, port: int) -> None:
+        replica.state = ReplicaState.STARTING
+        replica.pid, replica.port = pid, port
+        replica.url = f"http://127.0.0.1:{port}"
+
+    def mark_ready(self, replica: Replica) -> None:
+        replica.state = ReplicaState.READY
+        replica.loaded_at = time.time()
+        replica.error = None
+        self._notify(replica.model)
+
+    def mark_failed(self, replica: Replica, error: str) -> None:
+        replica.state = ReplicaState.FAILED
+        replica.error = error
+
+    def mark_exited(self, replica: Replica, error: str | None) -> None:
+        """The worker process is gone; it will be restarted."""
+        replica.state = ReplicaState.FAILED if error else ReplicaState.STARTING
+        replica.error = error
+        replica.restarts += 1
+        replica.pid = None
+
+    def mark_stopped(self, replica: Replica) -> None:
+        replica.state = ReplicaState.STOPPED
+        replica.pid = None
+
+    # Load: written by the scheduler only.
+
+    def begin(self, replica: Replica) -> None:
+        replica.in_flight += 1
+
+    def end(self, replica: Replica) -> None:
+        replica.in_flight -= 1
+        replica.requests_served += 1
+        self._notify(replica.model)
+
+    def model_status(self, model: str) -> dict[str, Any]:
+        replicas = self._by_model[model]
+        ready = sum(r.state is ReplicaState.READY for r in replicas)
+        errors = sorted({r.error for r in replicas if r.error})
+        return {"ready": ready > 0, "ready_replicas": ready, "replicas": len(replicas),
+                "errors": errors}  # fmt: skip
+
+    def _notify(self, model: str) -> None:
+        for listener in self._listeners:
+            listener(model)

@@ -1,0 +1,173 @@
+"""The HTTP routes: OpenAI's API, probes and the admin view, all thin over the Gateway state."""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp
+
+from .config import GatewayConfig, ModelConfig
+from .errors import BodyTooLarge, InvalidRequest, ModelNotFound, Unauthorized
+from .proxy import Proxy, Relay, until_disconnect
+from .registry import Registry
+from .scheduler import Scheduler
+from .supervisor import Supervisor
+
+__all__ = ["ROUTES", "Gateway", "require_api_key"]
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, built once per app from the config."""
+
+    config: GatewayConfig
+    registry: Registry
+    scheduler: Scheduler
+    proxy: Proxy
+    supervisor: Supervisor
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.by_name: dict[str, ModelConfig] = self.config.model_by_name()
+
+    def resolve(self, name: str) -> ModelConfig:
+        model = self.by_name.get(name)
+        if model is None:
+            raise ModelNotFound(name, list(self.by_name))
+        return model
+
+
+class _RouteFields(msgspec.Struct):
+    """The only fields of a request body the gateway reads; the rest passes through untouched."""
+
+    model: str
+    stream: bool | None = None
+
+
+_route_decoder = msgspec.json.Decoder(_RouteFields)
+_JSON = "application/json"
+
+
+def _state(request: Request[Any, Any, Any]) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: when server.api_keys is set, require `Authorization: Bearer <one of them>`."""
+    keys = connection.app.state.gateway.config.server.api_keys
+    if not keys:
+        return
+    scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, k) for k in keys):
+        raise Unauthorized("Incorrect or missing API key; send 'Authorization: Bearer <key>'.")
+
+
+async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    return bytes(body)
+
+
+def _route_fields(body: bytes) -> _RouteFields:
+    try:
+        return _route_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        param = "model" if "model" in str(exc) else "stream" if "stream" in str(exc) else None
+        raise InvalidRequest(f"Invalid request body: {exc}", param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+
+
+async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool) -> ASGIApp:
+    gateway = _state(request)
+    body = await _read_body(request, gateway.config.server.max_body_bytes)
+    fields = _route_fields(body)
+    if fields.stream and not can_stream:
+        raise InvalidRequest(f"{path} does not support streaming.", param="stream")
+    model = gateway.resolve(fields.model)
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    lease = await until_disconnect(request.receive, gateway.scheduler.acquire(model.name))
+    try:
+        upstream = await until_disconnect(
+            request.receive, gateway.proxy.send(lease.replica.url + path, body, request_id)
+        )
+    except BaseException:
+        lease.release()
+        raise
+    return Relay(upstream, lease, request_id)
+
+
+@post("/v1/chat/completions", guards=[require_api_key])
+async def chat_completions(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _forward(request, "/v1/chat/completions", can_stream=True)
+
+
+@post("/v1/completions", guards=[require_api_key])
+async def completions(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _forward(request, "/v1/completions", can_stream=True)
+
+
+@post("/v1/embeddings", guards=[require_api_key])
+async def embeddings(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _forward(request, "/v1/embeddings", can_stream=False)
+
+
+def _model_entry(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway"}
+
+
+@get("/v1/models", guards=[require_api_key])
+async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    gateway = _state(request)
+    data = [_model_entry(name, gateway.started_at) for name in gateway.by_name]
+    return {"object": "list", "data": data}
+
+
+@get("/v1/models/{model_id:path}", guards=[require_api_key])
+async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
+    gateway = _state(request)
+    name = model_id.lstrip("/")
+    gateway.resolve(name)
+    return _model_entry(name, gateway.started_at)
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the gateway process answers."""
+    return {"status": "ok"}
+
+
+@get("/ready")
+async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Readiness: every model has at least one ready replica."""
+    registry = _state(request).registry
+    models = {model: registry.model_status(model) for model in registry.models()}
+    all_ready = all(status["ready"] for status in models.values())
+    body = {"status": "ready" if all_ready else "not_ready", "models": models}
+    return Response(msgspec.json.encode(body), status_code=200 if all_ready else 503,
+                    media_type=_JSON)  # fmt: skip
+
+
+@get("/admin/workers", guards=[require_api_key])
+async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    gateway = _state(request)
+    return {"object": "list", "data": [replica.describe() for replica in gateway.registry]}
+
+
+ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, ready,
+          admin_workers]  # fmt: skip

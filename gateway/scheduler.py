@@ -1,0 +1,117 @@
+"""The scheduler: one FIFO queue per model, each request leased to the least-loaded ready replica.
+
+Invariant: a model's queue is non-empty only while none of its replicas is free,
+so a new request never overtakes a queued one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import QueueFull, QueueTimeout, Unavailable
+from .registry import Registry, Replica, ReplicaState
+
+__all__ = ["Lease", "QueuePolicy", "Scheduler", "pick_replica"]
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    max_queue: int
+    queue_timeout: float
+
+
+def pick_replica(replicas: Sequence[Replica]) -> Replica | None:
+    """The free replica with the fewest requests in flight (lowest index on ties)."""
+    free = [r for r in replicas if r.free]
+    return min(free, key=lambda r: r.in_flight) if free else None
+
+
+class Lease:
+    """The right to send one request to `replica`; release it exactly once."""
+
+    __slots__ = ("_scheduler", "released", "replica")
+
+    def __init__(self, scheduler: Scheduler, replica: Replica):
+        self._scheduler = scheduler
+        self.replica = replica
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._scheduler.release(self.replica)
+
+
+class Scheduler:
+    """Owns the per-model queues; asks the registry for replicas and records their load."""
+
+    def __init__(self, registry: Registry, policies: Mapping[str, QueuePolicy]):
+        self._registry = registry
+        self._policies = dict(policies)
+        self._queues: dict[str, deque[asyncio.Future[Lease]]] = {m: deque() for m in policies}
+        registry.on_capacity(self._dispatch)
+
+    def queued(self, model: str) -> int:
+        return len(self._queues[model])
+
+    async def acquire(self, model: str) -> Lease:
+        """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable."""
+        queue = self._queues[model]
+        if not queue:
+            replica = pick_replica(self._registry.replicas(model))
+            if replica is not None:
+                return self._lease(replica)
+        self._check_admission(model, queue)
+        waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        lease: Lease | None = None
+        try:
+            async with asyncio.timeout(self._policies[model].queue_timeout):
+                lease = await waiter
+            return lease
+        except TimeoutError:
+            raise QueueTimeout(
+                f"No replica of '{model}' became free within "
+                f"{self._policies[model].queue_timeout:g} s; try again later."
+            ) from None
+        finally:
+            if lease is None:
+                self._abandon(queue, waiter)
+
+    def release(self, replica: Replica) -> None:
+        self._registry.end(replica)
+
+    def _lease(self, replica: Replica) -> Lease:
+        self._registry.begin(replica)
+        return Lease(self, replica)
+
+    def _check_admission(self, model: str, queue: deque[asyncio.Future[Lease]]) -> None:
+        replicas = self._registry.replicas(model)
+        if all(r.state is ReplicaState.FAILED for r in replicas):
+            reasons = "; ".join(sorted({r.error or "unknown error" for r in replicas}))
+            raise Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
+                              code="model_unavailable")  # fmt: skip
+        if len(queue) >= self._policies[model].max_queue:
+            raise QueueFull(f"Too many requests queued for model '{model}'; retry shortly.", 1)
+
+    def _abandon(self, queue: deque[asyncio.Future[Lease]], waiter: asyncio.Future[Lease]) -> None:
+        """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""
+        if waiter in queue:
+            queue.remove(waiter)
+        if waiter.done() and not waiter.cancelled():
+            waiter.result().release()
+        else:
+            waiter.cancel()
+
+    def _dispatch(self, model: str) -> None:
+        queue = self._queues[model]
+        while queue:
+            replica = pick_replica(self._registry.replicas(model))
+            if replica is None:
+                return
+            waiter = queue.popleft()
+            if not waiter.done():  # cancelled, its task not yet run to leave the queue
+                waiter.set_result(self._lease(replica))

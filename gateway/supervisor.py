@@ -1,0 +1,179 @@
+"""The supervisor: one worker process per local replica, started in parallel and restarted on exit.
+
+It is the only writer of replica lifecycle state in the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from .config import GatewayConfig, ModelConfig
+from .registry import Registry, Replica
+
+__all__ = ["Supervisor", "restart_delay", "worker_command", "worker_env"]
+
+log = logging.getLogger("gateway.supervisor")
+
+_STATUS_TIMEOUT = aiohttp.ClientTimeout(total=2)
+_FAILED_EXIT_WAIT = 3.0
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before the next start after `failures` starts in a row that never became ready."""
+    return float(min(30.0, 0.5 * 2**failures))
+
+
+def llama_params(model: ModelConfig) -> dict[str, Any]:
+    """The Llama kwargs a replica gets: a replica pinned to GPUs offloads every layer by default."""
+    params = dict(model.llama)
+    params.setdefault("n_gpu_layers", -1 if model.gpus else 0)
+    return params
+
+
+def worker_command(model: ModelConfig, port: int, parent_pid: int) -> list[str]:
+    command = [sys.executable, "-m", "workers", "--model-name", model.name,
+               "--host", "127.0.0.1", "--port", str(port), "--engine", model.engine,
+               "--parent-pid", str(parent_pid)]  # fmt: skip
+    if model.path is not None:
+        command += ["--model-path", str(model.path)]
+    if model.engine == "llama":
+        command += ["--llama-json", json.dumps(llama_params(model))]
+    else:
+        command += ["--standin-json", json.dumps(dict(model.standin))]
+    return command
+
+
+def worker_env(model: ModelConfig, index: int, base: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: CPU replicas see no GPU at all, so a CUDA build cannot grab one."""
+    return {**base, "CUDA_VISIBLE_DEVICES": model.device(index) or ""}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Supervisor:
+    """Spawns, watches and restarts the workers of every configured model."""
+
+    def __init__(self, config: GatewayConfig, registry: Registry):
+        self._config = config
+        self._registry = registry
+        self._tasks: list[asyncio.Task[None]] = []
+        self._procs: dict[Replica, asyncio.subprocess.Process] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Register every replica and start all workers at once; does not wait for them."""
+        self._session = aiohttp.ClientSession(timeout=_STATUS_TIMEOUT)
+        for model in self._config.models:
+            devices = [model.device(i) or "cpu" for i in range(model.replicas)]
+            self._registry.add_model(model.name, devices)
+            for replica in self._registry.replicas(model.name):
+                self._tasks.append(asyncio.create_task(self._keep_running(model, replica)))
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop restarting, then SIGTERM every worker and SIGKILL what is left after `grace`."""
+        procs = list(self._procs.items())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for _, proc in procs:
+            _signal(proc, signal.SIGTERM)
+        await asyncio.gather(*(self._reap(proc, grace) for _, proc in procs))
+        for replica, _ in procs:
+            self._registry.mark_stopped(replica)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _keep_running(self, model: ModelConfig, replica: Replica) -> None:
+        failures = 0
+        while True:
+            became_ready = await self._run_once(model, replica)
+            failures = 0 if became_ready else failures + 1
+            await asyncio.sleep(restart_delay(failures))
+
+    async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
+        """Run one worker process to its end; return whether it ever became ready."""
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            *worker_command(model, port, os.getpid()),
+            env=worker_env(model, replica.index, dict(os.environ)),
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        self._procs[replica] = proc
+        self._registry.mark_starting(replica, proc.pid, port)
+        log.info("%s[%d]: started worker pid %d on port %d", model.name, replica.index,
+                 proc.pid, port)  # fmt: skip
+        try:
+            error = await self._wait_ready(model, replica, proc)
+            if error is None:
+                self._registry.mark_ready(replica)
+                log.info("%s[%d]: ready", model.name, replica.index)
+                code: int | None = await proc.wait()
+                error_on_exit = None
+            else:
+                await self._reap(proc, _FAILED_EXIT_WAIT)
+                error_on_exit = error
+                code = proc.returncode
+        finally:
+            self._procs.pop(replica, None)
+        log.warning("%s[%d]: worker pid %d exited (code %s)%s", model.name, replica.index,
+                    proc.pid, code, f": {error_on_exit}" if error_on_exit else "")  # fmt: skip
+        self._registry.mark_exited(replica, error_on_exit)
+        return error is None
+
+    async def _wait_ready(
+        self, model: ModelConfig, replica: Replica, proc: asyncio.subprocess.Process
+    ) -> str | None:
+        """Poll the worker's status until it is ready; return why not otherwise."""
+        deadline = time.monotonic() + model.startup_timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                return f"worker exited with code {proc.returncode} while loading"
+            status = await self._status(replica.url)
+            if status and status.get("state") in ("ready", "busy"):
+                return None
+            if status and status.get("state") == "failed":
+                return str(status.get("error") or "the worker failed to load the model")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return f"the model did not load within startup_timeout ({model.startup_timeout:g} s)"
+
+    async def _status(self, url: str) -> dict[str, Any] | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(url + "/status") as resp:
+                status: dict[str, Any] = await resp.json()
+                return status
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    @staticmethod
+    async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+            return
+        _signal(proc, signal.SIGKILL)
+        await proc.wait()
+
+
+def _signal(proc: asyncio.subprocess.Process, signum: int) -> None:
+    # os.kill, not proc.kill(): that may reap a just-dead child first and confuse the watcher.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
