@@ -1,0 +1,36 @@
+"""`llm-gateway check-config`: prints the plan, or names the bad key and exits non-zero."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+
+
+def test_shipped_config_is_valid_and_its_plan_lists_every_replica() -> None:
+    result = check_config(REPO / "config.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "smollm2 (aliases: gpt-3.5-turbo)" in result.stdout
+    assert result.stdout.count("replica ") == 4
+    assert "device cpu" in result.stdout
+
+
+def test_a_bad_key_is_named_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("models:\n  - {name: m, engine: standin, replicas: -1}\n")
+    result = check_config(config)
+    assert result.returncode == 2
+    assert "models[0] (m).replicas: expected a positive integer, got -1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_file_is_a_clean_error(tmp_path: Path) -> None:
+    result = check_config(tmp_path / "nope.yaml")
+    assert result.returncode == 2 and "cannot read config file" in result.stderr

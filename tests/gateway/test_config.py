@@ -1,0 +1,99 @@
+"""config.yaml parsing: valid files become frozen dataclasses; each bad key is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+
+@pytest.fixture
+def gguf(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF")
+    return path
+
+
+def model(**overrides: Any) -> dict[str, Any]:
+    return {"name": "m", "path": "tiny.gguf", **overrides}
+
+
+def parse(tmp_path: Path, models: list[dict[str, Any]], **top: Any) -> Any:
+    return parse_config({"models": models, **top}, base_dir=tmp_path)
+
+
+def test_minimal_model_gets_documented_defaults(tmp_path: Path, gguf: Path) -> None:
+    config = parse(tmp_path, [model()])
+    m = config.models[0]
+    assert (m.replicas, m.max_queue, m.queue_timeout, m.engine) == (1, 64, 30.0, "llama")
+    assert m.path == gguf
+    assert config.server.port == 8000
+
+
+def test_relative_path_is_resolved_against_the_config_folder(tmp_path: Path, gguf: Path) -> None:
+    (tmp_path / "config.yaml").write_text("models:\n  - {name: m, path: tiny.gguf}\n")
+    assert load_config(tmp_path / "config.yaml").models[0].path == gguf
+
+
+def test_env_vars_in_path_are_expanded(
+    tmp_path: Path, gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    assert parse(tmp_path, [model(path="${MODEL_DIR}/tiny.gguf")]).models[0].path == gguf
+
+
+def test_aliases_map_to_the_same_model(tmp_path: Path, gguf: Path) -> None:
+    config = parse(tmp_path, [model(aliases=["a", "b"])])
+    names = config.model_by_name()
+    assert names["a"] is names["b"] is names["m"]
+
+
+def test_gpus_give_each_replica_its_devices(tmp_path: Path, gguf: Path) -> None:
+    config = parse(tmp_path, [model(replicas=2, gpus=[0, "1, 2"])])
+    assert [config.models[0].device(i) for i in range(2)] == ["0", "1,2"]
+
+
+@pytest.mark.parametrize(
+    ("models", "top", "named"),
+    [
+        ([model(replica=2)], {}, "models[0] (m).replica: unknown key"),
+        ([model(path="missing.gguf")], {}, "models[0] (m).path: model file not found"),
+        ([model(), model()], {}, "name or alias 'm' is already used by models[0]"),
+        ([model(), model(name="n", aliases=["m"])], {}, "models[1] (n): name or alias 'm'"),
+        ([model(replicas=0)], {}, "models[0] (m).replicas: expected a positive integer"),
+        ([model(replicas="2")], {}, "models[0] (m).replicas"),
+        ([model(queue_timeout=-1)], {}, "models[0] (m).queue_timeout"),
+        ([model(llama={"n_ctx": "big"})], {}, "models[0] (m).llama.n_ctx: expected a positive"),
+        ([model(llama={"n_ctxx": 512})], {}, "models[0] (m).llama.n_ctxx: unknown key"),
+        ([model(replicas=2, gpus=[0])], {}, "models[0] (m).gpus: has 1 entries but replicas is 2"),
+        ([model(gpus=["x"])], {}, "models[0] (m).gpus: expected a list of GPU ids"),
+        ([model(path="${NOT_SET_ANYWHERE}/a.gguf")], {}, "NOT_SET_ANYWHERE is not set"),
+        ([model(engine="vllm")], {}, "models[0] (m).engine: expected llama or standin"),
+        ([{"path": "tiny.gguf"}], {}, "models[0].name: expected a non-empty string"),
+        ([], {}, "models: expected a non-empty list"),
+        ([model()], {"server": {"port": 70000}}, "server.port: expected a port number"),
+        ([model()], {"server": {"hots": "x"}}, "server.hots: unknown key"),
+        ([model()], {"modles": []}, "modles: unknown key"),
+    ],
+)
+def test_bad_config_names_the_key(
+    tmp_path: Path, gguf: Path, models: list[dict[str, Any]], top: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=None) as caught:
+        parse(tmp_path, models, **top)
+    assert named in str(caught.value)
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "config.yaml")
+
+
+def test_standin_models_need_no_file(tmp_path: Path) -> None:
+    config = parse(tmp_path, [{"name": "s", "engine": "standin", "standin": {"tokens": 4}}])
+    assert config.models[0].path is None
+    assert config.models[0].standin["tokens"] == 4

@@ -1,0 +1,133 @@
+"""Scheduler: FIFO per model, least-loaded ready replica, 429 when full, 503 on timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.errors import QueueFull, QueueTimeout, Unavailable
+from gateway.registry import Registry, Replica, ReplicaState
+from gateway.scheduler import Lease, QueuePolicy, Scheduler, pick_replica
+
+
+def replica(index: int, state: ReplicaState = ReplicaState.READY, in_flight: int = 0,
+            capacity: int = 1) -> Replica:  # fmt: skip
+    return Replica("m", index, "cpu", capacity=capacity, state=state, in_flight=in_flight)
+
+
+def test_pick_prefers_the_least_loaded_ready_replica() -> None:
+    replicas = [replica(0, in_flight=2, capacity=4), replica(1, in_flight=1, capacity=4)]
+    assert pick_replica(replicas) is replicas[1]
+
+
+def test_pick_skips_busy_and_unready_replicas() -> None:
+    replicas = [replica(0, in_flight=1), replica(1, ReplicaState.STARTING), replica(2)]
+    assert pick_replica(replicas) is replicas[2]
+
+
+def test_pick_returns_none_when_nothing_is_free() -> None:
+    assert pick_replica([replica(0, in_flight=1), replica(1, ReplicaState.FAILED)]) is None
+
+
+def make(replicas: int = 1, max_queue: int = 4, timeout: float = 5.0) -> tuple[Registry, Scheduler]:
+    registry = Registry()
+    registry.add_model("m", ["cpu"] * replicas)
+    for r in registry.replicas("m"):
+        registry.mark_starting(r, pid=1, port=1)
+        registry.mark_ready(r)
+    return registry, Scheduler(registry, {"m": QueuePolicy(max_queue, timeout)})
+
+
+async def test_requests_spread_over_free_replicas() -> None:
+    _, scheduler = make(replicas=2)
+    first, second = await scheduler.acquire("m"), await scheduler.acquire("m")
+    assert {first.replica.index, second.replica.index} == {0, 1}
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    _, scheduler = make()
+    holder = await scheduler.acquire("m")
+    order: list[int] = []
+
+    async def wait(n: int) -> None:
+        lease = await scheduler.acquire("m")
+        order.append(n)
+        lease.release()
+
+    tasks = [asyncio.create_task(wait(n)) for n in range(3)]
+    await asyncio.sleep(0)
+    holder.release()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
+
+
+async def test_full_queue_is_rejected_with_retry_after() -> None:
+    _, scheduler = make(max_queue=1)
+    await scheduler.acquire("m")
+    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull) as caught:
+        await scheduler.acquire("m")
+    assert caught.value.status == 429 and caught.value.headers()["Retry-After"] == "1"
+    waiting.cancel()
+
+
+async def test_waiting_past_queue_timeout_is_a_503() -> None:
+    _, scheduler = make(timeout=0.05)
+    await scheduler.acquire("m")
+    with pytest.raises(QueueTimeout) as caught:
+        await scheduler.acquire("m")
+    assert caught.value.status == 503
+    assert scheduler.queued("m") == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    registry, scheduler = make()
+    holder = await scheduler.acquire("m")
+    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0)
+    assert scheduler.queued("m") == 1
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert scheduler.queued("m") == 0
+    holder.release()
+    assert registry.replicas("m")[0].in_flight == 0
+
+
+async def test_a_lease_granted_to_a_cancelled_waiter_is_handed_back() -> None:
+    registry, scheduler = make()
+    holder = await scheduler.acquire("m")
+    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0)
+    holder.release()  # grants the replica to the waiter...
+    waiting.cancel()  # ...which is cancelled before it runs
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert registry.replicas("m")[0].in_flight == 0
+
+
+async def test_a_replica_becoming_ready_serves_the_queue() -> None:
+    registry = Registry()
+    registry.add_model("m", ["cpu"])
+    scheduler = Scheduler(registry, {"m": QueuePolicy(4, 5.0)})
+    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0)
+    registry.mark_ready(registry.replicas("m")[0])
+    lease: Lease = await asyncio.wait_for(waiting, 1)
+    assert lease.replica.index == 0
+
+
+async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> None:
+    registry, scheduler = make()
+    registry.mark_failed(registry.replicas("m")[0], "bad GGUF")
+    with pytest.raises(Unavailable, match="bad GGUF"):
+        await scheduler.acquire("m")
+
+
+async def test_release_is_idempotent() -> None:
+    registry, scheduler = make()
+    lease = await scheduler.acquire("m")
+    lease.release()
+    lease.release()
+    assert registry.replicas("m")[0].in_flight == 0
+    assert registry.replicas("m")[0].requests_served == 1
