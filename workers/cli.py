@@ -1,0 +1,112 @@
+"""`python -m workers ...` (also `llm-gateway worker ...`): serve one model on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from workers.engine import Engine
+from workers.lifeline import tie_to_parent
+from workers.logs import log, set_log_name
+from workers.server import Worker, build_app
+from workers.standin import StandinEngine, StandinOptions
+
+__all__ = ["EXIT_LOAD_FAILED", "build_parser", "main"]
+
+EXIT_LOAD_FAILED = 3
+# After a failed load, keep answering /status this long so a supervisor can read the reason.
+FAILED_LINGER_SECONDS = 2.0
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workers", description="Serve one GGUF model (or a stand-in) over OpenAI's API."
+    )
+    parser.add_argument("--model-name", required=True, help="name reported as `model`")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--model-path", help="GGUF file (required for --engine llama)")
+    parser.add_argument(
+        "--llama-json", type=_json_object, default={}, help="kwargs for llama_cpp.Llama"
+    )
+    parser.add_argument("--engine", choices=("llama", "standin"), default="llama")
+    parser.add_argument(
+        "--standin-json", type=_json_object, default={}, help="stand-in engine options"
+    )
+    parser.add_argument("--parent-pid", type=int, help="exit as soon as this parent dies")
+    return parser
+
+
+def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Engine:
+    if args.engine == "standin":
+        try:
+            return StandinEngine(StandinOptions.from_json(args.standin_json))
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--standin-json: {exc}")
+    if not args.model_path:
+        parser.error("--model-path is required with --engine llama")
+    from workers.llama_engine import LlamaEngine
+
+    return LlamaEngine(args.model_path, args.llama_json)
+
+
+async def serve(worker: Worker, host: str, port: int) -> int:
+    runner = web.AppRunner(
+        build_app(worker),
+        handler_cancellation=True,  # a client that goes away cancels its handler
+        access_log=None,  # one line per request is logged by WorkerStatus instead
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log(f"listening on http://{host}:{port}")
+    loop = asyncio.get_running_loop()
+    exit_code: asyncio.Future[int] = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _finish, exit_code, 0)
+    if not await worker.load():
+        loop.call_later(FAILED_LINGER_SECONDS, _finish, exit_code, EXIT_LOAD_FAILED)
+    code = await exit_code
+    log(f"exiting with code {code}")
+    await runner.cleanup()
+    worker.thread.stop()
+    return code
+
+
+def _finish(exit_code: asyncio.Future[int], code: int) -> None:
+    if not exit_code.done():
+        exit_code.set_result(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        tie_to_parent(args.parent_pid)
+    set_log_name(args.model_name)
+    engine = _engine(args, parser)
+    path = args.model_path if args.engine == "llama" else None
+    worker_holder: list[Worker] = []
+
+    async def run() -> int:
+        # Worker owns an asyncio.Lock: build it inside the running loop.
+        worker_holder.append(Worker(args.model_name, engine, path))
+        return await serve(worker_holder[0], args.host, args.port)
+
+    return asyncio.run(run())

@@ -1,0 +1,194 @@
+"""The llama-cpp-python engine: one `llama_cpp.Llama`, used only from the engine thread."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from workers.engine import (
+    CancelToken,
+    ContextLengthExceeded,
+    EmbeddingResult,
+    EmbeddingsDisabled,
+    EngineInfo,
+    RawChunk,
+    StreamItem,
+    Usage,
+)
+from workers.params import ChatParams, CompletionParams, Prompt
+
+__all__ = ["LlamaEngine", "llama_kwargs"]
+
+# llama-cpp-python 0.3.36 raises ValueError with this text when the prompt fills the context.
+_CONTEXT_ERROR = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+_MEAN_POOLING = 1
+
+
+def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults a worker needs that llama's own defaults get wrong for many replicas."""
+    kwargs = dict(given)
+    kwargs.setdefault("verbose", False)
+    # Otherwise prompt processing uses every core even with n_threads=1 (see llama-cpp notes).
+    if "n_threads" in kwargs:
+        kwargs.setdefault("n_threads_batch", kwargs["n_threads"])
+    # Decoder GGUFs set no pooling, which yields one vector per token; OpenAI returns one.
+    if kwargs.get("embedding"):
+        kwargs.setdefault("pooling_type", _MEAN_POOLING)
+    return kwargs
+
+
+class _TokenMeter:
+    """Wraps `Llama.sample`: the one per-token call that every generation path goes through.
+
+    Why here: in 0.3.36 `create_chat_completion` takes no `stopping_criteria`, and an
+    exception raised inside a `logits_processor` is swallowed by ctypes (it runs as a C
+    sampler callback). `sample` is plain Python, so raising GenerationCancelled from it
+    stops streaming and non-streaming generation alike within one token, and leaves the
+    output of an uncancelled request exactly what llama would produce. It also counts
+    tokens, giving streams the exact usage llama reports for non-streaming calls.
+    """
+
+    def __init__(self, llama: Any, is_eog: Callable[[int], bool]) -> None:
+        self._llama = llama
+        self._sample = llama.sample
+        self._is_eog = is_eog
+        self.begin(CancelToken())
+        setattr(llama, "sample", self._metered_sample)  # noqa: B010 - instance override
+
+    def begin(self, cancel: CancelToken) -> None:
+        self._cancel = cancel
+        self._prompt_tokens: int | None = None
+        self._sampled = 0
+        self._last_eog = False
+
+    def _metered_sample(self, *args: Any, **kwargs: Any) -> int:
+        self._cancel.raise_if_cancelled()
+        if self._prompt_tokens is None:
+            # The first sample follows the prompt's evaluation: n_tokens is the prompt length.
+            self._prompt_tokens = int(self._llama.n_tokens)
+        token = int(self._sample(*args, **kwargs))
+        self._sampled += 1
+        self._last_eog = self._is_eog(token)
+        return token
+
+    def usage(self) -> Usage:
+        # An end-of-generation token is sampled but not part of the completion.
+        completion = self._sampled - (1 if self._last_eog else 0)
+        return Usage(self._prompt_tokens or 0, completion)
+
+
+def _context_error(exc: ValueError) -> ContextLengthExceeded | None:
+    match = _CONTEXT_ERROR.search(str(exc))
+    return ContextLengthExceeded(int(match[1]), int(match[2])) if match else None
+
+
+class LlamaEngine:
+    kind = "llama"
+
+    def __init__(self, model_path: str, kwargs: dict[str, Any]) -> None:
+        self.model_path = model_path
+        self.kwargs = llama_kwargs(kwargs)
+        self._llama: Any = None
+        self._meter: _TokenMeter | None = None
+
+    def load(self) -> EngineInfo:
+        import llama_cpp  # imported here: the stand-in never pays for it
+
+        llama = llama_cpp.Llama(model_path=self.model_path, **self.kwargs)
+        vocab = llama._model.vocab
+        self._meter = _TokenMeter(llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)))
+        self._llama = llama
+        return EngineInfo(
+            n_ctx=int(llama.n_ctx()),
+            n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)),
+            embedding=bool(self.kwargs.get("embedding", False)),
+        )
+
+    def _begin(self, cancel: CancelToken) -> _TokenMeter:
+        assert self._meter is not None, "model not loaded"
+        cancel.raise_if_cancelled()
+        self._meter.begin(cancel)
+        return self._meter
+
+    def _run(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except ValueError as exc:
+            error = _context_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _stream(
+        self, start: Callable[[], Iterator[RawChunk]], meter: _TokenMeter, cancel: CancelToken
+    ) -> Iterator[StreamItem]:
+        chunks = self._run(start)
+        try:
+            while True:
+                chunk = self._run(lambda: next(chunks, None))
+                if chunk is None:
+                    break
+                cancel.raise_if_cancelled()
+                yield chunk
+        finally:
+            chunks.close()
+        yield meter.usage()
+
+    def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
+        self._begin(cancel)
+        result: RawChunk = self._run(
+            lambda: self._llama.create_chat_completion(messages=params.messages, **params.options)
+        )
+        return result
+
+    def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
+        meter = self._begin(cancel)
+
+        def start() -> Iterator[RawChunk]:
+            return iter(
+                self._llama.create_chat_completion(
+                    messages=params.messages, stream=True, **params.options
+                )
+            )
+
+        return self._stream(start, meter, cancel)
+
+    def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
+        self._begin(cancel)
+        result: RawChunk = self._run(
+            lambda: self._llama.create_completion(prompt=prompt, **params.options)
+        )
+        return result
+
+    def complete_stream(
+        self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
+    ) -> Iterator[StreamItem]:
+        meter = self._begin(cancel)
+
+        def start() -> Iterator[RawChunk]:
+            return iter(self._llama.create_completion(prompt=prompt, stream=True, **params.options))
+
+        return self._stream(start, meter, cancel)
+
+    def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
+        if not self.kwargs.get("embedding"):
+            raise EmbeddingsDisabled
+        # Llama.embed takes text only, so token inputs are detokenized first.
+        texts = [self._text(i) for i in inputs]
+        self._check_embedding_lengths(texts)
+        vectors, tokens = self._llama.embed(texts, return_count=True)
+        return EmbeddingResult([list(map(float, v)) for v in vectors], int(tokens))
+
+    def _text(self, item: str | list[int]) -> str:
+        if isinstance(item, str):
+            return item
+        return bytes(self._llama.detokenize(item)).decode("utf-8", errors="replace")
+
+    def _check_embedding_lengths(self, texts: list[str]) -> None:
+        # Llama.embed silently truncates to n_batch; OpenAI rejects over-long input instead.
+        limit = min(int(self._llama.n_batch), int(self._llama.n_ctx()))
+        for text in texts:
+            count = len(self._llama.tokenize(text.encode("utf-8")))
+            if count > limit:
+                raise ContextLengthExceeded(count, limit)

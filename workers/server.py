@@ -1,0 +1,315 @@
+"""The worker's aiohttp app: /status and OpenAI's generation endpoints over one engine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from workers.engine import (
+    CancelToken,
+    ContextLengthExceeded,
+    EmbeddingsDisabled,
+    Engine,
+    RawChunk,
+    StreamItem,
+    Usage,
+)
+from workers.errors import ApiError, error_body, invalid_request
+from workers.logs import log
+from workers.params import (
+    ChatParams,
+    CompletionParams,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
+from workers.runner import EngineThread, ThreadStream
+from workers.shaping import (
+    SSE_DONE,
+    new_id,
+    shape_chat,
+    shape_chat_chunk,
+    shape_completion,
+    shape_completion_chunk,
+    shape_embeddings,
+    sse_event,
+    usage_chunk,
+)
+from workers.status import RequestRecord, WorkerStatus
+
+__all__ = ["WORKER_KEY", "Worker", "build_app"]
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+_CONTEXT_PARAM = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Shaper = Callable[[StreamItem], RawChunk | None]
+
+
+class Worker:
+    """One model behind one lock and one engine thread."""
+
+    def __init__(self, model: str, engine: Engine, path: str | None) -> None:
+        self.model = model
+        self.engine = engine
+        self.thread = EngineThread()
+        self.status = WorkerStatus(model, engine.kind, path)
+
+    async def load(self) -> bool:
+        log(f"loading {self.engine.kind} model from {self.status.path}")
+        began = time.monotonic()
+        try:
+            info = await self.thread.call(self.engine.load)
+        except Exception as exc:
+            self.status.mark_failed(f"{type(exc).__name__}: {exc}")
+            log(f"load failed: {self.status.error}")
+            return False
+        self.status.mark_ready(info, time.monotonic() - began)
+        log(f"ready in {self.status.load_seconds:.2f}s (n_ctx={info.n_ctx})")
+        return True
+
+    def require_ready(self) -> None:
+        if self.status.state == "loading":
+            raise ApiError(503, "The model is still loading", "server_error", None, "model_loading")
+        if self.status.state == "failed":
+            message = f"The model failed to load: {self.status.error}"
+            raise ApiError(503, message, "server_error", None, "model_load_failed")
+
+
+WORKER_KEY = web.AppKey("worker", Worker)
+
+
+def _json_error(status: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    message = f"{exc.reason}: {exc.text}" if exc.status == 413 else exc.reason
+    body = error_body(message, "invalid_request_error", None, codes.get(exc.status))
+    return _json_error(exc.status, body)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure before the first byte as an OpenAI error body."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _json_error(exc.status, exc.body())
+    except ContextLengthExceeded as exc:
+        param = _CONTEXT_PARAM.get(request.path)
+        body = error_body(str(exc), "invalid_request_error", param, "context_length_exceeded")
+        return _json_error(400, body)
+    except EmbeddingsDisabled:
+        message = (
+            "This model was not loaded for embeddings: set `embedding: true` in its "
+            "llama options (or use a model entry that has it)"
+        )
+        return _json_error(400, error_body(message, "invalid_request_error", "model", None))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error(exc)
+    except Exception as exc:
+        log(f"unexpected error on {request.path}: {exc!r}\n{traceback.format_exc()}")
+        return _json_error(500, error_body(f"Internal error: {exc}", "server_error"))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_request("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object")
+    return body
+
+
+def _request_id(request: web.Request) -> str:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request["request_id"] = request_id
+    return request_id
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    if "request_id" in request:
+        response.headers["X-Request-Id"] = request["request_id"]
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[WORKER_KEY].status.body())
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    worker = request.app[WORKER_KEY]
+    params = parse_chat(await _json_body(request))
+    worker.require_ready()
+    id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
+    async with worker.status.generation(_request_id(request), request.path) as record:
+        if params.stream:
+            shaper = partial(_shape_chat_item, worker.model, id_, created, params)
+            make = partial(worker.engine.chat_stream, params, cancel)
+            return await _sse(request, worker.thread.stream(make, cancel), shaper, record)
+        raw = await worker.thread.call(partial(worker.engine.chat, params, cancel), cancel)
+        return web.json_response(shape_chat(raw, model=worker.model, id_=id_))
+
+
+def _shape_chat_item(
+    model: str, id_: str, created: int, params: ChatParams, item: StreamItem
+) -> RawChunk | None:
+    if isinstance(item, Usage):
+        if not params.include_usage:
+            return None
+        return usage_chunk(
+            item, object_="chat.completion.chunk", model=model, id_=id_, created=created
+        )
+    return shape_chat_chunk(
+        item, model=model, id_=id_, created=created, include_usage=params.include_usage
+    )
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    worker = request.app[WORKER_KEY]
+    params = parse_completion(await _json_body(request))
+    worker.require_ready()
+    id_, created, cancel = new_id("cmpl"), int(time.time()), CancelToken()
+    engine = worker.engine
+    async with worker.status.generation(_request_id(request), request.path) as record:
+        if params.stream:
+            shaper = partial(_shape_completion_item, worker.model, id_, created, params)
+            make = partial(_chain_prompts, engine, params, cancel)
+            return await _sse(request, worker.thread.stream(make, cancel), shaper, record)
+
+        def run_all() -> list[RawChunk]:
+            return [engine.complete(p, params, cancel) for p in params.prompts]
+
+        raws = await worker.thread.call(run_all, cancel)
+        return web.json_response(shape_completion(raws, model=worker.model, id_=id_))
+
+
+def _chain_prompts(
+    engine: Engine, params: CompletionParams, cancel: CancelToken
+) -> Iterator[StreamItem]:
+    """Stream several prompts one after another, renumbering choices; one usage at the end."""
+    total = Usage(0, 0)
+    for index, prompt in enumerate(params.prompts):
+        for item in engine.complete_stream(prompt, params, cancel):
+            if isinstance(item, Usage):
+                total = total + item
+                continue
+            for choice in item.get("choices") or []:
+                choice["index"] = index
+            yield item
+    yield total
+
+
+def _shape_completion_item(
+    model: str, id_: str, created: int, params: CompletionParams, item: StreamItem
+) -> RawChunk | None:
+    if isinstance(item, Usage):
+        if not params.include_usage:
+            return None
+        return usage_chunk(item, object_="text_completion", model=model, id_=id_, created=created)
+    return shape_completion_chunk(item, model=model, id_=id_, created=created)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    worker = request.app[WORKER_KEY]
+    params = parse_embedding(await _json_body(request))
+    worker.require_ready()
+    async with worker.status.generation(_request_id(request), request.path):
+        result = await worker.thread.call(partial(worker.engine.embed, params.inputs))
+    body = shape_embeddings(result, model=worker.model, encoding_format=params.encoding_format)
+    return web.json_response(body)
+
+
+async def _sse(
+    request: web.Request,
+    stream: ThreadStream[StreamItem],
+    shape: Shaper,
+    record: RequestRecord,
+) -> web.StreamResponse:
+    try:
+        return await _relay(request, stream, shape, record)
+    finally:
+        # Whatever happened, stop the generation and keep the lock until the thread is free.
+        await stream.close()
+
+
+async def _relay(
+    request: web.Request,
+    stream: ThreadStream[StreamItem],
+    shape: Shaper,
+    record: RequestRecord,
+) -> web.StreamResponse:
+    # Wait for the first item before sending headers: an error here is a real HTTP status.
+    first = await anext(stream, None)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    try:
+        await _write_items(response, first, stream, shape)
+    except ConnectionError:
+        record.outcome = "cancelled"
+        return response
+    except Exception as exc:
+        record.outcome = "error"
+        log(f"generation failed mid-stream: {exc!r}")
+        await _write_quietly(response, sse_event(_in_stream_error(exc)))
+        return response
+    await response.write(SSE_DONE)
+    await response.write_eof()
+    return response
+
+
+async def _write_items(
+    response: web.StreamResponse,
+    first: StreamItem | None,
+    rest: AsyncIterator[StreamItem],
+    shape: Shaper,
+) -> None:
+    if first is None:
+        return
+    await _write_chunk(response, shape(first))
+    async for item in rest:
+        await _write_chunk(response, shape(item))
+
+
+async def _write_chunk(response: web.StreamResponse, chunk: RawChunk | None) -> None:
+    if chunk is not None:
+        await response.write(sse_event(chunk))
+
+
+def _in_stream_error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, ApiError):
+        return exc.body()
+    return error_body(f"Generation failed: {exc}", "server_error")
+
+
+async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError):
+        await response.write(data)
+
+
+def build_app(worker: Worker) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app[WORKER_KEY] = worker
+    app.on_response_prepare.append(_echo_request_id)
+    app.router.add_get("/status", status)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    return app

@@ -1,0 +1,190 @@
+"""A stand-in engine: canned tokens at a set speed, no llama import.
+
+It speaks the same engine protocol (and llama-cpp-python's raw shapes, gaps included), so a
+stand-in worker is a real worker process on the real HTTP path: scheduler, load, failure and
+benchmark tests use it without paying for a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from workers.engine import (
+    CancelToken,
+    ContextLengthExceeded,
+    EmbeddingResult,
+    EmbeddingsDisabled,
+    EngineInfo,
+    RawChunk,
+    StreamItem,
+    Usage,
+)
+from workers.params import ChatParams, CompletionParams, Prompt
+
+__all__ = ["StandinEngine", "StandinOptions"]
+
+
+@dataclass(frozen=True)
+class StandinOptions:
+    token_delay: float = 0.02  # seconds per generated token
+    tokens: int = 16  # tokens per answer, before max_tokens
+    load_seconds: float = 0.0
+    embedding_dim: int = 8  # 0 disables embeddings
+    n_ctx: int = 2048
+    fail_load: str | None = None  # load raises this message (failed-start tests)
+    error_after_tokens: int | None = None  # raise mid-generation (in-stream error tests)
+    exit_after_tokens: int | None = None  # os._exit mid-generation (crash tests)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StandinOptions:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown stand-in options: {unknown}")
+        return cls(**data)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+class StandinEngine:
+    kind = "standin"
+
+    def __init__(self, options: StandinOptions) -> None:
+        self.options = options
+
+    def load(self) -> EngineInfo:
+        time.sleep(self.options.load_seconds)
+        if self.options.fail_load:
+            raise RuntimeError(self.options.fail_load)
+        return EngineInfo(
+            n_ctx=self.options.n_ctx, n_gpu_layers=0, embedding=self.options.embedding_dim > 0
+        )
+
+    # Generation: "tok0 tok1 ...", one word per token, deterministic.
+
+    def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        if prompt_tokens >= self.options.n_ctx:
+            raise ContextLengthExceeded(prompt_tokens, self.options.n_ctx)
+        budget = min(self.options.tokens, self.options.n_ctx - prompt_tokens)
+        return budget if max_tokens is None else min(budget, max_tokens)
+
+    def _pieces(self, count: int, cancel: CancelToken) -> Iterator[str]:
+        for i in range(count):
+            cancel.sleep(self.options.token_delay)
+            if self.options.error_after_tokens is not None and i >= self.options.error_after_tokens:
+                raise RuntimeError("stand-in: injected generation error")
+            if self.options.exit_after_tokens is not None and i >= self.options.exit_after_tokens:
+                os._exit(17)
+            yield f"tok{i}" if i == 0 else f" tok{i}"
+
+    def _finish(self, produced: int, max_tokens: int | None) -> str:
+        return "length" if max_tokens is not None and produced >= max_tokens else "stop"
+
+    def _chat_prompt_tokens(self, params: ChatParams) -> int:
+        return sum(_words(m.get("content") or "") + 1 for m in params.messages)
+
+    def _completion_prompt_tokens(self, prompt: Prompt) -> int:
+        return len(prompt) if isinstance(prompt, list) else _words(prompt)
+
+    def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
+        prompt_tokens = self._chat_prompt_tokens(params)
+        max_tokens = params.options.get("max_tokens")
+        count = self._budget(prompt_tokens, max_tokens)
+        text = "".join(self._pieces(count, cancel))
+        return {
+            "id": f"chatcmpl-{uuid.uuid4()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "standin",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": self._finish(count, max_tokens),
+                }
+            ],
+            "usage": _usage_dict(Usage(prompt_tokens, count)),
+        }
+
+    def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
+        prompt_tokens = self._chat_prompt_tokens(params)
+        max_tokens = params.options.get("max_tokens")
+        count = self._budget(prompt_tokens, max_tokens)
+        yield _chat_chunk({"role": "assistant"}, None)
+        for piece in self._pieces(count, cancel):
+            yield _chat_chunk({"content": piece}, None)
+        yield _chat_chunk({}, self._finish(count, max_tokens))
+        yield Usage(prompt_tokens, count)
+
+    def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
+        prompt_tokens = self._completion_prompt_tokens(prompt)
+        max_tokens = params.options.get("max_tokens")
+        count = self._budget(prompt_tokens, max_tokens)
+        text = "".join(self._pieces(count, cancel))
+        chunk = _completion_chunk(text, self._finish(count, max_tokens))
+        chunk["usage"] = _usage_dict(Usage(prompt_tokens, count))
+        return chunk
+
+    def complete_stream(
+        self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
+    ) -> Iterator[StreamItem]:
+        prompt_tokens = self._completion_prompt_tokens(prompt)
+        max_tokens = params.options.get("max_tokens")
+        count = self._budget(prompt_tokens, max_tokens)
+        for piece in self._pieces(count, cancel):
+            yield _completion_chunk(piece, None)
+        yield _completion_chunk("", self._finish(count, max_tokens))
+        yield Usage(prompt_tokens, count)
+
+    def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
+        if self.options.embedding_dim <= 0:
+            raise EmbeddingsDisabled
+        vectors = [self._vector(repr(item)) for item in inputs]
+        tokens = sum(len(i) if isinstance(i, list) else _words(i) for i in inputs)
+        return EmbeddingResult(vectors, tokens)
+
+    def _vector(self, text: str) -> list[float]:
+        """A deterministic unit vector derived from the text."""
+        digest = hashlib.sha256(text.encode()).digest()
+        raw = [digest[i % len(digest)] - 127.5 for i in range(self.options.embedding_dim)]
+        norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+        return [x / norm for x in raw]
+
+
+def _usage_dict(usage: Usage) -> dict[str, int]:
+    total = usage.prompt_tokens + usage.completion_tokens
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": total,
+    }
+
+
+def _chat_chunk(delta: dict[str, Any], finish_reason: str | None) -> RawChunk:
+    return {
+        "id": "chatcmpl-standin",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "standin",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _completion_chunk(text: str, finish_reason: str | None) -> RawChunk:
+    return {
+        "id": "cmpl-standin",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": "standin",
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+    }

@@ -1,0 +1,101 @@
+"""What /status reports: lifecycle state, model facts and the last 100 requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from workers.engine import EngineInfo, GenerationCancelled
+from workers.logs import log
+
+__all__ = ["RECENT_LIMIT", "RequestRecord", "WorkerStatus"]
+
+RECENT_LIMIT = 100
+
+
+@dataclass
+class RequestRecord:
+    id: str
+    endpoint: str
+    started: float
+    finished: float | None = None
+    outcome: str | None = None  # "ok" | "cancelled" | "error"; null while running
+
+
+class WorkerStatus:
+    def __init__(self, model: str, engine: str, path: str | None) -> None:
+        self.model = model
+        self.engine = engine
+        self.path = path
+        self.started_at = time.time()
+        self.state = "loading"  # -> "ready" | "failed"; "busy" is derived from the lock
+        self.error: str | None = None
+        self.info = EngineInfo(n_ctx=0, n_gpu_layers=0, embedding=False)
+        self.load_seconds: float | None = None
+        self.loaded_at: float | None = None
+        self.requests_served = 0
+        self.recent: deque[RequestRecord] = deque(maxlen=RECENT_LIMIT)
+        # One generation at a time: a llama context is not re-entrant.
+        self.lock = asyncio.Lock()
+
+    def mark_ready(self, info: EngineInfo, load_seconds: float) -> None:
+        self.info = info
+        self.load_seconds = load_seconds
+        self.loaded_at = time.time()
+        self.state = "ready"
+
+    def mark_failed(self, error: str) -> None:
+        self.error = error
+        self.state = "failed"
+
+    def current_state(self) -> str:
+        return "busy" if self.state == "ready" and self.lock.locked() else self.state
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "state": self.current_state(),
+            "model": self.model,
+            "engine": self.engine,
+            "path": self.path,
+            "pid": os.getpid(),
+            "device": os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu",
+            "n_gpu_layers": self.info.n_gpu_layers,
+            "n_ctx": self.info.n_ctx,
+            "embedding": self.info.embedding,
+            "requests_served": self.requests_served,
+            "load_seconds": self.load_seconds,
+            "loaded_at": self.loaded_at,
+            "started_at": self.started_at,
+            "error": self.error,
+            "recent": [asdict(r) for r in self.recent],
+        }
+
+    @asynccontextmanager
+    async def generation(self, request_id: str, endpoint: str) -> AsyncIterator[RequestRecord]:
+        """Hold the model for one request and record it; outcome follows how the body exits."""
+        async with self.lock:
+            record = RequestRecord(request_id, endpoint, started=time.time())
+            self.recent.append(record)
+            try:
+                yield record
+            except (asyncio.CancelledError, GenerationCancelled, ConnectionError):
+                record.outcome = record.outcome or "cancelled"
+                raise
+            except BaseException:
+                record.outcome = record.outcome or "error"
+                raise
+            else:
+                record.outcome = record.outcome or "ok"
+            finally:
+                record.finished = time.time()
+                self.requests_served += 1
+                log(
+                    f"{endpoint} id={request_id} {record.outcome} "
+                    f"{record.finished - record.started:.3f}s"
+                )
