@@ -65,6 +65,7 @@ def create_app(config: GatewayConfig) -> Litestar:
         },
         request_max_body_size=None,  # the routes enforce server.max_body_bytes themselves
         openapi_config=None,
+        logging_config=None,  # the CLI configures logging once, for gateway and uvicorn alike
     )
 
 

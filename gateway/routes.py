@@ -166,7 +166,9 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/admin/workers", guards=[require_api_key])
 async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
     gateway = _state(request)
-    return {"object": "list", "data": [replica.describe() for replica in gateway.registry]}
+    queued = {model: gateway.scheduler.queued(model) for model in gateway.registry.models()}
+    workers = [replica.describe() for replica in gateway.registry]
+    return {"object": "list", "data": workers, "queued": queued}
 
 
 ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, ready,

@@ -1,0 +1,250 @@
+"""The real gateway over stand-in worker processes: routing, queueing, errors, disconnects."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import GatewayProcess, assert_valid, running_gateway, sse_data, wait_until
+
+API_KEY = "sk-test-key"
+
+
+def standin(name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30,
+            **options: Any) -> dict[str, Any]:  # fmt: skip
+    return {"name": name, "engine": "standin", "replicas": replicas, "max_queue": max_queue,
+            "queue_timeout": queue_timeout, "standin": {"token_delay": 0.01, "tokens": 8,
+                                                        **options}}  # fmt: skip
+
+
+CONFIG = {
+    "server": {"api_keys": [API_KEY], "max_body_bytes": 64 * 1024},
+    "models": [
+        {**standin("fast", replicas=2), "aliases": ["fast-alias"]},
+        standin("slow", max_queue=1, token_delay=0.1, tokens=30),
+        standin("impatient", queue_timeout=0.3, token_delay=0.1, tokens=30),
+        standin("long", token_delay=0.05, tokens=200),
+        standin("restart", token_delay=0.01),
+    ],
+}
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("gw"), api_key=API_KEY)
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    with gateway.client() as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert_valid("ErrorResponse", body)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def in_background(client: httpx.Client, model: str, **extra: Any) -> threading.Thread:
+    thread = threading.Thread(
+        target=lambda: client.post("/v1/chat/completions", json={"model": model, **CHAT, **extra})
+    )
+    thread.start()
+    return thread
+
+
+def busy(gateway: GatewayProcess, model: str, in_flight: int = 1) -> bool:
+    return sum(w["in_flight"] for w in gateway.workers() if w["model"] == model) == in_flight
+
+
+def queued(gateway: GatewayProcess, model: str) -> int:
+    with gateway.client() as client:
+        count: int = client.get("/admin/workers").json()["queued"][model]
+        return count
+
+
+def test_chat_is_relayed_and_valid(client: httpx.Client) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "fast", **CHAT})
+    assert response.status_code == 200
+    assert_valid("CreateChatCompletionResponse", response.json())
+    assert response.headers["x-request-id"]
+
+
+def test_an_alias_routes_to_its_model(client: httpx.Client) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "fast-alias", **CHAT})
+    assert response.status_code == 200 and response.json()["model"] == "fast"
+
+
+def test_a_stream_ends_with_done(client: httpx.Client) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "fast", "stream": True, **CHAT})
+    events = sse_data(response.text)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert events[-1] == "[DONE]" and len(events) > 3
+
+
+def test_missing_api_key_is_401(gateway: GatewayProcess) -> None:
+    response = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "fast", **CHAT})
+    assert_error(response, 401, "invalid_api_key")
+
+
+def test_wrong_api_key_is_401(gateway: GatewayProcess) -> None:
+    response = httpx.get(gateway.url + "/v1/models", headers={"Authorization": "Bearer nope"})
+    assert_error(response, 401, "invalid_api_key")
+
+
+def test_health_needs_no_key(gateway: GatewayProcess) -> None:
+    assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
+
+
+def test_unknown_model_is_404_listing_the_available_names(client: httpx.Client) -> None:
+    error = assert_error(
+        client.post("/v1/chat/completions", json={"model": "gpt-5", **CHAT}), 404,
+        "model_not_found",
+    )  # fmt: skip
+    assert "gpt-5" in error["message"] and "fast-alias" in error["message"]
+    assert error["param"] == "model"
+
+
+def test_malformed_json_is_400(client: httpx.Client) -> None:
+    response = client.post("/v1/chat/completions", content=b'{"model": "fast",',
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert "not valid JSON" in assert_error(response, 400)["message"]
+
+
+def test_missing_model_is_400(client: httpx.Client) -> None:
+    assert assert_error(client.post("/v1/chat/completions", json=CHAT), 400)["param"] == "model"
+
+
+def test_missing_messages_is_400_from_the_worker(client: httpx.Client) -> None:
+    assert_error(client.post("/v1/chat/completions", json={"model": "fast"}), 400)
+
+
+def test_streaming_embeddings_is_400(client: httpx.Client) -> None:
+    response = client.post("/v1/embeddings", json={"model": "fast", "input": "x", "stream": True})
+    assert assert_error(response, 400)["param"] == "stream"
+
+
+def test_a_body_over_the_limit_is_413(client: httpx.Client) -> None:
+    huge = {"model": "fast", "messages": [{"role": "user", "content": "x" * 100_000}]}
+    assert_error(client.post("/v1/chat/completions", json=huge), 413, "request_too_large")
+
+
+def test_unknown_route_is_an_openai_shaped_404(client: httpx.Client) -> None:
+    assert_error(client.get("/v1/nothing"), 404)
+
+
+def test_models_lists_names_and_aliases(client: httpx.Client) -> None:
+    body = client.get("/v1/models").json()
+    assert_valid("ListModelsResponse", body)
+    assert {m["id"] for m in body["data"]} == {"fast", "fast-alias", "slow", "impatient", "long",
+                                              "restart"}  # fmt: skip
+
+
+def test_a_model_can_be_retrieved_by_alias(client: httpx.Client) -> None:
+    body = client.get("/v1/models/fast-alias").json()
+    assert_valid("Model", body)
+    assert body["id"] == "fast-alias"
+    assert_error(client.get("/v1/models/unknown"), 404, "model_not_found")
+
+
+def test_a_full_queue_is_429_with_retry_after(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    running = in_background(client, "slow")
+    assert wait_until(lambda: busy(gateway, "slow"), 5)
+    waiting = in_background(client, "slow")
+    assert wait_until(lambda: queued(gateway, "slow") == 1, 5)
+    response = client.post("/v1/chat/completions", json={"model": "slow", **CHAT})
+    assert_error(response, 429, "rate_limit_exceeded")
+    assert response.headers["retry-after"] == "1"
+    running.join(), waiting.join()
+
+
+def test_waiting_past_queue_timeout_is_503(gateway: GatewayProcess, client: httpx.Client) -> None:
+    running = in_background(client, "impatient")
+    assert wait_until(lambda: busy(gateway, "impatient"), 5)
+    response = client.post("/v1/chat/completions", json={"model": "impatient", **CHAT})
+    assert_error(response, 503, "queue_timeout")
+    assert "retry-after" in response.headers
+    running.join()
+
+
+def test_a_client_gone_while_queued_leaves_the_queue(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    running = in_background(client, "slow")
+    assert wait_until(lambda: busy(gateway, "slow"), 5)
+    with pytest.raises(httpx.ReadTimeout), gateway.client(timeout=0.5) as impatient:
+        impatient.post("/v1/chat/completions", json={"model": "slow", **CHAT},
+                       headers={"X-Request-Id": "gave-up-while-queued"})  # fmt: skip
+    assert wait_until(lambda: queued(gateway, "slow") == 0, 5)
+    running.join()
+    recent = gateway.worker_status("slow", 0)["recent"]
+    assert "gave-up-while-queued" not in {r["id"] for r in recent}
+
+
+def test_a_client_gone_mid_stream_frees_the_replica_at_once(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    body = {"model": "long", "stream": True, **CHAT}
+    with client.stream("POST", "/v1/chat/completions", json=body,
+                       headers={"X-Request-Id": "walked-away"}) as response:  # fmt: skip
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    left_at = time.time()
+    assert wait_until(lambda: busy(gateway, "long", 0), 5)
+    response = client.post("/v1/chat/completions", json={"model": "long", "max_tokens": 2, **CHAT},
+                           headers={"X-Request-Id": "next"})  # fmt: skip
+    assert response.status_code == 200
+    records = {r["id"]: r for r in gateway.worker_status("long", 0)["recent"]}
+    assert records["walked-away"]["outcome"] == "cancelled"
+    # The abandoned generation would have run 200 x 50 ms = 10 s; it stopped within a few tokens.
+    assert records["walked-away"]["finished"] - left_at < 1.0
+    assert records["next"]["started"] >= records["walked-away"]["finished"]
+
+
+def test_a_killed_worker_is_restarted(gateway: GatewayProcess, client: httpx.Client) -> None:
+    (before,) = [w for w in gateway.workers() if w["model"] == "restart"]
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        (now,) = [w for w in gateway.workers() if w["model"] == "restart"]
+        return now["state"] == "ready" and now["pid"] != before["pid"] and now["restarts"] == 1
+
+    assert wait_until(restarted, 15)
+    response = client.post("/v1/chat/completions", json={"model": "restart", **CHAT})
+    assert response.status_code == 200
+
+
+def test_sigkill_of_the_gateway_leaves_no_worker(tmp_path: Path) -> None:
+    gateway = GatewayProcess({"models": [standin("a", replicas=2)]}, tmp_path).start()
+    pids = [w["pid"] for w in gateway.workers()]
+    assert gateway.proc is not None
+    gateway.proc.kill()
+    gateway.proc.wait()
+    from tests.support import pid_alive
+
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), 10), pids
+
+
+def test_sigterm_stops_workers_and_exits_cleanly(tmp_path: Path) -> None:
+    gateway = GatewayProcess({"models": [standin("a")]}, tmp_path).start()
+    pids = [w["pid"] for w in gateway.workers()]
+    assert gateway.stop() == 0
+    from tests.support import pid_alive
+
+    assert not any(pid_alive(p) for p in pids)
