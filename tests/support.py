@@ -1,4 +1,4 @@
-"""Test helpers shared by every layer: ports, OpenAI schemas, SSE parsing, a real gateway process."""
+"""Helpers for every test layer: ports, OpenAI schemas, SSE, a real gateway process."""
 
 from __future__ import annotations
 
