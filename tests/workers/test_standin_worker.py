@@ -1,0 +1,336 @@
+"""The real worker process on the stand-in engine, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.workers.support import (
+    REPO_ROOT,
+    WorkerProcess,
+    free_port,
+    process_gone,
+    schema_errors,
+    sse_events,
+    validate,
+)
+
+USER = [{"role": "user", "content": "hello there"}]
+STATUS_KEYS = {
+    "state", "model", "engine", "path", "pid", "device", "n_gpu_layers", "n_ctx", "embedding",
+    "requests_served", "load_seconds", "loaded_at", "started_at", "error", "recent",
+}  # fmt: skip
+
+
+def standin(name: str, **options: Any) -> WorkerProcess:
+    return WorkerProcess(name, "--engine", "standin", "--standin-json", json.dumps(options))
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[WorkerProcess]:
+    with standin("fast", token_delay=0.005, tokens=8, n_ctx=64) as w:
+        w.wait_ready()
+        yield w
+
+
+@pytest.fixture(scope="module")
+def slow() -> Iterator[WorkerProcess]:
+    with standin("slow", token_delay=0.05, tokens=2000, n_ctx=4096) as w:
+        w.wait_ready()
+        yield w
+
+
+def stream(w: WorkerProcess, path: str, body: dict[str, Any]) -> list[str]:
+    with w.client.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return sse_events(response.iter_lines())
+
+
+def last_record(w: WorkerProcess, request_id: str, timeout: float = 5) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = [r for r in w.status()["recent"] if r["id"] == request_id]
+        if records and records[-1]["finished"] is not None:
+            return records[-1]
+        time.sleep(0.02)
+    raise AssertionError(f"request {request_id} never finished")
+
+
+# Status
+
+
+def test_status_has_every_field(worker: WorkerProcess) -> None:
+    assert set(worker.status()) == STATUS_KEYS
+
+
+def test_status_describes_the_standin(worker: WorkerProcess) -> None:
+    body = worker.status()
+    assert (body["state"], body["model"], body["engine"]) == ("ready", "fast", "standin")
+    assert (body["pid"], body["n_ctx"], body["path"]) == (worker.proc.pid, 64, None)
+
+
+def test_recent_records_request_id_and_outcome(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 2}
+    worker.client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "req-42"})
+    record = last_record(worker, "req-42")
+    assert record["endpoint"] == "/v1/chat/completions"
+    assert record["outcome"] == "ok"
+    assert record["started"] <= record["finished"]
+
+
+def test_response_echoes_request_id(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 1}
+    response = worker.client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "e1"})
+    assert response.headers["x-request-id"] == "e1"
+
+
+# Generation bodies
+
+
+def test_chat_validates_and_names_the_model(worker: WorkerProcess) -> None:
+    body = worker.client.post("/v1/chat/completions", json={"messages": USER}).json()
+    validate("CreateChatCompletionResponse", body)
+    assert body["model"] == "fast"
+    assert body["choices"][0]["message"]["content"] == " ".join(f"tok{i}" for i in range(8))
+
+
+def test_chat_honours_max_tokens(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 3}
+    answer = worker.client.post("/v1/chat/completions", json=body).json()
+    assert answer["usage"]["completion_tokens"] == 3
+    assert answer["choices"][0]["finish_reason"] == "length"
+
+
+def test_chat_stream_chunks_validate_and_end_with_done(worker: WorkerProcess) -> None:
+    events = stream(worker, "/v1/chat/completions", {"messages": USER})
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        validate("CreateChatCompletionStreamResponse", json.loads(event))
+
+
+def test_chat_stream_without_include_usage_has_no_usage(worker: WorkerProcess) -> None:
+    events = stream(worker, "/v1/chat/completions", {"messages": USER})
+    assert all("usage" not in json.loads(e) for e in events[:-1])
+
+
+def test_chat_stream_include_usage_ends_with_usage_chunk(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 5, "stream_options": {"include_usage": True}}
+    chunks = [json.loads(e) for e in stream(worker, "/v1/chat/completions", body)[:-1]]
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk)
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+
+def test_completions_of_two_prompts(worker: WorkerProcess) -> None:
+    body = {"prompt": ["a b", "c"], "max_tokens": 2}
+    answer = worker.client.post("/v1/completions", json=body).json()
+    validate("CreateCompletionResponse", answer)
+    assert [c["index"] for c in answer["choices"]] == [0, 1]
+    assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def test_completions_stream_include_usage(worker: WorkerProcess) -> None:
+    body = {"prompt": ["a", "b"], "max_tokens": 2, "stream_options": {"include_usage": True}}
+    chunks = [json.loads(e) for e in stream(worker, "/v1/completions", body)[:-1]]
+    # Only the null finish_reason of chunks before a prompt's last may disagree with the schema.
+    for chunk in chunks:
+        assert all("finish_reason" in e for e in schema_errors("CreateCompletionResponse", chunk))
+    assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0, 1}
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_embeddings_one_vector_per_input(worker: WorkerProcess) -> None:
+    answer = worker.client.post("/v1/embeddings", json={"input": ["a", "b c"]}).json()
+    validate("CreateEmbeddingResponse", answer)
+    assert [len(d["embedding"]) for d in answer["data"]] == [8, 8]
+
+
+def test_embeddings_base64(worker: WorkerProcess) -> None:
+    body = {"input": "a", "encoding_format": "base64"}
+    answer = worker.client.post("/v1/embeddings", json=body).json()
+    assert isinstance(answer["data"][0]["embedding"], str)
+
+
+# Errors
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status
+    body: dict[str, Any] = response.json()
+    validate("ErrorResponse", body)
+    assert body["error"]["param"] == param
+    return body["error"]
+
+
+def test_bad_json_is_400(worker: WorkerProcess) -> None:
+    response = worker.client.post("/v1/chat/completions", content=b"{nope")
+    assert assert_error(response, 400)["type"] == "invalid_request_error"
+
+
+def test_missing_messages_is_400(worker: WorkerProcess) -> None:
+    assert_error(worker.client.post("/v1/chat/completions", json={}), 400, "messages")
+
+
+def test_n_two_is_400(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "n": 2}
+    assert_error(worker.client.post("/v1/chat/completions", json=body), 400, "n")
+
+
+def test_unknown_path_is_openai_404(worker: WorkerProcess) -> None:
+    assert assert_error(worker.client.get("/v1/nothing"), 404)["code"] == "not_found"
+
+
+def test_context_length_exceeded_is_400(worker: WorkerProcess) -> None:
+    body = {"prompt": "w " * 100}
+    error = assert_error(worker.client.post("/v1/completions", json=body), 400, "prompt")
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_context_length_exceeded_is_400_when_streaming(worker: WorkerProcess) -> None:
+    body = {"messages": [{"role": "user", "content": "w " * 100}], "stream": True}
+    response = worker.client.post("/v1/chat/completions", json=body)
+    assert assert_error(response, 400, "messages")["code"] == "context_length_exceeded"
+
+
+def test_error_mid_stream_is_an_event_without_done() -> None:
+    with standin("erring", token_delay=0.0, tokens=8, error_after_tokens=3) as w:
+        w.wait_ready()
+        events = stream(w, "/v1/chat/completions", {"messages": USER})
+    assert "[DONE]" not in events
+    validate("ErrorResponse", json.loads(events[-1]))
+
+
+# Lifecycle
+
+
+def test_loading_answers_503_model_loading() -> None:
+    with standin("loading", load_seconds=30) as w:
+        assert w.wait_state("loading")["state"] == "loading"
+        response = w.client.post("/v1/chat/completions", json={"messages": USER})
+        assert assert_error(response, 503)["code"] == "model_loading"
+
+
+def test_failed_load_reports_error_then_exits_3() -> None:
+    with standin("broken", fail_load="no such weights") as w:
+        body = w.wait_state("failed", timeout=10)
+        assert "no such weights" in body["error"]
+        assert w.proc.wait(10) == 3
+
+
+# Cancellation and concurrency
+
+
+def test_busy_while_generating(slow: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 20, "stream": True}
+    with slow.client.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        next(lines)
+        assert slow.status()["state"] == "busy"
+        list(lines)
+    assert slow.status()["state"] == "ready"
+
+
+def test_disconnect_mid_stream_cancels(slow: WorkerProcess) -> None:
+    body = {"messages": USER, "stream": True}
+    headers = {"X-Request-Id": "gone-stream"}
+    with slow.client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+    record = last_record(slow, "gone-stream")
+    assert record["outcome"] == "cancelled"
+    assert record["finished"] - record["started"] < 2
+
+
+def test_next_request_starts_at_once_after_disconnect(slow: WorkerProcess) -> None:
+    body = {"messages": USER, "stream": True}
+    with slow.client.stream("POST", "/v1/chat/completions", json=body) as r:
+        next(r.iter_lines())
+    began = time.monotonic()
+    answer = slow.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
+    assert answer.status_code == 200
+    assert time.monotonic() - began < 1.0
+
+
+def test_disconnect_during_non_stream_cancels(slow: WorkerProcess) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        slow.client.post(
+            "/v1/chat/completions",
+            json={"messages": USER},
+            headers={"X-Request-Id": "gone-plain"},
+            timeout=0.3,
+        )
+    assert last_record(slow, "gone-plain")["outcome"] == "cancelled"
+
+
+def test_second_request_waits_for_the_first(slow: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 6}
+
+    def second() -> None:
+        headers = {"X-Request-Id": "second"}
+        httpx.post(f"{slow.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+    thread = threading.Thread(target=second)
+    headers = {"X-Request-Id": "first"}
+    with slow.client.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+    ) as response:
+        lines = response.iter_lines()
+        next(lines)
+        thread.start()
+        list(lines)
+    thread.join()
+    first, later = last_record(slow, "first"), last_record(slow, "second")
+    assert first["finished"] <= later["started"]
+
+
+# Lifeline
+
+PARENT = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-m", "workers", "--model-name", "orphan",
+        "--port", sys.argv[1], "--engine", "standin", "--parent-pid", str(os.getpid())])
+    print(child.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def wait_port_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/status").json()["state"] == "ready":
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError("orphan worker never became ready")
+
+
+def test_worker_dies_with_its_parent() -> None:
+    port = free_port()
+    command = [sys.executable, "-c", PARENT, str(port)]
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        wait_port_ready(port)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while not process_gone(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(child_pid)
