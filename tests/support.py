@@ -43,6 +43,20 @@ def assert_valid(schema: str, body: Any) -> None:
     assert not errors, f"{schema} violations: {errors}\nbody: {body}"
 
 
+def assert_valid_completion_stream(chunks: list[dict[str, Any]]) -> None:
+    """Completion chunks share CreateCompletionResponse's schema, but like api.openai.com we send
+    `finish_reason: null` until the last chunk: no enum value means "not finished yet"."""
+    for chunk in chunks[:-1]:
+        assert all(c["finish_reason"] is None for c in chunk["choices"]), chunk
+        assert_valid("CreateCompletionResponse", _with_finish_reason(chunk))
+    assert_valid("CreateCompletionResponse", chunks[-1])
+
+
+def _with_finish_reason(chunk: dict[str, Any]) -> dict[str, Any]:
+    choices = [{**c, "finish_reason": "length"} for c in chunk["choices"]]
+    return {**chunk, "choices": choices}
+
+
 def sse_data(text: str) -> list[str]:
     """The `data:` payloads of an SSE body, in order."""
     return [line[len("data: ") :] for line in text.split("\n") if line.startswith("data: ")]

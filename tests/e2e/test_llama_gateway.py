@@ -1,0 +1,249 @@
+"""End to end: the real gateway, real llama-cpp workers on the demo models, the official client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.support import (
+    GEMMA3,
+    SMOLLM2,
+    GatewayProcess,
+    assert_valid,
+    assert_valid_completion_stream,
+    pid_alive,
+    running_gateway,
+    sse_data,
+    wait_until,
+)
+
+LLAMA = {"n_ctx": 1024, "n_threads": 1}
+CONFIG = {
+    "models": [
+        {"name": "smollm2", "aliases": ["gpt-3.5-turbo"], "path": str(SMOLLM2), "replicas": 2,
+         "llama": LLAMA},
+        {"name": "gemma3-270m", "path": str(GEMMA3), "llama": LLAMA},
+        {"name": "smollm2-embed", "path": str(SMOLLM2),
+         "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True}},
+    ]
+}  # fmt: skip
+HELLO = [{"role": "user", "content": "Say hello in three words."}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    with gateway.client() as http:
+        yield http
+
+
+def test_models_lists_every_name_and_alias(client: openai.OpenAI, http: httpx.Client) -> None:
+    assert {m.id for m in client.models.list()} == {"smollm2", "gpt-3.5-turbo", "gemma3-270m",
+                                                     "smollm2-embed"}  # fmt: skip
+    assert_valid("ListModelsResponse", http.get("/v1/models").json())
+
+
+def test_chat_answers_with_a_valid_body_and_usage(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2",
+        messages=HELLO,
+        max_tokens=8,  # type: ignore[arg-type]
+    )
+    assert_valid("CreateChatCompletionResponse", raw.http_response.json())
+    completion = raw.parse()
+    assert completion.model == "smollm2"
+    assert isinstance(completion.choices[0].message.content, str)
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    assert completion.usage.prompt_tokens > 5
+
+
+def test_chat_by_alias_is_served_by_the_same_pool(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-3.5-turbo",
+        messages=HELLO,
+        max_tokens=4,  # type: ignore[arg-type]
+    )
+    assert completion.model == "smollm2"
+
+
+def test_chat_stream_chunks_are_valid_and_end_with_usage(http: httpx.Client) -> None:
+    body = {"model": "smollm2", "messages": HELLO, "max_tokens": 8, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    events = sse_data(http.post("/v1/chat/completions", json=body).text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    assert text.strip()
+
+
+def test_the_official_client_streams_chat(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=HELLO,
+        max_tokens=8,
+        stream=True,  # type: ignore[arg-type]
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces).strip()
+
+
+def test_completions_on_the_base_model(client: openai.OpenAI) -> None:
+    raw = client.completions.with_raw_response.create(
+        model="gemma3-270m", prompt="The capital of France is", max_tokens=6
+    )
+    assert_valid("CreateCompletionResponse", raw.http_response.json())
+    completion = raw.parse()
+    assert completion.choices[0].text and completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+
+
+def test_completions_stream_is_valid(http: httpx.Client) -> None:
+    body = {"model": "gemma3-270m", "prompt": "One, two,", "max_tokens": 6, "stream": True}
+    events = sse_data(http.post("/v1/completions", json=body).text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert_valid_completion_stream(chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_embeddings_one_vector_per_input(client: openai.OpenAI) -> None:
+    raw = client.embeddings.with_raw_response.create(
+        model="smollm2-embed", input=["hello world", "a longer sentence about cats"],
+        encoding_format="float",
+    )  # fmt: skip
+    assert_valid("CreateEmbeddingResponse", raw.http_response.json())
+    result = raw.parse()
+    assert [d.index for d in result.data] == [0, 1]
+    assert len(result.data[0].embedding) == len(result.data[1].embedding) > 100
+    assert result.data[0].embedding != result.data[1].embedding
+    assert result.usage.prompt_tokens > 0
+
+
+def test_a_prompt_over_the_context_is_400_context_length_exceeded(client: openai.OpenAI) -> None:
+    long_prompt = "word " * 3000
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="gemma3-270m", prompt=long_prompt, max_tokens=4)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_found"
+
+
+def test_bad_json_is_400(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", content=b"{nope",
+                         headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 400
+    assert_valid("ErrorResponse", response.json())
+
+
+def records(gateway: GatewayProcess, model: str) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every recent request of `model`'s workers, by request id, with its replica index."""
+    found: dict[str, tuple[int, dict[str, Any]]] = {}
+    for worker in gateway.workers():
+        if worker["model"] == model:
+            for record in gateway.worker_status(model, worker["replica"])["recent"]:
+                found[record["id"]] = (worker["replica"], record)
+    return found
+
+
+def test_two_requests_run_at_once_on_two_replicas(
+    gateway: GatewayProcess, client: openai.OpenAI
+) -> None:
+    def ask(request_id: str) -> None:
+        client.chat.completions.create(
+            model="smollm2", messages=HELLO, max_tokens=24,  # type: ignore[arg-type]
+            extra_headers={"X-Request-Id": request_id},
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(ask, ["parallel-a", "parallel-b"]))
+    seen = records(gateway, "smollm2")
+    (replica_a, a), (replica_b, b) = seen["parallel-a"], seen["parallel-b"]
+    assert replica_a != replica_b
+    assert a["started"] < b["finished"] and b["started"] < a["finished"], (a, b)
+
+
+def worker_facts(gateway: GatewayProcess) -> dict[tuple[str, int], tuple[int, float, int]]:
+    """(pid, the worker's own load time, restarts) of every replica of the two chat models."""
+    return {
+        (w["model"], w["replica"]): (
+            w["pid"],
+            gateway.worker_status(w["model"], w["replica"])["loaded_at"],
+            w["restarts"],
+        )
+        for w in gateway.workers()
+        if w["model"] in ("smollm2", "gemma3-270m")
+    }
+
+
+def test_alternating_between_models_loads_each_only_once(
+    gateway: GatewayProcess, client: openai.OpenAI
+) -> None:
+    before = worker_facts(gateway)
+    served_before = gateway.worker_status("gemma3-270m", 0)["requests_served"]
+    for i in range(20):
+        if i % 2:
+            client.completions.create(model="gemma3-270m", prompt=f"Count {i}:", max_tokens=4)
+        else:
+            client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": f"Number {i}?"}],
+                max_tokens=4,
+            )  # fmt: skip
+    assert worker_facts(gateway) == before
+    assert gateway.worker_status("gemma3-270m", 0)["requests_served"] - served_before == 10
+
+
+def test_a_client_gone_mid_stream_frees_the_replica(
+    gateway: GatewayProcess, http: httpx.Client
+) -> None:
+    body = {"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 400,
+            "stream": True}  # fmt: skip
+    with http.stream("POST", "/v1/completions", json=body,
+                     headers={"X-Request-Id": "llama-walked-away"}) as response:  # fmt: skip
+        assert next(response.iter_lines()).startswith("data: ")
+    left_at = time.time()
+    assert wait_until(lambda: all(w["in_flight"] == 0 for w in gateway.workers()), 10)
+    done = http.post(
+        "/v1/completions",
+        json={"model": "gemma3-270m", "prompt": "Hi", "max_tokens": 2},
+        headers={"X-Request-Id": "after"},
+    )
+    assert done.status_code == 200
+    seen = records(gateway, "gemma3-270m")
+    gone, after = seen["llama-walked-away"][1], seen["after"][1]
+    assert gone["outcome"] == "cancelled"
+    assert gone["finished"] - left_at < 2.0  # 400 tokens would have taken far longer
+    assert after["started"] >= gone["finished"]
+
+
+def test_sigkill_of_the_gateway_leaves_no_llama_worker(tmp_path: Path) -> None:
+    config = {"models": [{"name": "s", "path": str(SMOLLM2), "llama": LLAMA}]}
+    gateway = GatewayProcess(config, tmp_path).start()
+    pids = [w["pid"] for w in gateway.workers()]
+    assert gateway.proc is not None and pids
+    gateway.proc.kill()
+    gateway.proc.wait()
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), 10), pids
