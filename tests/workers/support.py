@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev extras
 
 __all__ = [
     "GEMMA",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from typing import Any
 
 from tests.workers.support import schema_errors, validate
 from workers.engine import EmbeddingResult, Usage
@@ -44,7 +45,7 @@ RAW_COMPLETION = {
 }
 
 
-def raw_chat_chunk(delta: dict[str, object], finish: str | None) -> dict[str, object]:
+def raw_chat_chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
     return {
         "id": "chatcmpl-x",
         "object": "chat.completion.chunk",

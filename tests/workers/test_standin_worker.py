@@ -62,7 +62,8 @@ def last_record(w: WorkerProcess, request_id: str, timeout: float = 5) -> dict[s
     while time.monotonic() < deadline:
         records = [r for r in w.status()["recent"] if r["id"] == request_id]
         if records and records[-1]["finished"] is not None:
-            return records[-1]
+            last: dict[str, Any] = records[-1]
+            return last
         time.sleep(0.02)
     raise AssertionError(f"request {request_id} never finished")
 
@@ -171,8 +172,9 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
     assert response.status_code == status
     body: dict[str, Any] = response.json()
     validate("ErrorResponse", body)
-    assert body["error"]["param"] == param
-    return body["error"]
+    error: dict[str, Any] = body["error"]
+    assert error["param"] == param
+    return error
 
 
 def test_bad_json_is_400(worker: WorkerProcess) -> None:

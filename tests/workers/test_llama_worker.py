@@ -1,0 +1,214 @@
+"""The real worker on llama-cpp-python: SmolLM2 (chat, embeddings) and Gemma 3 (completions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.workers.support import (
+    GEMMA,
+    SMOLLM2,
+    WorkerProcess,
+    schema_errors,
+    sse_events,
+    validate,
+)
+
+USER = [{"role": "user", "content": "Name three colours."}]
+LLAMA = {"n_ctx": 512, "n_threads": 1, "seed": 7}
+# SmolLM2's end token is id 2: banning it makes a generation run to max_tokens.
+NO_EOS = {"2": -100}
+
+
+def llama_worker(name: str, path: Path, **llama: Any) -> WorkerProcess:
+    options = json.dumps({**LLAMA, **llama})
+    return WorkerProcess(name, "--model-path", str(path), "--llama-json", options)
+
+
+@pytest.fixture(scope="module")
+def smol() -> Iterator[WorkerProcess]:
+    with llama_worker("smol", SMOLLM2) as w:
+        w.wait_ready()
+        yield w
+
+
+@pytest.fixture(scope="module")
+def smol_embed() -> Iterator[WorkerProcess]:
+    with llama_worker("smol-embed", SMOLLM2, embedding=True) as w:
+        w.wait_ready()
+        yield w
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Iterator[WorkerProcess]:
+    with llama_worker("gemma", GEMMA) as w:
+        w.wait_ready()
+        yield w
+
+
+def stream_chunks(w: WorkerProcess, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with w.client.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        events = sse_events(response.iter_lines())
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def record(w: WorkerProcess, request_id: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r for r in w.status()["recent"] if r["id"] == request_id]
+        if found and found[-1]["finished"] is not None:
+            last: dict[str, Any] = found[-1]
+            return last
+        time.sleep(0.02)
+    raise AssertionError(f"request {request_id} never finished")
+
+
+def test_status_reports_the_loaded_model(smol: WorkerProcess) -> None:
+    body = smol.status()
+    assert (body["engine"], body["path"], body["n_ctx"]) == ("llama", str(SMOLLM2), 512)
+    assert body["load_seconds"] > 0
+
+
+def test_chat_validates_with_usage(smol: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 8, "temperature": 0}
+    answer = smol.client.post("/v1/chat/completions", json=body).json()
+    validate("CreateChatCompletionResponse", answer)
+    assert answer["model"] == "smol"
+    assert answer["usage"]["completion_tokens"] <= 8
+
+
+def test_chat_stream_validates_and_usage_matches_non_stream(smol: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 12, "temperature": 0, "logit_bias": NO_EOS}
+    plain = smol.client.post("/v1/chat/completions", json=body).json()
+    usage_body = {**body, "stream_options": {"include_usage": True}}
+    chunks = stream_chunks(smol, "/v1/chat/completions", usage_body)
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk)
+    assert chunks[-1]["usage"] == plain["usage"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    assert text == plain["choices"][0]["message"]["content"]
+
+
+def test_stream_usage_excludes_the_end_token(smol: WorkerProcess) -> None:
+    # Without the ban, the model ends on its own: the end token is not a completion token.
+    body = {"messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 16,
+            "temperature": 0}  # fmt: skip
+    plain = smol.client.post("/v1/chat/completions", json=body).json()
+    chunks = stream_chunks(
+        smol, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}}
+    )
+    assert chunks[-1]["usage"] == plain["usage"]
+
+
+def test_json_schema_response_format_constrains_output(smol: WorkerProcess) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    body = {
+        "messages": [{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
+        "max_tokens": 16,
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    }
+    answer = smol.client.post("/v1/chat/completions", json=body).json()
+    content = answer["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(content)["ok"], bool)
+
+
+def test_completions_on_gemma_validate(gemma: WorkerProcess) -> None:
+    body = {"prompt": ["1, 2, 3,", "a, b, c,"], "max_tokens": 6, "temperature": 0}
+    answer = gemma.client.post("/v1/completions", json=body).json()
+    validate("CreateCompletionResponse", answer)
+    assert [c["index"] for c in answer["choices"]] == [0, 1]
+    assert answer["usage"]["completion_tokens"] == 12
+
+
+def test_completions_stream_on_gemma(gemma: WorkerProcess) -> None:
+    body = {"prompt": "1, 2, 3,", "max_tokens": 6, "stream_options": {"include_usage": True}}
+    chunks = stream_chunks(gemma, "/v1/completions", body)
+    for chunk in chunks:
+        assert all("finish_reason" in e for e in schema_errors("CreateCompletionResponse", chunk))
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_context_length_exceeded(smol: WorkerProcess) -> None:
+    body = {"messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 4}
+    response = smol.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    validate("ErrorResponse", response.json())
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_context_length_exceeded_streaming_is_400(smol: WorkerProcess) -> None:
+    body = {"messages": [{"role": "user", "content": "word " * 600}], "stream": True}
+    response = smol.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_max_tokens_beyond_context_is_clamped(smol: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 5000, "logit_bias": NO_EOS}
+    answer = smol.client.post("/v1/chat/completions", json=body).json()
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["total_tokens"] <= 512
+
+
+def test_embeddings_without_embedding_flag_is_400(smol: WorkerProcess) -> None:
+    response = smol.client.post("/v1/embeddings", json={"input": "hello"})
+    assert response.status_code == 400
+    assert "embedding" in response.json()["error"]["message"]
+
+
+def test_embeddings_one_vector_per_input(smol_embed: WorkerProcess) -> None:
+    body = {"input": ["hello world", "a much longer sentence about colours"]}
+    answer = smol_embed.client.post("/v1/embeddings", json=body).json()
+    validate("CreateEmbeddingResponse", answer)
+    assert [len(d["embedding"]) for d in answer["data"]] == [576, 576]
+    assert answer["usage"]["prompt_tokens"] > 2
+
+
+def test_embedding_model_can_also_chat(smol_embed: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 4}
+    answer = smol_embed.client.post("/v1/chat/completions", json=body).json()
+    validate("CreateChatCompletionResponse", answer)
+
+
+def test_disconnect_mid_stream_frees_the_worker(smol: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 400, "logit_bias": NO_EOS, "stream": True}
+    headers = {"X-Request-Id": "llama-gone"}
+    with smol.client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+    began = time.monotonic()
+    answer = smol.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
+    assert answer.status_code == 200
+    assert time.monotonic() - began < 2.0
+    assert record(smol, "llama-gone")["outcome"] == "cancelled"
+
+
+def test_disconnect_during_non_stream_stops_generation(smol: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 400, "logit_bias": NO_EOS}
+    with pytest.raises(httpx.ReadTimeout):
+        smol.client.post(
+            "/v1/chat/completions", json=body, headers={"X-Request-Id": "plain-gone"}, timeout=0.5
+        )
+    gone = record(smol, "plain-gone")
+    assert gone["outcome"] == "cancelled"
+    # 400 tokens take seconds here; a cancelled one stops within a token or two.
+    assert gone["finished"] - gone["started"] < 1.5
+
+
+def test_bad_gguf_fails_and_exits_3(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.gguf"
+    bad.write_bytes(b"this is not a gguf file" * 100)
+    with llama_worker("bad", bad) as w:
+        body = w.wait_state("failed", timeout=30)
+        assert body["error"]
+        assert w.proc.wait(10) == 3
