@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from jinja2 import TemplateError
+
 from workers.engine import (
     CancelToken,
     ContextLengthExceeded,
@@ -16,6 +18,7 @@ from workers.engine import (
     StreamItem,
     Usage,
 )
+from workers.errors import invalid_request
 from workers.params import ChatParams, CompletionParams, Prompt
 
 __all__ = ["LlamaEngine", "llama_kwargs"]
@@ -114,6 +117,10 @@ class LlamaEngine:
     def _run(self, call: Callable[[], Any]) -> Any:
         try:
             return call()
+        except TemplateError as exc:
+            # The model's chat template rejected the conversation (e.g. roles not alternating).
+            message = f"The chat template rejected the messages: {exc}"
+            raise invalid_request(message, "messages") from exc
         except ValueError as exc:
             error = _context_error(exc)
             if error is None:

@@ -96,6 +96,12 @@ def _message(message: Any, index: int) -> dict[str, Any]:
     if role not in _ROLES:
         raise invalid_request(f"{param}.role must be one of {sorted(_ROLES)}", f"{param}.role")
     content = _content(message.get("content"), f"{param}.content")
+    if content is None:
+        # Only an assistant turn (e.g. one that called tools) may lack content; templates
+        # concatenate it, so it becomes "" rather than None.
+        if role != "assistant":
+            raise invalid_request(f"{param}.content is required", f"{param}.content")
+        content = ""
     # Keep only what chat templates read: extra keys (name, tool_call_id...) pass through.
     return {**message, "role": role, "content": content}
 
@@ -233,12 +239,15 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
 
 def _prompts(prompt: Any) -> list[Prompt]:
     """str | list[str] | list[int] | list[list[int]] -> one entry per prompt."""
+    if prompt == "" or prompt == [""]:
+        # llama-cpp-python 0.3.36 fails an assertion on an empty prompt.
+        raise invalid_request("'prompt' must not be empty", "prompt")
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
         if _is_tokens(prompt):
             return [list(prompt)]
-        if all(isinstance(p, str) for p in prompt):
+        if all(isinstance(p, str) and p for p in prompt):
             return list(prompt)
         if all(isinstance(p, list) and p and _is_tokens(p) for p in prompt):
             return [list(p) for p in prompt]

@@ -113,3 +113,16 @@ def test_embedding_rejects_empty_string() -> None:
 def test_embedding_rejects_unknown_encoding() -> None:
     body = {"input": "x", "encoding_format": "hex"}
     assert rejected(parse_embedding, body).param == "encoding_format"
+
+
+def test_user_message_without_content_is_400() -> None:
+    assert rejected(parse_chat, {"messages": [{"role": "user"}]}).param == "messages[0].content"
+
+
+def test_assistant_message_without_content_becomes_empty() -> None:
+    messages = [*USER, {"role": "assistant", "content": None}, *USER]
+    assert parse_chat({"messages": messages}).messages[1]["content"] == ""
+
+
+def test_completion_rejects_empty_prompt() -> None:
+    assert rejected(parse_completion, {"prompt": ""}).param == "prompt"

@@ -215,6 +215,18 @@ def test_error_mid_stream_is_an_event_without_done() -> None:
     validate("ErrorResponse", json.loads(events[-1]))
 
 
+def test_crash_mid_stream_ends_without_done() -> None:
+    with standin("crashing", token_delay=0.0, tokens=8, exit_after_tokens=3) as w:
+        w.wait_ready()
+        body = {"messages": USER, "stream": True}
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            w.client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            list(response.iter_lines())
+        assert w.proc.wait(10) == 17
+
+
 # Lifecycle
 
 
