@@ -101,7 +101,9 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     model = gateway.resolve(fields.model)
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    lease = await until_disconnect(request.receive, gateway.scheduler.acquire(model.name))
+    lease = gateway.scheduler.try_acquire(model.name)
+    if lease is None:  # queue, leaving the queue if the client goes away
+        lease = await until_disconnect(request.receive, gateway.scheduler.acquire(model.name))
     try:
         upstream = await until_disconnect(
             request.receive, gateway.proxy.send(lease.replica.url + path, body, request_id)

@@ -57,17 +57,23 @@ class Scheduler:
     def queued(self, model: str) -> int:
         return len(self._queues[model])
 
+    def try_acquire(self, model: str) -> Lease | None:
+        """A lease at once if a replica is free and nobody is queued ahead; else None."""
+        if self._queues[model]:
+            return None
+        replica = pick_replica(self._registry.replicas(model))
+        return None if replica is None else self._lease(replica)
+
     async def acquire(self, model: str) -> Lease:
         """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable."""
+        lease = self.try_acquire(model)
+        if lease is not None:
+            return lease
         queue = self._queues[model]
-        if not queue:
-            replica = pick_replica(self._registry.replicas(model))
-            if replica is not None:
-                return self._lease(replica)
         self._check_admission(model, queue)
         waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         queue.append(waiter)
-        lease: Lease | None = None
+        lease = None
         try:
             async with asyncio.timeout(self._policies[model].queue_timeout):
                 lease = await waiter
