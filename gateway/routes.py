@@ -61,7 +61,7 @@ def _state(request: Request[Any, Any, Any]) -> Gateway:
     return gateway
 
 
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: when server.api_keys is set, require `Authorization: Bearer <one of them>`."""
     keys = connection.app.state.gateway.config.server.api_keys
     if not keys:
