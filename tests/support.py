@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = REPO.parent / "shared" / "openai" / "schemas.json"
+SCHEMAS = REPO / "tests" / "data" / "openai-schemas.json"  # OpenAI's published schemas
 SMOLLM2 = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = REPO / "models" / "gemma-3-270m-q4_k_m.gguf"
 
