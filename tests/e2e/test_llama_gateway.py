@@ -239,6 +239,19 @@ def test_a_client_gone_mid_stream_frees_the_replica(
     assert after["started"] >= gone["finished"]
 
 
+def test_a_client_gone_before_a_non_streamed_answer_frees_the_replica(
+    gateway: GatewayProcess,
+) -> None:
+    body = {"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 400}
+    with pytest.raises(httpx.ReadTimeout), gateway.client(timeout=0.5) as impatient:
+        impatient.post("/v1/completions", json=body, headers={"X-Request-Id": "gave-up"})
+    left_at = time.time()
+    assert wait_until(lambda: all(w["in_flight"] == 0 for w in gateway.workers()), 10)
+    gone = records(gateway, "gemma3-270m")["gave-up"][1]
+    assert gone["outcome"] == "cancelled"
+    assert gone["finished"] - left_at < 2.0
+
+
 def test_sigkill_of_the_gateway_leaves_no_llama_worker(tmp_path: Path) -> None:
     config = {"models": [{"name": "s", "path": str(SMOLLM2), "llama": LLAMA}]}
     gateway = GatewayProcess(config, tmp_path).start()
