@@ -18,6 +18,7 @@ __all__ = ["Registry", "Replica", "ReplicaState"]
 class ReplicaState(StrEnum):
     STARTING = "starting"
     READY = "ready"
+    UNHEALTHY = "unhealthy"  # running, but a request could not reach it; out of rotation
     FAILED = "failed"
     STOPPED = "stopped"
 
@@ -115,6 +116,12 @@ class Registry:
     def mark_stopped(self, replica: Replica) -> None:
         replica.state = ReplicaState.STOPPED
         replica.pid = None
+
+    def mark_unhealthy(self, replica: Replica, reason: str) -> None:
+        """Take a replica that failed a request out of rotation until the supervisor re-checks it."""
+        if replica.state is ReplicaState.READY:
+            replica.state = ReplicaState.UNHEALTHY
+            replica.error = reason
 
     # Load: written by the scheduler only.
 

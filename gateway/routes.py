@@ -15,10 +15,10 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp
 
 from .config import GatewayConfig, ModelConfig
-from .errors import BodyTooLarge, InvalidRequest, ModelNotFound, Unauthorized
+from .errors import BodyTooLarge, InvalidRequest, ModelNotFound, Unauthorized, UpstreamFailed
 from .proxy import Proxy, Relay, until_disconnect
 from .registry import Registry
-from .scheduler import Scheduler
+from .scheduler import Lease, Scheduler
 from .supervisor import Supervisor
 
 __all__ = ["ROUTES", "Gateway", "require_api_key"]
@@ -61,7 +61,9 @@ def _state(request: Request[Any, Any, Any]) -> Gateway:
     return gateway
 
 
-async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_api_key(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """Guard: when server.api_keys is set, require `Authorization: Bearer <one of them>`."""
     keys = connection.app.state.gateway.config.server.api_keys
     if not keys:
@@ -101,13 +103,28 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     model = gateway.resolve(fields.model)
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    lease = gateway.scheduler.try_acquire(model.name)
+    scheduler = gateway.scheduler
+    lease = scheduler.try_acquire(model.name)
     if lease is None:  # queue, leaving the queue if the client goes away
-        lease = await until_disconnect(request.receive, gateway.scheduler.acquire(model.name))
+        lease = await until_disconnect(request.receive, scheduler.acquire(model.name))
+    try:
+        return await _send(request, gateway.proxy, lease, path, body, request_id)
+    except UpstreamFailed:
+        # Nothing has reached the client: retry once on another replica, ahead of the queue.
+        lease = await until_disconnect(request.receive, scheduler.acquire(model.name, first=True))
+        return await _send(request, gateway.proxy, lease, path, body, request_id)
+
+
+async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, path: str,
+                body: bytes, request_id: str) -> Relay:  # fmt: skip
+    """Send the request on `lease`; its Relay releases the lease once the answer is out."""
     try:
         upstream = await until_disconnect(
-            request.receive, gateway.proxy.send(lease.replica.url + path, body, request_id)
+            request.receive, proxy.send(lease.replica.url + path, body, request_id)
         )
+    except UpstreamFailed as exc:
+        lease.release(failed=exc.message)
+        raise
     except BaseException:
         lease.release()
         raise

@@ -39,10 +39,11 @@ class Lease:
         self.replica = replica
         self.released = False
 
-    def release(self) -> None:
+    def release(self, failed: str | None = None) -> None:
+        """Hand the replica back; `failed` says why it could not be reached, if it could not."""
         if not self.released:
             self.released = True
-            self._scheduler.release(self.replica)
+            self._scheduler.release(self.replica, failed)
 
 
 class Scheduler:
@@ -64,15 +65,22 @@ class Scheduler:
         replica = pick_replica(self._registry.replicas(model))
         return None if replica is None else self._lease(replica)
 
-    async def acquire(self, model: str) -> Lease:
-        """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable."""
+    async def acquire(self, model: str, first: bool = False) -> Lease:
+        """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable.
+
+        `first` puts the request at the head of the queue (a retry keeps its place in line).
+        """
         lease = self.try_acquire(model)
         if lease is not None:
             return lease
         queue = self._queues[model]
-        self._check_admission(model, queue)
+        if not first:
+            self._check_admission(model, queue)
         waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        queue.append(waiter)
+        if first:
+            queue.appendleft(waiter)
+        else:
+            queue.append(waiter)
         lease = None
         try:
             async with asyncio.timeout(self._policies[model].queue_timeout):
@@ -87,7 +95,9 @@ class Scheduler:
             if lease is None:
                 self._abandon(queue, waiter)
 
-    def release(self, replica: Replica) -> None:
+    def release(self, replica: Replica, failed: str | None = None) -> None:
+        if failed is not None:
+            self._registry.mark_unhealthy(replica, failed)
         self._registry.end(replica)
 
     def _lease(self, replica: Replica) -> Lease:

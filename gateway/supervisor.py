@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from .config import GatewayConfig, ModelConfig
-from .registry import Registry, Replica
+from .registry import Registry, Replica, ReplicaState
 
 __all__ = ["Supervisor", "restart_delay", "worker_command", "worker_env"]
 
@@ -27,6 +27,7 @@ log = logging.getLogger("gateway.supervisor")
 
 _STATUS_TIMEOUT = aiohttp.ClientTimeout(total=2)
 _FAILED_EXIT_WAIT = 3.0
+_HEALTH_INTERVAL = 1.0
 
 
 def restart_delay(failures: int) -> float:
@@ -123,7 +124,7 @@ class Supervisor:
             if error is None:
                 self._registry.mark_ready(replica)
                 log.info("%s[%d]: ready", model.name, replica.index)
-                code: int | None = await proc.wait()
+                code: int | None = await self._watch(replica, proc)
                 error_on_exit = None
             else:
                 await self._reap(proc, _FAILED_EXIT_WAIT)
@@ -135,6 +136,18 @@ class Supervisor:
                     proc.pid, code, f": {error_on_exit}" if error_on_exit else "")  # fmt: skip
         self._registry.mark_exited(replica, error_on_exit)
         return error is None
+
+    async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> int:
+        """Wait for the worker to exit; meanwhile, return an unhealthy replica to rotation
+        once its status answers again."""
+        while True:
+            try:
+                return await asyncio.wait_for(proc.wait(), _HEALTH_INTERVAL)
+            except TimeoutError:
+                if replica.state is ReplicaState.UNHEALTHY:
+                    status = await self._status(replica.url)
+                    if status and status.get("state") in ("ready", "busy"):
+                        self._registry.mark_ready(replica)
 
     async def _wait_ready(
         self, model: ModelConfig, replica: Replica, proc: asyncio.subprocess.Process

@@ -131,3 +131,24 @@ async def test_release_is_idempotent() -> None:
     lease.release()
     assert registry.replicas("m")[0].in_flight == 0
     assert registry.replicas("m")[0].requests_served == 1
+
+
+async def test_a_replica_that_could_not_be_reached_leaves_rotation() -> None:
+    registry, scheduler = make(replicas=2)
+    lease = await scheduler.acquire("m")
+    lease.release(failed="connection refused")
+    assert lease.replica.state is ReplicaState.UNHEALTHY
+    assert (await scheduler.acquire("m")).replica is not lease.replica
+
+
+async def test_a_retry_is_served_before_the_queue() -> None:
+    _, scheduler = make()
+    holder = await scheduler.acquire("m")
+    queued_first = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0)
+    retry = asyncio.create_task(scheduler.acquire("m", first=True))
+    await asyncio.sleep(0)
+    holder.release()
+    assert (await asyncio.wait_for(retry, 1)).replica.index == 0
+    assert not queued_first.done()
+    queued_first.cancel()

@@ -33,6 +33,7 @@ CONFIG = {
         standin("impatient", queue_timeout=0.3, token_delay=0.1, tokens=30),
         standin("long", token_delay=0.05, tokens=200),
         standin("restart", token_delay=0.01),
+        standin("crashy", exit_after_tokens=1),
     ],
 }
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -151,7 +152,7 @@ def test_models_lists_names_and_aliases(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert_valid("ListModelsResponse", body)
     assert {m["id"] for m in body["data"]} == {"fast", "fast-alias", "slow", "impatient", "long",
-                                              "restart"}  # fmt: skip
+                                              "restart", "crashy"}  # fmt: skip
 
 
 def test_a_model_can_be_retrieved_by_alias(client: httpx.Client) -> None:
@@ -228,6 +229,16 @@ def test_a_killed_worker_is_restarted(gateway: GatewayProcess, client: httpx.Cli
     assert wait_until(restarted, 15)
     response = client.post("/v1/chat/completions", json={"model": "restart", **CHAT})
     assert response.status_code == 200
+
+
+def test_a_worker_dying_before_answering_is_retried_once_then_a_clean_502(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "crashy", **CHAT})
+    assert_error(response, 502, "upstream_error")
+    # Both attempts reached a worker: the first one and its restarted successor.
+    assert wait_until(lambda: [w["restarts"] for w in gateway.workers()
+                               if w["model"] == "crashy"] == [2], 10)  # fmt: skip
 
 
 def test_sigkill_of_the_gateway_leaves_no_worker(tmp_path: Path) -> None:
