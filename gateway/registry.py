@@ -118,7 +118,7 @@ class Registry:
         replica.pid = None
 
     def mark_unhealthy(self, replica: Replica, reason: str) -> None:
-        """Take a replica that failed a request out of rotation until the supervisor re-checks it."""
+        """Take a replica that failed a request out of rotation until its status answers."""
         if replica.state is ReplicaState.READY:
             replica.state = ReplicaState.UNHEALTHY
             replica.error = reason

@@ -134,7 +134,7 @@ async def test_release_is_idempotent() -> None:
 
 
 async def test_a_replica_that_could_not_be_reached_leaves_rotation() -> None:
-    registry, scheduler = make(replicas=2)
+    _, scheduler = make(replicas=2)
     lease = await scheduler.acquire("m")
     lease.release(failed="connection refused")
     assert lease.replica.state is ReplicaState.UNHEALTHY
