@@ -37,3 +37,11 @@ lint: $(INSTALLED)
 
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy gateway workers
+
+# The benchmark suite (issue 3): never part of `make test`. LiteLLM lives in its own venv.
+.PHONY: bench
+bench: setup
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	PYTHON=$(PYTHON) bench/setup_litellm.sh
+	$(PY) -m bench.run
+	$(PY) -m bench.report

@@ -1,0 +1,60 @@
+"""The peers: LiteLLM's proxy (its own venv) and llama-cpp-python's own server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .procs import CONFIG_DIR, PYTHON, Proc, free_port, start, wait_http
+
+__all__ = ["LITELLM_BIN", "litellm_available", "start_litellm", "start_llama_server"]
+
+LITELLM_BIN = Path(__file__).resolve().parent / ".venv-litellm" / "bin" / "litellm"
+_LITELLM_ENV = {
+    "LITELLM_TELEMETRY_DISABLED": "true",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOG": "ERROR",
+}
+
+
+def litellm_available() -> bool:
+    return LITELLM_BIN.exists()
+
+
+def start_litellm(name: str, upstreams: list[str], cpus: str | None) -> Proc:
+    """LiteLLM's proxy with one `mock` deployment per upstream worker URL (least-busy routing)."""
+    port = free_port()
+    models = [
+        {
+            "model_name": "mock",
+            "litellm_params": {"model": "openai/mock", "api_base": url + "/v1", "api_key": "x"},
+        }
+        for url in upstreams
+    ]
+    config = {
+        "model_list": models,
+        "router_settings": {"routing_strategy": "least-busy"},
+        "litellm_settings": {"drop_params": True, "telemetry": False},
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
+    }
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    path = CONFIG_DIR / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [str(LITELLM_BIN), "--config", str(path), "--port", str(port), "--num_workers", "1"]
+    proc = start(name, argv, port, cpus, env=_LITELLM_ENV)
+    wait_http(proc, "/health/liveliness", 120)
+    return proc
+
+
+def start_llama_server(name: str, models: list[dict[str, Any]]) -> Proc:
+    """`python -m llama_cpp.server --config_file F` with `models` (it keeps one loaded)."""
+    port = free_port()
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    path = CONFIG_DIR / f"{name}.json"
+    path.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}, indent=1))
+    proc = start(name, [PYTHON, "-m", "llama_cpp.server", "--config_file", str(path)], port, None)
+    wait_http(proc, "/v1/models", 120)
+    return proc

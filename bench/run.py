@@ -1,0 +1,104 @@
+"""`python -m bench.run [scenario ...]`: run scenarios, print their tables, write their JSON.
+
+Scenarios (by name or number): 1 latency, 2 throughput, 3 streaming, 4 multimodel, 5 replicas,
+6 peer, 7 footprint. No argument runs them all. Scenarios 1-3 include LiteLLM's proxy when
+bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6 divides our figures by its.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
+from .common import RESULTS, Result, print_table
+from .procs import COMMANDS, rss_kib
+from .scenarios.footprint import footprint
+from .scenarios.latency import latency
+from .scenarios.multimodel import multimodel
+from .scenarios.peer import peer
+from .scenarios.replicas import replicas
+from .scenarios.streaming import streaming
+from .scenarios.throughput import throughput
+from .stack import standin_stack
+
+__all__ = ["SCENARIOS", "main"]
+
+SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint"]
+STANDIN = {"token_delay": 0.0, "tokens": 200}
+
+
+def _names(args: list[str]) -> list[str]:
+    chosen = []
+    for arg in args or SCENARIOS:
+        name = SCENARIOS[int(arg) - 1] if arg.isdigit() else arg
+        if name not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {arg!r}; known: {', '.join(SCENARIOS)}")
+        chosen.append(name)
+    if "peer" in chosen:  # the ratios need scenarios 1-3 with LiteLLM, in this same run
+        chosen = [n for n in SCENARIOS[:3] if n not in chosen] + chosen
+    return [n for n in SCENARIOS if n in chosen]
+
+
+def _finish(result: Result, began: float, commands_from: int) -> None:
+    result.commands = COMMANDS[commands_from:]
+    result.data["seconds"] = round(time.monotonic() - began, 1)
+    print_table(result)
+    print(f"-> {result.save().relative_to(RESULTS.parent.parent)}", flush=True)
+
+
+async def _standin_part(names: list[str], with_peer: bool) -> None:
+    """Scenarios 1 and 2 share one gateway (2 stand-in replicas) and LiteLLM over them."""
+    began, mark = time.monotonic(), len(COMMANDS)
+    with standin_stack("standin", STANDIN, replicas=2, peer=with_peer) as stack:
+        if "latency" in names:
+            _finish(await latency(stack), began, mark)
+        if "throughput" in names:
+            began = time.monotonic()
+            result = await throughput(stack)
+            result.data["gateway_rss_kib"] = {
+                "idle": stack.idle_rss_kib,
+                "after": rss_kib(stack.gateway.pid),
+            }
+            result.data["worker_rss_kib"] = stack.worker_rss_kib()
+            _finish(result, began, mark)
+
+
+Step = Callable[[bool], Awaitable[Result]]
+_STEPS: dict[str, Step] = {
+    "streaming": streaming,
+    "multimodel": lambda _: multimodel(),
+    "replicas": lambda _: replicas(),
+    "peer": lambda _: peer(),
+    "footprint": lambda _: footprint(),
+}
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenarios", nargs="*", help="names or numbers (default: all)")
+    parser.add_argument("--no-peer", action="store_true", help="leave LiteLLM out of 1-3")
+    options = parser.parse_args(argv)
+    names = _names(options.scenarios)
+    with_peer = not options.no_peer
+    print(f"scenarios: {', '.join(names)}", flush=True)
+    if {"latency", "throughput"} & set(names):
+        await _standin_part(names, with_peer)
+    for name in names:
+        if name in _STEPS:
+            began, mark = time.monotonic(), len(COMMANDS)
+            _finish(await _STEPS[name](with_peer), began, mark)
+    (RESULTS / "run.json").write_text(json.dumps({"argv": sys.argv, "scenarios": names}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(uvloop.run(main()))

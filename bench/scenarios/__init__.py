@@ -1,0 +1,1 @@
+"""One module per scenario of issue 3; each exposes `run(ctx) -> Result`."""
