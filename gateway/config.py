@@ -113,6 +113,7 @@ LLAMA_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
         "tensor_split": (_numbers, "a list of numbers"),
         "seed": (_is_int, "an integer"),
         "embedding": (_bool, "true or false"),
+        "logits_all": (_bool, "true or false"),
         "pooling_type": (lambda v: _is_int(v) and -1 <= v <= 4, "an integer from -1 to 4"),
         "flash_attn": (_bool, "true or false"),
         "offload_kqv": (_bool, "true or false"),

@@ -1,4 +1,9 @@
-"""The llama-cpp-python engine: one `llama_cpp.Llama`, used only from the engine thread."""
+"""The llama-cpp-python engine: one `llama_cpp.Llama`, used only from the engine thread.
+
+Logprobs need the model loaded with `logits_all=True` (see `workers.logprobs`); without it a
+request for them is a 400 that says how to enable it. Tool calling passes through to llama
+(see `workers.tools`), with work-arounds for `chatml-function-calling` (`workers.chatml_tools`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,12 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from workers.chatml_tools import (
+    CHATML_FUNCTION_CALLING,
+    decides_tools,
+    has_tool_calls,
+    prepare_messages,
+)
 from workers.engine import (
     CancelToken,
     ContextLengthExceeded,
@@ -19,13 +30,19 @@ from workers.engine import (
     Usage,
 )
 from workers.errors import invalid_request
+from workers.logprobs import wants_logprobs
 from workers.params import ChatParams, CompletionParams, Prompt
+from workers.tools import tool_call_chunks
 
 __all__ = ["LlamaEngine", "llama_kwargs"]
 
 # llama-cpp-python 0.3.36 raises ValueError with this text when the prompt fills the context.
 _CONTEXT_ERROR = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 _MEAN_POOLING = 1
+_NO_LOGITS_ALL = (
+    "This model was loaded without logits_all, which llama-cpp-python needs to compute "
+    "logprobs: set `logits_all: true` in the model's llama options in config.yaml"
+)
 
 
 def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +125,10 @@ class LlamaEngine:
             embedding=bool(self.kwargs.get("embedding", False)),
         )
 
-    def _begin(self, cancel: CancelToken) -> _TokenMeter:
+    def _begin(self, cancel: CancelToken, options: dict[str, Any] | None = None) -> _TokenMeter:
         assert self._meter is not None, "model not loaded"
+        if options is not None and wants_logprobs(options) and not self.kwargs.get("logits_all"):
+            raise invalid_request(_NO_LOGITS_ALL, "logprobs")
         cancel.raise_if_cancelled()
         self._meter.begin(cancel)
         return self._meter
@@ -142,27 +161,56 @@ class LlamaEngine:
             chunks.close()
         yield meter.usage()
 
-    def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
-        self._begin(cancel)
-        result: RawChunk = self._run(
-            lambda: self._llama.create_chat_completion(messages=params.messages, **params.options)
+    # Chat
+
+    def _messages(self, params: ChatParams) -> list[dict[str, Any]]:
+        if self.kwargs.get("chat_format") == CHATML_FUNCTION_CALLING:
+            return prepare_messages(params.messages, bool(params.options.get("tools")))
+        return params.messages
+
+    def _decides_tools(self, params: ChatParams) -> bool:
+        return self.kwargs.get("chat_format") == CHATML_FUNCTION_CALLING and decides_tools(
+            params.options
         )
+
+    def _create_chat(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> Any:
+        return self._run(lambda: self._llama.create_chat_completion(messages=messages, **options))
+
+    def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
+        self._begin(cancel, params.options)
+        messages = self._messages(params)
+        result: RawChunk = self._create_chat(messages, params.options)
+        if self._decides_tools(params) and not has_tool_calls(result):
+            # chatml-function-calling's "auto" message answer is always empty: answer again.
+            result = self._create_chat(messages, {**params.options, "tool_choice": "none"})
         return result
 
     def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
+        meter = self._begin(cancel, params.options)
+        messages = self._messages(params)
+        if self._decides_tools(params):
+            return self._decided_stream(messages, params.options, cancel)
+        options = {**params.options, "stream": True}
+        return self._stream(lambda: iter(self._create_chat(messages, options)), meter, cancel)
+
+    def _decided_stream(
+        self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: CancelToken
+    ) -> Iterator[StreamItem]:
+        """chatml-function-calling "auto": decide without streaming (see workers.chatml_tools)."""
+        decided: RawChunk = self._create_chat(messages, options)
+        if has_tool_calls(decided):
+            yield from tool_call_chunks(decided)
+            usage = decided.get("usage") or {}
+            yield Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+            return
         meter = self._begin(cancel)
+        answer = {**options, "tool_choice": "none", "stream": True}
+        yield from self._stream(lambda: iter(self._create_chat(messages, answer)), meter, cancel)
 
-        def start() -> Iterator[RawChunk]:
-            return iter(
-                self._llama.create_chat_completion(
-                    messages=params.messages, stream=True, **params.options
-                )
-            )
-
-        return self._stream(start, meter, cancel)
+    # Completions
 
     def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
-        self._begin(cancel)
+        self._begin(cancel, params.options)
         result: RawChunk = self._run(
             lambda: self._llama.create_completion(prompt=prompt, **params.options)
         )
@@ -171,7 +219,7 @@ class LlamaEngine:
     def complete_stream(
         self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
     ) -> Iterator[StreamItem]:
-        meter = self._begin(cancel)
+        meter = self._begin(cancel, params.options)
 
         def start() -> Iterator[RawChunk]:
             return iter(self._llama.create_completion(prompt=prompt, stream=True, **params.options))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.errors import invalid_request
+from workers.logprobs import parse_chat_logprobs, parse_completion_logprobs
+from workers.tools import check_message_tools, parse_tools
 
 __all__ = [
     "ChatParams",
@@ -35,6 +37,8 @@ class ChatParams:
     include_usage: bool = False
     # Keyword arguments for Llama.create_chat_completion (already in llama's vocabulary).
     options: dict[str, Any] = field(default_factory=dict)
+    top_logprobs: int | None = None  # None: no logprobs requested
+    legacy_functions: bool = False  # answer tool calls as `function_call` (see workers.tools)
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,16 @@ def parse_chat(body: Mapping[str, Any]) -> ChatParams:
     response_format = _response_format(body.get("response_format"))
     if response_format is not None:
         options["response_format"] = response_format
-    _reject_unsupported(body, ("tools", "functions"), "tool calling")
+    logprob_options, top_logprobs = parse_chat_logprobs(body)
+    tools = parse_tools(body)
     stream, include_usage = _stream_flags(body)
     return ChatParams(
-        [_message(m, i) for i, m in enumerate(messages)], stream, include_usage, options
+        [_message(m, i) for i, m in enumerate(messages)],
+        stream,
+        include_usage,
+        {**options, **logprob_options, **tools.options},
+        top_logprobs,
+        tools.legacy,
     )
 
 
@@ -75,6 +85,7 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionParams:
     echo = body.get("echo")
     if echo is not None:
         options["echo"] = _require(echo, bool, "echo", "a boolean")
+    options.update(parse_completion_logprobs(body))
     stream, include_usage = _stream_flags(body)
     return CompletionParams(prompts, stream, include_usage, options)
 
@@ -96,6 +107,7 @@ def _message(message: Any, index: int) -> dict[str, Any]:
     if role not in _ROLES:
         raise invalid_request(f"{param}.role must be one of {sorted(_ROLES)}", f"{param}.role")
     content = _content(message.get("content"), f"{param}.content")
+    check_message_tools(message, param)
     if content is None:
         # Only an assistant turn (e.g. one that called tools) may lack content; templates
         # concatenate it, so it becomes "" rather than None.
@@ -124,9 +136,6 @@ def _sampling_options(body: Mapping[str, Any], default_max_tokens: int | None) -
     n = body.get("n")
     if n is not None and n != 1:
         raise invalid_request("only n=1 is supported: this worker returns one choice", "n")
-    for key in ("logprobs", "top_logprobs"):
-        if body.get(key):
-            raise invalid_request(f"'{key}' is not supported by this worker", key)
     options: dict[str, Any] = {}
     max_tokens = _max_tokens(body, default_max_tokens)
     if max_tokens is not None:
@@ -219,12 +228,6 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     raise invalid_request(
         "response_format.type must be 'text', 'json_object' or 'json_schema'", "response_format"
     )
-
-
-def _reject_unsupported(body: Mapping[str, Any], keys: tuple[str, ...], what: str) -> None:
-    for key in keys:
-        if body.get(key):
-            raise invalid_request(f"{what} ('{key}') is not supported by this worker", key)
 
 
 def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:

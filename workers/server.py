@@ -34,9 +34,9 @@ from workers.params import (
 from workers.runner import EngineThread, ThreadStream
 from workers.shaping import (
     SSE_DONE,
+    ChatStreamShaper,
     new_id,
     shape_chat,
-    shape_chat_chunk,
     shape_completion,
     shape_completion_chunk,
     shape_embeddings,
@@ -159,25 +159,45 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
     async with worker.status.generation(_request_id(request), request.path) as record:
         if params.stream:
-            shaper = partial(_shape_chat_item, worker.model, id_, created, params)
+            shaper = partial(
+                _shape_chat_item, _chat_stream_shaper(worker.model, id_, created, params)
+            )
             make = partial(worker.engine.chat_stream, params, cancel)
             return await _sse(request, worker.thread.stream(make, cancel), shaper, record)
         raw = await worker.thread.call(partial(worker.engine.chat, params, cancel), cancel)
-        return web.json_response(shape_chat(raw, model=worker.model, id_=id_))
+        body = shape_chat(
+            raw,
+            model=worker.model,
+            id_=id_,
+            top_logprobs=params.top_logprobs,
+            legacy_functions=params.legacy_functions,
+        )
+        return web.json_response(body)
 
 
-def _shape_chat_item(
-    model: str, id_: str, created: int, params: ChatParams, item: StreamItem
-) -> RawChunk | None:
+def _chat_stream_shaper(model: str, id_: str, created: int, params: ChatParams) -> ChatStreamShaper:
+    return ChatStreamShaper(
+        model=model,
+        id_=id_,
+        created=created,
+        include_usage=params.include_usage,
+        top_logprobs=params.top_logprobs,
+        legacy_functions=params.legacy_functions,
+    )
+
+
+def _shape_chat_item(shaper: ChatStreamShaper, item: StreamItem) -> RawChunk | None:
     if isinstance(item, Usage):
-        if not params.include_usage:
+        if not shaper.include_usage:
             return None
         return usage_chunk(
-            item, object_="chat.completion.chunk", model=model, id_=id_, created=created
+            item,
+            object_="chat.completion.chunk",
+            model=shaper.model,
+            id_=shaper.id,
+            created=shaper.created,
         )
-    return shape_chat_chunk(
-        item, model=model, id_=id_, created=created, include_usage=params.include_usage
-    )
+    return shaper.chunk(item)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

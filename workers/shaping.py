@@ -2,7 +2,8 @@
 
 Raw output misses fields the official schemas require (`refusal`, a usage chunk for
 `include_usage`) and names the model by its file path; the worker always answers with its
-configured model name and its own ids, so the gateway can relay bytes untouched.
+configured model name and its own ids, so the gateway can relay bytes untouched. Logprobs
+and tool calls have their own modules (`workers.logprobs`, `workers.tools`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import uuid
 from typing import Any
 
 from workers.engine import EmbeddingResult, RawChunk, Usage
+from workers.logprobs import chat_logprobs, completion_logprobs
+from workers.tools import ToolCallDeltas, message_tool_fields
 
 __all__ = [
     "SSE_DONE",
+    "ChatStreamShaper",
     "new_id",
     "shape_chat",
     "shape_chat_chunk",
@@ -62,28 +66,42 @@ def _finish(reason: Any, allowed: frozenset[str]) -> str:
     return reason if reason in allowed else "stop"
 
 
-def _chat_message(raw: Any) -> dict[str, Any]:
+def _tool_finish(legacy: bool) -> str:
+    return "function_call" if legacy else "tool_calls"
+
+
+def _chat_choice(raw: Any, index: int, top_logprobs: int | None, legacy: bool) -> RawChunk:
     raw = raw if isinstance(raw, dict) else {}
-    content = raw.get("content")
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": content if isinstance(content, str) else None,
-        "refusal": None,
+    message = raw.get("message") if isinstance(raw.get("message"), dict) else {}
+    content = message.get("content")
+    calls = message_tool_fields(message, legacy)
+    return {
+        "index": index,
+        "message": {
+            "role": "assistant",
+            # A message that calls tools has null content, as OpenAI sends it.
+            "content": content if isinstance(content, str) and not calls else None,
+            "refusal": None,
+            **calls,
+        },
+        "logprobs": chat_logprobs(raw.get("logprobs"), top_logprobs),
+        "finish_reason": (
+            _tool_finish(legacy) if calls else _finish(raw.get("finish_reason"), _CHAT_FINISH)
+        ),
     }
-    for key in ("tool_calls", "function_call"):
-        if raw.get(key):
-            message[key] = raw[key]
-    return message
 
 
-def shape_chat(raw: RawChunk, *, model: str, id_: str, usage: Usage | None = None) -> RawChunk:
+def shape_chat(
+    raw: RawChunk,
+    *,
+    model: str,
+    id_: str,
+    usage: Usage | None = None,
+    top_logprobs: int | None = None,
+    legacy_functions: bool = False,
+) -> RawChunk:
     choices = [
-        {
-            "index": i,
-            "message": _chat_message(c.get("message")),
-            "logprobs": None,
-            "finish_reason": _finish(c.get("finish_reason"), _CHAT_FINISH),
-        }
+        _chat_choice(c, i, top_logprobs, legacy_functions)
         for i, c in enumerate(raw.get("choices") or [])
     ]
     return {
@@ -96,42 +114,69 @@ def shape_chat(raw: RawChunk, *, model: str, id_: str, usage: Usage | None = Non
     }
 
 
-def _delta(raw: Any) -> dict[str, Any]:
-    raw = raw if isinstance(raw, dict) else {}
-    delta: dict[str, Any] = {}
-    if isinstance(raw.get("role"), str):
-        delta["role"] = raw["role"]
-    if "content" in raw and (raw["content"] is None or isinstance(raw["content"], str)):
-        delta["content"] = raw["content"]
-    for key in ("tool_calls", "function_call"):
-        if raw.get(key):
-            delta[key] = raw[key]
-    return delta
+class ChatStreamShaper:
+    """Shapes one stream's chunks in order (tool-call deltas need what came before)."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        id_: str,
+        created: int,
+        include_usage: bool,
+        top_logprobs: int | None = None,
+        legacy_functions: bool = False,
+    ) -> None:
+        self.model, self.id, self.created = model, id_, created
+        self.include_usage = include_usage
+        self.top_logprobs = top_logprobs
+        self._tools = ToolCallDeltas(legacy_functions)
+
+    def chunk(self, raw: RawChunk) -> RawChunk:
+        chunk: RawChunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [self._choice(c) for c in raw.get("choices") or []],
+        }
+        if self.include_usage:
+            # OpenAI sends usage: null on every chunk but the last when usage is requested.
+            chunk["usage"] = None
+        return chunk
+
+    def _choice(self, raw: Any) -> RawChunk:
+        raw = raw if isinstance(raw, dict) else {}
+        reason = raw.get("finish_reason")
+        if reason == "tool_calls" and self._tools.legacy:
+            reason = "function_call"
+        return {
+            "index": raw.get("index", 0),
+            "delta": self._delta(raw.get("delta")),
+            "logprobs": chat_logprobs(raw.get("logprobs"), self.top_logprobs),
+            "finish_reason": reason,
+        }
+
+    def _delta(self, raw: Any) -> dict[str, Any]:
+        raw = raw if isinstance(raw, dict) else {}
+        delta: dict[str, Any] = {}
+        if isinstance(raw.get("role"), str):
+            delta["role"] = raw["role"]
+        content = raw.get("content")
+        # Null content goes with the role only (OpenAI's first tool-call delta); llama repeats
+        # it on every tool-call delta.
+        if isinstance(content, str) or ("content" in raw and content is None and delta):
+            delta["content"] = content
+        delta.update(self._tools.fields(raw))
+        return delta
 
 
 def shape_chat_chunk(
     raw: RawChunk, *, model: str, id_: str, created: int, include_usage: bool
 ) -> RawChunk:
-    choices = [
-        {
-            "index": c.get("index", 0),
-            "delta": _delta(c.get("delta")),
-            "logprobs": None,
-            "finish_reason": c.get("finish_reason"),
-        }
-        for c in raw.get("choices") or []
-    ]
-    chunk: RawChunk = {
-        "id": id_,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": choices,
-    }
-    if include_usage:
-        # OpenAI sends usage: null on every chunk but the last when usage is requested.
-        chunk["usage"] = None
-    return chunk
+    """One chunk shaped on its own (no logprobs, no earlier tool-call deltas)."""
+    shaper = ChatStreamShaper(model=model, id_=id_, created=created, include_usage=include_usage)
+    return shaper.chunk(raw)
 
 
 def usage_chunk(usage: Usage, *, object_: str, model: str, id_: str, created: int) -> RawChunk:
@@ -153,7 +198,7 @@ def _completion_choice(raw: Any, index: int, finished: bool) -> dict[str, Any]:
     return {
         "index": index,
         "text": text if isinstance(text, str) else "",
-        "logprobs": None,
+        "logprobs": completion_logprobs(raw.get("logprobs")),
         # Streamed chunks before the last carry null, exactly as OpenAI sends them (the
         # official schema marks it non-null; see the worker report).
         "finish_reason": _finish(reason, _COMPLETION_FINISH) if finished or reason else None,
