@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from workers.chatml_tools import prepare_messages
 
 USER = {"role": "user", "content": "weather?"}
@@ -9,7 +11,7 @@ CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arg
 
 
 def test_tool_result_becomes_a_user_turn_naming_the_call() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         USER,
         {"role": "assistant", "content": "", "tool_calls": [CALL]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},

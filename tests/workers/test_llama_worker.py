@@ -40,6 +40,20 @@ def smol_embed() -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture(scope="module")
+def smol_logprobs() -> Iterator[WorkerProcess]:
+    with llama_worker("smol-logprobs", SMOLLM2, logits_all=True) as w:
+        w.wait_ready()
+        yield w
+
+
+@pytest.fixture(scope="module")
+def smol_tools() -> Iterator[WorkerProcess]:
+    with llama_worker("smol-tools", SMOLLM2, chat_format="chatml-function-calling") as w:
+        w.wait_ready()
+        yield w
+
+
+@pytest.fixture(scope="module")
 def gemma() -> Iterator[WorkerProcess]:
     with llama_worker("gemma", GEMMA3) as w:
         w.wait_ready()
@@ -206,3 +220,134 @@ def test_bad_gguf_fails_and_exits_3(tmp_path: Path) -> None:
         body = w.wait_state("failed", timeout=30)
         assert body["error"]
         assert w.proc.wait(10) == 3
+
+
+# Logprobs (need logits_all) and tool calls.
+
+WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+CALL_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_logprobs_without_logits_all_is_400(smol: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 2, "logprobs": True}
+    response = smol.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "logits_all" in response.json()["error"]["message"]
+
+
+def test_chat_logprobs_validate_with_top_n(smol_logprobs: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 3, "logprobs": True, "top_logprobs": 2,
+            "logit_bias": NO_EOS}  # fmt: skip
+    answer = smol_logprobs.client.post("/v1/chat/completions", json=body).json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    content = answer["choices"][0]["logprobs"]["content"]
+    assert [len(t["top_logprobs"]) for t in content] == [2, 2, 2]
+
+
+def test_chat_logprobs_stream_one_token_per_chunk(smol_logprobs: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 3, "logprobs": True, "top_logprobs": 1,
+            "logit_bias": NO_EOS}  # fmt: skip
+    chunks = stream_chunks(smol_logprobs, "/v1/chat/completions", body)
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    with_content = [c for c in chunks if c["choices"][0]["delta"].get("content")]
+    tops = [
+        [len(t["top_logprobs"]) for t in c["choices"][0]["logprobs"]["content"]]
+        for c in with_content
+    ]
+    assert tops == [[1], [1], [1]]
+
+
+def test_completion_logprobs_validate(smol_logprobs: WorkerProcess) -> None:
+    body = {"prompt": "1, 2, 3,", "max_tokens": 3, "logprobs": 2, "logit_bias": NO_EOS}
+    answer = smol_logprobs.client.post("/v1/completions", json=body).json()
+    assert_valid("CreateCompletionResponse", answer)
+    assert len(answer["choices"][0]["logprobs"]["tokens"]) == 3
+
+
+def test_completion_logprobs_stream_validate(smol_logprobs: WorkerProcess) -> None:
+    body = {"prompt": "1, 2, 3,", "max_tokens": 3, "logprobs": 1, "logit_bias": NO_EOS}
+    chunks = stream_chunks(smol_logprobs, "/v1/completions", body)
+    for chunk in chunks:
+        assert_valid_completion_chunk(chunk)
+    assert [len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks[:-1]] == [1, 1, 1]
+
+
+def tool_call(answer: dict[str, Any]) -> dict[str, Any]:
+    assert_valid("CreateChatCompletionResponse", answer)
+    choice = answer["choices"][0]
+    assert (choice["finish_reason"], choice["message"]["content"]) == ("tool_calls", None)
+    [call] = choice["message"]["tool_calls"]
+    return dict(call)
+
+
+def test_named_tool_call_chatml_function_calling(smol_tools: WorkerProcess) -> None:
+    body = {"messages": WEATHER, "tools": TOOLS, "tool_choice": CALL_WEATHER, "max_tokens": 24}
+    call = tool_call(smol_tools.client.post("/v1/chat/completions", json=body).json())
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+
+
+def test_named_tool_call_streams_arguments(smol_tools: WorkerProcess) -> None:
+    body = {"messages": WEATHER, "tools": TOOLS, "tool_choice": CALL_WEATHER, "max_tokens": 24}
+    chunks = stream_chunks(smol_tools, "/v1/chat/completions", body)
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    calls = [t for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [c.get("id") is not None for c in calls] == [True] + [False] * (len(calls) - 1)
+    assert json.loads("".join(c["function"]["arguments"] for c in calls))["city"]
+
+
+def test_auto_tool_choice_can_call(smol_tools: WorkerProcess) -> None:
+    body = {"messages": WEATHER, "tools": TOOLS, "temperature": 0, "max_tokens": 24}
+    call = tool_call(smol_tools.client.post("/v1/chat/completions", json=body).json())
+    assert json.loads(call["function"]["arguments"])["city"]
+
+
+def test_auto_tool_choice_message_is_not_empty(smol_tools: WorkerProcess) -> None:
+    # llama's own "auto" message path always answers "" (see workers.chatml_tools).
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS,
+            "temperature": 0, "max_tokens": 8}  # fmt: skip
+    answer = smol_tools.client.post("/v1/chat/completions", json=body).json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    assert answer["choices"][0]["message"]["content"]
+
+
+def test_auto_tool_call_streams(smol_tools: WorkerProcess) -> None:
+    # llama raises on a streamed "auto" call; the worker replays the decided call instead.
+    body = {"messages": WEATHER, "tools": TOOLS, "temperature": 0, "max_tokens": 24}
+    chunks = stream_chunks(smol_tools, "/v1/chat/completions", body)
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_tool_results_in_history_are_answered(smol_tools: WorkerProcess) -> None:
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    messages = [*WEATHER, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 C"}]  # fmt: skip
+    body = {"messages": messages, "tools": TOOLS, "tool_choice": "none", "max_tokens": 6}
+    answer = smol_tools.client.post("/v1/chat/completions", json=body).json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_named_tool_call_with_the_gguf_template(smol: WorkerProcess) -> None:
+    # SmolLM2's own Jinja template ignores tools; llama still forces the named call by grammar.
+    body = {"messages": WEATHER, "tools": TOOLS, "tool_choice": CALL_WEATHER, "max_tokens": 24}
+    call = tool_call(smol.client.post("/v1/chat/completions", json=body).json())
+    assert json.loads(call["function"]["arguments"])["city"]

@@ -183,7 +183,7 @@ def raw_token(token: str, logprob: float, tops: list[tuple[str, float]]) -> dict
 
 
 def raw_chat_with_logprobs() -> dict[str, Any]:
-    raw = json.loads(json.dumps(RAW_CHAT))
+    raw: dict[str, Any] = json.loads(json.dumps(RAW_CHAT))
     # llama lists the top N and then the sampled token when it is not among them.
     token = raw_token("Hello", -2.5, [("Hi", -0.5), ("Hey", -1.0), ("Hello", -2.5)])
     raw["choices"][0]["logprobs"] = {"content": [token], "refusal": None}
@@ -249,7 +249,7 @@ RAW_TOOL_MESSAGE = {
 
 
 def raw_tool_chat() -> dict[str, Any]:
-    raw = json.loads(json.dumps(RAW_CHAT))
+    raw: dict[str, Any] = json.loads(json.dumps(RAW_CHAT))
     raw["choices"][0].update(message=RAW_TOOL_MESSAGE, finish_reason="tool_calls")
     return raw
 
