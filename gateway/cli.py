@@ -74,33 +74,19 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None, log_level:
     import uvicorn
 
     from .app import create_app
+    from .server import GatewayServer
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    app = create_app(config)
     server_config = uvicorn.Config(
-        create_app(config),
+        app,
         host=host or config.server.host,
         port=config.server.port if port is None else port,
         log_level=log_level,
         access_log=False,  # per-request logging would sit on the hot path
         timeout_graceful_shutdown=10,
     )
-    _server_class()(server_config).run()
+    GatewayServer(server_config, app.state.gateway).run()
     return 0
-
-
-def _server_class() -> type[Any]:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, except that a SIGTERM it shut down for gracefully exits 0.
-
-        uvicorn re-raises the signal after shutdown, which would end the process by SIGTERM.
-        """
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
-
-    return Server

@@ -16,6 +16,7 @@ __all__ = [
     "LLAMA_PARAMS",
     "ConfigError",
     "GatewayConfig",
+    "HealthConfig",
     "ModelConfig",
     "ServerConfig",
     "load_config",
@@ -33,6 +34,16 @@ class ServerConfig:
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """How the supervisor checks a running worker's /status."""
+
+    interval: float = 2.0  # seconds between checks
+    timeout: float = 2.0  # seconds a check may take
+    failures: int = 3  # failed checks in a row before the worker is killed and restarted
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class ModelConfig:
     max_queue: int = 64
     queue_timeout: float = 30.0
     startup_timeout: float = 300.0
+    first_token_timeout: float = 300.0
+    idle_timeout: float = 60.0
     llama: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     standin: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -62,6 +75,7 @@ class ModelConfig:
 class GatewayConfig:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
+    health: HealthConfig = HealthConfig()
 
     def model_by_name(self) -> dict[str, ModelConfig]:
         """Every name and alias mapped to its model."""
@@ -142,10 +156,10 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
     }
 )
 
-_SERVER_KEYS = {"host", "port", "api_keys", "max_body_bytes"}
+_SERVER_KEYS = {"host", "port", "api_keys", "max_body_bytes", "drain_timeout"}
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "gpus", "max_queue",
-    "queue_timeout", "startup_timeout", "llama", "standin",
+    "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
 }  # fmt: skip
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -165,14 +179,25 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
 def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     """Validate an already-decoded config document."""
     top = _mapping(raw, "config file")
-    _reject_unknown(top, {"server", "models"}, "")
+    _reject_unknown(top, {"server", "models", "health"}, "")
     server = _parse_server(top.get("server", {}))
+    health = _parse_health(top.get("health", {}))
     models_raw = top.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise ConfigError("models: expected a non-empty list of models")
     models = tuple(_parse_model(m, i, base_dir) for i, m in enumerate(models_raw))
     _reject_duplicate_names(models)
-    return GatewayConfig(server=server, models=models)
+    return GatewayConfig(server=server, models=models, health=health)
+
+
+def _parse_health(raw: Any) -> HealthConfig:
+    section = _mapping(raw, "health")
+    _reject_unknown(section, {"interval", "timeout", "failures"}, "health.")
+    return HealthConfig(
+        interval=float(_get(section, "interval", _pos_num, "seconds > 0", "health.", 2.0)),
+        timeout=float(_get(section, "timeout", _pos_num, "seconds > 0", "health.", 2.0)),
+        failures=_get(section, "failures", _positive, "a positive integer", "health.", 3),
+    )
 
 
 def _parse_server(raw: Any) -> ServerConfig:
@@ -187,6 +212,9 @@ def _parse_server(raw: Any) -> ServerConfig:
         api_keys=tuple(_expand_env(k, "server.api_keys") for k in keys),
         max_body_bytes=_get(
             section, "max_body_bytes", _positive, "a positive integer", "server.", 4 << 20
+        ),
+        drain_timeout=float(
+            _get(section, "drain_timeout", _non_neg_num, "seconds >= 0", "server.", 30)
         ),
     )
 
@@ -217,9 +245,17 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
         startup_timeout=float(
             _get(section, "startup_timeout", _pos_num, "seconds > 0", where, 300)
         ),
+        first_token_timeout=float(
+            _get(section, "first_token_timeout", _pos_num, "seconds > 0", where, 300)
+        ),
+        idle_timeout=float(_get(section, "idle_timeout", _pos_num, "seconds > 0", where, 60)),
         llama=_parse_params(section.get("llama", {}), LLAMA_PARAMS, where + "llama"),
         standin=_parse_params(section.get("standin", {}), STANDIN_PARAMS, where + "standin"),
     )
+
+
+def _non_neg_num(v: Any) -> bool:
+    return _is_number(v) and v >= 0
 
 
 def _pos_num(v: Any) -> bool:

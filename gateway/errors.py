@@ -8,7 +8,8 @@
     ├── QueueFull                (429 rate_limit_exceeded, Retry-After)
     ├── Unavailable              (503 service_unavailable)
     │   └── QueueTimeout         (503 queue_timeout)
-    └── UpstreamFailed           (502 upstream_error)
+    ├── UpstreamFailed           (502 upstream_error)
+    └── UpstreamTimeout          (504 upstream_timeout)
 
 Foreign exceptions (aiohttp, msgspec) are translated once, where they are caught,
 with ``raise X from exc``.
@@ -30,6 +31,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UpstreamFailed",
+    "UpstreamTimeout",
     "error_body",
 ]
 
@@ -128,3 +130,9 @@ class UpstreamFailed(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from .errors import UpstreamFailed, error_body
+from .errors import UpstreamFailed, UpstreamTimeout, error_body
 from .scheduler import Lease
 
 __all__ = ["ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
@@ -55,12 +55,22 @@ class Proxy:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, url: str, body: bytes, request_id: str) -> aiohttp.ClientResponse:
-        """POST `body` to `url`; return once the replica's status and headers arrive."""
+    async def send(
+        self, url: str, body: bytes, request_id: str, first_byte_timeout: float
+    ) -> aiohttp.ClientResponse:
+        """POST `body` to `url`; return once the replica's status and headers arrive.
+
+        A worker sends its headers with the first token (streams) or the whole answer.
+        """
         assert self._session is not None, "Proxy.start() was not awaited"
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         try:
-            return await self._session.post(url, data=body, headers=headers)
+            async with asyncio.timeout(first_byte_timeout):
+                return await self._session.post(url, data=body, headers=headers)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"The model worker sent nothing within {first_byte_timeout:g} s."
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailed(f"The model worker could not be reached: {exc}") from exc
 
@@ -79,12 +89,15 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
-    __slots__ = ("_lease", "_request_id", "_upstream")
+    __slots__ = ("_idle_timeout", "_lease", "_request_id", "_upstream")
 
-    def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, request_id: str):
+    def __init__(
+        self, upstream: aiohttp.ClientResponse, lease: Lease, request_id: str, idle_timeout: float
+    ):
         self._upstream = upstream
         self._lease = lease
         self._request_id = request_id.encode()
+        self._idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -98,13 +111,13 @@ class Relay:
 
     async def _relay_body(self, send: Send) -> None:
         try:
-            body = await self._upstream.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            failure = UpstreamFailed(f"The model worker failed while answering: {exc}")
-            status, body, content_type = failure.status, failure.body(), b"application/json"
-        else:
-            status, content_type = self._upstream.status, b"application/json"
-        headers = [(b"content-type", content_type), (b"x-request-id", self._request_id)]
+            async with asyncio.timeout(self._idle_timeout):
+                body = await self._upstream.read()
+            status = self._upstream.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
+            status, body = failure.status, failure.body()
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", self._request_id)]
         await send(_start(status, headers))
         await send(_body(body, more=False))
 
@@ -115,14 +128,29 @@ class Relay:
         await until_disconnect(receive, self._relay_events(send))
 
     async def _relay_events(self, send: Send) -> None:
-        last = b""
+        events = sse_events(self._upstream.content.iter_any())
+        clock = asyncio.get_running_loop().time
+        last, tail = b"", b""
         try:
-            async for events in sse_events(self._upstream.content.iter_any()):
-                last = events
-                await send(_body(events, more=True))
+            async with asyncio.timeout(None) as idle:
+                while True:
+                    idle.reschedule(
+                        clock() + self._idle_timeout
+                    )  # only the worker's silence counts
+                    chunk = await anext(events, None)
+                    idle.reschedule(None)
+                    if chunk is None:
+                        break
+                    last = chunk
+                    await send(_body(chunk, more=True))
+        except TimeoutError:
+            tail = _error_event(f"The model worker sent nothing for {self._idle_timeout:g} s.",
+                                "upstream_timeout")  # fmt: skip
         except (aiohttp.ClientError, OSError):
             pass
-        tail = b"" if last.endswith(_DONE) or _last_event_is_error(last) else _stream_broken()
+        if not tail and not (last.endswith(_DONE) or _last_event_is_error(last)):
+            tail = _error_event("The model worker stopped in the middle of the stream.",
+                                "upstream_error")  # fmt: skip
         await send(_body(tail, more=False))
 
 
@@ -139,10 +167,8 @@ def _last_event_is_error(events: bytes) -> bool:
     return events[start + 2 if start >= 0 else 0 :].startswith(_ERROR_PREFIX)
 
 
-def _stream_broken() -> bytes:
-    body = error_body("The model worker stopped in the middle of the stream.", "server_error",
-                      "upstream_error")  # fmt: skip
-    return b"data: " + body + b"\n\n"
+def _error_event(message: str, code: str) -> bytes:
+    return b"data: " + error_body(message, "server_error", code) + b"\n\n"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -123,6 +123,13 @@ class Registry:
             replica.state = ReplicaState.UNHEALTHY
             replica.error = reason
 
+    def mark_healthy(self, replica: Replica) -> None:
+        """An unhealthy replica answers again: back into rotation."""
+        if replica.state is ReplicaState.UNHEALTHY:
+            replica.state = ReplicaState.READY
+            replica.error = None
+            self._notify(replica.model)
+
     # Load: written by the scheduler only.
 
     def begin(self, replica: Replica) -> None:
@@ -132,6 +139,10 @@ class Registry:
         replica.in_flight -= 1
         replica.requests_served += 1
         self._notify(replica.model)
+
+    def busy(self) -> bool:
+        """Whether any replica has a request in flight."""
+        return any(replica.in_flight for replica in self)
 
     def model_status(self, model: str) -> dict[str, Any]:
         replicas = self._by_model[model]

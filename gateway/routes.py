@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -15,7 +16,14 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp
 
 from .config import GatewayConfig, ModelConfig
-from .errors import BodyTooLarge, InvalidRequest, ModelNotFound, Unauthorized, UpstreamFailed
+from .errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    ModelNotFound,
+    Unauthorized,
+    Unavailable,
+    UpstreamFailed,
+)
 from .proxy import Proxy, Relay, until_disconnect
 from .registry import Registry
 from .scheduler import Lease, Scheduler
@@ -37,6 +45,20 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.by_name: dict[str, ModelConfig] = self.config.model_by_name()
+        self.draining = False
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on; those queued or in flight go on."""
+        self.draining = True
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is queued or in flight; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        while self.registry.busy() or self.scheduler.queued_total():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def resolve(self, name: str) -> ModelConfig:
         model = self.by_name.get(name)
@@ -97,6 +119,9 @@ def _route_fields(body: bytes) -> _RouteFields:
 
 async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool) -> ASGIApp:
     gateway = _state(request)
+    if gateway.draining:
+        raise Unavailable("The gateway is shutting down; retry on another instance.",
+                          retry_after=5, code="shutting_down")  # fmt: skip
     body = await _read_body(request, gateway.config.server.max_body_bytes)
     fields = _route_fields(body)
     if fields.stream and not can_stream:
@@ -108,19 +133,20 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     if lease is None:  # queue, leaving the queue if the client goes away
         lease = await until_disconnect(request.receive, scheduler.acquire(model.name))
     try:
-        return await _send(request, gateway.proxy, lease, path, body, request_id)
+        return await _send(request, gateway.proxy, lease, model, path, body, request_id)
     except UpstreamFailed:
         # Nothing has reached the client: retry once on another replica, ahead of the queue.
         lease = await until_disconnect(request.receive, scheduler.acquire(model.name, first=True))
-        return await _send(request, gateway.proxy, lease, path, body, request_id)
+        return await _send(request, gateway.proxy, lease, model, path, body, request_id)
 
 
-async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, path: str,
-                body: bytes, request_id: str) -> Relay:  # fmt: skip
+async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, model: ModelConfig,
+                path: str, body: bytes, request_id: str) -> Relay:  # fmt: skip
     """Send the request on `lease`; its Relay releases the lease once the answer is out."""
+    url = lease.replica.url + path
     try:
         upstream = await until_disconnect(
-            request.receive, proxy.send(lease.replica.url + path, body, request_id)
+            request.receive, proxy.send(url, body, request_id, model.first_token_timeout)
         )
     except UpstreamFailed as exc:
         lease.release(failed=exc.message)
@@ -128,7 +154,7 @@ async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, pat
     except BaseException:
         lease.release()
         raise
-    return Relay(upstream, lease, request_id)
+    return Relay(upstream, lease, request_id, model.idle_timeout)
 
 
 @post("/v1/chat/completions", guards=[require_api_key])
@@ -173,11 +199,13 @@ async def health() -> dict[str, str]:
 
 @get("/ready")
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Readiness: every model has at least one ready replica."""
-    registry = _state(request).registry
+    """Readiness: every model has at least one ready replica and the gateway is not draining."""
+    gateway = _state(request)
+    registry = gateway.registry
     models = {model: registry.model_status(model) for model in registry.models()}
-    all_ready = all(status["ready"] for status in models.values())
-    body = {"status": "ready" if all_ready else "not_ready", "models": models}
+    all_ready = all(status["ready"] for status in models.values()) and not gateway.draining
+    state = "draining" if gateway.draining else "ready" if all_ready else "not_ready"
+    body = {"status": state, "models": models}
     return Response(msgspec.json.encode(body), status_code=200 if all_ready else 503,
                     media_type=_JSON)  # fmt: skip
 

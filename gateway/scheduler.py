@@ -58,6 +58,9 @@ class Scheduler:
     def queued(self, model: str) -> int:
         return len(self._queues[model])
 
+    def queued_total(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
     def try_acquire(self, model: str) -> Lease | None:
         """A lease at once if a replica is free and nobody is queued ahead; else None."""
         if self._queues[model]:

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from .config import GatewayConfig, ModelConfig
-from .registry import Registry, Replica, ReplicaState
+from .registry import Registry, Replica
 
 __all__ = ["Supervisor", "restart_delay", "worker_command", "worker_env"]
 
@@ -27,7 +27,6 @@ log = logging.getLogger("gateway.supervisor")
 
 _STATUS_TIMEOUT = aiohttp.ClientTimeout(total=2)
 _FAILED_EXIT_WAIT = 3.0
-_HEALTH_INTERVAL = 1.0
 
 
 def restart_delay(failures: int) -> float:
@@ -138,16 +137,26 @@ class Supervisor:
         return error is None
 
     async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> int:
-        """Wait for the worker to exit; meanwhile, return an unhealthy replica to rotation
-        once its status answers again."""
-        while True:
-            try:
-                return await asyncio.wait_for(proc.wait(), _HEALTH_INTERVAL)
-            except TimeoutError:
-                if replica.state is ReplicaState.UNHEALTHY:
-                    status = await self._status(replica.url)
-                    if status and status.get("state") in ("ready", "busy"):
-                        self._registry.mark_ready(replica)
+        """Wait for the worker to exit, checking its status meanwhile.
+
+        A worker that fails a check leaves rotation at once, comes back when a check passes,
+        and is killed (then restarted) after `health.failures` failed checks in a row.
+        """
+        health = self._config.health
+        exited = asyncio.ensure_future(proc.wait())
+        failures = 0
+        while not (await asyncio.wait((exited,), timeout=health.interval))[0]:
+            if await self._status(replica.url, health.timeout):
+                failures = 0
+                self._registry.mark_healthy(replica)
+                continue
+            failures += 1
+            self._registry.mark_unhealthy(replica, f"{failures} status checks failed in a row")
+            if failures >= health.failures:
+                log.warning("%s[%d]: worker pid %d stopped answering; killing it",
+                            replica.model, replica.index, proc.pid)  # fmt: skip
+                _signal(proc, signal.SIGKILL)
+        return exited.result()
 
     async def _wait_ready(
         self, model: ModelConfig, replica: Replica, proc: asyncio.subprocess.Process
@@ -167,10 +176,10 @@ class Supervisor:
             delay = min(delay * 2, 0.5)
         return f"the model did not load within startup_timeout ({model.startup_timeout:g} s)"
 
-    async def _status(self, url: str) -> dict[str, Any] | None:
+    async def _status(self, url: str, timeout: float = 2.0) -> dict[str, Any] | None:
         assert self._session is not None
         try:
-            async with self._session.get(url + "/status") as resp:
+            async with self._session.get(url + "/status", timeout=_timeout(timeout)) as resp:
                 status: dict[str, Any] = await resp.json()
                 return status
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -183,6 +192,10 @@ class Supervisor:
             return
         _signal(proc, signal.SIGKILL)
         await proc.wait()
+
+
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def _signal(proc: asyncio.subprocess.Process, signum: int) -> None:

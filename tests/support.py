@@ -24,6 +24,26 @@ SMOLLM2 = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = REPO / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def standin(name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30,
+            **options: Any) -> dict[str, Any]:  # fmt: skip
+    return {"name": name, "engine": "standin", "replicas": replicas, "max_queue": max_queue,
+            "queue_timeout": queue_timeout, "standin": {"token_delay": 0.01, "tokens": 8,
+                                                        **options}}  # fmt: skip
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert_valid("ErrorResponse", body)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

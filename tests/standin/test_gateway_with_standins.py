@@ -13,16 +13,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import GatewayProcess, assert_valid, running_gateway, sse_data, wait_until
+from tests.support import (
+    CHAT,
+    GatewayProcess,
+    assert_error,
+    assert_valid,
+    running_gateway,
+    sse_data,
+    standin,
+    wait_until,
+)
 
 API_KEY = "sk-test-key"
-
-
-def standin(name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30,
-            **options: Any) -> dict[str, Any]:  # fmt: skip
-    return {"name": name, "engine": "standin", "replicas": replicas, "max_queue": max_queue,
-            "queue_timeout": queue_timeout, "standin": {"token_delay": 0.01, "tokens": 8,
-                                                        **options}}  # fmt: skip
 
 
 CONFIG = {
@@ -36,7 +38,6 @@ CONFIG = {
         standin("crashy", exit_after_tokens=1),
     ],
 }
-CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +49,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
     with gateway.client() as client:
         yield client
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert_valid("ErrorResponse", body)
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def in_background(client: httpx.Client, model: str, **extra: Any) -> threading.Thread:

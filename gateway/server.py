@@ -1,0 +1,54 @@
+"""The process around the app: uvicorn, plus what SIGTERM and SIGINT mean for a gateway.
+
+The first SIGTERM or SIGINT drains: new requests get 503 with Retry-After while the ones
+queued or in flight finish (up to server.drain_timeout), then uvicorn shuts down and the
+supervisor stops the workers. A second signal exits at once. Exit status is 0 either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+
+from .routes import Gateway
+
+__all__ = ["GatewayServer"]
+
+log = logging.getLogger("gateway.server")
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, gateway: Gateway):
+        super().__init__(config)
+        self._gateway = gateway
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT) and not self._gateway.draining and self._loop:
+            self._gateway.begin_drain()
+            # A signal handler may interrupt the loop anywhere: hand over through its self-pipe.
+            self._loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after shutting down, which would end the process by it.
+        self._captured_signals.clear()
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        grace = self._gateway.config.server.drain_timeout
+        log.info("draining: refusing new requests, waiting up to %g s for in-flight ones", grace)
+        if not await self._gateway.drained(grace):
+            log.warning("drain timeout: stopping with requests still in flight")
+        self.should_exit = True

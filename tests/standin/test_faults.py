@@ -1,0 +1,198 @@
+"""Faults injected into real processes: killed, hung and unloadable workers; SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import (
+    CHAT,
+    GatewayProcess,
+    assert_error,
+    pid_alive,
+    sse_data,
+    standin,
+    wait_until,
+)
+
+FAST_HEALTH = {"interval": 0.3, "timeout": 0.3, "failures": 2}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    folder = tmp_path_factory.mktemp("faults")
+    garbage = folder / "broken.gguf"
+    garbage.write_bytes(b"this is not a GGUF file" * 100)
+    config = {
+        "health": FAST_HEALTH,
+        "models": [
+            standin("pair", replicas=2, max_queue=64, token_delay=0.02, tokens=30),
+            {**standin("frozen", token_delay=0.05, tokens=100), "idle_timeout": 1.0},
+            {"name": "broken", "path": str(garbage), "llama": {"n_ctx": 256}},
+        ],
+    }
+    gateway = GatewayProcess(config, folder).start(expect_ready=False)
+    try:
+        assert wait_until(lambda: ready_replicas(gateway) == 3, 30), gateway.log()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def ready_replicas(gateway: GatewayProcess) -> int:
+    assert gateway.proc is not None and gateway.proc.poll() is None, gateway.log()
+    try:
+        return sum(w["state"] == "ready" for w in gateway.workers())
+    except httpx.HTTPError:
+        return 0
+
+
+def replicas_of(gateway: GatewayProcess, model: str) -> list[dict[str, Any]]:
+    return [w for w in gateway.workers() if w["model"] == model]
+
+
+def ask(gateway: GatewayProcess, model: str, stream: bool) -> tuple[int, str]:
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions",
+                               json={"model": model, "stream": stream, **CHAT})  # fmt: skip
+        return response.status_code, response.text
+
+
+def test_killing_one_of_two_replicas_under_load_fails_no_plain_request(
+    gateway: GatewayProcess,
+) -> None:
+    victim = replicas_of(gateway, "pair")[0]["pid"]
+    timer = threading.Timer(0.5, os.kill, (victim, signal.SIGKILL))
+    timer.start()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: (i % 2 == 0, ask(gateway, "pair", i % 2 == 0)),
+                                range(20)))  # fmt: skip
+    timer.join()
+    for stream, (status, text) in results:
+        if not stream:
+            assert status == 200, text  # retried on the other replica
+            continue
+        events = sse_data(text) if status == 200 else []
+        if events and events[-1] == "[DONE]":
+            continue
+        assert status >= 500 or "error" in json.loads(events[-1]), text
+    assert wait_until(lambda: [w["restarts"] for w in replicas_of(gateway, "pair")] == [1, 0], 10)
+
+
+def test_a_hung_worker_is_taken_out_killed_and_restarted(gateway: GatewayProcess) -> None:
+    (before,) = replicas_of(gateway, "frozen")
+    os.kill(before["pid"], signal.SIGSTOP)
+    assert wait_until(lambda: replicas_of(gateway, "frozen")[0]["state"] != "ready", 5)
+    assert wait_until(lambda: not pid_alive(before["pid"]), 10)
+
+    def back() -> bool:
+        (now,) = replicas_of(gateway, "frozen")
+        return now["state"] == "ready" and now["pid"] != before["pid"]
+
+    assert wait_until(back, 15)
+    assert ask(gateway, "frozen", stream=False)[0] == 200
+
+
+def test_a_stream_on_a_worker_that_hangs_ends_with_an_error_event(
+    gateway: GatewayProcess,
+) -> None:
+    assert wait_until(lambda: replicas_of(gateway, "frozen")[0]["state"] == "ready", 15)
+    started = time.monotonic()
+    with (
+        gateway.client() as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={"model": "frozen", "stream": True, **CHAT}
+        ) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        os.kill(replicas_of(gateway, "frozen")[0]["pid"], signal.SIGSTOP)
+        events = sse_data("\n".join(lines))
+    assert time.monotonic() - started < 10  # 100 tokens x 50 ms would be 5 s; hung: never
+    assert events and "[DONE]" not in events
+    error = json.loads(events[-1])["error"]
+    assert error["code"] in ("upstream_timeout", "upstream_error")
+
+
+def test_a_model_that_cannot_load_is_reported_and_the_others_serve(
+    gateway: GatewayProcess,
+) -> None:
+    (broken,) = replicas_of(gateway, "broken")
+    assert broken["state"] in ("failed", "starting") and broken["error"]
+    ready = httpx.get(gateway.url + "/ready").json()
+    assert ready["status"] == "not_ready" and not ready["models"]["broken"]["ready"]
+    assert ready["models"]["broken"]["errors"]
+    assert ask(gateway, "pair", stream=False)[0] == 200
+
+
+def test_requests_for_a_model_that_cannot_load_get_503_with_the_reason(
+    gateway: GatewayProcess,
+) -> None:
+    assert wait_until(lambda: replicas_of(gateway, "broken")[0]["state"] == "failed", 10)
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": "broken", **CHAT})
+    error = assert_error(response, 503, "model_unavailable")
+    assert "broken" in error["message"]
+
+
+def test_load_retries_back_off(gateway: GatewayProcess) -> None:
+    time.sleep(3)
+    # Without backoff a failing load would restart every few hundred ms.
+    assert replicas_of(gateway, "broken")[0]["restarts"] <= 4
+
+
+def draining_gateway(tmp_path: Path, drain_timeout: float) -> GatewayProcess:
+    config = {"server": {"drain_timeout": drain_timeout},
+              "models": [standin("m", token_delay=0.05, tokens=40)]}  # fmt: skip
+    return GatewayProcess(config, tmp_path).start()
+
+
+def in_flight(gateway: GatewayProcess) -> threading.Thread:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["status"], result["text"] = ask(gateway, "m", stream=True)
+
+    thread = threading.Thread(target=run)
+    thread.result = result  # type: ignore[attr-defined]
+    thread.start()
+    assert wait_until(lambda: any(w["in_flight"] for w in gateway.workers()), 5)
+    return thread
+
+
+def test_sigterm_refuses_new_requests_and_finishes_those_in_flight(tmp_path: Path) -> None:
+    gateway = draining_gateway(tmp_path, drain_timeout=30)
+    pids = [w["pid"] for w in gateway.workers()]
+    running = in_flight(gateway)
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: httpx.get(gateway.url + "/ready").status_code == 503, 5)
+    refused = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "m", **CHAT})
+    assert_error(refused, 503, "shutting_down")
+    assert refused.headers["retry-after"]
+    running.join(10)
+    assert running.result["status"] == 200  # type: ignore[attr-defined]
+    assert sse_data(running.result["text"])[-1] == "[DONE]"  # type: ignore[attr-defined]
+    assert gateway.proc.wait(15) == 0
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_sigterm_stops_waiting_after_the_drain_timeout(tmp_path: Path) -> None:
+    gateway = draining_gateway(tmp_path, drain_timeout=0.5)
+    running = in_flight(gateway)
+    assert gateway.proc is not None
+    stopped_at = time.monotonic()
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(15) == 0
+    assert time.monotonic() - stopped_at < 12
+    running.join(10)
