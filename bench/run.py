@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import uvloop
 
@@ -44,28 +46,33 @@ def _names(args: list[str]) -> list[str]:
     return [n for n in SCENARIOS if n in chosen]
 
 
-def _finish(result: Result, began: float, commands_from: int) -> None:
+def _loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def _finish(result: Result, began: float, commands_from: int, load: str) -> None:
     result.commands = COMMANDS[commands_from:]
     result.data["seconds"] = round(time.monotonic() - began, 1)
+    result.data["loadavg"] = [load, _loadavg()]
     print_table(result)
     print(f"-> {result.save().relative_to(RESULTS.parent.parent)}", flush=True)
 
 
 async def _standin_part(names: list[str], with_peer: bool) -> None:
     """Scenarios 1 and 2 share one gateway (2 stand-in replicas) and LiteLLM over them."""
-    began, mark = time.monotonic(), len(COMMANDS)
+    began, mark, load = time.monotonic(), len(COMMANDS), _loadavg()
     with standin_stack("standin", STANDIN, replicas=2, peer=with_peer) as stack:
         if "latency" in names:
-            _finish(await latency(stack), began, mark)
+            _finish(await latency(stack), began, mark, load)
         if "throughput" in names:
-            began = time.monotonic()
+            began, load = time.monotonic(), _loadavg()
             result = await throughput(stack)
             result.data["gateway_rss_kib"] = {
                 "idle": stack.idle_rss_kib,
                 "after": rss_kib(stack.gateway.pid),
             }
             result.data["worker_rss_kib"] = stack.worker_rss_kib()
-            _finish(result, began, mark)
+            _finish(result, began, mark, load)
 
 
 Step = Callable[[bool], Awaitable[Result]]
@@ -90,14 +97,23 @@ async def main(argv: list[str] | None = None) -> int:
     names = _names(options.scenarios)
     with_peer = not options.no_peer
     print(f"scenarios: {', '.join(names)}", flush=True)
+    failed: list[str] = []
     if {"latency", "throughput"} & set(names):
         await _standin_part(names, with_peer)
     for name in names:
         if name in _STEPS:
-            began, mark = time.monotonic(), len(COMMANDS)
-            _finish(await _STEPS[name](with_peer), began, mark)
+            began, mark, load = time.monotonic(), len(COMMANDS), _loadavg()
+            try:
+                result = await _STEPS[name](with_peer)
+            except Exception:  # one broken scenario must not lose the others' figures
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            _finish(result, began, mark, load)
     (RESULTS / "run.json").write_text(json.dumps({"argv": sys.argv, "scenarios": names}) + "\n")
-    return 0
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,86 @@
-"""placeholder"""
+"""Scenario 7: the gateway's memory (idle, after scenario 2) and start-up time to /ready."""
 
 from __future__ import annotations
 
-from ..common import Result
+import json
+from typing import Any
+
+from ..common import RESULTS, Result, pin_self
+from ..procs import ROOT, free_port, gateway_workers, rss_kib, start, wait_http
+from ..stats import spread
 
 __all__ = ["footprint"]
 
+STARTS = 3
 
-async def footprint(*_: object) -> Result:
-    return Result("footprint", "footprint (not yet)", "-")
+
+def _startup(i: int) -> dict[str, Any]:
+    """Start the shipped config.yaml (unpinned); time to /ready 200; RSS once ready."""
+    port = free_port()
+    argv = [
+        str(ROOT / ".venv" / "bin" / "python"),
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        "config.yaml",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = start(f"footprint-{i}", argv, port)
+    try:
+        seconds = wait_http(proc, "/ready", 300)
+        workers = [rss_kib(int(w["pid"])) for w in gateway_workers(proc)]
+        return {"seconds": seconds, "gateway_kib": rss_kib(proc.pid), "workers_kib": workers}
+    finally:
+        proc.stop()
+
+
+async def footprint() -> Result:
+    pin_self({0, 1})
+    starts = [_startup(i) for i in range(STARTS)]
+    res = Result(
+        "footprint", "7. Footprint", "none (start-up: unpinned)", ["figure", "value", "min-max"]
+    )
+    ready = spread([s["seconds"] for s in starts])
+    res.rows.append(
+        {
+            "figure": "config.yaml: serve start -> /ready 200 (s)",
+            "value": ready["median"],
+            "min-max": f"{ready['min']:.2f} - {ready['max']:.2f}",
+        }
+    )
+    last = starts[-1]
+    res.rows.append(
+        {"figure": "config.yaml: gateway RSS once ready (MiB)", "value": last["gateway_kib"] / 1024}
+    )
+    res.rows.append(
+        {
+            "figure": f"config.yaml: {len(last['workers_kib'])} llama workers' RSS (MiB)",
+            "value": sum(last["workers_kib"]) / 1024,
+            "min-max": " / ".join(f"{k / 1024:.0f}" for k in last["workers_kib"]),
+        }
+    )
+    thr = RESULTS / "throughput.json"
+    if thr.exists():
+        data = json.loads(thr.read_text())["data"]
+        rss = data.get("gateway_rss_kib", {})
+        res.rows.append({"figure": "stand-in gateway RSS idle (MiB)", "value": rss["idle"] / 1024})
+        res.rows.append(
+            {"figure": "stand-in gateway RSS after scenario 2 (MiB)", "value": rss["after"] / 1024}
+        )
+        res.rows.append(
+            {
+                "figure": "its 2 stand-in workers' RSS after scenario 2 (MiB)",
+                "value": sum(data["worker_rss_kib"]) / 1024,
+            }
+        )
+    res.data = {"starts": starts}
+    res.notes.append(
+        f"{STARTS} starts of `serve --config config.yaml` (4 llama workers: smollm2 x2, "
+        "gemma3-270m, smollm2-embed); RSS = VmRSS of the gateway process alone, "
+        "workers separately; scenario 2 figures from bench/results/throughput.json"
+    )
+    return res
