@@ -39,9 +39,10 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     body: dict[str, Any] = response.json()
     assert_valid("ErrorResponse", body)
     assert set(body["error"]) == {"message", "type", "param", "code"}
+    error: dict[str, Any] = body["error"]
     if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
+        assert error["code"] == code
+    return error
 
 
 def free_port() -> int:

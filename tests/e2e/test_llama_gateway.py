@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support import (
     GEMMA3,
@@ -35,7 +36,7 @@ CONFIG = {
          "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True}},
     ]
 }  # fmt: skip
-HELLO = [{"role": "user", "content": "Say hello in three words."}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello in three words."}]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_chat_answers_with_a_valid_body_and_usage(client: openai.OpenAI) -> None
     raw = client.chat.completions.with_raw_response.create(
         model="smollm2",
         messages=HELLO,
-        max_tokens=8,  # type: ignore[arg-type]
+        max_tokens=8,
     )
     assert_valid("CreateChatCompletionResponse", raw.http_response.json())
     completion = raw.parse()
@@ -78,7 +79,7 @@ def test_chat_by_alias_is_served_by_the_same_pool(client: openai.OpenAI) -> None
     completion = client.chat.completions.create(
         model="gpt-3.5-turbo",
         messages=HELLO,
-        max_tokens=4,  # type: ignore[arg-type]
+        max_tokens=4,
     )
     assert completion.model == "smollm2"
 
@@ -101,7 +102,7 @@ def test_the_official_client_streams_chat(client: openai.OpenAI) -> None:
         model="smollm2",
         messages=HELLO,
         max_tokens=8,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces).strip()
@@ -148,7 +149,7 @@ def test_a_prompt_over_the_context_is_400_context_length_exceeded(client: openai
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="gpt-4o", messages=HELLO)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
     assert caught.value.code == "model_not_found"
 
 
@@ -174,7 +175,7 @@ def test_two_requests_run_at_once_on_two_replicas(
 ) -> None:
     def ask(request_id: str) -> None:
         client.chat.completions.create(
-            model="smollm2", messages=HELLO, max_tokens=24,  # type: ignore[arg-type]
+            model="smollm2", messages=HELLO, max_tokens=24,
             extra_headers={"X-Request-Id": request_id},
         )  # fmt: skip
 
