@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -13,13 +15,12 @@ from litestar.exceptions import HTTPException
 
 from .config import GatewayConfig
 from .errors import GatewayError, error_body
-from .proxy import ClientGone, Proxy
-from .registry import Registry
-from .routes import ROUTES, Gateway
-from .scheduler import QueuePolicy, Scheduler
-from .supervisor import Supervisor
+from .proxy import ClientGone
+from .reloader import Reloader
+from .routes import ROUTES
+from .state import build_gateway
 
-__all__ = ["build_gateway", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("gateway")
 
@@ -28,34 +29,26 @@ _HTTP_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error",
                      413: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
 
 
-def build_gateway(config: GatewayConfig) -> Gateway:
-    registry = Registry()
-    policies = {m.name: QueuePolicy(m.max_queue, m.queue_timeout) for m in config.models}
-    return Gateway(
-        config=config,
-        registry=registry,
-        scheduler=Scheduler(registry, policies),
-        proxy=Proxy(),
-        supervisor=Supervisor(config, registry),
-    )
-
-
-def create_app(config: GatewayConfig) -> Litestar:
-    gateway = build_gateway(config)
+def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
+    """The app serving `config`; `source` is the file a reload reads again."""
+    gateway = build_gateway(config, source)
+    reloader = Reloader(gateway)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await gateway.proxy.start()
         await gateway.supervisor.start()
+        watcher = asyncio.create_task(reloader.watch())
         try:
             yield
         finally:
+            watcher.cancel()
             await gateway.supervisor.stop()
             await gateway.proxy.close()
 
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"gateway": gateway}),
+        state=State({"gateway": gateway, "reloader": reloader}),
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _gateway_error,

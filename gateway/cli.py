@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, GatewayConfig, ModelConfig, load_config
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "check-config":
         print(describe_plan(config, options.config))
         return 0
-    return _serve(config, options.host, options.port, options.log_level)
+    return _serve(config, Path(options.config), options.host, options.port, options.log_level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +72,11 @@ def _describe_model(model: ModelConfig) -> list[str]:
     return lines
 
 
-def _serve(config: GatewayConfig, host: str | None, port: int | None, log_level: str) -> int:
+def _serve(
+    config: GatewayConfig, source: Path, host: str | None, port: int | None, log_level: str
+) -> int:
+    # SIGHUP (reload) would end the process by default: ignore it until the server handles it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import uvicorn
 
     from .app import create_app
@@ -79,7 +85,7 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None, log_level:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(config)
+    app = create_app(config, source)
     server_config = uvicorn.Config(
         app,
         host=host or config.server.host,
@@ -88,5 +94,5 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None, log_level:
         access_log=False,  # per-request logging would sit on the hot path
         timeout_graceful_shutdown=10,
     )
-    GatewayServer(server_config, app.state.gateway).run()
+    GatewayServer(server_config, app.state.gateway, app.state.reloader).run()
     return 0

@@ -76,6 +76,7 @@ class GatewayConfig:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
     health: HealthConfig = HealthConfig()
+    watch: bool = False  # reload when the file changes
 
     def model_by_name(self) -> dict[str, ModelConfig]:
         """Every name and alias mapped to its model."""
@@ -179,7 +180,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
 def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     """Validate an already-decoded config document."""
     top = _mapping(raw, "config file")
-    _reject_unknown(top, {"server", "models", "health"}, "")
+    _reject_unknown(top, {"server", "models", "health", "watch"}, "")
     server = _parse_server(top.get("server", {}))
     health = _parse_health(top.get("health", {}))
     models_raw = top.get("models")
@@ -187,7 +188,8 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
         raise ConfigError("models: expected a non-empty list of models")
     models = tuple(_parse_model(m, i, base_dir) for i, m in enumerate(models_raw))
     _reject_duplicate_names(models)
-    return GatewayConfig(server=server, models=models, health=health)
+    watch = _get(top, "watch", _bool, "true or false", "", False)
+    return GatewayConfig(server=server, models=models, health=health, watch=watch)
 
 
 def _parse_health(raw: Any) -> HealthConfig:

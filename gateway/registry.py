@@ -19,6 +19,7 @@ class ReplicaState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     UNHEALTHY = "unhealthy"  # running, but a request could not reach it; out of rotation
+    DRAINING = "draining"  # finishing its requests before it is stopped (reload, scale down)
     FAILED = "failed"
     STOPPED = "stopped"
 
@@ -72,8 +73,20 @@ class Registry:
         self._by_model: dict[str, list[Replica]] = {}
         self._listeners: list[Listener] = []
 
-    def add_model(self, model: str, devices: Sequence[str]) -> None:
-        self._by_model[model] = [Replica(model, i, device) for i, device in enumerate(devices)]
+    def add_model(self, model: str) -> None:
+        self._by_model.setdefault(model, [])
+
+    def remove_model(self, model: str) -> None:
+        del self._by_model[model]
+
+    def add_replica(self, model: str, index: int, device: str) -> Replica:
+        """A new replica in slot `index` (during a rolling reload two may share a slot)."""
+        replica = Replica(model, index, device)
+        self._by_model[model].append(replica)
+        return replica
+
+    def remove_replica(self, replica: Replica) -> None:
+        self._by_model[replica.model].remove(replica)
 
     def on_capacity(self, listener: Listener) -> None:
         """Call `listener(model)` whenever a replica of `model` may take more work."""
@@ -97,6 +110,8 @@ class Registry:
         replica.url = f"http://127.0.0.1:{port}"
 
     def mark_ready(self, replica: Replica) -> None:
+        if replica.state is ReplicaState.DRAINING:
+            return
         replica.state = ReplicaState.READY
         replica.loaded_at = time.time()
         replica.error = None
@@ -107,8 +122,9 @@ class Registry:
         replica.error = error
 
     def mark_exited(self, replica: Replica, error: str | None) -> None:
-        """The worker process is gone; it will be restarted."""
-        replica.state = ReplicaState.FAILED if error else ReplicaState.STARTING
+        """The worker process is gone; it will be restarted unless it is being retired."""
+        if replica.state is not ReplicaState.DRAINING:
+            replica.state = ReplicaState.FAILED if error else ReplicaState.STARTING
         replica.error = error
         replica.restarts += 1
         replica.pid = None
@@ -122,6 +138,10 @@ class Registry:
         if replica.state is ReplicaState.READY:
             replica.state = ReplicaState.UNHEALTHY
             replica.error = reason
+
+    def mark_draining(self, replica: Replica) -> None:
+        """No new requests for this replica; those in flight finish."""
+        replica.state = ReplicaState.DRAINING
 
     def mark_healthy(self, replica: Replica) -> None:
         """An unhealthy replica answers again: back into rotation."""

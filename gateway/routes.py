@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -15,56 +12,21 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp
 
-from .config import GatewayConfig, ModelConfig
+from .config import ModelConfig
 from .errors import (
     BodyTooLarge,
     InvalidRequest,
-    ModelNotFound,
     Unauthorized,
     Unavailable,
     UpstreamFailed,
+    error_body,
 )
 from .proxy import Proxy, Relay, until_disconnect
-from .registry import Registry
-from .scheduler import Lease, Scheduler
-from .supervisor import Supervisor
+from .reloader import Reloader
+from .scheduler import Lease
+from .state import Gateway
 
-__all__ = ["ROUTES", "Gateway", "require_api_key"]
-
-
-@dataclass
-class Gateway:
-    """Everything a request needs, built once per app from the config."""
-
-    config: GatewayConfig
-    registry: Registry
-    scheduler: Scheduler
-    proxy: Proxy
-    supervisor: Supervisor
-    started_at: int = field(default_factory=lambda: int(time.time()))
-
-    def __post_init__(self) -> None:
-        self.by_name: dict[str, ModelConfig] = self.config.model_by_name()
-        self.draining = False
-
-    def begin_drain(self) -> None:
-        """Refuse new requests from now on; those queued or in flight go on."""
-        self.draining = True
-
-    async def drained(self, timeout: float) -> bool:
-        """Wait until no request is queued or in flight; False if `timeout` passed first."""
-        deadline = time.monotonic() + timeout
-        while self.registry.busy() or self.scheduler.queued_total():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-    def resolve(self, name: str) -> ModelConfig:
-        model = self.by_name.get(name)
-        if model is None:
-            raise ModelNotFound(name, list(self.by_name))
-        return model
+__all__ = ["ROUTES", "require_api_key"]
 
 
 class _RouteFields(msgspec.Struct):
@@ -218,5 +180,29 @@ async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": workers, "queued": queued}
 
 
+def _reloader(request: Request[Any, Any, Any]) -> Reloader:
+    reloader: Reloader = request.app.state.reloader
+    return reloader
+
+
+@post("/admin/reload", guards=[require_api_key], status_code=200)
+async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Reload the config file now; 200 with the changes, or 400 naming what is wrong."""
+    outcome = await _reloader(request).reload()
+    if not outcome.ok:
+        error = error_body(
+            outcome.error or "reload failed", "invalid_request_error", "reload_failed"
+        )
+        return Response(error, status_code=400, media_type=_JSON)
+    body = {"ok": True, "version": outcome.version, "changes": outcome.changes}
+    return Response(msgspec.json.encode(body), media_type=_JSON)
+
+
+@get("/admin/config", guards=[require_api_key])
+async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The running config's version and models, and how the last reload went."""
+    return _reloader(request).status()
+
+
 ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, ready,
-          admin_workers]  # fmt: skip
+          admin_workers, admin_reload, admin_config]  # fmt: skip

@@ -55,6 +55,18 @@ class Scheduler:
         self._queues: dict[str, deque[asyncio.Future[Lease]]] = {m: deque() for m in policies}
         registry.on_capacity(self._dispatch)
 
+    def set_policy(self, model: str, policy: QueuePolicy) -> None:
+        """Add a model, or change its queue limits (a reload): waiters keep their place."""
+        self._policies[model] = policy
+        self._queues.setdefault(model, deque())
+
+    def remove_model(self, model: str) -> None:
+        """Forget a removed model; anything still queued for it gets a 503."""
+        for waiter in self._queues.pop(model):
+            if not waiter.done():
+                waiter.set_exception(Unavailable(f"Model '{model}' was removed from the config."))
+        del self._policies[model]
+
     def queued(self, model: str) -> int:
         return len(self._queues[model])
 
@@ -63,7 +75,10 @@ class Scheduler:
 
     def try_acquire(self, model: str) -> Lease | None:
         """A lease at once if a replica is free and nobody is queued ahead; else None."""
-        if self._queues[model]:
+        queue = self._queues.get(model)
+        if queue is None:
+            raise Unavailable(f"Model '{model}' was removed from the config.")
+        if queue:
             return None
         replica = pick_replica(self._registry.replicas(model))
         return None if replica is None else self._lease(replica)
@@ -120,13 +135,13 @@ class Scheduler:
         """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""
         if waiter in queue:
             queue.remove(waiter)
-        if waiter.done() and not waiter.cancelled():
-            waiter.result().release()
-        else:
+        if not waiter.done():
             waiter.cancel()
+        elif not waiter.cancelled() and waiter.exception() is None:
+            waiter.result().release()
 
     def _dispatch(self, model: str) -> None:
-        queue = self._queues[model]
+        queue = self._queues.get(model)  # None once a reload removed the model
         while queue:
             replica = pick_replica(self._registry.replicas(model))
             if replica is None:

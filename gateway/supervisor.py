@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import GatewayConfig, ModelConfig
+from .config import GatewayConfig, HealthConfig, ModelConfig
 from .registry import Registry, Replica
 
 __all__ = ["Supervisor", "restart_delay", "worker_command", "worker_env"]
@@ -70,34 +70,55 @@ class Supervisor:
     """Spawns, watches and restarts the workers of every configured model."""
 
     def __init__(self, config: GatewayConfig, registry: Registry):
-        self._config = config
+        self._health = config.health
+        self._models = config.models
         self._registry = registry
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Replica, asyncio.Task[None]] = {}
         self._procs: dict[Replica, asyncio.subprocess.Process] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         """Register every replica and start all workers at once; does not wait for them."""
         self._session = aiohttp.ClientSession(timeout=_STATUS_TIMEOUT)
-        for model in self._config.models:
-            devices = [model.device(i) or "cpu" for i in range(model.replicas)]
-            self._registry.add_model(model.name, devices)
-            for replica in self._registry.replicas(model.name):
-                self._tasks.append(asyncio.create_task(self._keep_running(model, replica)))
+        for model in self._models:
+            self.start_model(model)
+
+    def set_health(self, health: HealthConfig) -> None:
+        self._health = health
+
+    def start_model(self, model: ModelConfig) -> None:
+        self._registry.add_model(model.name)
+        for index in range(model.replicas):
+            self.start_replica(model, index)
+
+    def start_replica(self, model: ModelConfig, index: int) -> Replica:
+        """Register a replica in slot `index` and keep a worker running for it."""
+        replica = self._registry.add_replica(model.name, index, model.device(index) or "cpu")
+        self._tasks[replica] = asyncio.create_task(self._keep_running(model, replica))
+        return replica
+
+    async def stop_replica(self, replica: Replica, grace: float = 5.0) -> None:
+        """Stop restarting it, stop its worker (SIGTERM, SIGKILL after `grace`), forget it."""
+        await self._stop([replica], grace)
+        self._registry.remove_replica(replica)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop restarting, then SIGTERM every worker and SIGKILL what is left after `grace`."""
-        procs = list(self._procs.items())
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for _, proc in procs:
-            _signal(proc, signal.SIGTERM)
-        await asyncio.gather(*(self._reap(proc, grace) for _, proc in procs))
-        for replica, _ in procs:
-            self._registry.mark_stopped(replica)
+        """Stop every worker; SIGKILL what is left after `grace`."""
+        await self._stop(list(self._tasks), grace)
         if self._session is not None:
             await self._session.close()
+
+    async def _stop(self, replicas: list[Replica], grace: float) -> None:
+        procs = [self._procs[r] for r in replicas if r in self._procs]
+        tasks = [self._tasks.pop(r) for r in replicas if r in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        await asyncio.gather(*(self._reap(proc, grace) for proc in procs))
+        for replica in replicas:
+            self._registry.mark_stopped(replica)
 
     async def _keep_running(self, model: ModelConfig, replica: Replica) -> None:
         failures = 0
@@ -142,7 +163,7 @@ class Supervisor:
         A worker that fails a check leaves rotation at once, comes back when a check passes,
         and is killed (then restarted) after `health.failures` failed checks in a row.
         """
-        health = self._config.health
+        health = self._health
         exited = asyncio.ensure_future(proc.wait())
         failures = 0
         while not (await asyncio.wait((exited,), timeout=health.interval))[0]:

@@ -32,8 +32,9 @@ def test_pick_returns_none_when_nothing_is_free() -> None:
 
 def make(replicas: int = 1, max_queue: int = 4, timeout: float = 5.0) -> tuple[Registry, Scheduler]:
     registry = Registry()
-    registry.add_model("m", ["cpu"] * replicas)
-    for r in registry.replicas("m"):
+    registry.add_model("m")
+    for i in range(replicas):
+        r = registry.add_replica("m", i, "cpu")
         registry.mark_starting(r, pid=1, port=1)
         registry.mark_ready(r)
     return registry, Scheduler(registry, {"m": QueuePolicy(max_queue, timeout)})
@@ -108,7 +109,8 @@ async def test_a_lease_granted_to_a_cancelled_waiter_is_handed_back() -> None:
 
 async def test_a_replica_becoming_ready_serves_the_queue() -> None:
     registry = Registry()
-    registry.add_model("m", ["cpu"])
+    registry.add_model("m")
+    registry.add_replica("m", 0, "cpu")
     scheduler = Scheduler(registry, {"m": QueuePolicy(4, 5.0)})
     waiting = asyncio.create_task(scheduler.acquire("m"))
     await asyncio.sleep(0)

@@ -1,0 +1,77 @@
+"""What a reload changes: a pure diff of the running config and the new one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import GatewayConfig, ModelConfig
+
+__all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
+
+# What a worker process is started with: changing any of these replaces its replicas.
+_WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus")
+# What only a new process can apply: the listening socket.
+_RESTART_FIELDS = ("host", "port")
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """A model in both configs whose entry differs."""
+
+    model: ModelConfig  # the new entry
+    old_replicas: int
+    roll: bool  # worker settings changed: replace the running replicas one at a time
+
+    def describe(self) -> str:
+        parts = ["worker settings changed: rolling replicas"] if self.roll else []
+        if self.model.replicas != self.old_replicas:
+            parts.append(f"replicas {self.old_replicas} -> {self.model.replicas}")
+        return f"changed {self.model.name}: " + ("; ".join(parts) or "queue/timeouts/aliases")
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    add: tuple[ModelConfig, ...] = ()
+    remove: tuple[str, ...] = ()
+    change: tuple[ModelChange, ...] = ()
+    needs_restart: tuple[str, ...] = ()  # server keys that only a restart applies
+    settings_changed: bool = False  # server (keys, limits) or health settings, applied in place
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add or self.remove or self.change or self.settings_changed)
+
+    def describe(self) -> list[str]:
+        lines = [f"added {m.name} ({m.replicas} replicas)" for m in self.add]
+        lines += [f"removed {name}: draining, then stopping" for name in self.remove]
+        lines += [change.describe() for change in self.change]
+        lines += [
+            f"server.{key} changed: takes effect after a restart" for key in self.needs_restart
+        ]
+        if self.settings_changed:
+            lines.append("server, health or watch settings updated")
+        return lines or ["no changes"]
+
+
+def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
+    """The steps that turn a gateway running `old` into one running `new`."""
+    old_models = {m.name: m for m in old.models}
+    new_models = {m.name: m for m in new.models}
+    return ReloadPlan(
+        add=tuple(m for name, m in new_models.items() if name not in old_models),
+        remove=tuple(name for name in old_models if name not in new_models),
+        change=tuple(
+            _change(old_models[name], m)
+            for name, m in new_models.items()
+            if name in old_models and old_models[name] != m
+        ),
+        needs_restart=tuple(
+            key for key in _RESTART_FIELDS if getattr(old.server, key) != getattr(new.server, key)
+        ),
+        settings_changed=(old.server, old.health, old.watch) != (new.server, new.health, new.watch),
+    )
+
+
+def _change(old: ModelConfig, new: ModelConfig) -> ModelChange:
+    roll = any(getattr(old, key) != getattr(new, key) for key in _WORKER_FIELDS)
+    return ModelChange(model=new, old_replicas=old.replicas, roll=roll)

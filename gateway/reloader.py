@@ -1,0 +1,183 @@
+"""Hot reload: read config.yaml again, validate all of it, then apply the difference.
+
+An invalid file changes nothing. A valid one is applied as a plan (gateway/plan.py): new
+models start; removed ones stop taking requests, finish what they hold, then stop; replicas
+scale; changed worker settings replace a model's replicas one at a time, each new worker
+ready before an old one drains, so the model keeps serving. One reload runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ConfigError, GatewayConfig, ModelConfig, load_config
+from .plan import ModelChange, ReloadPlan, plan_reload
+from .registry import Replica, ReplicaState
+from .state import Gateway, policy
+
+__all__ = ["ReloadError", "ReloadOutcome", "Reloader"]
+
+log = logging.getLogger("gateway.reload")
+
+_POLL = 0.05
+
+
+class ReloadError(Exception):
+    """The new config was valid but could not be applied in full."""
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    ok: bool
+    version: int  # of the config running now
+    changes: list[str] = field(default_factory=list)
+    error: str | None = None
+    at: float = field(default_factory=time.time)
+
+
+class Reloader:
+    """Owns the running config's version and applies reloads, one at a time."""
+
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+        self._lock = asyncio.Lock()
+        self._version = 1
+        self._loaded_at = time.time()
+        self._last: ReloadOutcome | None = None
+        self._digest = _digest(gateway)
+
+    def status(self) -> dict[str, Any]:
+        gateway = self._gateway
+        last = self._last
+        return {
+            "version": self._version,
+            "source": str(gateway.source) if gateway.source else None,
+            "loaded_at": self._loaded_at,
+            "models": [m.name for m in gateway.config.models],
+            "watch": gateway.config.watch,
+            "reloading": self._lock.locked(),
+            "last_reload": None if last is None else last.__dict__,
+        }
+
+    async def reload(self) -> ReloadOutcome:
+        """Validate the config file in full; apply it if valid. Never raises."""
+        async with self._lock:
+            self._last = await self._reload()
+            log_line = "; ".join(self._last.changes) or self._last.error
+            (log.info if self._last.ok else log.error)("reload: %s", log_line)
+            return self._last
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Reload whenever the file's content changes, while the config says `watch: true`."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._gateway.config.watch and _digest(self._gateway) != self._digest:
+                await self.reload()
+
+    async def _reload(self) -> ReloadOutcome:
+        gateway = self._gateway
+        if gateway.source is None:
+            return ReloadOutcome(False, self._version, error="the gateway has no config file")
+        self._digest = _digest(gateway)
+        try:
+            new = load_config(gateway.source)
+        except ConfigError as exc:
+            return ReloadOutcome(
+                False, self._version, error=f"invalid config, nothing changed: {exc}"
+            )
+        plan = plan_reload(gateway.config, new)
+        if plan.empty:
+            return ReloadOutcome(True, self._version, ["no changes"])
+        self._version += 1
+        self._loaded_at = time.time()
+        try:
+            await self._apply(plan, new)
+        except ReloadError as exc:
+            return ReloadOutcome(False, self._version, plan.describe(), str(exc))
+        return ReloadOutcome(True, self._version, plan.describe())
+
+    async def _apply(self, plan: ReloadPlan, new: GatewayConfig) -> None:
+        gateway = self._gateway
+        for model in plan.add:
+            gateway.scheduler.set_policy(model.name, policy(model))
+            gateway.supervisor.start_model(model)
+        for change in plan.change:
+            gateway.scheduler.set_policy(change.model.name, policy(change.model))
+        gateway.set_config(new)  # from here, removed names 404 and added names queue
+        gateway.supervisor.set_health(new.health)
+        results = await asyncio.gather(
+            *(self._resize(change) for change in plan.change),
+            *(self._remove(name) for name in plan.remove),
+            return_exceptions=True,
+        )
+        errors = [str(r) for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise ReloadError("; ".join(errors))
+
+    async def _resize(self, change: ModelChange) -> None:
+        model = change.model
+        running = sorted(self._gateway.registry.replicas(model.name), key=lambda r: r.index)
+        if change.roll:
+            for old in [r for r in running if r.index < model.replicas]:
+                await self._replace(model, old)
+        for old in reversed([r for r in running if r.index >= model.replicas]):
+            await self._retire(old)
+        taken = {r.index for r in self._gateway.registry.replicas(model.name)}
+        for index in range(model.replicas):
+            if index not in taken:
+                self._gateway.supervisor.start_replica(model, index)
+
+    async def _replace(self, model: ModelConfig, old: Replica) -> None:
+        """Start the new worker for `old`'s slot; once it is ready, retire `old`."""
+        supervisor = self._gateway.supervisor
+        new = supervisor.start_replica(model, old.index)
+        if not await self._becomes_ready(new, model.startup_timeout):
+            reason = new.error or "it did not become ready"
+            await supervisor.stop_replica(new)
+            raise ReloadError(
+                f"{model.name}[{old.index}]: the new settings failed ({reason}); "
+                "the replica keeps running its old settings"
+            )
+        await self._retire(old)
+
+    async def _retire(self, replica: Replica) -> None:
+        """Drain a replica (no new requests; those in flight finish), then stop its worker."""
+        self._gateway.registry.mark_draining(replica)
+        await self._until(lambda: replica.in_flight == 0, self._drain_timeout())
+        await self._gateway.supervisor.stop_replica(replica)
+
+    async def _remove(self, name: str) -> None:
+        """Serve what is already queued for a removed model, then retire its replicas."""
+        gateway = self._gateway
+        await self._until(lambda: gateway.scheduler.queued(name) == 0, self._drain_timeout())
+        await asyncio.gather(*(self._retire(r) for r in list(gateway.registry.replicas(name))))
+        gateway.scheduler.remove_model(name)
+        gateway.registry.remove_model(name)
+
+    def _drain_timeout(self) -> float:
+        return self._gateway.config.server.drain_timeout
+
+    async def _becomes_ready(self, replica: Replica, timeout: float) -> bool:
+        await self._until(lambda: replica.state in _SETTLED, timeout)
+        return replica.state is ReplicaState.READY
+
+    @staticmethod
+    async def _until(condition: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL)
+
+
+_SETTLED = (ReplicaState.READY, ReplicaState.FAILED)
+
+
+def _digest(gateway: Gateway) -> str:
+    try:
+        return hashlib.sha256(gateway.source.read_bytes()).hexdigest() if gateway.source else ""
+    except OSError:
+        return ""

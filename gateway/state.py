@@ -1,0 +1,74 @@
+"""The gateway's state: the running config and the parts built from it, shared by every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import GatewayConfig, ModelConfig
+from .errors import ModelNotFound
+from .proxy import Proxy
+from .registry import Registry
+from .scheduler import QueuePolicy, Scheduler
+from .supervisor import Supervisor
+
+__all__ = ["Gateway", "build_gateway"]
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, built once per app from the config."""
+
+    config: GatewayConfig
+    source: Path | None
+    registry: Registry
+    scheduler: Scheduler
+    proxy: Proxy
+    supervisor: Supervisor
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.by_name: dict[str, ModelConfig] = self.config.model_by_name()
+        self.draining = False
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on; those queued or in flight go on."""
+        self.draining = True
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is queued or in flight; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        while self.registry.busy() or self.scheduler.queued_total():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def set_config(self, config: GatewayConfig) -> None:
+        """Serve `config`'s names from now on (a reload): new ones queue until ready."""
+        self.config = config
+        self.by_name = config.model_by_name()
+
+    def resolve(self, name: str) -> ModelConfig:
+        model = self.by_name.get(name)
+        if model is None:
+            raise ModelNotFound(name, list(self.by_name))
+        return model
+
+
+def policy(model: ModelConfig) -> QueuePolicy:
+    return QueuePolicy(model.max_queue, model.queue_timeout)
+
+
+def build_gateway(config: GatewayConfig, source: Path | None = None) -> Gateway:
+    registry = Registry()
+    return Gateway(
+        config=config,
+        source=source,
+        registry=registry,
+        scheduler=Scheduler(registry, {m.name: policy(m) for m in config.models}),
+        proxy=Proxy(),
+        supervisor=Supervisor(config, registry),
+    )

@@ -1,0 +1,59 @@
+"""What a reload changes, decided without I/O from the old and new configs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.config import GatewayConfig, HealthConfig, ModelConfig, ServerConfig
+from gateway.plan import plan_reload
+
+A = ModelConfig(name="a", path=Path("/m/a.gguf"), replicas=2)
+B = ModelConfig(name="b", path=Path("/m/b.gguf"))
+
+
+def config(*models: ModelConfig, **kw: object) -> GatewayConfig:
+    return GatewayConfig(server=ServerConfig(), models=models, **kw)  # type: ignore[arg-type]
+
+
+def test_the_same_config_changes_nothing() -> None:
+    plan = plan_reload(config(A, B), config(A, B))
+    assert plan.empty and plan.describe() == ["no changes"]
+
+
+def test_a_new_model_is_added_and_a_missing_one_removed() -> None:
+    plan = plan_reload(config(A), config(B))
+    assert [m.name for m in plan.add] == ["b"] and plan.remove == ("a",)
+
+
+def test_new_llama_params_roll_the_replicas() -> None:
+    (change,) = plan_reload(config(A), config(replace(A, llama={"n_ctx": 512}))).change
+    assert change.roll and change.old_replicas == 2
+
+
+def test_a_new_path_or_gpus_roll_the_replicas() -> None:
+    assert plan_reload(config(A), config(replace(A, path=Path("/m/c.gguf")))).change[0].roll
+    assert plan_reload(config(A), config(replace(A, gpus=("0", "1")))).change[0].roll
+
+
+def test_a_replica_count_change_scales_without_rolling() -> None:
+    (change,) = plan_reload(config(A), config(replace(A, replicas=3))).change
+    assert not change.roll and (change.old_replicas, change.model.replicas) == (2, 3)
+
+
+def test_queue_and_alias_changes_apply_in_place() -> None:
+    new = replace(A, max_queue=5, aliases=("gpt-4o",), queue_timeout=3.0)
+    (change,) = plan_reload(config(A), config(new)).change
+    assert not change.roll and change.model.replicas == change.old_replicas
+    assert change.describe() == "changed a: queue/timeouts/aliases"
+
+
+def test_a_new_port_is_reported_as_needing_a_restart() -> None:
+    plan = plan_reload(config(A), GatewayConfig(server=ServerConfig(port=9000), models=(A,)))
+    assert plan.needs_restart == ("port",)
+    assert "server.port changed: takes effect after a restart" in plan.describe()
+
+
+def test_health_and_watch_changes_are_settings_changes() -> None:
+    assert plan_reload(config(A), config(A, health=HealthConfig(interval=9))).settings_changed
+    assert plan_reload(config(A), config(A, watch=True)).settings_changed
