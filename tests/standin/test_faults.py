@@ -38,12 +38,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         "models": [
             standin("pair", replicas=2, max_queue=64, token_delay=0.02, tokens=30),
             {**standin("frozen", token_delay=0.05, tokens=100), "idle_timeout": 1.0},
+            {
+                **standin("slowpoke", token_delay=1.0, tokens=3),
+                "first_token_timeout": 0.4,
+                "idle_timeout": 0.4,
+            },
             {"name": "broken", "path": str(garbage), "llama": {"n_ctx": 256}},
         ],
     }
     gateway = GatewayProcess(config, folder).start(expect_ready=False)
     try:
-        assert wait_until(lambda: ready_replicas(gateway) == 3, 30), gateway.log()
+        assert wait_until(lambda: ready_replicas(gateway) == 4, 30), gateway.log()
         yield gateway
     finally:
         gateway.stop()
@@ -122,6 +127,25 @@ def test_a_stream_on_a_worker_that_hangs_ends_with_an_error_event(
     assert events and "[DONE]" not in events
     error = json.loads(events[-1])["error"]
     assert error["code"] in ("upstream_timeout", "upstream_error")
+
+
+def test_no_answer_within_first_token_timeout_is_504(gateway: GatewayProcess) -> None:
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": "slowpoke", **CHAT})
+    assert_error(response, 504, "upstream_timeout")
+    assert wait_until(lambda: replicas_of(gateway, "slowpoke")[0]["in_flight"] == 0, 5)
+
+
+def test_a_stream_silent_past_idle_timeout_ends_with_an_error_event(
+    gateway: GatewayProcess,
+) -> None:
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions",
+                               json={"model": "slowpoke", "stream": True, **CHAT})  # fmt: skip
+    events = sse_data(response.text)
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
+    assert wait_until(lambda: replicas_of(gateway, "slowpoke")[0]["in_flight"] == 0, 5)
 
 
 def test_a_model_that_cannot_load_is_reported_and_the_others_serve(
