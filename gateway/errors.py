@@ -17,8 +17,6 @@ with ``raise X from exc``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 __all__ = [
@@ -49,22 +47,26 @@ class GatewayError(Exception):
     type = "server_error"
     code: str | None = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after
         if code is not None:
             self.code = code
 
     def headers(self) -> dict[str, str]:
-        return {}
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
-
-    def as_dict(self) -> dict[str, Any]:
-        decoded: dict[str, Any] = msgspec.json.decode(self.body())
-        return decoded
 
 
 class InvalidRequest(GatewayError):
@@ -97,29 +99,19 @@ class ModelNotFound(GatewayError):
 
 
 class QueueFull(GatewayError):
+    """Raise with retry_after: the queue is full now, not for good."""
+
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 class Unavailable(GatewayError):
+    """Raise with retry_after: how long until trying again makes sense."""
+
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None):
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class QueueTimeout(Unavailable):

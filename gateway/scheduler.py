@@ -64,7 +64,9 @@ class Scheduler:
         """Forget a removed model; anything still queued for it gets a 503."""
         for waiter in self._queues.pop(model):
             if not waiter.done():
-                waiter.set_exception(Unavailable(f"Model '{model}' was removed from the config."))
+                waiter.set_exception(
+                    Unavailable(f"Model '{model}' was removed from the config.", retry_after=1)
+                )
         del self._policies[model]
 
     def queued(self, model: str) -> int:
@@ -77,7 +79,7 @@ class Scheduler:
         """A lease at once if a replica is free and nobody is queued ahead; else None."""
         queue = self._queues.get(model)
         if queue is None:
-            raise Unavailable(f"Model '{model}' was removed from the config.")
+            raise Unavailable(f"Model '{model}' was removed from the config.", retry_after=1)
         if queue:
             return None
         replica = pick_replica(self._registry.replicas(model))
@@ -107,7 +109,8 @@ class Scheduler:
         except TimeoutError:
             raise QueueTimeout(
                 f"No replica of '{model}' became free within "
-                f"{self._policies[model].queue_timeout:g} s; try again later."
+                f"{self._policies[model].queue_timeout:g} s; try again later.",
+                retry_after=1,
             ) from None
         finally:
             if lease is None:
@@ -129,7 +132,9 @@ class Scheduler:
             raise Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
                               code="model_unavailable")  # fmt: skip
         if len(queue) >= self._policies[model].max_queue:
-            raise QueueFull(f"Too many requests queued for model '{model}'; retry shortly.", 1)
+            raise QueueFull(
+                f"Too many requests queued for model '{model}'; retry shortly.", retry_after=1
+            )
 
     def _abandon(self, queue: deque[asyncio.Future[Lease]], waiter: asyncio.Future[Lease]) -> None:
         """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""
