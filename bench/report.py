@@ -84,6 +84,18 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
     ]
     for name, doc in docs.items():
         lines += _section(name, doc)
+    profile = RESULTS / "profile.txt"
+    if profile.exists():
+        lines += [
+            "## Gateway profile (`python -m bench.profile`)",
+            "",
+            "py-spy on the gateway while 8 closed-loop clients drive the scenario-2 stack:",
+            "",
+            "```",
+            profile.read_text().strip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 Scenarios (by name or number): 1 latency, 2 throughput, 3 streaming, 4 multimodel, 5 replicas,
 6 peer, 7 footprint. No argument runs them all. Scenarios 1-3 include LiteLLM's proxy when
-bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6 divides our figures by its.
+bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6 divides our figures by its,
+from the latest results of 1-3 (the same run under `make bench`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def _names(args: list[str]) -> list[str]:
         if name not in SCENARIOS:
             raise SystemExit(f"unknown scenario {arg!r}; known: {', '.join(SCENARIOS)}")
         chosen.append(name)
-    if "peer" in chosen:  # the ratios need scenarios 1-3 with LiteLLM, in this same run
-        chosen = [n for n in SCENARIOS[:3] if n not in chosen] + chosen
     return [n for n in SCENARIOS if n in chosen]
 
 

@@ -67,11 +67,16 @@ def main() -> int:
             check(bool(choices) and body.get("model") == model,
                   f"{model} answered a {kind} request (usage {body.get('usage')})")  # fmt: skip
     offload = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log)
-    check(any(a == b and a != "0" for a, b in offload),
-          f"llama log: all layers offloaded in one worker (lines: {offload})")  # fmt: skip
-    check(("0", offload[0][1]) in offload if offload else False,
-          "llama log: 0 layers offloaded in the other worker")  # fmt: skip
+    layers = re.findall(r"load_tensors: layer +\d+ assigned to device (\S+),", log)
+    on_cuda, on_cpu = layers.count("CUDA0"), layers.count("CPU")
     if gpu:
+        full = [o for o in offload if o[0] == o[1] != "0"]
+        check(len(full) == 1 and all(o in full or o[0] == "0" for o in offload),
+              f"llama log: all layers offloaded to GPU in one worker, none in the other"
+              f" ({offload})")  # fmt: skip
+        check(on_cuda > 0 and on_cuda == on_cpu,
+              f"llama log: {on_cuda} layers assigned to CUDA0 (GPU worker), {on_cpu} to CPU"
+              " (CPU worker)")  # fmt: skip
         cuda_buffers = re.findall(r"CUDA0 model buffer size\s*=\s*([\d.]+ MiB)", log)
         check(len(cuda_buffers) == 1, f"llama log: one CUDA0 model buffer ({cuda_buffers})")
         pids = smi_pids(evidence)
@@ -83,6 +88,8 @@ def main() -> int:
         check((str(g.get("pid")), "CUDA_VISIBLE_DEVICES=0") in env_lines
               and (str(c.get("pid")), "CUDA_VISIBLE_DEVICES=") in env_lines,
               f"/proc/PID/environ: {env_lines}")  # fmt: skip
+    else:
+        check(on_cpu > 0 and on_cuda == 0, f"llama log: {on_cpu} layers on CPU, none on CUDA0")
     for ok, what in results:
         print(("PASS " if ok else "FAIL ") + what)
     failed = sum(not ok for ok, _ in results)
