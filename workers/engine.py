@@ -25,6 +25,7 @@ __all__ = [
     "RawChunk",
     "StreamItem",
     "Usage",
+    "check_context",
 ]
 
 RawChunk = dict[str, Any]
@@ -64,13 +65,42 @@ class GenerationCancelled(Exception):
 
 
 class ContextLengthExceeded(Exception):
-    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
-        super().__init__(
-            f"This model's maximum context length is {n_ctx} tokens, "
-            f"but the prompt has {prompt_tokens} tokens"
-        )
+    """The prompt, or the prompt plus the requested `max_tokens`, does not fit the context.
+
+    `completion_tokens` is the requested max_tokens, or None when the prompt alone is too
+    long. Messages are OpenAI's, worded for the endpoint's input ("messages", "prompt")."""
+
+    def __init__(
+        self, prompt_tokens: int, n_ctx: int, completion_tokens: int | None = None
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
+        self.completion_tokens = completion_tokens
+        super().__init__(self.message())
+
+    def message(self, input_name: str = "messages") -> str:
+        head = f"This model's maximum context length is {self.n_ctx} tokens."
+        if self.completion_tokens is None:
+            return (
+                f"{head} However, your {input_name} resulted in {self.prompt_tokens} tokens. "
+                f"Please reduce the length of the {input_name}."
+            )
+        total = self.prompt_tokens + self.completion_tokens
+        return (
+            f"{head} However, you requested {total} tokens ({self.prompt_tokens} in the "
+            f"{input_name}, {self.completion_tokens} in the completion). Please reduce the "
+            f"length of the {input_name} or completion."
+        )
+
+
+def check_context(prompt_tokens: int, max_tokens: int | None, n_ctx: int) -> None:
+    """OpenAI's rule, for both engines: the prompt must leave room for one token, and an
+    explicit max_tokens must fit beside it (llama-cpp-python would silently clamp it).
+    Without max_tokens, generation runs to the end of the context as before."""
+    if prompt_tokens >= n_ctx:
+        raise ContextLengthExceeded(prompt_tokens, n_ctx)
+    if max_tokens is not None and prompt_tokens + max_tokens > n_ctx:
+        raise ContextLengthExceeded(prompt_tokens, n_ctx, max_tokens)
 
 
 class EmbeddingsDisabled(Exception):

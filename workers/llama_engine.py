@@ -8,7 +8,7 @@ request for them is a 400 that says how to enable it. Tool calling passes throug
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from jinja2 import TemplateError
@@ -28,6 +28,7 @@ from workers.engine import (
     RawChunk,
     StreamItem,
     Usage,
+    check_context,
 )
 from workers.errors import invalid_request
 from workers.logprobs import wants_logprobs
@@ -67,20 +68,35 @@ class _TokenMeter:
     stops streaming and non-streaming generation alike within one token, and leaves the
     output of an uncancelled request exactly what llama would produce. It also counts
     tokens, giving streams the exact usage llama reports for non-streaming calls.
+
+    It also wraps `Llama.generate`, which every path calls with the final prompt tokens
+    (after the chat template) before evaluating them: there a `max_tokens` that does not
+    fit beside the prompt is rejected as OpenAI does, where llama would silently clamp it.
     """
 
     def __init__(self, llama: Any, is_eog: Callable[[int], bool]) -> None:
         self._llama = llama
         self._sample = llama.sample
+        self._generate = llama.generate
         self._is_eog = is_eog
         self.begin(CancelToken())
         setattr(llama, "sample", self._metered_sample)  # noqa: B010 - instance override
+        setattr(llama, "generate", self._checked_generate)  # noqa: B010 - instance override
 
-    def begin(self, cancel: CancelToken) -> None:
+    def begin(self, cancel: CancelToken, max_tokens: int | None = None) -> None:
         self._cancel = cancel
+        self._max_tokens = max_tokens
         self._prompt_tokens: int | None = None
         self._sampled = 0
         self._last_eog = False
+
+    def _checked_generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        # Only the request's first prompt: chatml-function-calling's follow-up completions
+        # extend it with text the model wrote, which is part of the completion.
+        if self._max_tokens is not None:
+            check_context(len(tokens), self._max_tokens, int(self._llama.n_ctx()))
+            self._max_tokens = None
+        return self._generate(tokens, *args, **kwargs)
 
     def _metered_sample(self, *args: Any, **kwargs: Any) -> int:
         self._cancel.raise_if_cancelled()
@@ -130,7 +146,7 @@ class LlamaEngine:
         if options is not None and wants_logprobs(options) and not self.kwargs.get("logits_all"):
             raise invalid_request(_NO_LOGITS_ALL, "logprobs")
         cancel.raise_if_cancelled()
-        self._meter.begin(cancel)
+        self._meter.begin(cancel, None if options is None else options.get("max_tokens"))
         return self._meter
 
     def _run(self, call: Callable[[], Any]) -> Any:

@@ -6,9 +6,11 @@ wrong type are rejected, so nothing malformed reaches llama.cpp and turns into a
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from workers.errors import invalid_request
 from workers.logprobs import parse_chat_logprobs, parse_completion_logprobs
@@ -24,10 +26,27 @@ __all__ = [
     "parse_embedding",
 ]
 
+_N = TypeVar("_N", int, float)
+
 # A completion prompt as llama-cpp-python takes it: text or token ids.
 Prompt = str | list[int]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# OpenAI's documented ranges (min_p is llama's, a probability like top_p). A value outside
+# is a 400 with OpenAI's own wording and code, e.g. "decimal_above_max_value".
+_NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "min_p": (0.0, 1.0),
+}
+_INT64 = (-(2**63), 2**63 - 1)  # OpenAI's `seed` is an int64
+_TOP_K_MAX = 2**31 - 1  # llama.cpp's top_k is an int32
+MAX_STOP = 4  # OpenAI: "Up to 4 sequences where the API will stop generating"
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI: "values from -100 to 100"
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +123,7 @@ def _message(message: Any, index: int) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise invalid_request(f"{param} must be an object", param)
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise invalid_request(f"{param}.role must be one of {sorted(_ROLES)}", f"{param}.role")
     content = _content(message.get("content"), f"{param}.content")
     check_message_tools(message, param)
@@ -134,18 +153,25 @@ def _content(content: Any, param: str) -> str | None:
 
 def _sampling_options(body: Mapping[str, Any], default_max_tokens: int | None) -> dict[str, Any]:
     n = body.get("n")
-    if n is not None and n != 1:
+    if n is not None and _integer(n, "n") != 1:
         raise invalid_request("only n=1 is supported: this worker returns one choice", "n")
     options: dict[str, Any] = {}
     max_tokens = _max_tokens(body, default_max_tokens)
     if max_tokens is not None:
         options["max_tokens"] = max_tokens
-    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p"):
-        _copy_number(body, key, options)
-    _copy_number(body, "repeat_penalty", options)
-    for key in ("seed", "top_k"):
+    for key, (low, high) in _NUMBER_RANGES.items():
         if body.get(key) is not None:
-            options[key] = _integer(body[key], key)
+            options[key] = _bounded(_number(body[key], key), key, low, high, "decimal")
+    repeat_penalty = body.get("repeat_penalty")
+    if repeat_penalty is not None:
+        options["repeat_penalty"] = _number(repeat_penalty, "repeat_penalty")
+        if options["repeat_penalty"] <= 0:
+            raise invalid_request("'repeat_penalty' must be above 0", "repeat_penalty")
+    if body.get("seed") is not None:
+        options["seed"] = _bounded(_integer(body["seed"], "seed"), "seed", *_INT64, "integer")
+    if body.get("top_k") is not None:
+        top_k = _integer(body["top_k"], "top_k")
+        options["top_k"] = _bounded(top_k, "top_k", 0, _TOP_K_MAX, "integer")
     stop = _stop(body.get("stop"))
     if stop:
         options["stop"] = stop
@@ -157,6 +183,7 @@ def _sampling_options(body: Mapping[str, Any], default_max_tokens: int | None) -
 
 def _max_tokens(body: Mapping[str, Any], default: int | None) -> int | None:
     # max_completion_tokens is the newer name for the same limit; it wins when both are set.
+    # Above the context it is rejected by the engine, which knows the prompt's length.
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is not None:
@@ -167,13 +194,41 @@ def _max_tokens(body: Mapping[str, Any], default: int | None) -> int | None:
     return default
 
 
-def _copy_number(body: Mapping[str, Any], key: str, options: dict[str, Any]) -> None:
-    value = body.get(key)
-    if value is None:
-        return
+def _number(value: Any, param: str) -> float:
+    """A finite JSON number as a float (1e400 parses as inf; a 400-digit int overflows)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise invalid_request(f"'{key}' must be a number", key)
-    options[key] = float(value)
+        raise invalid_request(f"'{param}' must be a number", param)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise invalid_request(f"'{param}' must be a finite number", param)
+    return number
+
+
+def _bounded(value: _N, param: str, low: float, high: float, kind: str) -> _N:
+    """OpenAI's range errors: the same message and code as api.openai.com sends."""
+    if value > high:
+        message = (
+            f"Invalid '{param}': {kind} above maximum value. "
+            f"Expected a value <= {_show(high)}, but got {_show(value)} instead."
+        )
+        raise invalid_request(message, param, f"{kind}_above_max_value")
+    if value < low:
+        message = (
+            f"Invalid '{param}': {kind} below minimum value. "
+            f"Expected a value >= {_show(low)}, but got {_show(value)} instead."
+        )
+        raise invalid_request(message, param, f"{kind}_below_min_value")
+    return value
+
+
+def _show(number: float) -> str:
+    """2.0 as 2, as OpenAI writes it (ints as they are: a huge one would overflow float)."""
+    if isinstance(number, float) and number.is_integer():
+        return str(int(number))
+    return str(number)
 
 
 def _integer(value: Any, param: str) -> int:
@@ -193,21 +248,48 @@ def _stop(stop: Any) -> list[str]:
         return []
     if isinstance(stop, str):
         return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return list(stop)
-    raise invalid_request("'stop' must be a string or an array of strings", "stop")
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise invalid_request("'stop' must be a string or an array of strings", "stop")
+    if len(stop) > MAX_STOP:
+        message = (
+            f"Invalid 'stop': array too long. Expected an array with maximum length "
+            f"{MAX_STOP}, but got an array with length {len(stop)} instead."
+        )
+        raise invalid_request(message, "stop", "array_above_max_length")
+    return list(stop)
 
 
 def _logit_bias(bias: Any) -> dict[int, float]:
-    """OpenAI clients send token ids as JSON object keys (strings); llama wants ints."""
+    """OpenAI clients send token ids as JSON object keys (strings); llama wants ints.
+
+    Ids past the model's vocabulary are checked by the engine (see `check_token_ids`)."""
     if bias is None:
         return {}
     if not isinstance(bias, dict):
         raise invalid_request("'logit_bias' must be an object", "logit_bias")
-    try:
-        return {int(k): float(v) for k, v in bias.items()}
-    except (TypeError, ValueError):
-        raise invalid_request("'logit_bias' maps token ids to numbers", "logit_bias") from None
+    parsed: dict[int, float] = {}
+    for key, value in bias.items():
+        token = _token_id_key(key)
+        if token is None:
+            message = f"Invalid key in 'logit_bias': {key!r} is not a token id"
+            raise invalid_request(message, "logit_bias")
+        number = _number(value, "logit_bias")
+        if abs(number) > LOGIT_BIAS_LIMIT:
+            message = (
+                f"Invalid 'logit_bias' value for token {token}: {value}. "
+                f"Expected a value from -{_show(LOGIT_BIAS_LIMIT)} to {_show(LOGIT_BIAS_LIMIT)}."
+            )
+            raise invalid_request(message, "logit_bias")
+        parsed[token] = number
+    return parsed
+
+
+def _token_id_key(key: Any) -> int | None:
+    if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
+        return key  # a Python caller's int key; JSON keys are always strings
+    if isinstance(key, str) and _TOKEN_ID.fullmatch(key):
+        return int(key)
+    return None
 
 
 def _response_format(fmt: Any) -> dict[str, Any] | None:
@@ -231,13 +313,16 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
 
 
 def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
-    stream = body.get("stream") or False
-    _require(stream, bool, "stream", "a boolean")
-    options = body.get("stream_options") or {}
-    _require(options, dict, "stream_options", "an object")
-    include_usage = options.get("include_usage") or False
-    _require(include_usage, bool, "stream_options.include_usage", "a boolean")
+    stream = _optional(body.get("stream"), False, bool, "stream", "a boolean")
+    options = _optional(body.get("stream_options"), {}, dict, "stream_options", "an object")
+    include_usage = _optional(
+        options.get("include_usage"), False, bool, "stream_options.include_usage", "a boolean"
+    )
     return stream, stream and include_usage
+
+
+def _optional(value: Any, default: Any, kind: type, param: str, what: str) -> Any:
+    return default if value is None else _require(value, kind, param, what)
 
 
 def _prompts(prompt: Any) -> list[Prompt]:

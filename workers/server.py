@@ -109,8 +109,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ApiError as exc:
         return _json_error(exc.status, exc.body())
     except ContextLengthExceeded as exc:
+        # OpenAI names the input ("messages") as the param, even when max_tokens tipped it over.
         param = _CONTEXT_PARAM.get(request.path)
-        body = error_body(str(exc), "invalid_request_error", param, "context_length_exceeded")
+        message = exc.message(param or "input")
+        body = error_body(message, "invalid_request_error", param, "context_length_exceeded")
         return _json_error(400, body)
     except EmbeddingsDisabled:
         message = (
@@ -127,10 +129,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json_error(500, error_body(f"Internal error: {exc}", "server_error"))
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")  # Python's json accepts NaN and Infinity
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(await request.read(), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than Python's json can parse ("[[[[...").
         raise invalid_request("The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object")

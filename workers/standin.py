@@ -18,13 +18,13 @@ from typing import Any
 
 from workers.engine import (
     CancelToken,
-    ContextLengthExceeded,
     EmbeddingResult,
     EmbeddingsDisabled,
     EngineInfo,
     RawChunk,
     StreamItem,
     Usage,
+    check_context,
 )
 from workers.params import ChatParams, CompletionParams, Prompt
 
@@ -72,8 +72,7 @@ class StandinEngine:
     # Generation: "tok0 tok1 ...", one word per token, deterministic.
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
-        if prompt_tokens >= self.options.n_ctx:
-            raise ContextLengthExceeded(prompt_tokens, self.options.n_ctx)
+        check_context(prompt_tokens, max_tokens, self.options.n_ctx)
         budget = min(self.options.tokens, self.options.n_ctx - prompt_tokens)
         return budget if max_tokens is None else min(budget, max_tokens)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,11 +161,34 @@ def test_context_length_exceeded_streaming_is_400(smol: WorkerProcess) -> None:
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
-def test_max_tokens_beyond_context_is_clamped(smol: WorkerProcess) -> None:
-    body = {"messages": USER, "max_tokens": 5000, "logit_bias": NO_EOS}
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_beyond_context_is_400_as_openai(smol: WorkerProcess, stream: bool) -> None:
+    # llama-cpp-python would clamp it; OpenAI answers context_length_exceeded with
+    # param "messages" (not "max_tokens"), and so does the worker.
+    body = {"messages": USER, "max_tokens": 512, "stream": stream}
+    response = smol.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert_valid("ErrorResponse", response.json())
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    assert re.fullmatch(
+        r"This model's maximum context length is 512 tokens\. However, you requested "
+        r"(\d+) tokens \((\d+) in the messages, 512 in the completion\)\. Please reduce "
+        r"the length of the messages or completion\.",
+        error["message"],
+    )
+
+
+def test_max_tokens_filling_the_context_runs_to_length(smol: WorkerProcess) -> None:
+    long = [{"role": "user", "content": "word " * 440}]  # leaves a few dozen tokens of room
+    prompt = smol.client.post("/v1/chat/completions", json={"messages": long, "max_tokens": 1})
+    room = 512 - prompt.json()["usage"]["prompt_tokens"]
+    body = {"messages": long, "max_tokens": room, "logit_bias": NO_EOS}
     answer = smol.client.post("/v1/chat/completions", json=body).json()
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"]["total_tokens"] <= 512
+    too_many = smol.client.post("/v1/chat/completions", json={**body, "max_tokens": room + 1})
+    assert too_many.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_embeddings_without_embedding_flag_is_400(smol: WorkerProcess) -> None:

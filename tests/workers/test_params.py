@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workers.errors import ApiError
 from workers.params import parse_chat, parse_completion, parse_embedding
@@ -245,3 +248,244 @@ def test_assistant_message_without_content_becomes_empty() -> None:
 
 def test_completion_rejects_empty_prompt() -> None:
     assert rejected(parse_completion, {"prompt": ""}).param == "prompt"
+
+
+# Sampling ranges: exactly what api.openai.com rejects, with its wording and codes.
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        ("temperature", 2.01, "decimal_above_max_value"),
+        ("temperature", -0.1, "decimal_below_min_value"),
+        ("top_p", 1.5, "decimal_above_max_value"),
+        ("top_p", -1, "decimal_below_min_value"),
+        ("presence_penalty", 2.5, "decimal_above_max_value"),
+        ("presence_penalty", -3, "decimal_below_min_value"),
+        ("frequency_penalty", 9, "decimal_above_max_value"),
+        ("frequency_penalty", -2.01, "decimal_below_min_value"),
+        ("min_p", 1.01, "decimal_above_max_value"),
+        ("min_p", -0.5, "decimal_below_min_value"),
+        ("top_k", -1, "integer_below_min_value"),
+        ("top_k", 2**31, "integer_above_max_value"),
+        ("seed", 2**63, "integer_above_max_value"),
+        ("seed", -(2**63) - 1, "integer_below_min_value"),
+    ],
+)
+def test_out_of_range_sampling_is_400(key: str, value: float, code: str) -> None:
+    error = rejected(parse_chat, {"messages": USER, key: value})
+    assert (error.param, error.code) == (key, code)
+    assert error.message.startswith(f"Invalid '{key}': ")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("temperature", 0), ("temperature", 2), ("top_p", 0), ("top_p", 1),
+     ("presence_penalty", -2), ("frequency_penalty", 2), ("min_p", 0), ("min_p", 1),
+     ("top_k", 0), ("seed", -1), ("seed", 2**63 - 1), ("repeat_penalty", 0.01)],
+)  # fmt: skip
+def test_range_limits_are_accepted(key: str, value: float) -> None:
+    assert parse_chat({"messages": USER, key: value}).options[key] == value
+
+
+def test_temperature_message_is_openais() -> None:
+    assert rejected(parse_chat, {"messages": USER, "temperature": 3}).message == (
+        "Invalid 'temperature': decimal above maximum value. "
+        "Expected a value <= 2, but got 3 instead."
+    )
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400])
+@pytest.mark.parametrize("key", ["temperature", "top_p", "repeat_penalty", "min_p"])
+def test_non_finite_numbers_are_400(key: str, value: float) -> None:
+    # json.loads turns 1e400 into inf; a 400-digit integer overflows float().
+    assert rejected(parse_chat, {"messages": USER, key: value}).param == key
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan")])
+def test_repeat_penalty_must_be_positive(value: float) -> None:
+    assert rejected(parse_chat, {"messages": USER, "repeat_penalty": value}).param == (
+        "repeat_penalty"
+    )
+
+
+@pytest.mark.parametrize("value", [1.5, "7", True, None.__class__])
+def test_seed_must_be_an_integer(value: Any) -> None:
+    assert rejected(parse_chat, {"messages": USER, "seed": value}).param == "seed"
+
+
+@pytest.mark.parametrize("value", [100.5, -101, float("inf"), 10**400, "1"])
+def test_logit_bias_values_out_of_range_are_400(value: Any) -> None:
+    body = {"messages": USER, "logit_bias": {"2": value}}
+    assert rejected(parse_chat, body).param == "logit_bias"
+
+
+@pytest.mark.parametrize("key", ["-1", "x", "1.5", "²", " 3", "99999999999"])
+def test_logit_bias_keys_must_be_token_ids(key: str) -> None:
+    body = {"messages": USER, "logit_bias": {key: 1}}
+    assert rejected(parse_chat, body).param == "logit_bias"
+
+
+def test_logit_bias_limits_are_accepted() -> None:
+    body = {"messages": USER, "logit_bias": {"1": -100, "2": 100}}
+    assert parse_chat(body).options["logit_bias"] == {1: -100.0, 2: 100.0}
+
+
+def test_more_than_four_stop_sequences_is_400() -> None:
+    body = {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}
+    error = rejected(parse_completion, body)
+    assert (error.param, error.code) == ("stop", "array_above_max_length")
+
+
+def test_four_stop_sequences_are_accepted() -> None:
+    assert parse_chat({"messages": USER, "stop": list("abcd")}).options["stop"] == list("abcd")
+
+
+def test_top_logprobs_below_zero_is_400() -> None:
+    body = {"messages": USER, "logprobs": True, "top_logprobs": -1}
+    assert rejected(parse_chat, body).param == "top_logprobs"
+
+
+@pytest.mark.parametrize("value", [1.0, True, "1"])
+def test_n_must_be_an_integer(value: Any) -> None:
+    assert rejected(parse_chat, {"messages": USER, "n": value}).param == "n"
+
+
+@pytest.mark.parametrize(("key", "value"), [("stream", 0), ("stream", ""), ("stream_options", [])])
+def test_stream_flags_must_have_their_types(key: str, value: Any) -> None:
+    assert rejected(parse_chat, {"messages": USER, key: value}).param == key
+
+
+@pytest.mark.parametrize("role", [[], {}, ["user"], 1])
+def test_unhashable_or_odd_role_is_400(role: Any) -> None:
+    assert rejected(parse_chat, {"messages": [{"role": role, "content": "x"}]}).param == (
+        "messages[0].role"
+    )
+
+
+# Fuzz: any JSON value in any known field gives a parsed result or a 400, nothing else.
+
+# Numbers at and past every limit the parser knows, as json.loads can produce them.
+EDGE_NUMBERS = st.sampled_from(
+    [0, 1, -1, 2, 4, 5, 20, 21, 100, 101, 2**31, 2**63, -(2**63) - 1, 10**400, -(10**400),
+     0.5, -0.01, 2.01, 100.5, 1e308, float("inf"), float("-inf"), float("nan")]
+)  # fmt: skip
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | EDGE_NUMBERS
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["", "user", "assistant", "tool", "function", "text", "auto", "none",
+                       "required", "json_object", "json_schema", "float", "base64", "f"])
+)  # fmt: skip
+JSON = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def some(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Objects with any subset of `fields`, each either its shaped value or any JSON."""
+    return st.fixed_dictionaries({}, optional={k: v | JSON for k, v in fields.items()})
+
+
+FUNCTION = some({"name": st.sampled_from(["f", "g", 'a"b']), "parameters": JSON,
+                 "arguments": st.text(max_size=4)})  # fmt: skip
+TOOL = some({"type": st.just("function"), "function": FUNCTION})
+TOOL_CALL = some({"id": st.text(max_size=3), "type": st.just("function"), "function": FUNCTION})
+PART = some({"type": st.sampled_from(["text", "image_url"]), "text": JSON})
+MESSAGE = some({
+    "role": st.sampled_from(sorted(["system", "developer", "user", "assistant", "tool",
+                                    "function", "robot"])),
+    "content": st.text(max_size=6) | st.lists(PART, max_size=3),
+    "tool_calls": st.lists(TOOL_CALL, max_size=2),
+    "tool_call_id": st.text(max_size=3),
+    "name": JSON,
+})  # fmt: skip
+SAMPLING = {
+    "n": JSON, "max_tokens": JSON, "max_completion_tokens": JSON, "temperature": JSON,
+    "top_p": JSON, "presence_penalty": JSON, "frequency_penalty": JSON, "min_p": JSON,
+    "repeat_penalty": JSON, "seed": JSON, "top_k": JSON,
+    "stop": st.lists(st.text(max_size=3), max_size=6),
+    "logit_bias": st.dictionaries(st.text(max_size=4), JSON, max_size=3),
+    "stream": st.booleans(), "stream_options": some({"include_usage": st.booleans()}),
+    "logprobs": JSON, "user": JSON,
+}  # fmt: skip
+CHAT_BODY = some({
+    **SAMPLING,
+    "messages": st.lists(MESSAGE, max_size=3),
+    "top_logprobs": JSON,
+    "response_format": some({"type": JSON, "json_schema": some({"schema": JSON})}),
+    "tools": st.lists(TOOL, max_size=3),
+    "tool_choice": JSON | some({"type": JSON, "function": FUNCTION}),
+    "functions": st.lists(FUNCTION, max_size=2),
+    "function_call": JSON | FUNCTION,
+})  # fmt: skip
+TOKENS = st.lists(st.integers(min_value=-2, max_value=2**40), max_size=4)
+COMPLETION_BODY = some({
+    **SAMPLING,
+    "prompt": st.text(max_size=6) | st.lists(st.text(max_size=4) | TOKENS, max_size=3) | TOKENS,
+    "echo": JSON, "suffix": JSON, "best_of": JSON,
+})  # fmt: skip
+EMBEDDING_BODY = some({
+    "input": st.text(max_size=6) | st.lists(st.text(max_size=4) | TOKENS, max_size=3) | TOKENS,
+    "encoding_format": JSON, "dimensions": JSON, "model": JSON,
+})  # fmt: skip
+
+
+def mutated(base: dict[str, Any], keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """A valid object with one to three of `keys` set to any JSON: each field gets reached."""
+    value = EDGE_NUMBERS | JSON
+    changes = st.dictionaries(st.sampled_from(keys), value, min_size=1, max_size=3)
+    return changes.map(lambda change: {**base, **change})
+
+
+SAMPLING_KEYS = sorted(SAMPLING)
+CHAT_KEYS = [*SAMPLING_KEYS, "messages", "top_logprobs", "response_format", "tools",
+             "tool_choice", "functions", "function_call"]  # fmt: skip
+CHAT_BASE = {"messages": USER, "logprobs": True, "tools": [tool("f")]}
+ONE_BAD_MESSAGE = mutated(
+    {"role": "user", "content": "hi"}, ["role", "content", "tool_calls", "tool_call_id", "name"]
+).map(lambda message: {"messages": [*USER, message]})
+CHAT_BODIES = (
+    CHAT_BODY
+    | mutated(CHAT_BASE, CHAT_KEYS)
+    | ONE_BAD_MESSAGE
+    | st.dictionaries(st.text(max_size=8), JSON, max_size=6)
+)
+COMPLETION_BODIES = COMPLETION_BODY | mutated(
+    {"prompt": "x"}, [*SAMPLING_KEYS, "prompt", "echo", "suffix"]
+)
+EMBEDDING_BODIES = EMBEDDING_BODY | mutated({"input": "x"}, ["input", "encoding_format"])
+
+
+def parses_or_400(parse: Any, body: Any) -> None:
+    try:
+        parse(body)
+    except ApiError as exc:
+        assert (exc.status, exc.type) == (400, "invalid_request_error")
+        assert exc.param is None or isinstance(exc.param, str)
+        json.dumps(exc.body())  # the error body itself must serialise
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(body=CHAT_BODIES)
+def test_fuzz_chat_bodies_parse_or_400(body: dict[str, Any]) -> None:
+    parses_or_400(parse_chat, body)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(body=COMPLETION_BODIES)
+def test_fuzz_completion_bodies_parse_or_400(body: dict[str, Any]) -> None:
+    parses_or_400(parse_completion, body)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(body=EMBEDDING_BODIES)
+def test_fuzz_embedding_bodies_parse_or_400(body: dict[str, Any]) -> None:
+    parses_or_400(parse_embedding, body)

@@ -200,6 +200,49 @@ def test_context_length_exceeded_is_400_when_streaming(worker: WorkerProcess) ->
     assert assert_error(response, 400, "messages")["code"] == "context_length_exceeded"
 
 
+# "hello there" counts as 3 prompt tokens here (2 words + 1 per message); n_ctx is 64.
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_past_the_context_is_400_as_openai(worker: WorkerProcess, key: str) -> None:
+    response = worker.client.post("/v1/chat/completions", json={"messages": USER, key: 62})
+    error = assert_error(response, 400, "messages")
+    assert error["code"] == "context_length_exceeded"
+    assert error["message"] == (
+        "This model's maximum context length is 64 tokens. However, you requested 65 tokens "
+        "(3 in the messages, 62 in the completion). Please reduce the length of the messages "
+        "or completion."
+    )
+
+
+def test_max_tokens_filling_the_context_exactly_is_accepted(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "max_tokens": 61}
+    assert worker.client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_max_tokens_past_the_context_is_400_when_streaming(worker: WorkerProcess) -> None:
+    body = {"prompt": "a b c", "max_tokens": 62, "stream": True}
+    response = worker.client.post("/v1/completions", json=body)
+    assert assert_error(response, 400, "prompt")["code"] == "context_length_exceeded"
+    assert "(3 in the prompt, 62 in the completion)" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e400}', "temperature"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "top_p": NaN}', None),
+        (b"[" * 100_000, None),
+    ],
+)
+def test_non_finite_and_deeply_nested_json_is_400(
+    worker: WorkerProcess, raw: bytes, param: str | None
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    response = worker.client.post("/v1/chat/completions", content=raw, headers=headers)
+    assert_error(response, 400, param)
+
+
 def test_error_mid_stream_is_an_event_without_done() -> None:
     with standin("erring", token_delay=0.0, tokens=8, error_after_tokens=3) as w:
         w.wait_ready()
