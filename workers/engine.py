@@ -8,10 +8,11 @@ so both engines go through exactly the same shaping.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from workers.errors import invalid_request
 from workers.params import ChatParams, CompletionParams, Prompt
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "StreamItem",
     "Usage",
     "check_context",
+    "check_request_tokens",
+    "check_token_ids",
 ]
 
 RawChunk = dict[str, Any]
@@ -91,6 +94,26 @@ class ContextLengthExceeded(Exception):
             f"{input_name}, {self.completion_tokens} in the completion). Please reduce the "
             f"length of the {input_name} or completion."
         )
+
+
+def check_token_ids(ids: Iterable[int], n_vocab: int, param: str) -> None:
+    """Token ids past the vocabulary make llama.cpp fail (a 500) or crash: a 400 instead."""
+    for token in ids:
+        if token >= n_vocab:
+            message = (
+                f"Invalid token id {token} in '{param}': this model's vocabulary has "
+                f"{n_vocab} tokens (ids 0 to {n_vocab - 1})"
+            )
+            raise invalid_request(message, param)
+
+
+def check_request_tokens(
+    prompt: Prompt | None, options: dict[str, Any], n_vocab: int, param: str
+) -> None:
+    """The token ids a request can carry: a prompt given as tokens, and logit_bias keys."""
+    if isinstance(prompt, list):
+        check_token_ids(prompt, n_vocab, param)
+    check_token_ids(options.get("logit_bias") or {}, n_vocab, "logit_bias")
 
 
 def check_context(prompt_tokens: int, max_tokens: int | None, n_ctx: int) -> None:

@@ -29,6 +29,8 @@ from workers.engine import (
     StreamItem,
     Usage,
     check_context,
+    check_request_tokens,
+    check_token_ids,
 )
 from workers.errors import invalid_request
 from workers.logprobs import wants_logprobs
@@ -141,8 +143,16 @@ class LlamaEngine:
             embedding=bool(self.kwargs.get("embedding", False)),
         )
 
-    def _begin(self, cancel: CancelToken, options: dict[str, Any] | None = None) -> _TokenMeter:
+    def _begin(
+        self,
+        cancel: CancelToken,
+        options: dict[str, Any] | None = None,
+        prompt: Prompt | None = None,
+        param: str = "messages",
+    ) -> _TokenMeter:
         assert self._meter is not None, "model not loaded"
+        if options is not None:
+            check_request_tokens(prompt, options, int(self._llama.n_vocab()), param)
         if options is not None and wants_logprobs(options) and not self.kwargs.get("logits_all"):
             raise invalid_request(_NO_LOGITS_ALL, "logprobs")
         cancel.raise_if_cancelled()
@@ -226,7 +236,7 @@ class LlamaEngine:
     # Completions
 
     def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
-        self._begin(cancel, params.options)
+        self._begin(cancel, params.options, prompt, "prompt")
         result: RawChunk = self._run(
             lambda: self._llama.create_completion(prompt=prompt, **params.options)
         )
@@ -235,7 +245,7 @@ class LlamaEngine:
     def complete_stream(
         self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
     ) -> Iterator[StreamItem]:
-        meter = self._begin(cancel, params.options)
+        meter = self._begin(cancel, params.options, prompt, "prompt")
 
         def start() -> Iterator[RawChunk]:
             return iter(self._llama.create_completion(prompt=prompt, stream=True, **params.options))
@@ -245,6 +255,9 @@ class LlamaEngine:
     def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         if not self.kwargs.get("embedding"):
             raise EmbeddingsDisabled
+        for item in inputs:
+            if isinstance(item, list):
+                check_token_ids(item, int(self._llama.n_vocab()), "input")
         # Llama.embed takes text only, so token inputs are detokenized first.
         texts = [self._text(i) for i in inputs]
         self._check_embedding_lengths(texts)

@@ -25,6 +25,8 @@ from workers.engine import (
     StreamItem,
     Usage,
     check_context,
+    check_request_tokens,
+    check_token_ids,
 )
 from workers.params import ChatParams, CompletionParams, Prompt
 
@@ -38,6 +40,7 @@ class StandinOptions:
     load_seconds: float = 0.0
     embedding_dim: int = 8  # 0 disables embeddings
     n_ctx: int = 2048
+    n_vocab: int = 49152  # token ids at or past this are a 400, as with a real model
     fail_load: str | None = None  # load raises this message (failed-start tests)
     error_after_tokens: int | None = None  # raise mid-generation (in-stream error tests)
     exit_after_tokens: int | None = None  # os._exit mid-generation (crash tests)
@@ -95,6 +98,7 @@ class StandinEngine:
         return len(prompt) if isinstance(prompt, list) else _words(prompt)
 
     def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
+        check_request_tokens(None, params.options, self.options.n_vocab, "messages")
         prompt_tokens = self._chat_prompt_tokens(params)
         max_tokens = params.options.get("max_tokens")
         count = self._budget(prompt_tokens, max_tokens)
@@ -116,6 +120,7 @@ class StandinEngine:
         }
 
     def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
+        check_request_tokens(None, params.options, self.options.n_vocab, "messages")
         prompt_tokens = self._chat_prompt_tokens(params)
         max_tokens = params.options.get("max_tokens")
         count = self._budget(prompt_tokens, max_tokens)
@@ -126,6 +131,7 @@ class StandinEngine:
         yield Usage(prompt_tokens, count)
 
     def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
+        check_request_tokens(prompt, params.options, self.options.n_vocab, "prompt")
         prompt_tokens = self._completion_prompt_tokens(prompt)
         max_tokens = params.options.get("max_tokens")
         count = self._budget(prompt_tokens, max_tokens)
@@ -137,6 +143,7 @@ class StandinEngine:
     def complete_stream(
         self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
     ) -> Iterator[StreamItem]:
+        check_request_tokens(prompt, params.options, self.options.n_vocab, "prompt")
         prompt_tokens = self._completion_prompt_tokens(prompt)
         max_tokens = params.options.get("max_tokens")
         count = self._budget(prompt_tokens, max_tokens)
@@ -148,6 +155,9 @@ class StandinEngine:
     def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         if self.options.embedding_dim <= 0:
             raise EmbeddingsDisabled
+        for item in inputs:
+            if isinstance(item, list):
+                check_token_ids(item, self.options.n_vocab, "input")
         vectors = [self._vector(repr(item)) for item in inputs]
         tokens = sum(len(i) if isinstance(i, list) else _words(i) for i in inputs)
         return EmbeddingResult(vectors, tokens)

@@ -191,6 +191,29 @@ def test_max_tokens_filling_the_context_runs_to_length(smol: WorkerProcess) -> N
     assert too_many.json()["error"]["code"] == "context_length_exceeded"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        # llama.cpp answered these with "llama_decode returned -1" and an int32 overflow.
+        ("/v1/completions", {"prompt": [1, 49152], "max_tokens": 1}, "prompt"),
+        ("/v1/completions", {"prompt": [1, 2**40], "max_tokens": 1}, "prompt"),
+        ("/v1/chat/completions", {"messages": USER, "logit_bias": {"999999": 1}}, "logit_bias"),
+    ],
+)
+def test_token_ids_past_the_vocabulary_are_400(
+    smol: WorkerProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    response = smol.client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_embedding_token_past_the_vocabulary_is_400(smol_embed: WorkerProcess) -> None:
+    # Detokenizing it dropped the connection before.
+    response = smol_embed.client.post("/v1/embeddings", json={"input": [[999999]]})
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "input")
+
+
 def test_embeddings_without_embedding_flag_is_400(smol: WorkerProcess) -> None:
     response = smol.client.post("/v1/embeddings", json={"input": "hello"})
     assert response.status_code == 400

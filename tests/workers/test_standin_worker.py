@@ -243,6 +243,22 @@ def test_non_finite_and_deeply_nested_json_is_400(
     assert_error(response, 400, param)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": [1, 49152]}, "prompt"),
+        ("/v1/completions", {"prompt": [[2**40], [1]], "stream": True}, "prompt"),
+        ("/v1/chat/completions", {"messages": USER, "logit_bias": {"49152": 1}}, "logit_bias"),
+        ("/v1/embeddings", {"input": [[1, 10**12]]}, "input"),
+    ],
+)
+def test_token_ids_past_the_vocabulary_are_400(
+    worker: WorkerProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    error = assert_error(worker.client.post(path, json=body), 400, param)
+    assert "vocabulary has 49152 tokens" in error["message"]
+
+
 def test_error_mid_stream_is_an_event_without_done() -> None:
     with standin("erring", token_delay=0.0, tokens=8, error_after_tokens=3) as w:
         w.wait_ready()
