@@ -53,6 +53,7 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     engine: str = "llama"
     replicas: int = 1
+    capacity: int = 1  # requests one replica serves at once (a llama.cpp context: 1)
     gpus: tuple[str, ...] | None = None
     max_queue: int = 64
     queue_timeout: float = 30.0
@@ -159,7 +160,7 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
 
 _SERVER_KEYS = {"host", "port", "api_keys", "max_body_bytes", "drain_timeout"}
 _MODEL_KEYS = {
-    "name", "aliases", "path", "engine", "replicas", "gpus", "max_queue",
+    "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
 }  # fmt: skip
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -236,6 +237,7 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
                   where, "llama")  # fmt: skip
     replicas = _get(section, "replicas", _positive, "a positive integer", where, 1)
     return ModelConfig(
+        capacity=_parse_capacity(section, engine, where),
         name=name,
         aliases=_parse_aliases(section.get("aliases", []), where),
         path=_parse_path(section.get("path"), engine, where, base_dir),
@@ -262,6 +264,16 @@ def _non_neg_num(v: Any) -> bool:
 
 def _pos_num(v: Any) -> bool:
     return _is_number(v) and v > 0
+
+
+def _parse_capacity(section: dict[str, Any], engine: str, where: str) -> int:
+    capacity: int = _get(section, "capacity", _positive, "a positive integer", where, 1)
+    if engine == "llama" and capacity != 1:
+        raise ConfigError(
+            f"{where}capacity: a llama.cpp worker serves one request at a time; "
+            "use replicas for parallelism"
+        )
+    return capacity
 
 
 def _parse_aliases(raw: Any, where: str) -> tuple[str, ...]:

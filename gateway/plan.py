@@ -9,7 +9,7 @@ from .config import GatewayConfig, ModelConfig
 __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 
 # What a worker process is started with: changing any of these replaces its replicas.
-_WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus")
+_WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus", "capacity")
 # What only a new process can apply: the listening socket.
 _RESTART_FIELDS = ("host", "port")
 

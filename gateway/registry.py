@@ -79,9 +79,9 @@ class Registry:
     def remove_model(self, model: str) -> None:
         del self._by_model[model]
 
-    def add_replica(self, model: str, index: int, device: str) -> Replica:
+    def add_replica(self, model: str, index: int, device: str, capacity: int = 1) -> Replica:
         """A new replica in slot `index` (during a rolling reload two may share a slot)."""
-        replica = Replica(model, index, device)
+        replica = Replica(model, index, device, capacity)
         self._by_model[model].append(replica)
         return replica
 

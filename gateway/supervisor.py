@@ -51,6 +51,7 @@ def worker_command(model: ModelConfig, port: int, parent_pid: int) -> list[str]:
         command += ["--llama-json", json.dumps(llama_params(model))]
     else:
         command += ["--standin-json", json.dumps(dict(model.standin))]
+        command += ["--concurrency", str(model.capacity)]
     return command
 
 
@@ -93,7 +94,8 @@ class Supervisor:
 
     def start_replica(self, model: ModelConfig, index: int) -> Replica:
         """Register a replica in slot `index` and keep a worker running for it."""
-        replica = self._registry.add_replica(model.name, index, model.device(index) or "cpu")
+        device = model.device(index) or "cpu"
+        replica = self._registry.add_replica(model.name, index, device, model.capacity)
         self._tasks[replica] = asyncio.create_task(self._keep_running(model, replica))
         return replica
 

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--standin-json", type=_json_object, default={}, help="stand-in engine options"
     )
     parser.add_argument("--parent-pid", type=int, help="exit as soon as this parent dies")
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="requests served at once (stand-in only)"
+    )
     return parser
 
 
@@ -100,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         tie_to_parent(args.parent_pid)
     set_log_name(args.model_name)
+    if args.concurrency < 1 or (args.engine == "llama" and args.concurrency != 1):
+        parser.error("--concurrency must be 1 for llama (a context is not re-entrant), >= 1 else")
     engine = _engine(args, parser)
     path = args.model_path if args.engine == "llama" else None
     worker_holder: list[Worker] = []
 
     async def run() -> int:
         # Worker owns an asyncio.Lock: build it inside the running loop.
-        worker_holder.append(Worker(args.model_name, engine, path))
+        worker_holder.append(Worker(args.model_name, engine, path, args.concurrency))
         return await serve(worker_holder[0], args.host, args.port)
 
     return asyncio.run(run())

@@ -8,6 +8,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -58,13 +59,26 @@ Shaper = Callable[[StreamItem], RawChunk | None]
 
 
 class Worker:
-    """One model behind one lock and one engine thread."""
+    """One model behind `concurrency` slots, each with its own engine thread (llama: one)."""
 
-    def __init__(self, model: str, engine: Engine, path: str | None) -> None:
+    def __init__(self, model: str, engine: Engine, path: str | None, concurrency: int = 1) -> None:
         self.model = model
         self.engine = engine
-        self.thread = EngineThread()
-        self.status = WorkerStatus(model, engine.kind, path)
+        self._free = [EngineThread(f"engine-{i}") for i in range(concurrency)]
+        self.thread = self._free[0]  # loads the model
+        self.status = WorkerStatus(model, engine.kind, path, concurrency)
+
+    @asynccontextmanager
+    async def generation(
+        self, request_id: str, endpoint: str
+    ) -> AsyncIterator[tuple[RequestRecord, EngineThread]]:
+        """A slot and its engine thread for one request, recorded in /status."""
+        async with self.status.generation(request_id, endpoint) as record:
+            thread = self._free.pop()  # the slot guarantees one is free
+            try:
+                yield record, thread
+            finally:
+                self._free.append(thread)
 
     async def load(self) -> bool:
         log(f"loading {self.engine.kind} model from {self.status.path}")
@@ -164,14 +178,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     params = parse_chat(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
-    async with worker.status.generation(_request_id(request), request.path) as record:
+    async with worker.generation(_request_id(request), request.path) as (record, thread):
         if params.stream:
             shaper = partial(
                 _shape_chat_item, _chat_stream_shaper(worker.model, id_, created, params)
             )
             make = partial(worker.engine.chat_stream, params, cancel)
-            return await _sse(request, worker.thread.stream(make, cancel), shaper, record)
-        raw = await worker.thread.call(partial(worker.engine.chat, params, cancel), cancel)
+            return await _sse(request, thread.stream(make, cancel), shaper, record)
+        raw = await thread.call(partial(worker.engine.chat, params, cancel), cancel)
         body = shape_chat(
             raw,
             model=worker.model,
@@ -213,16 +227,16 @@ async def completions(request: web.Request) -> web.StreamResponse:
     worker.require_ready()
     id_, created, cancel = new_id("cmpl"), int(time.time()), CancelToken()
     engine = worker.engine
-    async with worker.status.generation(_request_id(request), request.path) as record:
+    async with worker.generation(_request_id(request), request.path) as (record, thread):
         if params.stream:
             shaper = partial(_shape_completion_item, worker.model, id_, created, params)
             make = partial(_chain_prompts, engine, params, cancel)
-            return await _sse(request, worker.thread.stream(make, cancel), shaper, record)
+            return await _sse(request, thread.stream(make, cancel), shaper, record)
 
         def run_all() -> list[RawChunk]:
             return [engine.complete(p, params, cancel) for p in params.prompts]
 
-        raws = await worker.thread.call(run_all, cancel)
+        raws = await thread.call(run_all, cancel)
         return web.json_response(shape_completion(raws, model=worker.model, id_=id_))
 
 
@@ -256,8 +270,8 @@ async def embeddings(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
     params = parse_embedding(await _json_body(request))
     worker.require_ready()
-    async with worker.status.generation(_request_id(request), request.path):
-        result = await worker.thread.call(partial(worker.engine.embed, params.inputs))
+    async with worker.generation(_request_id(request), request.path) as (_, thread):
+        result = await thread.call(partial(worker.engine.embed, params.inputs))
     body = shape_embeddings(result, model=worker.model, encoding_format=params.encoding_format)
     return web.json_response(body)
 

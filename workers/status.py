@@ -29,20 +29,20 @@ class RequestRecord:
 
 
 class WorkerStatus:
-    def __init__(self, model: str, engine: str, path: str | None) -> None:
+    def __init__(self, model: str, engine: str, path: str | None, concurrency: int = 1) -> None:
         self.model = model
         self.engine = engine
         self.path = path
         self.started_at = time.time()
-        self.state = "loading"  # -> "ready" | "failed"; "busy" is derived from the lock
+        self.state = "loading"  # -> "ready" | "failed"; "busy" is derived from the slots
         self.error: str | None = None
         self.info = EngineInfo(n_ctx=0, n_gpu_layers=0, embedding=False)
         self.load_seconds: float | None = None
         self.loaded_at: float | None = None
         self.requests_served = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_LIMIT)
-        # One generation at a time: a llama context is not re-entrant.
-        self.lock = asyncio.Lock()
+        # A llama context is not re-entrant: one slot. Only a stand-in may have more.
+        self.slots = asyncio.Semaphore(concurrency)
 
     def mark_ready(self, info: EngineInfo, load_seconds: float) -> None:
         self.info = info
@@ -55,7 +55,7 @@ class WorkerStatus:
         self.state = "failed"
 
     def current_state(self) -> str:
-        return "busy" if self.state == "ready" and self.lock.locked() else self.state
+        return "busy" if self.state == "ready" and self.slots.locked() else self.state
 
     def body(self) -> dict[str, Any]:
         return {
@@ -79,7 +79,7 @@ class WorkerStatus:
     @asynccontextmanager
     async def generation(self, request_id: str, endpoint: str) -> AsyncIterator[RequestRecord]:
         """Hold the model for one request and record it; outcome follows how the body exits."""
-        async with self.lock:
+        async with self.slots:
             record = RequestRecord(request_id, endpoint, started=time.time())
             self.recent.append(record)
             try:

@@ -36,6 +36,7 @@ CONFIG = {
         standin("long", token_delay=0.05, tokens=200),
         standin("restart", token_delay=0.01),
         standin("crashy", exit_after_tokens=1),
+        {**standin("wide", token_delay=0.1, tokens=10), "capacity": 3},
     ],
 }
 
@@ -143,7 +144,7 @@ def test_models_lists_names_and_aliases(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert_valid("ListModelsResponse", body)
     assert {m["id"] for m in body["data"]} == {"fast", "fast-alias", "slow", "impatient", "long",
-                                              "restart", "crashy"}  # fmt: skip
+                                              "restart", "crashy", "wide"}  # fmt: skip
 
 
 def test_a_model_can_be_retrieved_by_alias(client: httpx.Client) -> None:
@@ -230,6 +231,16 @@ def test_a_worker_dying_before_answering_is_retried_once_then_a_clean_502(
     # Both attempts reached a worker: the first one and its restarted successor.
     assert wait_until(lambda: [w["restarts"] for w in gateway.workers()
                                if w["model"] == "crashy"] == [2], 10)  # fmt: skip
+
+
+def test_a_replica_with_capacity_serves_that_many_requests_at_once(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    threads = [in_background(client, "wide") for _ in range(3)]
+    assert wait_until(lambda: busy(gateway, "wide", 3), 5)
+    assert queued(gateway, "wide") == 0
+    for thread in threads:
+        thread.join()
 
 
 def test_sigkill_of_the_gateway_leaves_no_worker(tmp_path: Path) -> None:

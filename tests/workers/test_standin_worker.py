@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -400,3 +401,29 @@ def test_worker_dies_with_its_parent() -> None:
     while pid_alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(child_pid)
+
+
+def test_a_standin_with_concurrency_serves_requests_at_once() -> None:
+    options = '{"token_delay": 0.05, "tokens": 6}'
+    with WorkerProcess("wide", "--engine", "standin", "--standin-json", options,
+                       "--concurrency", "3") as wide:  # fmt: skip
+        wide.wait_ready()
+        body = {"model": "wide", "messages": [{"role": "user", "content": "hi"}]}
+
+        def ask(n: int) -> int:
+            headers = {"X-Request-Id": f"wide-{n}"}
+            return wide.client.post("/v1/chat/completions", json=body, headers=headers).status_code
+
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(ask, range(3))) == [200] * 3
+        records = [r for r in wide.status()["recent"] if r["id"].startswith("wide-")]
+        assert max(r["started"] for r in records) < min(r["finished"] for r in records)
+
+
+def test_a_llama_worker_refuses_concurrency() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "--model-name", "x", "--port", "1",
+         "--model-path", "x.gguf", "--concurrency", "2"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--concurrency must be 1 for llama" in result.stderr
