@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build a CUDA (sm_90 only) llama-cpp-python 0.3.36 wheel. Works with or without a GPU/driver:
-# libcuda is not needed to link (an empty stub with soname libcuda.so.1 stands in; the real
-# driver resolves the symbols at run time), and cuBLAS may come from the nvidia-cublas wheel
-# (headers and libcublas.so.13 without the unversioned links that CMake looks for).
+# libcuda is not needed to link (LIBCUDA=path/libcuda.so.1 uses the real one; otherwise a stub
+# with soname libcuda.so.1 that exports the driver calls ggml-cuda makes stands in, and the real
+# driver resolves them at run time), and cuBLAS may come from the nvidia-cublas wheel (headers
+# and libcublas.so.13 without the unversioned links that CMake looks for). Then run
+# slim_wheel.py on the result to carry it (one copy of each library, RUNPATH $ORIGIN).
 #
 #   bench/gpu/build_llama_cuda.sh SDIST.tar.gz CUBLAS_INCLUDE_DIR CUBLAS_LIB_DIR OUT_DIR
 #
@@ -14,8 +16,15 @@ set -euo pipefail
 sdist=$1 inc=$2 lib=$3 out=$4
 work=$(mktemp -d)
 mkdir -p "$work/stub" "$work/lnk" "$out"
-echo 'void llm_gateway_cuda_stub(void){}' > "$work/stub/s.c"
-gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$work/stub/libcuda.so" "$work/stub/s.c"
+if [ -n "${LIBCUDA:-}" ]; then  # the real driver library, where there is one
+  ln -sf "$LIBCUDA" "$work/stub/libcuda.so"
+else  # a stub exporting the driver calls ggml-cuda makes (0.3.36), so the linker keeps it NEEDED
+  for f in cuDeviceGet cuDeviceGetAttribute cuGetErrorString cuMemAddressFree cuMemAddressReserve \
+           cuMemCreate cuMemGetAllocationGranularity cuMemMap cuMemRelease cuMemSetAccess cuMemUnmap; do
+    echo "int $f(void) { return 999; }"
+  done > "$work/stub/s.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$work/stub/libcuda.so" "$work/stub/s.c"
+fi
 ln -sf "$lib/libcublas.so.13" "$work/lnk/libcublas.so"
 ln -sf "$lib/libcublasLt.so.13" "$work/lnk/libcublasLt.so"
 

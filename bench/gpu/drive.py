@@ -1,6 +1,6 @@
 """Drive a running gateway for the GPU pinning check (stdlib only: the device has no curl promise).
 
-    python bench/gpu/drive.py http://127.0.0.1:8400 OUT_DIR [--ready-timeout 180]
+    python bench/gpu/drive.py http://127.0.0.1:8400 OUT_DIR [--ready-timeout S] [--pid GATEWAY_PID]
 
 Waits for /ready, sends one chat and one legacy completion to each of tiny-gpu and tiny-cpu,
 then saves /admin/workers, each worker's own /status and the answers into OUT_DIR
@@ -35,9 +35,13 @@ def main() -> int:
     base, out = sys.argv[1].rstrip("/"), Path(sys.argv[2])
     ready_timeout = float(sys.argv[sys.argv.index("--ready-timeout") + 1]) if (
         "--ready-timeout" in sys.argv) else 180.0  # fmt: skip
+    gateway_pid = int(sys.argv[sys.argv.index("--pid") + 1]) if "--pid" in sys.argv else None
     start = time.monotonic()
     ready: Any = None
     while time.monotonic() - start < ready_timeout:
+        if gateway_pid is not None and not Path(f"/proc/{gateway_pid}").exists():
+            print(f"the gateway (pid {gateway_pid}) exited before it was ready")
+            return 1
         try:
             code, ready = call(base + "/ready", timeout=5)
             if code == 200:

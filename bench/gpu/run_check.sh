@@ -28,8 +28,12 @@ PORT=${PORT:-8400}
 export PYTHONUNBUFFERED=1
 T0=$(date +%s%N)
 stamp() { echo "TIMING $1: $(( ($(date +%s%N) - T0) / 1000000 )) ms since start"; }
-find_one() {  # first file or link named $1 under the usual library roots
-  timeout 90 find /usr/local /opt /usr/lib /usr/lib64 /usr/include -name "$1" \( -type f -o -type l \) 2>/dev/null | head -1
+LIBS=/tmp/gpu-check-libs.txt
+find_one() {  # first file or link named $1 under the usual library roots (one find for all)
+  [ -s "$LIBS" ] || timeout 120 find /usr/local /opt /usr/lib /usr/lib64 /usr/include \
+    \( -name libcublas.so.13 -o -name libcudart.so.13 -o -name cublas_v2.h -o -name libcuda.so.1 \) \
+    \( -type f -o -type l \) 2>/dev/null > "$LIBS"
+  grep -m1 "/$1\$" "$LIBS"
 }
 
 # ---- 0. the machine
@@ -47,6 +51,10 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   export PYTHONPATH=$SITE:$REPO
   stamp wheels
 fi
+timeout 60 "$PY" -c "import gateway.app, gateway.cli, workers.server, litestar, uvicorn, msgspec, \
+aiohttp, yaml, jinja2, diskcache, numpy; print('imports ok: litestar', litestar.__version__, \
+'uvicorn', uvicorn.__version__, 'msgspec', msgspec.__version__, 'aiohttp', aiohttp.__version__)" \
+  || { echo "FATAL: the gateway's imports fail"; exit 1; }
 
 # ---- 2. llama-cpp-python with CUDA
 if [ -z "${SKIP_INSTALL:-}" ]; then
@@ -85,7 +93,8 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   if [ -z "$ok" ]; then
     echo "no usable prebuilt CUDA wheel: building from the stripped sdist"
     B0=$(date +%s)
-    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PYTHON=$PY PIP_WHEEL_ARGS=--no-build-isolation \
+    LIBCUDA=$(find_one libcuda.so.1); echo "libcuda: $LIBCUDA"
+    LIBCUDA=$LIBCUDA CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) PYTHON=$PY PIP_WHEEL_ARGS=--no-build-isolation \
       EXTRA_CMAKE_ARGS=-DGGML_CUDA_COMPRESSION_MODE=none \
       timeout 420 bash bench/gpu/build_llama_cuda.sh bench/gpu/sdist/llama_cpp_python-0.3.36.tar.gz \
       "$(dirname "$CUBLAS_H")" "$(dirname "$CUBLAS")" /tmp/llama-wheel > "$OUT/build.log" 2>&1
@@ -109,7 +118,7 @@ fi
 "$PY" -m gateway serve --config bench/gpu/check.yaml --port "$PORT" > "$OUT/gateway.log" 2>&1 &
 GW=$!
 echo "gateway pid $GW"
-timeout 200 "$PY" bench/gpu/drive.py "http://127.0.0.1:$PORT" "$OUT" --ready-timeout 150 \
+timeout 150 "$PY" bench/gpu/drive.py "http://127.0.0.1:$PORT" "$OUT" --ready-timeout 90 --pid "$GW" \
   | tee "$OUT/drive.txt"
 stamp drive
 mapfile -t WPIDS < <(awk '/^WORKER /{print $3}' "$OUT/drive.txt")
@@ -143,7 +152,7 @@ for pid in "${WPIDS[@]}"; do
   if kill -0 "$pid" 2>/dev/null; then echo "LEFT: worker pid $pid still running"; left=1
   else echo "worker pid $pid gone"; fi
 done
-ps -eo pid,args | grep '[w]orkers --model-name' && left=1
+ps -eo pid,args | grep '[w]orkers --model-name tiny-' && left=1
 echo "workers left after SIGTERM: $left"
 stamp stop
 
