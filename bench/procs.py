@@ -135,14 +135,21 @@ def wait_http(proc: Proc, path: str, timeout: float) -> float:
 
 
 def start_gateway(
-    name: str, models: list[dict[str, Any]], cpus: str | None, timeout: float = 120.0
+    name: str,
+    models: list[dict[str, Any]],
+    cpus: str | None,
+    timeout: float = 120.0,
+    extra: dict[str, Any] | None = None,
 ) -> Proc:
-    """Start `python -m gateway serve` on a generated config; return once /ready is 200."""
+    """Start `python -m gateway serve` on a generated config (plus `extra` top-level sections);
+    return once /ready is 200."""
     port = free_port()
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     config = CONFIG_DIR / f"{name}.yaml"
     config.write_text(
-        yaml.safe_dump({"server": {"host": "127.0.0.1", "port": port}, "models": models})
+        yaml.safe_dump(
+            {"server": {"host": "127.0.0.1", "port": port}, "models": models, **(extra or {})}
+        )
     )
     argv = [
         PYTHON,

@@ -1,9 +1,10 @@
 """`python -m bench.profile [--stream]`: py-spy the gateway under load; print its hot spots.
 
 Starts the stand-in stack of scenario 2 (gateway on core 0, workers and this load generator on
-core 1), records the gateway with `py-spy record --format raw` for SECONDS while a closed loop
-keeps it busy, then prints the leaf functions and the gateway/ functions (inclusive) by share
-of samples. Writes bench/results/profile[-stream].txt and the raw stacks next to it.
+core 1; one stand-in replica of high capacity), records the gateway with `py-spy record --format
+raw` for SECONDS while a closed loop keeps it busy, then prints the leaf functions and the
+gateway/ functions (inclusive) by share of samples. Writes bench/results/profile[-stream].txt
+and the raw stacks next to it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .stack import standin_stack
 __all__ = ["hot_spots", "main"]
 
 SECONDS, RATE = 8, 250
+CONNS, STREAMS = 32, 256  # closed-loop connections: JSON requests, or concurrent SSE streams
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
@@ -66,15 +68,17 @@ def hot_spots(raw: str, top: int = 25) -> str:
 
 async def _load(url: str, stream: bool) -> None:
     body = chat_body(stream=stream)
-    await closed_loop(target(url, body), 16 if stream else 8, duration=SECONDS + 2, sse=stream)
+    conns = STREAMS if stream else CONNS
+    await closed_loop(target(url, body), conns, duration=SECONDS + 2, sse=stream)
 
 
 async def profile(stream: bool) -> str:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     suffix = "-stream" if stream else ""
     raw_path = RESULTS / f"profile{suffix}.raw"
-    options = (STREAM, 16) if stream else ({"token_delay": 0.0, "tokens": 200}, 2)
-    with standin_stack(f"profile{suffix}", options[0], replicas=options[1], peer=False) as stack:
+    # as scenarios 2 and 3: one stand-in replica with capacity enough for every connection
+    options = (STREAM, 512) if stream else ({"token_delay": 0.0, "tokens": 200}, 256)
+    with standin_stack(f"profile{suffix}", options[0], 1, False, capacity=options[1]) as stack:
         spy_cmd = [
             spy,
             "record",
@@ -102,7 +106,9 @@ async def profile(stream: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--stream", action="store_true", help="16 SSE streams instead of JSON")
+    parser.add_argument(
+        "--stream", action="store_true", help=f"{STREAMS} SSE streams instead of JSON"
+    )
     options = parser.parse_args()
     print(uvloop.run(profile(options.stream)))
     return 0

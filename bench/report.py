@@ -84,18 +84,17 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
     ]
     for name, doc in docs.items():
         lines += _section(name, doc)
-    profile = RESULTS / "profile.txt"
-    if profile.exists():
-        lines += [
-            "## Gateway profile (`python -m bench.profile`)",
-            "",
-            "py-spy on the gateway while 8 closed-loop clients drive the scenario-2 stack:",
-            "",
-            "```",
-            profile.read_text().strip(),
-            "```",
-            "",
-        ]
+    heads = {
+        "profile.txt": "`python -m bench.profile`: py-spy on the gateway while 32 closed-loop "
+        "clients drive the scenario-2 stack (one stand-in replica, capacity 256):",
+        "profile-stream.txt": "`python -m bench.profile --stream`: py-spy on the gateway while "
+        "256 concurrent SSE streams run through it (one stand-in replica, capacity 512):",
+    }
+    for file, head in heads.items():
+        profile = RESULTS / file
+        if profile.exists():
+            title = "Gateway profile" + (", streaming" if "stream" in file else "")
+            lines += [f"## {title}", "", head, "", "```", profile.read_text().strip(), "```", ""]
     return "\n".join(lines)
 
 

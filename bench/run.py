@@ -33,6 +33,7 @@ __all__ = ["SCENARIOS", "main"]
 
 SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint"]
 STANDIN = {"token_delay": 0.0, "tokens": 200}
+CAPACITY = 256  # one stand-in replica serving up to 256 requests at once
 
 
 def _names(args: list[str]) -> list[str]:
@@ -58,9 +59,9 @@ def _finish(result: Result, began: float, commands_from: int, load: str) -> None
 
 
 async def _standin_part(names: list[str], with_peer: bool) -> None:
-    """Scenarios 1 and 2 share one gateway (2 stand-in replicas) and LiteLLM over them."""
+    """Scenarios 1 and 2 share one gateway (1 stand-in replica of capacity 256) and LiteLLM."""
     began, mark, load = time.monotonic(), len(COMMANDS), _loadavg()
-    with standin_stack("standin", STANDIN, replicas=2, peer=with_peer) as stack:
+    with standin_stack("standin", STANDIN, 1, with_peer, capacity=CAPACITY) as stack:
         if "latency" in names:
             _finish(await latency(stack), began, mark, load)
         if "throughput" in names:

@@ -73,7 +73,8 @@ async def footprint() -> Result:
         )
         res.rows.append(
             {
-                "figure": "its 2 stand-in workers' RSS after scenario 2 (MiB)",
+                "figure": f"its {len(data['worker_rss_kib'])} stand-in worker(s)' RSS "
+                "after scenario 2 (MiB)",
                 "value": sum(data["worker_rss_kib"]) / 1024,
             }
         )

@@ -74,8 +74,9 @@ def _result(samples: dict[str, list[list[float]]], stack: Stack) -> Result:
     res.notes.append(
         f"{ROUNDS} interleaved rounds x {PER_ROUND} requests per target "
         f"(after {WARMUP} warm-up); added = target minus direct, per round; "
-        "median of rounds [min-max]; stand-in answer ~1.6 KB (200 tokens)"
+        "median of rounds [min-max]; stand-in answer ~1.6 KB (200 tokens), token_delay 0"
     )
+    res.notes.append(stack.describe())
     res.notes.extend(stack.notes)
     return res
 

@@ -15,20 +15,25 @@ __all__ = ["LEVELS", "STREAM", "streaming"]
 CHUNKS, DELAY = 64, 0.02
 STREAM = {"token_delay": DELAY, "tokens": CHUNKS}
 EXPECTED_EVENTS = CHUNKS + 3  # role chunk, 64 content chunks, finish chunk, [DONE]
-LEVELS = [1, 16, 64]  # concurrent streams; the gateway runs max(LEVELS) stand-in replicas
+LEVELS = [1, 64, 256, 500]  # concurrent streams, all on one stand-in replica
+CAPACITY = 512  # that replica's slots (--concurrency): every level fits without queueing
+LITELLM_MAX = 256  # LiteLLM's one process cannot relay 500 streams in time; tested up to here
 ROUNDS_AT_ONE, STREAMS_AT_ONE, ROUNDS_AT_MANY = 3, 3, 2
 
 
 async def streaming(peer: bool) -> Result:
-    with standin_stack("stream", STREAM, replicas=max(LEVELS), peer=peer) as stack:
+    with standin_stack("stream", STREAM, 1, peer, capacity=CAPACITY) as stack:
         body = chat_body(stream=True)
         targets = {n: [target(u, body) for u in urls] for n, urls in stack.urls().items()}
-        levels = {c: await _level(targets, c) for c in LEVELS}
+        levels = {}
+        for c in LEVELS:
+            live = {n: t for n, t in targets.items() if n != "litellm" or c <= LITELLM_MAX}
+            levels[c] = await _level(live, c)
         return _result(levels, stack)
 
 
 async def _level(targets: dict[str, list[Target]], streams: int) -> dict[str, list[RunResult]]:
-    """Interleaved rounds of `streams` concurrent streams per target (one per worker direct)."""
+    """Interleaved rounds of `streams` concurrent streams per target."""
     rounds = ROUNDS_AT_ONE if streams == 1 else ROUNDS_AT_MANY
     count = STREAMS_AT_ONE if streams == 1 else streams
     names = list(targets)
@@ -118,12 +123,29 @@ def _result(levels: dict[int, dict[str, list[RunResult]]], stack: Stack) -> Resu
         f"{ROUNDS_AT_ONE} rounds x {STREAMS_AT_ONE} streams, above it "
         f"{ROUNDS_AT_MANY} rounds x one wave; added = target minus direct per round"
     )
-    res.notes.append(
-        f"a stand-in worker serves one stream at a time (one generation lock), so "
-        f"the gateway ran {len(stack.workers)} replicas and direct spread streams over "
-        f"them; 500 concurrent streams would need 500 stand-in processes (~44 MB "
-        f"each), more than this 2-core machine holds"
-    )
+    res.notes.append(stack.describe())
+    unpaced = [
+        f"{r['streams']} (direct gap p50 {r['gap_p50']:.2f} ms, p99 {r['gap_p99']:,.0f} ms)"
+        for r in res.rows
+        if r["target"] == "direct" and abs(r["gap_p50"] - DELAY * 1e3) > DELAY * 1e3 * 0.1
+    ]
+    if unpaced:
+        res.notes.append(
+            "direct itself did not keep the 20 ms pace at " + ", ".join(unpaced) + ": core 1 "
+            "(the one stand-in process and this load generator) is saturated there, so chunks "
+            "arrive in bursts and the added figures at those levels measure that core as much "
+            "as the proxy; the chunk counts still hold"
+        )
+    res.data["unpaced_levels"] = [
+        r["streams"]
+        for r in res.rows
+        if r["target"] == "direct" and abs(r["gap_p50"] - DELAY * 1e3) > DELAY * 1e3 * 0.1
+    ]
+    if stack.litellm is not None:
+        res.notes.append(
+            f"LiteLLM tested up to {LITELLM_MAX} streams: its one process (--num_workers 1, "
+            "one core) falls seconds behind well before that, so 500 would only time out"
+        )
     res.notes.extend(stack.notes)
     return res
 
@@ -135,10 +157,12 @@ def _goals(res: Result, top: int) -> None:
     res.goal("added inter-chunk gap p99 <= 1 ms (1 stream)", f"{gap:.2f} ms", gap <= 1)
     held = [r["streams"] for r in res.rows if r["target"] == "gateway" and r["held"]]
     most = max(held, default=0)
+    direct = next((r for r in res.rows if r["streams"] == top and r["target"] == "direct"), None)
+    direct_text = f"; direct at {top}: {direct['complete']} complete" if direct else ""
     res.goal(
         "500 concurrent streams, no chunk lost",
-        f"{most} held (tested up to {top})",
-        None if most == top else False,
+        f"{most} held (tested up to {top}){direct_text}",
+        most >= 500 if top >= 500 else (False if most < top else None),
     )
     res.data["held"] = {
         n: max((r["streams"] for r in res.rows if r["target"] == n and r["held"]), default=0)
