@@ -42,7 +42,7 @@ class HealthConfig:
     """How the supervisor checks a running worker's /status."""
 
     interval: float = 2.0  # seconds between checks
-    timeout: float = 2.0  # seconds a check may take
+    timeout: float = 5.0  # seconds a check may take: a busy worker on a loaded host is slow
     failures: int = 3  # failed checks in a row before the worker is killed and restarted
 
 
@@ -198,7 +198,7 @@ def _parse_health(raw: Any) -> HealthConfig:
     _reject_unknown(section, {"interval", "timeout", "failures"}, "health.")
     return HealthConfig(
         interval=float(_get(section, "interval", _pos_num, "seconds > 0", "health.", 2.0)),
-        timeout=float(_get(section, "timeout", _pos_num, "seconds > 0", "health.", 2.0)),
+        timeout=float(_get(section, "timeout", _pos_num, "seconds > 0", "health.", 5.0)),
         failures=_get(section, "failures", _positive, "a positive integer", "health.", 3),
     )
 
