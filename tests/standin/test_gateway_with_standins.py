@@ -99,6 +99,17 @@ def test_wrong_api_key_is_401(gateway: GatewayProcess) -> None:
     assert_error(response, 401, "invalid_api_key")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/models"), ("GET", "/v1/models/fast"), ("GET", "/admin/workers"),
+     ("GET", "/admin/config"), ("POST", "/admin/reload"), ("POST", "/v1/embeddings")],
+)  # fmt: skip
+def test_every_api_and_admin_route_needs_the_key(
+    gateway: GatewayProcess, method: str, path: str
+) -> None:
+    assert_error(httpx.request(method, gateway.url + path), 401, "invalid_api_key")
+
+
 def test_health_needs_no_key(gateway: GatewayProcess) -> None:
     assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
 
