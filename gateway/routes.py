@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-import uuid
+import itertools
+import os
 from typing import Any
 
 import msgspec
@@ -35,6 +36,13 @@ class _RouteFields(msgspec.Struct):
 
 
 _route_decoder = msgspec.json.Decoder(_RouteFields)
+# Request ids: unique per process start, then a counter (cheaper than a uuid4 per request).
+_id_prefix, _id_counter = os.urandom(6).hex(), itertools.count()
+
+
+def _new_request_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):08x}"
+
 _JSON = "application/json"
 
 
@@ -90,7 +98,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     model = gateway.resolve(fields.model)
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.headers.get("x-request-id") or _new_request_id()
     scheduler = gateway.scheduler
     lease = scheduler.try_acquire(model.name)
     if lease is None:  # queue, leaving the queue if the client goes away
