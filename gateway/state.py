@@ -14,12 +14,12 @@ from .registry import Registry
 from .scheduler import QueuePolicy, Scheduler
 from .supervisor import Supervisor
 
-__all__ = ["Gateway", "build_gateway"]
+__all__ = ["Gateway", "build_gateway", "policy"]
 
 
 @dataclass
 class Gateway:
-    """Everything a request needs, built once per app from the config."""
+    """Everything a request needs; a reload swaps `config` (and `by_name`) in place."""
 
     config: GatewayConfig
     source: Path | None
@@ -59,6 +59,7 @@ class Gateway:
 
 
 def policy(model: ModelConfig) -> QueuePolicy:
+    """The queue limits a model's entry sets."""
     return QueuePolicy(model.max_queue, model.queue_timeout)
 
 
