@@ -253,6 +253,25 @@ def test_a_client_gone_before_a_non_streamed_answer_frees_the_replica(
     assert gone["finished"] - left_at < 2.0
 
 
+def test_a_client_gone_before_the_first_token_of_a_stream_stops_the_generation(
+    gateway: GatewayProcess,
+) -> None:
+    # A long prompt: the worker is still evaluating it (no byte sent) when the client leaves.
+    body = {"model": "gemma3-270m", "prompt": "Tell me more. " * 150, "max_tokens": 300,
+            "stream": True}  # fmt: skip
+    with pytest.raises(httpx.ReadTimeout), gateway.client(timeout=0.3) as impatient:
+        impatient.post("/v1/completions", json=body, headers={"X-Request-Id": "left-early"})
+    assert wait_until(lambda: all(w["in_flight"] == 0 for w in gateway.workers()), 15)
+    assert wait_until(lambda: "left-early" in records(gateway, "gemma3-270m"), 15)
+    assert wait_until(lambda: records(gateway, "gemma3-270m")["left-early"][1]["finished"], 15)
+    gone = records(gateway, "gemma3-270m")["left-early"][1]
+    assert gone["outcome"] == "cancelled", gone
+    with gateway.client() as client:
+        hi = {"model": "gemma3-270m", "prompt": "Hi", "max_tokens": 2}
+        done = client.post("/v1/completions", json=hi)
+    assert done.status_code == 200
+
+
 def test_sigkill_of_the_gateway_leaves_no_llama_worker(tmp_path: Path) -> None:
     config = {"models": [{"name": "s", "path": str(SMOLLM2), "llama": LLAMA}]}
     gateway = GatewayProcess(config, tmp_path).start()
