@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import Target
+from .stats import Spread, min_max
 
 __all__ = [
     "CHAT_PATH",
@@ -22,7 +23,9 @@ __all__ = [
     "machine",
     "pin_self",
     "print_table",
+    "round_order",
     "target",
+    "target_cells",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,6 +43,13 @@ def chat_body(stream: bool = False, model: str = "mock", **extra: Any) -> bytes:
 def target(url: str, body: bytes, path: str = CHAT_PATH, headers: tuple[str, ...] = ()) -> Target:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return Target(host, int(port), path, body, headers)
+
+
+def round_order(names: list[str], round_no: int) -> list[str]:
+    """The targets in round `round_no`'s order: rotated by one each round, so each goes first
+    in turn."""
+    turn = round_no % len(names)
+    return names[turn:] + names[:turn]
 
 
 def pin_self(cpus: set[int]) -> None:
@@ -94,6 +104,13 @@ def fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "met" if value else "MISSED"
     return "-" if value is None else str(value)
+
+
+def target_cells(
+    name: str, figures: Spread, column: str, range_column: str, digits: int
+) -> dict[str, Any]:
+    """A row's first cells: the target, the median of its per-round figures and their min-max."""
+    return {"target": name, column: figures["median"], range_column: min_max(figures, digits)}
 
 
 def print_table(result: Result) -> None:

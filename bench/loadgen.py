@@ -162,12 +162,20 @@ class _Conn(asyncio.Protocol):
         self.state = _BODY
         return True
 
-    def _chunk_size(self) -> bool:
+    def _line(self) -> bytes | None:
+        """The next CRLF-terminated line, taken off the buffer (None until it is all here)."""
         end = self.buf.find(b"\r\n")
         if end < 0:
-            return False
-        size = int(bytes(self.buf[:end]).split(b";", 1)[0], 16)
+            return None
+        line = bytes(self.buf[:end])
         del self.buf[: end + 2]
+        return line
+
+    def _chunk_size(self) -> bool:
+        line = self._line()
+        if line is None:
+            return False
+        size = int(line.split(b";", 1)[0], 16)
         self.need, self.state = size, (_CHUNK_DATA if size else _TRAILER)
         return True
 
@@ -181,11 +189,10 @@ class _Conn(asyncio.Protocol):
         return True
 
     def _trailer(self) -> bool:
-        end = self.buf.find(b"\r\n")
-        if end < 0:
+        line = self._line()
+        if line is None:
             return False
-        del self.buf[: end + 2]
-        if end == 0:
+        if not line:
             self._finish(self.status)
         return True
 
@@ -362,7 +369,7 @@ async def open_loop(
 
     Several targets share the arrivals round-robin (one connection pool each).
     """
-    targets = [targets] if isinstance(targets, Target) else list(targets)
+    targets = _target_list(targets)
     pools = [_Pool(t, sse, max(1, max_conns // len(targets))) for t in targets]
     warm = max(2, int(rate * 0.01 / len(pools)))
     await asyncio.gather(*(pool.warm(min(pool.max_conns, warm)) for pool in pools))
@@ -396,38 +403,56 @@ async def closed_loop(
     Connection i sends to targets[i % len(targets)].
     """
     assert count is not None or duration is not None
-    targets = [targets] if isinstance(targets, Target) else list(targets)
+    targets = _target_list(targets)
     chosen = [targets[i % len(targets)] for i in range(concurrency)]
     conns = list(await asyncio.gather(*(_connect(t, sse) for t in chosen)))
-    raws = {id(conn): t.request_bytes() for conn, t in zip(conns, chosen, strict=True)}
-    outcomes: list[Outcome] = []
-    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    t0 = now()
-    deadline = t0 + duration if duration is not None else float("inf")
-    budget = [count if count is not None else 1 << 62, concurrency]
-
-    def send(conn: _Conn) -> None:
-        outcome = Outcome(start=now())
-        outcomes.append(outcome)
-        budget[0] -= 1
-        conn.send(raws[id(conn)], outcome, on_done)
-
-    def on_done(conn: _Conn, outcome: Outcome) -> None:
-        if budget[0] > 0 and now() < deadline and not conn.closed:
-            send(conn)
-            return
-        budget[1] -= 1
-        if budget[1] == 0 and not finished.done():
-            finished.set_result(None)
-
-    for conn in conns[: min(concurrency, budget[0])]:
-        send(conn)
-    budget[1] = min(concurrency, len(outcomes))
+    driver = _ClosedLoop(conns, chosen, count, duration)
+    driver.start()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(finished, timeout + (duration or 0.0))
+        await asyncio.wait_for(driver.finished, timeout + (duration or 0.0))
     for conn in conns:
         conn.abort()
-    return _result(outcomes, t0, None, concurrency)
+    return _result(driver.outcomes, driver.t0, None, concurrency)
+
+
+class _ClosedLoop:
+    """Connections that each send their next request as soon as the last answers, until
+    `count` requests in all have gone out or `duration` seconds have passed."""
+
+    def __init__(
+        self, conns: list[_Conn], chosen: list[Target], count: int | None, duration: float | None
+    ) -> None:
+        self.conns = conns
+        self.raws = {id(conn): t.request_bytes() for conn, t in zip(conns, chosen, strict=True)}
+        self.outcomes: list[Outcome] = []
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.t0 = now()
+        self.deadline = self.t0 + duration if duration is not None else float("inf")
+        self.left = count if count is not None else 1 << 62  # requests still to send
+        self.active = len(conns)  # connections still sending
+
+    def start(self) -> None:
+        for conn in self.conns[: min(len(self.conns), self.left)]:
+            self._send(conn)
+        self.active = min(len(self.conns), len(self.outcomes))
+
+    def _send(self, conn: _Conn) -> None:
+        outcome = Outcome(start=now())
+        self.outcomes.append(outcome)
+        self.left -= 1
+        conn.send(self.raws[id(conn)], outcome, self._on_done)
+
+    def _on_done(self, conn: _Conn, outcome: Outcome) -> None:
+        if self.left > 0 and now() < self.deadline and not conn.closed:
+            self._send(conn)
+            return
+        self.active -= 1
+        if self.active == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+
+def _target_list(targets: Target | Sequence[Target]) -> list[Target]:
+    return [targets] if isinstance(targets, Target) else list(targets)
 
 
 def _result(outcomes: list[Outcome], t0: float, rate: float | None, conns: int) -> RunResult:

@@ -10,19 +10,34 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 __all__ = ["PLOTS", "latency_plot", "replicas_plot", "throughput_plot"]
 
 PLOTS = Path(__file__).resolve().parent / "plots"
 
 
-def _save(fig: Any, name: str) -> Path:
+def _save(fig: Figure, name: str) -> Path:
     PLOTS.mkdir(exist_ok=True)
     path = PLOTS / name
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _label(ax: Axes, title: str, xlabel: str, ylabel: str, **scales: str) -> None:
+    """A panel's title and axis labels, and any axis scales (xscale="log", ...)."""
+    ax.set(**scales, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def _save_pair(fig: Figure, axes: tuple[Axes, Axes], name: str) -> Path:
+    """Save a two-panel figure, each panel with a light grid and its legend."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, name)
 
 
 def latency_plot(doc: dict[str, Any]) -> Path:
@@ -36,22 +51,10 @@ def latency_plot(doc: dict[str, Any]) -> Path:
             if name != "direct":
                 added = [a - d for a, d in zip(data[name], data["direct"], strict=True)]
                 right.plot(qs[:199], added[:199], label=f"{name} - direct")
-    left.set(
-        xscale="log",
-        xlabel="latency (ms)",
-        ylabel="percentile",
-        title="Concurrency 1: latency distribution",
-    )
-    right.set(
-        xlabel="percentile",
-        ylabel="added latency (ms)",
-        yscale="symlog",
-        title="Added latency by percentile (to p99.5)",
-    )
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return _save(fig, "latency.png")
+    _label(left, "Concurrency 1: latency distribution", "latency (ms)", "percentile", xscale="log")
+    title = "Added latency by percentile (to p99.5)"
+    _label(right, title, "percentile", "added latency (ms)", yscale="symlog")
+    return _save_pair(fig, (left, right), "latency.png")
 
 
 def throughput_plot(doc: dict[str, Any]) -> Path:
@@ -64,21 +67,10 @@ def throughput_plot(doc: dict[str, Any]) -> Path:
         right.plot([r for r, _ in pts], [f["p99"] for _, f in pts], marker="o", label=name)
     top = max(s["rate"] for s in steps)
     left.plot([0, top], [0, top], "k:", linewidth=0.8, label="offered")
-    left.set(
-        xlabel="offered rate (req/s)",
-        ylabel="answered (req/s)",
-        title="Throughput against offered rate",
-    )
-    right.set(
-        xlabel="offered rate (req/s)",
-        ylabel="p99 latency (ms)",
-        yscale="log",
-        title="p99 latency (from scheduled send)",
-    )
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return _save(fig, "throughput.png")
+    rate = "offered rate (req/s)"
+    _label(left, "Throughput against offered rate", rate, "answered (req/s)")
+    _label(right, "p99 latency (from scheduled send)", rate, "p99 latency (ms)", yscale="log")
+    return _save_pair(fig, (left, right), "throughput.png")
 
 
 def replicas_plot(doc: dict[str, Any]) -> Path:

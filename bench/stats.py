@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypedDict
 
-__all__ = ["percentile", "spread", "summary"]
+__all__ = ["Spread", "min_max", "percentile", "spread", "summary"]
+
+
+class Spread(TypedDict):
+    """The median of per-round figures, their min and max, and the figures themselves."""
+
+    median: float
+    min: float
+    max: float
+    rounds: list[float]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -33,7 +43,7 @@ def summary(values: Sequence[float], scale: float = 1e3) -> dict[str, float]:
     }
 
 
-def spread(per_round: Sequence[float]) -> dict[str, float]:
+def spread(per_round: Sequence[float]) -> Spread:
     """The median of per-round figures with their min and max."""
     return {
         "median": percentile(per_round, 50),
@@ -41,3 +51,8 @@ def spread(per_round: Sequence[float]) -> dict[str, float]:
         "max": max(per_round) if per_round else math.nan,
         "rounds": list(per_round),
     }
+
+
+def min_max(figures: Spread, digits: int) -> str:
+    """`min - max` of a spread, each with `digits` decimals."""
+    return f"{figures['min']:.{digits}f} - {figures['max']:.{digits}f}"

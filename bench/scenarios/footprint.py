@@ -7,7 +7,7 @@ from typing import Any
 
 from ..common import RESULTS, Result, pin_self
 from ..procs import ROOT, free_port, gateway_workers, rss_kib, start, wait_http
-from ..stats import spread
+from ..stats import min_max, spread
 
 __all__ = ["footprint"]
 
@@ -44,40 +44,7 @@ async def footprint() -> Result:
     res = Result(
         "footprint", "7. Footprint", "none (start-up: unpinned)", ["figure", "value", "min-max"]
     )
-    ready = spread([s["seconds"] for s in starts])
-    res.rows.append(
-        {
-            "figure": "config.yaml: serve start -> /ready 200 (s)",
-            "value": ready["median"],
-            "min-max": f"{ready['min']:.2f} - {ready['max']:.2f}",
-        }
-    )
-    last = starts[-1]
-    res.rows.append(
-        {"figure": "config.yaml: gateway RSS once ready (MiB)", "value": last["gateway_kib"] / 1024}
-    )
-    res.rows.append(
-        {
-            "figure": f"config.yaml: {len(last['workers_kib'])} llama workers' RSS (MiB)",
-            "value": sum(last["workers_kib"]) / 1024,
-            "min-max": " / ".join(f"{k / 1024:.0f}" for k in last["workers_kib"]),
-        }
-    )
-    thr = RESULTS / "throughput.json"
-    if thr.exists():
-        data = json.loads(thr.read_text())["data"]
-        rss = data.get("gateway_rss_kib", {})
-        res.rows.append({"figure": "stand-in gateway RSS idle (MiB)", "value": rss["idle"] / 1024})
-        res.rows.append(
-            {"figure": "stand-in gateway RSS after scenario 2 (MiB)", "value": rss["after"] / 1024}
-        )
-        res.rows.append(
-            {
-                "figure": f"its {len(data['worker_rss_kib'])} stand-in worker(s)' RSS "
-                "after scenario 2 (MiB)",
-                "value": sum(data["worker_rss_kib"]) / 1024,
-            }
-        )
+    res.rows = _startup_rows(starts) + _throughput_rows()
     res.data = {"starts": starts}
     res.notes.append(
         f"{STARTS} starts of `serve --config config.yaml` (4 llama workers: smollm2 x2, "
@@ -85,3 +52,43 @@ async def footprint() -> Result:
         "workers separately; scenario 2 figures from bench/results/throughput.json"
     )
     return res
+
+
+def _startup_rows(starts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Time to /ready over every start; the gateway's and its workers' RSS at the last."""
+    ready = spread([s["seconds"] for s in starts])
+    last = starts[-1]
+    return [
+        {
+            "figure": "config.yaml: serve start -> /ready 200 (s)",
+            "value": ready["median"],
+            "min-max": min_max(ready, 2),
+        },
+        {
+            "figure": "config.yaml: gateway RSS once ready (MiB)",
+            "value": last["gateway_kib"] / 1024,
+        },
+        {
+            "figure": f"config.yaml: {len(last['workers_kib'])} llama workers' RSS (MiB)",
+            "value": sum(last["workers_kib"]) / 1024,
+            "min-max": " / ".join(f"{k / 1024:.0f}" for k in last["workers_kib"]),
+        },
+    ]
+
+
+def _throughput_rows() -> list[dict[str, Any]]:
+    """The stand-in stack's memory around scenario 2, from its results (none without them)."""
+    thr = RESULTS / "throughput.json"
+    if not thr.exists():
+        return []
+    data = json.loads(thr.read_text())["data"]
+    rss = data.get("gateway_rss_kib", {})
+    return [
+        {"figure": "stand-in gateway RSS idle (MiB)", "value": rss["idle"] / 1024},
+        {"figure": "stand-in gateway RSS after scenario 2 (MiB)", "value": rss["after"] / 1024},
+        {
+            "figure": f"its {len(data['worker_rss_kib'])} stand-in worker(s)' RSS "
+            "after scenario 2 (MiB)",
+            "value": sum(data["worker_rss_kib"]) / 1024,
+        },
+    ]

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from ..common import Result, chat_body, target
+from typing import Any
+
+from ..common import Result, chat_body, round_order, target
 from ..loadgen import closed_loop
 from ..stack import PINNING, Stack
-from ..stats import percentile, spread, summary
+from ..stats import min_max, percentile, spread, summary
 
 __all__ = ["ROUNDS", "latency"]
 
 ROUNDS, PER_ROUND, WARMUP = 5, 800, 200
+COLUMNS = [
+    "target",
+    "p50",
+    "p99",
+    "added p50",
+    "added p50 min-max",
+    "added p99",
+    "added p99 min-max",
+    "requests",
+]
 
 
 async def latency(stack: Stack) -> Result:
@@ -22,7 +34,7 @@ async def latency(stack: Stack) -> Result:
     samples: dict[str, list[list[float]]] = {name: [] for name in targets}
     names = list(targets)
     for r in range(ROUNDS):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             run = await closed_loop(targets[name], 1, count=PER_ROUND)
             assert run.errors == 0, f"{name}: {run.errors} errors at concurrency 1"
             samples[name].append(run.latencies())
@@ -37,36 +49,10 @@ def _added(samples: dict[str, list[list[float]]], name: str, q: float) -> list[f
 
 
 def _result(samples: dict[str, list[list[float]]], stack: Stack) -> Result:
-    res = Result(
-        "latency",
-        "1. Added latency, concurrency 1 (ms)",
-        PINNING,
-        [
-            "target",
-            "p50",
-            "p99",
-            "added p50",
-            "added p50 min-max",
-            "added p99",
-            "added p99 min-max",
-            "requests",
-        ],
-    )
+    res = Result("latency", "1. Added latency, concurrency 1 (ms)", PINNING, list(COLUMNS))
     for name, rounds in samples.items():
         pooled = [x for r in rounds for x in r]
-        s = summary(pooled)
-        row = {"target": name, "p50": s["p50"], "p99": s["p99"], "requests": s["n"]}
-        if name != "direct":
-            p50, p99 = spread(_added(samples, name, 50)), spread(_added(samples, name, 99))
-            row |= {
-                "added p50": p50["median"],
-                "added p50 min-max": _range(p50),
-                "added p99": p99["median"],
-                "added p99 min-max": _range(p99),
-                "added_p50": p50,
-                "added_p99": p99,
-            }
-        res.rows.append(row)
+        res.rows.append(_row(samples, name, pooled))
         res.data[name] = _quantiles(pooled)
     gw = res.rows[1]
     res.goal("added p50 <= 1 ms", f"{gw['added p50']:.3f} ms", gw["added p50"] <= 1.0)
@@ -81,8 +67,21 @@ def _result(samples: dict[str, list[list[float]]], stack: Stack) -> Result:
     return res
 
 
-def _range(s: dict[str, float]) -> str:
-    return f"{s['min']:.3f} - {s['max']:.3f}"
+def _row(samples: dict[str, list[list[float]]], name: str, pooled: list[float]) -> dict[str, Any]:
+    """Pooled p50/p99 of one target; a proxy's added figures too (median of rounds, min-max)."""
+    s = summary(pooled)
+    row: dict[str, Any] = {"target": name, "p50": s["p50"], "p99": s["p99"], "requests": s["n"]}
+    if name != "direct":
+        p50, p99 = spread(_added(samples, name, 50)), spread(_added(samples, name, 99))
+        row |= {
+            "added p50": p50["median"],
+            "added p50 min-max": min_max(p50, 3),
+            "added p99": p99["median"],
+            "added p99 min-max": min_max(p99, 3),
+            "added_p50": p50,
+            "added_p99": p99,
+        }
+    return row
 
 
 def _quantiles(values: list[float]) -> list[float]:

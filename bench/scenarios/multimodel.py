@@ -8,17 +8,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..common import Result, pin_self
+from ..common import Result, pin_self, round_order, target_cells
 from ..llm_client import Answer, ask, prompt, session
 from ..peers import start_llama_server
 from ..procs import gateway_workers, start_gateway
-from ..stats import percentile, spread
+from ..stats import Spread, percentile, spread
 from .models import GEMMA, SMOLLM, gateway_model, server_model
 
 __all__ = ["REQUESTS", "multimodel"]
 
 REQUESTS, MAX_TOKENS, THREADS, ROUNDS = 20, 16, 2, 2
 PINNING = "nothing pinned (every process may use both cores; each model runs 2 threads)"
+METHOD = (
+    f"{ROUNDS} interleaved rounds; sequential requests alternating smollm2 / "
+    f"gemma3-270m, distinct prompts each request and round (so llama.cpp's "
+    f"prefix cache does not answer them), temperature 0; direct = the "
+    f"gateway's own two workers called on their ports; n_ctx 2048, "
+    f"n_threads = n_threads_batch = {THREADS} everywhere"
+)
+COLUMNS = [
+    "target",
+    "total s",
+    "total min-max",
+    "per-request p50 s",
+    "per-request max s",
+    "completion tokens",
+    "peer / this",
+]
 
 
 async def multimodel() -> Result:
@@ -47,7 +63,7 @@ async def _rounds(bases: dict[str, dict[str, str]]) -> dict[str, list[dict[str, 
     names = list(bases)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(ROUNDS):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             runs[name].append(await _alternate(bases[name], f"r{r}"))
     return runs
 
@@ -70,36 +86,11 @@ async def _alternate(base: dict[str, str], salt: str) -> dict[str, Any]:
 
 
 def _result(runs: dict[str, list[dict[str, Any]]]) -> Result:
-    res = Result(
-        "multimodel",
-        f"4. Two real models, {REQUESTS} alternating requests (max_tokens {MAX_TOKENS})",
-        PINNING,
-        [
-            "target",
-            "total s",
-            "total min-max",
-            "per-request p50 s",
-            "per-request max s",
-            "completion tokens",
-            "peer / this",
-        ],
-    )
+    title = f"4. Two real models, {REQUESTS} alternating requests (max_tokens {MAX_TOKENS})"
+    res = Result("multimodel", title, PINNING, list(COLUMNS))
     totals = {n: spread([r["total"] for r in rs]) for n, rs in runs.items()}
     peer = totals["llama_cpp.server"]["median"]
-    for name, rs in runs.items():
-        t = totals[name]
-        res.rows.append(
-            {
-                "target": name,
-                "total s": t["median"],
-                "total min-max": f"{t['min']:.2f} - {t['max']:.2f}",
-                "per-request p50 s": spread([r["p50"] for r in rs])["median"],
-                "per-request max s": max(r["max"] for r in rs),
-                "completion tokens": rs[-1]["tokens"],
-                "peer / this": peer / t["median"],
-                "total": t,
-            }
-        )
+    res.rows = [_row(name, totals[name], rs, peer) for name, rs in runs.items()]
     ratio = [g["total"] / d["total"] for g, d in zip(runs["gateway"], runs["direct"], strict=True)]
     over = spread(ratio)
     res.data = {
@@ -112,11 +103,16 @@ def _result(runs: dict[str, list[dict[str, Any]]]) -> Result:
         f"gateway / direct = {over['median']:.3f} [{over['min']:.3f}-{over['max']:.3f}]",
         over["median"] <= 1.05,
     )
-    res.notes.append(
-        f"{ROUNDS} interleaved rounds; sequential requests alternating smollm2 / "
-        f"gemma3-270m, distinct prompts each request and round (so llama.cpp's "
-        f"prefix cache does not answer them), temperature 0; direct = the "
-        f"gateway's own two workers called on their ports; n_ctx 2048, "
-        f"n_threads = n_threads_batch = {THREADS} everywhere"
-    )
+    res.notes.append(METHOD)
     return res
+
+
+def _row(name: str, total: Spread, rounds: list[dict[str, Any]], peer: float) -> dict[str, Any]:
+    """One target's totals over the rounds; `peer` is llama_cpp.server's median total."""
+    return target_cells(name, total, "total s", "total min-max", 2) | {
+        "per-request p50 s": spread([r["p50"] for r in rounds])["median"],
+        "per-request max s": max(r["max"] for r in rounds),
+        "completion tokens": rounds[-1]["tokens"],
+        "peer / this": peer / total["median"],
+        "total": total,
+    }

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ..common import Result, pin_self
+from ..common import Result, pin_self, round_order, target_cells
 from ..llm_client import closed_clients
 from ..peers import start_llama_server
 from ..procs import Proc, start_gateway
-from ..stats import spread
+from ..stats import Spread, spread
 from .models import SMOLLM, gateway_model, server_model
 
 __all__ = ["CLIENTS", "replicas"]
@@ -42,7 +42,7 @@ async def _rounds(bases: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     names = list(bases)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(ROUNDS):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             answers, window = await closed_clients(
                 bases[name], SMOLLM[0], CLIENTS, SECONDS, MAX_TOKENS, f"{r}{name[:3]}"
             )
@@ -67,37 +67,32 @@ def _result(runs: dict[str, list[dict[str, Any]]]) -> Result:
         ["target", "tokens/s", "min-max", "requests", "errors", "vs peer"],
     )
     rates = {n: spread([r["tokens_per_s"] for r in rs]) for n, rs in runs.items()}
-    names = list(runs)
-    peer = rates[names[2]]["median"]
-    for name, rs in runs.items():
-        r = rates[name]
-        res.rows.append(
-            {
-                "target": name,
-                "tokens/s": r["median"],
-                "min-max": f"{r['min']:.1f} - {r['max']:.1f}",
-                "requests": sum(x["requests"] for x in rs),
-                "errors": sum(x["errors"] for x in rs),
-                "vs peer": r["median"] / peer,
-                "tokens_per_s": r,
-            }
-        )
-    two_vs_peer = rates[names[1]]["median"] / peer
-    two_vs_one = rates[names[1]]["median"] / rates[names[0]]["median"]
+    one, two, peer = (rates[name]["median"] for name in runs)
+    res.rows = [_row(name, rates[name], rs, peer) for name, rs in runs.items()]
     res.data = {
         "runs": runs,
-        "two_vs_peer": two_vs_peer,
-        "two_vs_one": two_vs_one,
-        "replicas": {1: rates[names[0]]["median"], 2: rates[names[1]]["median"]},
+        "two_vs_peer": two / peer,
+        "two_vs_one": two / one,
+        "replicas": {1: one, 2: two},
         "peer": peer,
     }
     res.goal(
-        "2 replicas >= 2.5x llama_cpp.server's tokens/s", f"{two_vs_peer:.2f}x", two_vs_peer >= 2.5
+        "2 replicas >= 2.5x llama_cpp.server's tokens/s", f"{two / peer:.2f}x", two / peer >= 2.5
     )
     res.notes.append(
         f"{ROUNDS} interleaved rounds of {SECONDS:g} s per target, closed loop, "
         f"max_tokens {MAX_TOKENS}, temperature 0, distinct prompts; tokens/s = "
         f"completion tokens / (last answer - start); 2 replicas / 1 replica = "
-        f"{two_vs_one:.2f}x"
+        f"{two / one:.2f}x"
     )
     return res
+
+
+def _row(name: str, rate: Spread, rounds: list[dict[str, Any]], peer: float) -> dict[str, Any]:
+    """One target's tokens/s over the rounds against `peer`, llama_cpp.server's median."""
+    return target_cells(name, rate, "tokens/s", "min-max", 1) | {
+        "requests": sum(x["requests"] for x in rounds),
+        "errors": sum(x["errors"] for x in rounds),
+        "vs peer": rate["median"] / peer,
+        "tokens_per_s": rate,
+    }

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ..common import Result, chat_body, target
+from ..common import Result, chat_body, round_order, target
 from ..loadgen import Outcome, RunResult, Target, closed_loop
 from ..stack import PINNING, Stack, standin_stack
-from ..stats import percentile, spread
+from ..stats import Spread, percentile, spread
 
 __all__ = ["LEVELS", "STREAM", "streaming"]
 
@@ -19,6 +19,19 @@ LEVELS = [1, 64, 256, 500]  # concurrent streams, all on one stand-in replica
 CAPACITY = 512  # that replica's slots (--concurrency): every level fits without queueing
 LITELLM_MAX = 256  # LiteLLM's one process cannot relay 500 streams in time; tested up to here
 ROUNDS_AT_ONE, STREAMS_AT_ONE, ROUNDS_AT_MANY = 3, 3, 2
+COLUMNS = [
+    "streams",
+    "target",
+    "ttft_p50",
+    "added ttft p50",
+    "gap_p50",
+    "gap_p99",
+    "added gap p50",
+    "added gap p99",
+    "lost",
+    "complete",
+    "held",
+]
 
 
 async def streaming(peer: bool) -> Result:
@@ -39,7 +52,7 @@ async def _level(targets: dict[str, list[Target]], streams: int) -> dict[str, li
     names = list(targets)
     runs: dict[str, list[RunResult]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             run = await closed_loop(targets[name], streams, count=count, sse=True, timeout=60)
             runs[name].append(run)
     return runs
@@ -72,7 +85,7 @@ def _figures(run: RunResult) -> dict[str, Any]:
     }
 
 
-def _added(mine: list[dict[str, Any]], direct: list[dict[str, Any]], key: str) -> dict[str, Any]:
+def _added(mine: list[dict[str, Any]], direct: list[dict[str, Any]], key: str) -> Spread:
     return spread([m[key] - d[key] for m, d in zip(mine, direct, strict=True)])
 
 
@@ -95,52 +108,15 @@ def _row(
 
 def _result(levels: dict[int, dict[str, list[RunResult]]], stack: Stack) -> Result:
     res = Result(
-        "streaming",
-        "3. Streaming relay: 64 chunks 20 ms apart (ms)",
-        PINNING,
-        [
-            "streams",
-            "target",
-            "ttft_p50",
-            "added ttft p50",
-            "gap_p50",
-            "gap_p99",
-            "added gap p50",
-            "added gap p99",
-            "lost",
-            "complete",
-            "held",
-        ],
+        "streaming", "3. Streaming relay: 64 chunks 20 ms apart (ms)", PINNING, list(COLUMNS)
     )
-    for streams, runs in levels.items():
-        figs = {n: [_figures(r) for r in rs] for n, rs in runs.items()}
-        for name in runs:
-            res.rows.append(_row(streams, name, figs[name], figs["direct"]))
+    res.rows = [row for streams, runs in levels.items() for row in _level_rows(streams, runs)]
     _goals(res, max(LEVELS))
-    res.notes.append(
-        f"ttft = time to the first content chunk (event 2; the role chunk comes "
-        f"first); gaps between the {CHUNKS} content events; at 1 stream "
-        f"{ROUNDS_AT_ONE} rounds x {STREAMS_AT_ONE} streams, above it "
-        f"{ROUNDS_AT_MANY} rounds x one wave; added = target minus direct per round"
-    )
-    res.notes.append(stack.describe())
-    unpaced = [
-        f"{r['streams']} (direct gap p50 {r['gap_p50']:.2f} ms, p99 {r['gap_p99']:,.0f} ms)"
-        for r in res.rows
-        if r["target"] == "direct" and abs(r["gap_p50"] - DELAY * 1e3) > DELAY * 1e3 * 0.1
-    ]
+    res.notes += [_method_note(), stack.describe()]
+    unpaced = _unpaced(res.rows)
     if unpaced:
-        res.notes.append(
-            "direct itself did not keep the 20 ms pace at " + ", ".join(unpaced) + ": core 1 "
-            "(the one stand-in process and this load generator) is saturated there, so chunks "
-            "arrive in bursts and the added figures at those levels measure that core as much "
-            "as the proxy; the chunk counts still hold"
-        )
-    res.data["unpaced_levels"] = [
-        r["streams"]
-        for r in res.rows
-        if r["target"] == "direct" and abs(r["gap_p50"] - DELAY * 1e3) > DELAY * 1e3 * 0.1
-    ]
+        res.notes.append(_unpaced_note(unpaced))
+    res.data["unpaced_levels"] = [r["streams"] for r in unpaced]
     if stack.litellm is not None:
         res.notes.append(
             f"LiteLLM tested up to {LITELLM_MAX} streams: its one process (--num_workers 1, "
@@ -148,6 +124,39 @@ def _result(levels: dict[int, dict[str, list[RunResult]]], stack: Stack) -> Resu
         )
     res.notes.extend(stack.notes)
     return res
+
+
+def _level_rows(streams: int, runs: dict[str, list[RunResult]]) -> list[dict[str, Any]]:
+    figs = {n: [_figures(r) for r in rs] for n, rs in runs.items()}
+    return [_row(streams, name, figs[name], figs["direct"]) for name in runs]
+
+
+def _method_note() -> str:
+    return (
+        f"ttft = time to the first content chunk (event 2; the role chunk comes "
+        f"first); gaps between the {CHUNKS} content events; at 1 stream "
+        f"{ROUNDS_AT_ONE} rounds x {STREAMS_AT_ONE} streams, above it "
+        f"{ROUNDS_AT_MANY} rounds x one wave; added = target minus direct per round"
+    )
+
+
+def _unpaced(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Direct's rows whose gap p50 is off the stand-in's pace by more than 10%."""
+    pace = DELAY * 1e3
+    return [r for r in rows if r["target"] == "direct" and abs(r["gap_p50"] - pace) > pace * 0.1]
+
+
+def _unpaced_note(unpaced: list[dict[str, Any]]) -> str:
+    levels = [
+        f"{r['streams']} (direct gap p50 {r['gap_p50']:.2f} ms, p99 {r['gap_p99']:,.0f} ms)"
+        for r in unpaced
+    ]
+    return (
+        "direct itself did not keep the 20 ms pace at " + ", ".join(levels) + ": core 1 "
+        "(the one stand-in process and this load generator) is saturated there, so chunks "
+        "arrive in bursts and the added figures at those levels measure that core as much "
+        "as the proxy; the chunk counts still hold"
+    )
 
 
 def _goals(res: Result, top: int) -> None:

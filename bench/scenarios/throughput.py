@@ -5,17 +5,29 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..common import Result, chat_body, target
+from ..common import Result, chat_body, round_order, target
 from ..loadgen import RunResult, Target, closed_loop, open_loop
 from ..procs import Proc, cpu_seconds
 from ..stack import PINNING, Stack
-from ..stats import percentile, spread
+from ..stats import Spread, min_max, percentile, spread
 
 __all__ = ["RATES", "throughput"]
 
 RATES = [25, 50, 100, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2400, 2800, 3200]
 ROUNDS, SECONDS, MAX_ADDED_P99_MS, STRIKES = 3, 1.0, 10.0, 2
 CEILING_CONNS, CEILING_SECONDS, CEILING_ROUNDS = 32, 2.0, 2
+COLUMNS = [
+    "offered/s",
+    "target",
+    "achieved/s",
+    "p50 ms",
+    "p99 ms",
+    "added p99 ms",
+    "added p99 min-max",
+    "errors",
+    "CPU us/req",
+    "held",
+]
 
 
 async def throughput(stack: Stack) -> Result:
@@ -42,35 +54,40 @@ async def throughput(stack: Stack) -> Result:
 
 async def _saturate(
     targets: dict[str, list[Target]], procs: dict[str, Proc | None], workers: list[int]
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, dict[str, Spread]]:
     """Closed loop, CEILING_CONNS connections, interleaved: the most each target answers per
     second, and who spent the CPU (the proxy on core 0; the stand-in and this load generator
     on core 1, in us per answered request). Direct's figure is core 1's ceiling."""
     names = [n for n in targets if n != "litellm"]  # LiteLLM's ceiling is far below; skip it
     figs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     for r in range(CEILING_ROUNDS):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            proc = procs.get(name)
-            pids = {"proxy": proc.pid} if proc else {}
-            pids |= {f"worker{i}": pid for i, pid in enumerate(workers)}
-            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
-            mine = _own_cpu()
-            run = await closed_loop(
-                targets[name], CEILING_CONNS, duration=CEILING_SECONDS, timeout=10.0
-            )
-            assert run.errors == 0, f"{name}: {run.errors} errors in the closed loop"
-            n = max(len(run.ok), 1)
-            used = {k: cpu_seconds(pid) - before[k] for k, pid in pids.items()}
-            fig = {
-                "req_s": n / run.window,
-                "loadgen_us": (_own_cpu() - mine) / n * 1e6,
-                "worker_us": sum(v for k, v in used.items() if k != "proxy") / n * 1e6,
-            }
-            if proc:
-                fig["proxy_us"] = used["proxy"] / n * 1e6
-                fig["proxy_share"] = used["proxy"] / run.window
-            figs[name].append(fig)
+        for name in round_order(names, r):
+            figs[name].append(await _ceiling_run(name, targets[name], procs.get(name), workers))
     return {name: {key: spread([f[key] for f in fs]) for key in fs[0]} for name, fs in figs.items()}
+
+
+async def _ceiling_run(
+    name: str, targets: list[Target], proc: Proc | None, workers: list[int]
+) -> dict[str, float]:
+    """One closed-loop run: answered req/s, and the CPU us per answered request of the load
+    generator, the stand-in workers and (when there is one) the proxy."""
+    pids = {"proxy": proc.pid} if proc else {}
+    pids |= {f"worker{i}": pid for i, pid in enumerate(workers)}
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    mine = _own_cpu()
+    run = await closed_loop(targets, CEILING_CONNS, duration=CEILING_SECONDS, timeout=10.0)
+    assert run.errors == 0, f"{name}: {run.errors} errors in the closed loop"
+    n = max(len(run.ok), 1)
+    used = {k: cpu_seconds(pid) - before[k] for k, pid in pids.items()}
+    fig = {
+        "req_s": n / run.window,
+        "loadgen_us": (_own_cpu() - mine) / n * 1e6,
+        "worker_us": sum(v for k, v in used.items() if k != "proxy") / n * 1e6,
+    }
+    if proc:
+        fig["proxy_us"] = used["proxy"] / n * 1e6
+        fig["proxy_share"] = used["proxy"] / run.window
+    return fig
 
 
 def _own_cpu() -> float:
@@ -85,7 +102,7 @@ async def _step(
     cpu: dict[str, list[float]] = {n: [] for n in targets}
     names = list(targets)
     for r in range(ROUNDS):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             proc = procs.get(name)
             before = cpu_seconds(proc.pid) if proc else 0.0
             run = await open_loop(targets[name], rate, SECONDS, seed=r + 1, timeout=5.0)
@@ -118,7 +135,7 @@ def _figures(name: str, runs: dict[str, list[RunResult]], cpu: list[float]) -> d
     }
 
 
-def _saturated_text(name: str, f: dict[str, dict[str, float]]) -> str:
+def _saturated_text(name: str, f: dict[str, Spread]) -> str:
     req = f["req_s"]
     text = f"{name} {req['median']:,.0f} req/s [{req['min']:,.0f}-{req['max']:,.0f}]"
     if "proxy_us" in f:
@@ -143,53 +160,39 @@ def _held(steps: list[dict[str, Any]], name: str) -> int:
 
 
 def _result(
-    steps: list[dict[str, Any]], saturated: dict[str, dict[str, Any]], stack: Stack
+    steps: list[dict[str, Any]], saturated: dict[str, dict[str, Spread]], stack: Stack
 ) -> Result:
-    res = Result(
-        "throughput",
-        "2. Throughput, open loop, non-streaming",
-        PINNING,
-        [
-            "offered/s",
-            "target",
-            "achieved/s",
-            "p50 ms",
-            "p99 ms",
-            "added p99 ms",
-            "added p99 min-max",
-            "errors",
-            "CPU us/req",
-            "held",
-        ],
-    )
-    for step in steps:
-        for name, fig in step["targets"].items():
-            a = fig["added_p99"]
-            res.rows.append(
-                {
-                    "offered/s": step["rate"],
-                    "target": name,
-                    "achieved/s": fig["achieved"],
-                    "p50 ms": fig["p50"],
-                    "p99 ms": fig["p99"],
-                    "errors": fig["errors"],
-                    "added p99 ms": None if name == "direct" else a["median"],
-                    "added p99 min-max": None
-                    if name == "direct"
-                    else f"{a['min']:.2f} - {a['max']:.2f}",
-                    "CPU us/req": fig["cpu_us_per_req"],
-                    "held": fig["held"]
-                    if name == "direct" or step["targets"]["direct"]["held"]
-                    else "past ceiling",
-                }
-            )
-    res.data = {
-        "steps": steps,
-        "held": {n: _held(steps, n) for n in stack.urls()},
-        "saturated": saturated,
+    res = Result("throughput", "2. Throughput, open loop, non-streaming", PINNING, list(COLUMNS))
+    res.rows = [_row(step, name, fig) for step in steps for name, fig in step["targets"].items()]
+    held = {n: _held(steps, n) for n in stack.urls()}
+    res.data = {"steps": steps, "held": held, "saturated": saturated}
+    _rate_goal(res, held)
+    _litellm_goal(res, held)
+    res.notes += [_scan_note(), stack.describe(), _ceiling_note(saturated)]
+    res.notes += [_upstream_note(held["direct"]), *stack.notes]
+    return res
+
+
+def _row(step: dict[str, Any], name: str, fig: dict[str, Any]) -> dict[str, Any]:
+    """One target at one rate; a proxy's `held` reads 'past ceiling' where direct missed."""
+    direct = name == "direct"
+    return {
+        "offered/s": step["rate"],
+        "target": name,
+        "achieved/s": fig["achieved"],
+        "p50 ms": fig["p50"],
+        "p99 ms": fig["p99"],
+        "errors": fig["errors"],
+        "added p99 ms": None if direct else fig["added_p99"]["median"],
+        "added p99 min-max": None if direct else min_max(fig["added_p99"], 2),
+        "CPU us/req": fig["cpu_us_per_req"],
+        "held": fig["held"] if direct or step["targets"]["direct"]["held"] else "past ceiling",
     }
-    ceiling = res.data["held"]["direct"]
-    gw = res.data["held"]["gateway"]
+
+
+def _rate_goal(res: Result, held: dict[str, int]) -> None:
+    """Over 1,500 req/s; not measurable here when direct's ceiling bounds the gateway below it."""
+    ceiling, gw = held["direct"], held["gateway"]
     bound = ceiling and gw >= 0.9 * ceiling
     figure = f"{gw} req/s" + (
         f" (within 10% of direct's {ceiling} req/s: bounded by the stand-in + load generator "
@@ -199,13 +202,22 @@ def _result(
     )
     met = gw > 1500 if gw > 1500 or not bound else None
     res.goal("over 1,500 requests/s held (0 errors, added p99 <= 10 ms)", figure, met)
-    lite = res.data["held"].get("litellm")
-    if lite is not None:
-        ratio = gw / lite if lite else None
-        res.data["ratio_vs_litellm"] = ratio
-        figure = f"{gw} / {lite} = {ratio:.1f}x" if ratio else "LiteLLM held no rate tested"
-        res.goal("at least 5x LiteLLM's held rate", figure, None if ratio is None else ratio >= 5)
-    res.notes.append(
+
+
+def _litellm_goal(res: Result, held: dict[str, int]) -> None:
+    """At least 5x LiteLLM's held rate, when LiteLLM took part."""
+    lite = held.get("litellm")
+    if lite is None:
+        return
+    gw = held["gateway"]
+    ratio = gw / lite if lite else None
+    res.data["ratio_vs_litellm"] = ratio
+    figure = f"{gw} / {lite} = {ratio:.1f}x" if ratio else "LiteLLM held no rate tested"
+    res.goal("at least 5x LiteLLM's held rate", figure, None if ratio is None else ratio >= 5)
+
+
+def _scan_note() -> str:
+    return (
         f"each rate: {ROUNDS} interleaved {SECONDS:g} s Poisson runs per target; "
         "latency from the scheduled send time; held = 0 errors and median "
         f"added p99 <= {MAX_ADDED_P99_MS:g} ms (direct: its own p99 <= "
@@ -213,18 +225,21 @@ def _result(
         "('past ceiling' otherwise); the scan stops once direct misses "
         f"{STRIKES} rates in a row"
     )
-    res.notes.append(stack.describe())
+
+
+def _ceiling_note(saturated: dict[str, dict[str, Spread]]) -> str:
     sat = "; ".join(_saturated_text(n, f) for n, f in saturated.items())
-    res.notes.append(
+    return (
         f"closed-loop ceiling ({CEILING_CONNS} connections, {CEILING_ROUNDS} interleaved "
         f"{CEILING_SECONDS:g} s runs each): {sat}. Direct's figure is what the load generator "
         "and the stand-in reach together on core 1"
     )
-    res.notes.append(
+
+
+def _upstream_note(ceiling: int) -> str:
+    return (
         f"upstream ceiling: direct held up to {ceiling} req/s open loop; a gateway figure "
         "within 10% of it is bounded by the stand-in + load generator core, "
         "not by the gateway. CPU us/req = the proxy process's CPU time per "
         "answered request (1e6 / it = its one-core capacity)"
     )
-    res.notes.extend(stack.notes)
-    return res
