@@ -43,6 +43,7 @@ _id_prefix, _id_counter = os.urandom(6).hex(), itertools.count()
 def _new_request_id() -> str:
     return f"{_id_prefix}{next(_id_counter):08x}"
 
+
 _JSON = "application/json"
 
 
