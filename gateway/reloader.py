@@ -9,6 +9,7 @@ ready before an old one drains, so the model keeps serving. One reload runs at a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -29,6 +30,14 @@ _POLL = 0.05
 
 class ReloadError(Exception):
     """The new config was valid but could not be applied in full."""
+
+
+class RollFailed(ReloadError):
+    """A model's new worker settings did not load; its replicas keep the old ones."""
+
+    def __init__(self, model: str, message: str):
+        super().__init__(message)
+        self.model = model
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,10 @@ class Reloader:
         return ReloadOutcome(True, self._version, plan.describe())
 
     async def _apply(self, plan: ReloadPlan, new: GatewayConfig) -> None:
+        """Apply `plan`; a model whose new settings failed stays on its old entry, so
+        reloading the same file tries it again."""
         gateway = self._gateway
+        old_entries = {m.name: m for m in gateway.config.models}
         for model in plan.add:
             gateway.scheduler.set_policy(model.name, policy(model))
             gateway.supervisor.start_model(model)
@@ -115,9 +127,12 @@ class Reloader:
             *(self._remove(name) for name in plan.remove),
             return_exceptions=True,
         )
-        errors = [str(r) for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise ReloadError("; ".join(errors))
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            kept = {e.model: old_entries[e.model] for e in failed if isinstance(e, RollFailed)}
+            models = tuple(kept.get(m.name, m) for m in new.models)
+            gateway.set_config(dataclasses.replace(new, models=models))
+            raise ReloadError("; ".join(str(e) for e in failed))
 
     async def _resize(self, change: ModelChange) -> None:
         model = change.model
@@ -139,9 +154,10 @@ class Reloader:
         if not await self._becomes_ready(new, model.startup_timeout):
             reason = new.error or "it did not become ready"
             await supervisor.stop_replica(new)
-            raise ReloadError(
+            raise RollFailed(
+                model.name,
                 f"{model.name}[{old.index}]: the new settings failed ({reason}); "
-                "the replica keeps running its old settings"
+                "the replica keeps running its old settings",
             )
         await self._retire(old)
 

@@ -167,6 +167,23 @@ def test_an_invalid_config_changes_nothing_and_is_reported(gateway: GatewayProce
     assert {w["pid"] for w in gateway.workers()} == pids
 
 
+def test_settings_that_fail_to_load_leave_the_old_replicas_serving(
+    gateway: GatewayProcess,
+) -> None:
+    apply(gateway, {**BASE, "models": [STEADY]})
+    assert wait_until(lambda: len(replicas_of(gateway, "steady")) == 2, 15)
+    pids = {w["pid"] for w in replicas_of(gateway, "steady")}
+    broken = {**STEADY, "standin": {**STEADY["standin"], "fail_load": "bad weights"}}
+    gateway.config_path.write_text(yaml.safe_dump({**BASE, "models": [broken]}))
+    with gateway.client(timeout=60) as client:
+        first = assert_error(client.post("/admin/reload"), 400, "reload_failed")
+        assert "bad weights" in first["message"]
+        assert answer(gateway, "steady").status_code == 200
+        assert {w["pid"] for w in replicas_of(gateway, "steady")} == pids
+        # The model still runs its old settings, so the same file is tried again.
+        assert_error(client.post("/admin/reload"), 400, "reload_failed")
+
+
 def test_with_watch_on_a_file_change_is_applied_by_itself(gateway: GatewayProcess) -> None:
     apply(gateway, {**BASE, "watch": True, "models": [STEADY]})
     version = admin_config(gateway)["version"]
