@@ -152,6 +152,7 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
         "load_seconds": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
         "embedding_dim": (_non_negative, "an integer >= 0 (0: no embeddings)"),
         "n_ctx": (_positive, "a positive integer"),
+        "n_vocab": (_positive, "a positive integer"),
         "fail_load": (_str, "an error message the load fails with"),
         "error_after_tokens": (_non_negative, "an integer >= 0"),
         "exit_after_tokens": (_non_negative, "an integer >= 0"),

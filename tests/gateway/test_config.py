@@ -98,3 +98,21 @@ def test_standin_models_need_no_file(tmp_path: Path) -> None:
     config = parse(tmp_path, [{"name": "s", "engine": "standin", "standin": {"tokens": 4}}])
     assert config.models[0].path is None
     assert config.models[0].standin["tokens"] == 4
+
+
+def test_every_llama_key_is_a_llama_cpp_argument() -> None:
+    import inspect
+
+    from llama_cpp import Llama
+
+    from gateway.config import LLAMA_PARAMS
+
+    accepted = set(inspect.signature(Llama.__init__).parameters)
+    assert set(LLAMA_PARAMS) <= accepted, set(LLAMA_PARAMS) - accepted
+
+
+def test_the_standin_keys_are_the_standin_options() -> None:
+    from gateway.config import STANDIN_PARAMS
+    from workers.standin import StandinOptions
+
+    assert set(STANDIN_PARAMS) == set(StandinOptions.__dataclass_fields__)
