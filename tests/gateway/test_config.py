@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import pytest
+from llama_cpp import Llama
 
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.config import LLAMA_PARAMS, STANDIN_PARAMS, ConfigError, load_config, parse_config
+from workers.standin import StandinOptions
 
 
 @pytest.fixture
@@ -101,18 +104,9 @@ def test_standin_models_need_no_file(tmp_path: Path) -> None:
 
 
 def test_every_llama_key_is_a_llama_cpp_argument() -> None:
-    import inspect
-
-    from llama_cpp import Llama
-
-    from gateway.config import LLAMA_PARAMS
-
     accepted = set(inspect.signature(Llama.__init__).parameters)
     assert set(LLAMA_PARAMS) <= accepted, set(LLAMA_PARAMS) - accepted
 
 
 def test_the_standin_keys_are_the_standin_options() -> None:
-    from gateway.config import STANDIN_PARAMS
-    from workers.standin import StandinOptions
-
     assert set(STANDIN_PARAMS) == set(StandinOptions.__dataclass_fields__)
