@@ -125,7 +125,8 @@ class Relay:
         headers = [*_SSE_HEADERS, (b"x-request-id", self._request_id)]
         await send(_start(self._upstream.status, headers))
         # Closing the upstream connection (in __call__) is what stops the worker's generation.
-        await until_disconnect(receive, self._relay_events(send))
+        with contextlib.suppress(ClientGone):  # nobody is left to tell
+            await until_disconnect(receive, self._relay_events(send))
 
     async def _relay_events(self, send: Send) -> None:
         watchdog = _IdleWatchdog(self._idle_timeout)

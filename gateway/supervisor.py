@@ -136,6 +136,9 @@ class Supervisor:
             *worker_command(model, port, os.getpid()),
             env=worker_env(model, replica.index, dict(os.environ)),
             stdin=asyncio.subprocess.DEVNULL,
+            # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop
+            # a worker mid-request; the gateway drains, then stops its workers itself.
+            start_new_session=True,
         )
         self._procs[replica] = proc
         self._registry.mark_starting(replica, proc.pid, port)

@@ -118,7 +118,8 @@ class GatewayProcess:
         command = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
                    "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
         if expect_ready and not wait_until(self._ready, ready_timeout, 0.1):
             self.stop()
             raise AssertionError(f"gateway not ready in {ready_timeout} s:\n{self.log()}")

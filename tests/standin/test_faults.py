@@ -175,9 +175,9 @@ def test_load_retries_back_off(gateway: GatewayProcess) -> None:
     assert replicas_of(gateway, "broken")[0]["restarts"] <= 4
 
 
-def draining_gateway(tmp_path: Path, drain_timeout: float) -> GatewayProcess:
+def draining_gateway(tmp_path: Path, drain_timeout: float, tokens: int = 40) -> GatewayProcess:
     config = {"server": {"drain_timeout": drain_timeout},
-              "models": [standin("m", token_delay=0.05, tokens=40)]}  # fmt: skip
+              "models": [standin("m", token_delay=0.05, tokens=tokens)]}  # fmt: skip
     return GatewayProcess(config, tmp_path).start()
 
 
@@ -209,6 +209,20 @@ def test_sigterm_refuses_new_requests_and_finishes_those_in_flight(tmp_path: Pat
     assert sse_data(running.result["text"])[-1] == "[DONE]"  # type: ignore[attr-defined]
     assert gateway.proc.wait(15) == 0
     assert not any(pid_alive(p) for p in pids)
+
+
+def test_ctrl_c_to_the_process_group_drains_without_stopping_workers_first(
+    tmp_path: Path,
+) -> None:
+    # 7 s of tokens: longer than a worker's own shutdown grace (5 s) if the signal reached it.
+    gateway = draining_gateway(tmp_path, drain_timeout=30, tokens=140)
+    running = in_flight(gateway)
+    assert gateway.proc is not None
+    os.killpg(gateway.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    running.join(20)
+    assert running.result["status"] == 200  # type: ignore[attr-defined]
+    assert sse_data(running.result["text"])[-1] == "[DONE]"  # type: ignore[attr-defined]
+    assert gateway.proc.wait(15) == 0
 
 
 def test_sigterm_stops_waiting_after_the_drain_timeout(tmp_path: Path) -> None:
