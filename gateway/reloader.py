@@ -76,10 +76,12 @@ class Reloader:
     async def reload(self) -> ReloadOutcome:
         """Validate the config file in full; apply it if valid. Never raises."""
         async with self._lock:
-            self._last = await self._reload()
-            log_line = "; ".join(self._last.changes) or self._last.error
-            (log.info if self._last.ok else log.error)("reload: %s", log_line)
-            return self._last
+            outcome = self._last = await self._reload()
+            if outcome.ok:
+                log.info("reload applied: %s", "; ".join(outcome.changes))
+            else:
+                log.error("reload failed: %s", outcome.error)
+            return outcome
 
     async def watch(self, interval: float = 1.0) -> None:
         """Reload whenever the file's content changes, while the config says `watch: true`."""
