@@ -16,4 +16,7 @@ def set_log_name(name: str) -> None:
 
 
 def log(message: str) -> None:
-    print(f"{_prefix} {message}", file=sys.stderr, flush=True)
+    # One write per line (print() writes the newline separately): workers share the
+    # gateway's stderr, and a single short write is not split by another process's.
+    sys.stderr.write(f"{_prefix} {message}\n")
+    sys.stderr.flush()
