@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +172,21 @@ def test_requests_for_a_model_that_cannot_load_get_503_with_the_reason(
     assert "broken" in error["message"]
 
 
+def exit_times(gateway: GatewayProcess, model: str) -> list[float]:
+    """When each worker of `model` exited, read from the gateway's log."""
+    line = re.compile(
+        rf"^(\S+ \S+) WARNING gateway\.supervisor: {model}\[0\]: worker pid \d+ exited"
+    )
+    matches = (line.match(text) for text in gateway.log_path.read_text().splitlines())
+    return [datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() for m in matches if m]
+
+
 def test_load_retries_back_off(gateway: GatewayProcess) -> None:
-    time.sleep(3)
-    # Without backoff a failing load would restart every few hundred ms.
-    assert replicas_of(gateway, "broken")[0]["restarts"] <= 4
+    assert wait_until(lambda: len(exit_times(gateway, "broken")) >= 4, 40)
+    times = exit_times(gateway, "broken")[:4]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # Every attempt takes as long to fail; the wait before the next one doubles: 1, 2, 4 s.
+    assert gaps[1] - gaps[0] > 0.5 and gaps[2] - gaps[1] > 1.2, gaps
 
 
 def draining_gateway(tmp_path: Path, drain_timeout: float, tokens: int = 40) -> GatewayProcess:
