@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 import aiohttp
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from .errors import UpstreamFailed, UpstreamTimeout, error_body
 from .scheduler import Lease
 
 __all__ = ["ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
-
-from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -117,7 +116,11 @@ class Relay:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
             status, body = failure.status, failure.body()
-        headers = [(b"content-type", b"application/json"), (b"x-request-id", self._request_id)]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", self._request_id),
+        ]
         await send(_start(status, headers))
         await send(_body(body, more=False))
 
