@@ -21,7 +21,7 @@ import aiohttp
 from .config import GatewayConfig, HealthConfig, ModelConfig
 from .registry import Registry, Replica
 
-__all__ = ["Supervisor", "restart_delay", "worker_command", "worker_env"]
+__all__ = ["Supervisor", "llama_params", "restart_delay", "worker_command", "worker_env"]
 
 log = logging.getLogger("gateway.supervisor")
 
