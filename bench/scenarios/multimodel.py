@@ -17,7 +17,7 @@ from .models import GEMMA, SMOLLM, gateway_model, server_model
 
 __all__ = ["REQUESTS", "multimodel"]
 
-REQUESTS, MAX_TOKENS, THREADS, ROUNDS = 20, 16, 2, 2
+REQUESTS, MAX_TOKENS, THREADS, ROUNDS = 20, 16, 2, 4
 PINNING = "nothing pinned (every process may use both cores; each model runs 2 threads)"
 METHOD = (
     f"{ROUNDS} interleaved rounds; sequential requests alternating smollm2 / "
