@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["worker"]:
         from workers.cli import main as worker_main  # the worker needs no gateway import
 
-        code: int = worker_main(args[1:])
+        code: int = worker_main(args[1:], prog="llm-gateway worker")
         return code
     options = _parser().parse_args(args)
     try:

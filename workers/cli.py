@@ -34,9 +34,9 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="workers", description="Serve one GGUF model (or a stand-in) over OpenAI's API."
+        prog=prog, description="Serve one GGUF model (or a stand-in) over OpenAI's API."
     )
     parser.add_argument("--model-name", required=True, help="name reported as `model`")
     parser.add_argument("--port", type=int, required=True)
@@ -97,8 +97,8 @@ def _finish(exit_code: asyncio.Future[int], code: int) -> None:
         exit_code.set_result(code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         tie_to_parent(args.parent_pid)
