@@ -117,10 +117,6 @@ class Registry:
         replica.error = None
         self._notify(replica.model)
 
-    def mark_failed(self, replica: Replica, error: str) -> None:
-        replica.state = ReplicaState.FAILED
-        replica.error = error
-
     def mark_exited(self, replica: Replica, error: str | None) -> None:
         """The worker process is gone; it will be restarted unless it is being retired."""
         if replica.state is not ReplicaState.DRAINING:

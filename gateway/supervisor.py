@@ -25,7 +25,6 @@ __all__ = ["Supervisor", "llama_params", "restart_delay", "worker_command", "wor
 
 log = logging.getLogger("gateway.supervisor")
 
-_STATUS_TIMEOUT = aiohttp.ClientTimeout(total=2)
 _FAILED_EXIT_WAIT = 3.0
 
 
@@ -80,7 +79,7 @@ class Supervisor:
 
     async def start(self) -> None:
         """Register every replica and start all workers at once; does not wait for them."""
-        self._session = aiohttp.ClientSession(timeout=_STATUS_TIMEOUT)
+        self._session = aiohttp.ClientSession()  # every status call sets its own timeout
         for model in self._models:
             self.start_model(model)
 

@@ -121,7 +121,7 @@ async def test_a_replica_becoming_ready_serves_the_queue() -> None:
 
 async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> None:
     registry, scheduler = make()
-    registry.mark_failed(registry.replicas("m")[0], "bad GGUF")
+    registry.mark_exited(registry.replicas("m")[0], "bad GGUF")
     with pytest.raises(Unavailable, match="bad GGUF"):
         await scheduler.acquire("m")
 
