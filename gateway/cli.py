@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, GatewayConfig, ModelConfig, load_config
-from .supervisor import llama_params
+from .launch import llama_params
 
 __all__ = ["main"]
 

@@ -156,6 +156,8 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
         "fail_load": (_str, "an error message the load fails with"),
         "error_after_tokens": (_non_negative, "an integer >= 0"),
         "exit_after_tokens": (_non_negative, "an integer >= 0"),
+        "crash_on_warmup": (_bool, "true or false"),
+        "crash_on_request": (_bool, "true or false"),
     }
 )
 

@@ -41,6 +41,7 @@ class Replica:
     restarts: int = 0
     loaded_at: float | None = None
     error: str | None = None
+    last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
 
     @property
     def free(self) -> bool:
@@ -60,6 +61,7 @@ class Replica:
             "restarts": self.restarts,
             "loaded_at": self.loaded_at,
             "error": self.error,
+            "last_exit": self.last_exit,
         }
 
 
@@ -89,7 +91,7 @@ class Registry:
         self._by_model[replica.model].remove(replica)
 
     def on_capacity(self, listener: Listener) -> None:
-        """Call `listener(model)` whenever a replica of `model` may take more work."""
+        """Call `listener(model)` whenever a replica of `model` may take more work or has exited."""
         self._listeners.append(listener)
 
     def models(self) -> list[str]:
@@ -117,13 +119,16 @@ class Registry:
         replica.error = None
         self._notify(replica.model)
 
-    def mark_exited(self, replica: Replica, error: str | None) -> None:
-        """The worker process is gone; it will be restarted unless it is being retired."""
+    def mark_exited(self, replica: Replica, error: str | None, how: str | None) -> None:
+        """The worker process is gone (`how`: its exit code or signal, None if it never ran);
+        it will be restarted unless it is being retired."""
         if replica.state is not ReplicaState.DRAINING:
             replica.state = ReplicaState.FAILED if error else ReplicaState.STARTING
         replica.error = error
+        replica.last_exit = how or replica.last_exit
         replica.restarts += 1
         replica.pid = None
+        self._notify(replica.model)  # a model left with no working replica fails its queue
 
     def mark_stopped(self, replica: Replica) -> None:
         replica.state = ReplicaState.STOPPED

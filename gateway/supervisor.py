@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import socket
-import sys
-import time
 from typing import Any
 
 import aiohttp
 
 from .config import GatewayConfig, HealthConfig, ModelConfig
+from .launch import describe_exit, spawn
 from .registry import Registry, Replica
 
-__all__ = ["Supervisor", "llama_params", "restart_delay", "worker_command", "worker_env"]
+__all__ = ["Supervisor", "restart_delay"]
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -31,39 +28,6 @@ _FAILED_EXIT_WAIT = 3.0
 def restart_delay(failures: int) -> float:
     """Seconds before the next start after `failures` starts in a row that never became ready."""
     return float(min(30.0, 0.5 * 2**failures))
-
-
-def llama_params(model: ModelConfig) -> dict[str, Any]:
-    """The Llama kwargs a replica gets: a replica pinned to GPUs offloads every layer by default."""
-    params = dict(model.llama)
-    params.setdefault("n_gpu_layers", -1 if model.gpus else 0)
-    return params
-
-
-def worker_command(model: ModelConfig, port: int, parent_pid: int) -> list[str]:
-    command = [sys.executable, "-m", "workers", "--model-name", model.name,
-               "--host", "127.0.0.1", "--port", str(port), "--engine", model.engine,
-               "--parent-pid", str(parent_pid)]  # fmt: skip
-    if model.path is not None:
-        command += ["--model-path", str(model.path)]
-    if model.engine == "llama":
-        command += ["--llama-json", json.dumps(llama_params(model))]
-    else:
-        command += ["--standin-json", json.dumps(dict(model.standin))]
-        command += ["--concurrency", str(model.capacity)]
-    return command
-
-
-def worker_env(model: ModelConfig, index: int, base: dict[str, str]) -> dict[str, str]:
-    """The worker's environment: CPU replicas see no GPU at all, so a CUDA build cannot grab one."""
-    return {**base, "CUDA_VISIBLE_DEVICES": model.device(index) or ""}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Supervisor:
@@ -124,41 +88,38 @@ class Supervisor:
     async def _keep_running(self, model: ModelConfig, replica: Replica) -> None:
         failures = 0
         while True:
-            became_ready = await self._run_once(model, replica)
+            try:
+                became_ready = await self._run_once(model, replica)
+            except Exception as exc:  # no port, no file descriptors, no fork: try again later
+                log.exception("%s[%d]: could not start a worker", model.name, replica.index)
+                self._registry.mark_exited(replica, f"could not start the worker: {exc}", None)
+                became_ready = False
             failures = 0 if became_ready else failures + 1
             await asyncio.sleep(restart_delay(failures))
 
     async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
         """Run one worker process to its end; return whether it ever became ready."""
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            *worker_command(model, port, os.getpid()),
-            env=worker_env(model, replica.index, dict(os.environ)),
-            stdin=asyncio.subprocess.DEVNULL,
-            # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop
-            # a worker mid-request; the gateway drains, then stops its workers itself.
-            start_new_session=True,
-        )
+        launch = await spawn(model, replica.index)
+        proc = launch.proc
         self._procs[replica] = proc
-        self._registry.mark_starting(replica, proc.pid, port)
+        self._registry.mark_starting(replica, proc.pid, launch.port)
         log.info("%s[%d]: started worker pid %d on port %d", model.name, replica.index,
-                 proc.pid, port)  # fmt: skip
+                 proc.pid, launch.port)  # fmt: skip
         try:
-            error = await self._wait_ready(model, replica, proc)
+            error = await launch.until_ready(model.startup_timeout)
             if error is None:
                 self._registry.mark_ready(replica)
                 log.info("%s[%d]: ready", model.name, replica.index)
-                code: int | None = await self._watch(replica, proc)
-                error_on_exit = None
+                await self._watch(replica, proc)
             else:
                 await self._reap(proc, _FAILED_EXIT_WAIT)
-                error_on_exit = error
-                code = proc.returncode
         finally:
+            launch.close()
             self._procs.pop(replica, None)
-        log.warning("%s[%d]: worker pid %d exited (code %s)%s", model.name, replica.index,
-                    proc.pid, code, f": {error_on_exit}" if error_on_exit else "")  # fmt: skip
-        self._registry.mark_exited(replica, error_on_exit)
+        how = describe_exit(proc.returncode)
+        log.warning("%s[%d]: worker pid %d exited (%s)%s", model.name, replica.index, proc.pid,
+                    how, f": {error}" if error else "")  # fmt: skip
+        self._registry.mark_exited(replica, error, how)
         return error is None
 
     async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> int:
@@ -182,24 +143,6 @@ class Supervisor:
                             replica.model, replica.index, proc.pid)  # fmt: skip
                 _signal(proc, signal.SIGKILL)
         return exited.result()
-
-    async def _wait_ready(
-        self, model: ModelConfig, replica: Replica, proc: asyncio.subprocess.Process
-    ) -> str | None:
-        """Poll the worker's status until it is ready; return why not otherwise."""
-        deadline = time.monotonic() + model.startup_timeout
-        delay = 0.05
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                return f"worker exited with code {proc.returncode} while loading"
-            status = await self._status(replica.url)
-            if status and status.get("state") in ("ready", "busy"):
-                return None
-            if status and status.get("state") == "failed":
-                return str(status.get("error") or "the worker failed to load the model")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        return f"the model did not load within startup_timeout ({model.startup_timeout:g} s)"
 
     async def _status(self, url: str, timeout: float = 2.0) -> dict[str, Any] | None:
         assert self._session is not None

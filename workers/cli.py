@@ -53,6 +53,12 @@ def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=int, default=1, help="requests served at once (stand-in only)"
     )
+    parser.add_argument(
+        "--phase-fd",
+        type=int,
+        help="write each lifecycle change (loading, warming_up, ready, "
+        "failed REASON) as a line to this inherited file descriptor",
+    )
     return parser
 
 
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
 
     async def run() -> int:
         # Worker owns an asyncio.Lock: build it inside the running loop.
-        worker_holder.append(Worker(args.model_name, engine, path, args.concurrency))
+        worker_holder.append(Worker(args.model_name, engine, path, args.concurrency, args.phase_fd))
         return await serve(worker_holder[0], args.host, args.port)
 
     return asyncio.run(run())

@@ -42,6 +42,9 @@ __all__ = ["LlamaEngine", "llama_kwargs"]
 # llama-cpp-python 0.3.36 raises ValueError with this text when the prompt fills the context.
 _CONTEXT_ERROR = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 _MEAN_POOLING = 1
+# Decoded once before the worker says ready: several tokens, so one batch goes through the
+# matrix-multiply kernels that a broken CPU build crashes in (ggml's AMX path on some Xeons).
+WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, then runs far away."
 _NO_LOGITS_ALL = (
     "This model was loaded without logits_all, which llama-cpp-python needs to compute "
     "logprobs: set `logits_all: true` in the model's llama options in config.yaml"
@@ -142,6 +145,16 @@ class LlamaEngine:
             n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)),
             embedding=bool(self.kwargs.get("embedding", False)),
         )
+
+    def warm_up(self) -> None:
+        """Decode one multi-token batch, as llama-server does before it accepts requests."""
+        llama = self._llama
+        if self.kwargs.get("embedding"):
+            llama.embed(WARM_UP_TEXT)
+            return
+        tokens = llama.tokenize(WARM_UP_TEXT.encode(), add_bos=True, special=False)
+        llama.eval(tokens[: max(2, min(len(tokens), llama.n_ctx() - 1))])
+        llama.reset()  # the next prompt starts from an empty context
 
     def _begin(
         self,

@@ -61,12 +61,19 @@ Shaper = Callable[[StreamItem], RawChunk | None]
 class Worker:
     """One model behind `concurrency` slots, each with its own engine thread (llama: one)."""
 
-    def __init__(self, model: str, engine: Engine, path: str | None, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        model: str,
+        engine: Engine,
+        path: str | None,
+        concurrency: int = 1,
+        phase_fd: int | None = None,
+    ) -> None:
         self.model = model
         self.engine = engine
         self._free = [EngineThread(f"engine-{i}") for i in range(concurrency)]
         self.thread = self._free[0]  # loads the model
-        self.status = WorkerStatus(model, engine.kind, path, concurrency)
+        self.status = WorkerStatus(model, engine.kind, path, concurrency, phase_fd)
 
     @asynccontextmanager
     async def generation(
@@ -81,20 +88,30 @@ class Worker:
                 self._free.append(thread)
 
     async def load(self) -> bool:
+        """Load the model, then warm it up: no request is served before both have passed."""
         log(f"loading {self.engine.kind} model from {self.status.path}")
         began = time.monotonic()
         try:
             info = await self.thread.call(self.engine.load)
         except Exception as exc:
-            self.status.mark_failed(f"{type(exc).__name__}: {exc}")
-            log(f"load failed: {self.status.error}")
-            return False
-        self.status.mark_ready(info, time.monotonic() - began)
-        log(f"ready in {self.status.load_seconds:.2f}s (n_ctx={info.n_ctx})")
+            return self._failed(f"{type(exc).__name__}: {exc}")
+        self.status.mark_loaded(info, time.monotonic() - began)
+        log(f"loaded in {self.status.load_seconds:.2f}s (n_ctx={info.n_ctx}); warming up")
+        try:
+            await self.thread.call(self.engine.warm_up)
+        except Exception as exc:
+            return self._failed(f"warm-up failed: {type(exc).__name__}: {exc}")
+        self.status.mark_ready()
+        log(f"ready in {time.monotonic() - began:.2f}s")
         return True
 
+    def _failed(self, error: str) -> bool:
+        self.status.mark_failed(error)
+        log(f"load failed: {error}")
+        return False
+
     def require_ready(self) -> None:
-        if self.status.state == "loading":
+        if self.status.state in ("loading", "warming_up"):
             raise ApiError(503, "The model is still loading", "server_error", None, "model_loading")
         if self.status.state == "failed":
             message = f"The model failed to load: {self.status.error}"

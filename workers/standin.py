@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ class StandinOptions:
     fail_load: str | None = None  # load raises this message (failed-start tests)
     error_after_tokens: int | None = None  # raise mid-generation (in-stream error tests)
     exit_after_tokens: int | None = None  # os._exit mid-generation (crash tests)
+    crash_on_warmup: bool = False  # SIGSEGV during warm-up, as a broken llama.cpp build does
+    crash_on_request: bool = False  # SIGSEGV on the first generated token
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StandinOptions:
@@ -52,6 +55,11 @@ class StandinOptions:
         if unknown:
             raise ValueError(f"unknown stand-in options: {unknown}")
         return cls(**data)
+
+
+def _crash() -> None:
+    """Die of SIGSEGV, as native code that reads a bad address does."""
+    os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def _words(text: str) -> int:
@@ -72,6 +80,10 @@ class StandinEngine:
             n_ctx=self.options.n_ctx, n_gpu_layers=0, embedding=self.options.embedding_dim > 0
         )
 
+    def warm_up(self) -> None:
+        if self.options.crash_on_warmup:
+            _crash()
+
     # Generation: "tok0 tok1 ...", one word per token, deterministic.
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
@@ -86,6 +98,8 @@ class StandinEngine:
                 raise RuntimeError("stand-in: injected generation error")
             if self.options.exit_after_tokens is not None and i >= self.options.exit_after_tokens:
                 os._exit(17)
+            if self.options.crash_on_request:
+                _crash()
             yield f"tok{i}" if i == 0 else f" tok{i}"
 
     def _finish(self, produced: int, max_tokens: int | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
@@ -29,12 +30,27 @@ class RequestRecord:
 
 
 class WorkerStatus:
-    def __init__(self, model: str, engine: str, path: str | None, concurrency: int = 1) -> None:
+    """Lifecycle: loading -> warming_up -> ready, or failed from either.
+
+    Each change is also written, one line each, to `phase_fd` when the supervisor gave one: it
+    learns of readiness at once, and of the phase a worker was in when it crashed, which a
+    status poll can miss.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        engine: str,
+        path: str | None,
+        concurrency: int = 1,
+        phase_fd: int | None = None,
+    ) -> None:
         self.model = model
         self.engine = engine
         self.path = path
         self.started_at = time.time()
-        self.state = "loading"  # -> "ready" | "failed"; "busy" is derived from the slots
+        self.state = "loading"  # "busy" is derived from the slots
+        self._phase_fd = phase_fd
         self.error: str | None = None
         self.info = EngineInfo(n_ctx=0, n_gpu_layers=0, embedding=False)
         self.load_seconds: float | None = None
@@ -44,15 +60,26 @@ class WorkerStatus:
         # A llama context is not re-entrant: one slot. Only a stand-in may have more.
         self.slots = asyncio.Semaphore(concurrency)
 
-    def mark_ready(self, info: EngineInfo, load_seconds: float) -> None:
+    def mark_loaded(self, info: EngineInfo, load_seconds: float) -> None:
         self.info = info
         self.load_seconds = load_seconds
+        self._enter("warming_up")
+
+    def mark_ready(self) -> None:
         self.loaded_at = time.time()
-        self.state = "ready"
+        self._enter("ready")
 
     def mark_failed(self, error: str) -> None:
         self.error = error
-        self.state = "failed"
+        self._enter("failed", error)
+
+    def _enter(self, state: str, detail: str = "") -> None:
+        self.state = state
+        if self._phase_fd is not None:
+            line = f"{state} {' '.join(detail.split())}".strip() + "\n"
+            # The gateway may be gone (EPIPE): then nobody needs to know.
+            with contextlib.suppress(OSError):
+                os.write(self._phase_fd, line.encode())
 
     def current_state(self) -> str:
         return "busy" if self.state == "ready" and self.slots.locked() else self.state

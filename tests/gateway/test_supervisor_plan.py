@@ -1,4 +1,4 @@
-"""What each worker is given: its command line, its GPU pinning and its llama params."""
+"""What each worker is given (command line, GPU pinning, llama params) and how its end is told."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from gateway.config import ModelConfig
-from gateway.supervisor import llama_params, restart_delay, worker_command, worker_env
+from gateway.launch import crash_reason, describe_exit, llama_params, worker_command, worker_env
+from gateway.supervisor import restart_delay
 
 
 def model(**kw: object) -> ModelConfig:
@@ -42,3 +43,30 @@ def test_worker_command_carries_model_port_parent_and_params() -> None:
 def test_restart_backoff_doubles_and_is_capped() -> None:
     assert [restart_delay(n) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
     assert restart_delay(20) == 30.0
+
+
+def test_worker_command_passes_the_phase_pipe_when_given() -> None:
+    command = worker_command(model(), port=9001, parent_pid=1, phase_fd=7)
+    assert command[command.index("--phase-fd") + 1] == "7"
+    assert "--phase-fd" not in worker_command(model(), port=9001, parent_pid=1)
+
+
+def test_every_exit_is_named_by_its_code_or_signal() -> None:
+    assert describe_exit(0) == "exit code 0"
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-11) == "SIGSEGV, signal 11"
+    assert describe_exit(-9) == "SIGKILL, signal 9"
+    assert describe_exit(-200) == "unknown signal, signal 200"
+    assert describe_exit(None) == "still running"
+
+
+def test_a_native_crash_before_ready_names_the_phase_and_points_at_cpu_builds() -> None:
+    assert crash_reason("warming_up", -11) == (
+        'worker crashed during warm-up (SIGSEGV, signal 11) - see README "CPU builds"'
+    )
+    assert crash_reason("loading", -4) == (
+        'worker crashed while loading the model (SIGILL, signal 4) - see README "CPU builds"'
+    )
+    # Killed (e.g. by the OOM killer) or a plain exit: no build hint.
+    assert crash_reason("warming_up", -9) == "worker crashed during warm-up (SIGKILL, signal 9)"
+    assert crash_reason("loading", 1) == "worker exited while loading the model (exit code 1)"

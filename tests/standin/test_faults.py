@@ -47,11 +47,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
                 "idle_timeout": 0.4,
             },
             {"name": "broken", "path": str(garbage), "llama": {"n_ctx": 256}},
+            standin("segv-warmup", crash_on_warmup=True),
+            {**standin("segv-request", crash_on_request=True), "queue_timeout": 10},
         ],
     }
     gateway = GatewayProcess(config, folder).start(expect_ready=False)
     try:
-        assert wait_until(lambda: ready_replicas(gateway) == 4, 30), gateway.log()
+        assert wait_until(lambda: ready_replicas(gateway) == 5, 30), gateway.log()
         yield gateway
     finally:
         gateway.stop()
@@ -170,6 +172,45 @@ def test_requests_for_a_model_that_cannot_load_get_503_with_the_reason(
         response = client.post("/v1/chat/completions", json={"model": "broken", **CHAT})
     error = assert_error(response, 503, "model_unavailable")
     assert "broken" in error["message"]
+
+
+WARMUP_CRASH = 'worker crashed during warm-up (SIGSEGV, signal 11) - see README "CPU builds"'
+
+
+def test_a_worker_that_crashes_in_warm_up_is_a_failed_replica_that_gets_no_traffic(
+    gateway: GatewayProcess,
+) -> None:
+    assert wait_until(lambda: replicas_of(gateway, "segv-warmup")[0]["error"] == WARMUP_CRASH, 10)
+    (replica,) = replicas_of(gateway, "segv-warmup")
+    assert replica["state"] in ("failed", "starting") and replica["requests_served"] == 0
+    assert replica["last_exit"] == "SIGSEGV, signal 11"
+    assert (
+        WARMUP_CRASH in httpx.get(gateway.url + "/ready").json()["models"]["segv-warmup"]["errors"]
+    )
+    log = gateway.log_path.read_text()
+    assert "segv-warmup[0]: worker pid" in log and WARMUP_CRASH in log
+    assert "segv-warmup[0]: ready" not in log  # never routed to
+    # Back-off: the restarts slow down (1, 2, 4 s...) instead of a crash loop.
+    assert wait_until(lambda: len(exit_times(gateway, "segv-warmup")) >= 3, 20)
+    times = exit_times(gateway, "segv-warmup")[:3]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[1] > gaps[0] + 0.5, gaps
+
+
+def test_a_worker_that_crashes_on_a_request_is_restarted_and_its_caller_gets_a_clean_error(
+    gateway: GatewayProcess,
+) -> None:
+    (before,) = replicas_of(gateway, "segv-request")
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": "segv-request", **CHAT})
+    assert_error(response, response.status_code)
+    assert response.status_code in (502, 503), response.text
+    assert wait_until(lambda: replicas_of(gateway, "segv-request")[0]["state"] == "ready", 10)
+    (after,) = replicas_of(gateway, "segv-request")
+    assert after["restarts"] > before["restarts"] and after["last_exit"] == "SIGSEGV, signal 11"
+    assert "segv-request[0]: worker pid" in gateway.log_path.read_text()
+    assert re.search(r"segv-request\[0\]: worker pid \d+ exited \(SIGSEGV, signal 11\)",
+                     gateway.log_path.read_text())  # fmt: skip
 
 
 def exit_times(gateway: GatewayProcess, model: str) -> list[float]:

@@ -1,0 +1,151 @@
+"""Starting one worker process, and how its start-up ends: ready, failed (with why), or dead.
+
+A worker writes each lifecycle change (`loading`, `warming_up`, `ready`, `failed REASON`) as one
+line to a pipe the gateway hands it. Reading that pipe, rather than polling `/status`, learns of
+readiness at once and names the phase a worker crashed in: a crash during warm-up is what a
+broken CPU build of llama.cpp looks like (see README "CPU builds").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ModelConfig
+
+__all__ = [
+    "Launch",
+    "crash_reason",
+    "describe_exit",
+    "free_port",
+    "llama_params",
+    "spawn",
+    "worker_command",
+    "worker_env",
+]
+
+# Signals by which native code dies when a build does not fit the CPU (or reads a bad address).
+_NATIVE_CRASHES = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
+CPU_BUILDS_HINT = 'see README "CPU builds"'
+
+
+def llama_params(model: ModelConfig) -> dict[str, Any]:
+    """The Llama kwargs a replica gets: a replica pinned to GPUs offloads every layer by default."""
+    params = dict(model.llama)
+    params.setdefault("n_gpu_layers", -1 if model.gpus else 0)
+    return params
+
+
+def worker_command(
+    model: ModelConfig, port: int, parent_pid: int, phase_fd: int | None = None
+) -> list[str]:
+    command = [sys.executable, "-m", "workers", "--model-name", model.name,
+               "--host", "127.0.0.1", "--port", str(port), "--engine", model.engine,
+               "--parent-pid", str(parent_pid)]  # fmt: skip
+    if phase_fd is not None:
+        command += ["--phase-fd", str(phase_fd)]
+    if model.path is not None:
+        command += ["--model-path", str(model.path)]
+    if model.engine == "llama":
+        command += ["--llama-json", json.dumps(llama_params(model))]
+    else:
+        command += ["--standin-json", json.dumps(dict(model.standin))]
+        command += ["--concurrency", str(model.capacity)]
+    return command
+
+
+def worker_env(model: ModelConfig, index: int, base: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: CPU replicas see no GPU at all, so a CUDA build cannot grab one."""
+    return {**base, "CUDA_VISIBLE_DEVICES": model.device(index) or ""}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a process ended, for people: "exit code 3" or "SIGSEGV, signal 11"."""
+    if returncode is None:
+        return "still running"
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = "unknown signal"
+    return f"{name}, signal {-returncode}"
+
+
+def crash_reason(phase: str, returncode: int) -> str:
+    """Why a worker that died before it was ready is a failed replica."""
+    how = describe_exit(returncode)
+    crashed = returncode < 0
+    hint = f" - {CPU_BUILDS_HINT}" if crashed and -returncode in _NATIVE_CRASHES else ""
+    verb = "crashed" if crashed else "exited"
+    where = "during warm-up" if phase == "warming_up" else "while loading the model"
+    return f"worker {verb} {where} ({how}){hint}"
+
+
+@dataclass(eq=False)
+class Launch:
+    """One started worker process and the read end of its phase pipe."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    _phases: asyncio.StreamReader
+    _transport: asyncio.BaseTransport
+    phase: str = field(default="loading")
+
+    async def until_ready(self, timeout: float) -> str | None:
+        """None once the worker says ready; otherwise why it never will."""
+        try:
+            async with asyncio.timeout(timeout):
+                while line := await self._phases.readline():
+                    phase, _, detail = line.decode(errors="replace").strip().partition(" ")
+                    if phase == "ready":
+                        return None
+                    if phase == "failed":
+                        return detail or "the worker failed to load the model"
+                    self.phase = phase
+                # End of the pipe: the worker is gone (or closing).
+                return crash_reason(self.phase, await self.proc.wait())
+        except TimeoutError:
+            return f"the model did not load within startup_timeout ({timeout:g} s)"
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+async def spawn(model: ModelConfig, index: int) -> Launch:
+    """Start a worker for replica `index` of `model` on a fresh loopback port."""
+    port = free_port()
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *worker_command(model, port, os.getpid(), write_fd),
+            env=worker_env(model, index, dict(os.environ)),
+            stdin=asyncio.subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+            # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop
+            # a worker mid-request; the gateway drains, then stops its workers itself.
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the worker holds the only write end: its exit ends the pipe
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    return Launch(proc, port, reader, transport)
