@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import Target
+from .procs import WORKER_SECRET
 from .stats import Spread, min_max
 
 __all__ = [
@@ -40,9 +41,13 @@ def chat_body(stream: bool = False, model: str = "mock", **extra: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# Sent to every target alike: workers require it, the gateway and the peers (no keys) ignore it.
+AUTH = f"Authorization: Bearer {WORKER_SECRET}"
+
+
 def target(url: str, body: bytes, path: str = CHAT_PATH, headers: tuple[str, ...] = ()) -> Target:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    return Target(host, int(port), path, body, headers)
+    return Target(host, int(port), path, body, (AUTH, *headers))
 
 
 def round_order(names: list[str], round_no: int) -> list[str]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from .procs import WORKER_SECRET
+
 __all__ = ["Answer", "ask", "closed_clients", "prompt", "session"]
 
 _TOPICS = [
@@ -52,7 +54,11 @@ class Answer:
 
 
 def session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+    # The worker secret on every request: "direct" calls workers, which require it.
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=300),
+        headers={"Authorization": f"Bearer {WORKER_SECRET}"},
+    )
 
 
 async def ask(

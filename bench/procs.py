@@ -20,11 +20,14 @@ from typing import Any
 
 import yaml
 
+from workers.server import SECRET_ENV
+
 __all__ = [
     "COMMANDS",
     "CONFIG_DIR",
     "LOG_DIR",
     "ROOT",
+    "WORKER_SECRET",
     "Proc",
     "cpu_seconds",
     "free_port",
@@ -43,6 +46,9 @@ LOG_DIR = Path(tempfile.gettempdir()) / "llm-gateway-bench"
 CONFIG_DIR = ROOT / "bench" / "results" / "configs"  # generated configs, kept for the record
 PYTHON = sys.executable
 COMMANDS: list[str] = []  # every command the suite launched, for BENCHMARKS.md
+
+# Every benchmarked gateway gives its workers this secret, so a "direct" target can call them.
+WORKER_SECRET = "bench-worker-secret-0123456789"
 
 
 def free_port() -> int:
@@ -163,7 +169,8 @@ def start_gateway(
         "--log-level",
         "warning",
     ]
-    proc = start(name, argv, port, cpus)
+    # One known worker secret, so "direct" targets can call the workers (bench/common.py).
+    proc = start(name, argv, port, cpus, env={SECRET_ENV: WORKER_SECRET})
     wait_http(proc, "/ready", timeout)
     return proc
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,22 +78,42 @@ def _serve(
 ) -> int:
     # SIGHUP (reload) would end the process by default: ignore it until the server handles it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The port before anything else: on a taken one, fail before a worker loads a model.
+    sock = _listen(host or config.server.host, config.server.port if port is None else port)
+    if sock is None:
+        return 2
     import uvicorn
 
     from .app import create_app
+    from .edge import edge_protocol
     from .server import GatewayServer
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("gateway").info("listening on %s port %d", *sock.getsockname()[:2])
     app = create_app(config, source)
+    gateway = app.state.gateway
     server_config = uvicorn.Config(
         app,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
+        http=edge_protocol(config, lambda: gateway.config.server),
         log_level=log_level,
         access_log=False,  # per-request logging would sit on the hot path
         timeout_graceful_shutdown=10,
     )
-    GatewayServer(server_config, app.state.gateway, app.state.reloader).run()
+    GatewayServer(server_config, gateway, app.state.reloader).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The gateway's listening socket; or None, once a one-line reason is printed."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart rebinds at once
+        sock.bind((host, port))
+        sock.listen(2048)  # now: a second gateway binding the port at the same time fails here
+    except OSError as exc:
+        sock.close()
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+    return sock

@@ -35,6 +35,12 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout: float = 30.0
+    # The HTTP connection's limits (gateway/edge.py); the body timeout is between two chunks.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 2048
+    max_header_bytes: int = 16384
+    max_url_bytes: int = 8192
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,14 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
         "exit_after_tokens": (_non_negative, "an integer >= 0"),
         "crash_on_warmup": (_bool, "true or false"),
         "crash_on_request": (_bool, "true or false"),
+        "prefill_seconds": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
     }
 )
 
-_SERVER_KEYS = {"host", "port", "api_keys", "max_body_bytes", "drain_timeout"}
+_SERVER_KEYS = {
+    "host", "port", "api_keys", "max_body_bytes", "drain_timeout", "header_timeout",
+    "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes",
+}  # fmt: skip
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
@@ -177,8 +187,15 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
     return parse_config(raw, base_dir=file.resolve().parent)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the snippet of the file PyYAML quotes: it may hold a key."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
@@ -209,20 +226,49 @@ def _parse_health(raw: Any) -> HealthConfig:
 def _parse_server(raw: Any) -> ServerConfig:
     section = _mapping(raw, "server")
     _reject_unknown(section, _SERVER_KEYS, "server.")
-    keys = section.get("api_keys", [])
-    if not isinstance(keys, list) or not all(_str(k) for k in keys):
-        raise ConfigError("server.api_keys: expected a list of non-empty strings")
     return ServerConfig(
         host=_get(section, "host", _str, "a host name or address", "server.", "127.0.0.1"),
         port=_get(section, "port", _port, "a port number 0-65535", "server.", 8000),
-        api_keys=tuple(_expand_env(k, "server.api_keys") for k in keys),
+        api_keys=_parse_api_keys(section.get("api_keys", [])),
         max_body_bytes=_get(
             section, "max_body_bytes", _positive, "a positive integer", "server.", 4 << 20
         ),
         drain_timeout=float(
             _get(section, "drain_timeout", _non_neg_num, "seconds >= 0", "server.", 30)
         ),
+        header_timeout=float(
+            _get(section, "header_timeout", _pos_num, "seconds > 0", "server.", 10)
+        ),
+        body_timeout=float(_get(section, "body_timeout", _pos_num, "seconds > 0", "server.", 30)),
+        max_connections=_get(
+            section, "max_connections", _positive, "a positive integer", "server.", 2048
+        ),
+        max_header_bytes=_get(
+            section, "max_header_bytes", _positive, "a positive integer", "server.", 16384
+        ),
+        max_url_bytes=_get(
+            section, "max_url_bytes", _positive, "a positive integer", "server.", 8192
+        ),
     )
+
+
+MIN_API_KEY_LENGTH = 16
+
+
+def _parse_api_keys(raw: Any) -> tuple[str, ...]:
+    """Keys a client may send; an empty or short one (an unset ${VAR}, say) is an error, since it
+    would let a client in with an empty or guessable Bearer token."""
+    if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+        raise ConfigError("server.api_keys: expected a list of strings")
+    keys = tuple(_expand_env(k, f"server.api_keys[{i}]").strip() for i, k in enumerate(raw))
+    for index, key in enumerate(keys):
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(
+                f"server.api_keys[{index}]: a key must have at least {MIN_API_KEY_LENGTH} "
+                f"characters (this one has {len(key)}; an environment variable set to '' "
+                "gives an empty one)"
+            )
+    return keys
 
 
 def _port(v: Any) -> bool:
@@ -326,7 +372,7 @@ def _parse_params(
             raise ConfigError(f"{where}.{key}: unknown key (known: {known})")
         check, expected = table[key]
         if not check(value):
-            raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
+            raise ConfigError(f"{where}.{key}: expected {expected}, got {_shown(value)}")
     return MappingProxyType(dict(section))
 
 
@@ -360,8 +406,18 @@ def _get(section: dict[str, Any], key: str, check: Check, expected: str, where: 
          default: Any) -> Any:  # fmt: skip
     value = section.get(key, default)
     if not check(value):
-        raise ConfigError(f"{where}{key}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{where}{key}: expected {expected}, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error may show it: numbers and booleans, never a string's text (a key
+    or password put in the wrong place must not reach a log or an admin reply)."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def _expand_env(text: str, where: str) -> str:

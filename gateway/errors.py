@@ -2,8 +2,10 @@
 
     GatewayError                 (500 server_error)
     ├── InvalidRequest           (400 invalid_request_error)
-    │   └── BodyTooLarge         (413)
+    │   ├── BodyTooLarge         (413)
+    │   └── RequestTimeout       (408 request_timeout, Connection: close)
     ├── Unauthorized             (401 invalid_api_key)
+    ├── Forbidden                (403 permission_error)
     ├── ModelNotFound            (404 model_not_found)
     ├── QueueFull                (429 rate_limit_exceeded, Retry-After)
     ├── Unavailable              (503 service_unavailable)
@@ -21,11 +23,13 @@ import msgspec
 
 __all__ = [
     "BodyTooLarge",
+    "Forbidden",
     "GatewayError",
     "InvalidRequest",
     "ModelNotFound",
     "QueueFull",
     "QueueTimeout",
+    "RequestTimeout",
     "Unauthorized",
     "Unavailable",
     "UpstreamFailed",
@@ -80,10 +84,27 @@ class BodyTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """The client stopped sending its request; what it would send next is unknown, so the
+    connection closes after the answer."""
+
+    status = 408
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
 class Unauthorized(GatewayError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
 
 
 class ModelNotFound(GatewayError):

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from workers.server import SECRET_ENV
 
 from .config import ModelConfig
 
@@ -28,6 +32,7 @@ __all__ = [
     "spawn",
     "worker_command",
     "worker_env",
+    "worker_secret",
 ]
 
 # Signals by which native code dies when a build does not fit the CPU (or reads a bad address).
@@ -72,6 +77,12 @@ def free_port() -> int:
         return port
 
 
+def worker_secret(environ: Mapping[str, str]) -> str:
+    """The secret a new worker requires: a fresh random one, unless the gateway itself was given
+    one in LLM_GATEWAY_WORKER_SECRET (to reach workers directly: debugging, benchmarks)."""
+    return environ.get(SECRET_ENV) or secrets.token_urlsafe(32)
+
+
 def describe_exit(returncode: int | None) -> str:
     """How a process ended, for people: "exit code 3" or "SIGSEGV, signal 11"."""
     if returncode is None:
@@ -101,6 +112,7 @@ class Launch:
 
     proc: asyncio.subprocess.Process
     port: int
+    secret: str  # the worker serves only requests that carry it
     _phases: asyncio.StreamReader
     _transport: asyncio.BaseTransport
     phase: str = field(default="loading")
@@ -127,12 +139,12 @@ class Launch:
 
 async def spawn(model: ModelConfig, index: int) -> Launch:
     """Start a worker for replica `index` of `model` on a fresh loopback port."""
-    port = free_port()
+    port, secret = free_port(), worker_secret(os.environ)
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
             *worker_command(model, port, os.getpid(), write_fd),
-            env=worker_env(model, index, dict(os.environ)),
+            env={**worker_env(model, index, dict(os.environ)), SECRET_ENV: secret},
             stdin=asyncio.subprocess.DEVNULL,
             pass_fds=(write_fd,),
             # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop
@@ -148,4 +160,4 @@ async def spawn(model: ModelConfig, index: int) -> Launch:
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
     )
-    return Launch(proc, port, reader, transport)
+    return Launch(proc, port, secret, reader, transport)

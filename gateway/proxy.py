@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -20,6 +21,7 @@ from .scheduler import Lease
 __all__ = ["ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.proxy")
 
 _DONE = b"data: [DONE]\n\n"
 _ERROR_PREFIX = b'data: {"error"'
@@ -39,6 +41,7 @@ class Proxy:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._waits: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
@@ -55,14 +58,14 @@ class Proxy:
             await self._session.close()
 
     async def send(
-        self, url: str, body: bytes, request_id: str, first_byte_timeout: float
+        self, url: str, auth: str, body: bytes, request_id: str, first_byte_timeout: float
     ) -> aiohttp.ClientResponse:
-        """POST `body` to `url`; return once the replica's status and headers arrive.
-
-        A worker sends its headers with the first token (streams) or the whole answer.
-        """
+        """POST `body` to `url` with the worker's `auth`; return once the replica's status and
+        headers arrive. A worker sends its headers with the first token (streams) or the whole
+        answer."""
         assert self._session is not None, "Proxy.start() was not awaited"
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id,
+                   "Authorization": auth}  # fmt: skip
         try:
             async with asyncio.timeout(first_byte_timeout):
                 return await self._session.post(url, data=body, headers=headers)
@@ -72,6 +75,33 @@ class Proxy:
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailed(f"The model worker could not be reached: {exc}") from exc
+
+    def release_when_done(self, lease: Lease, request_id: str, timeout: float) -> None:
+        """Release `lease` once its worker says the request has ended (at most `timeout` s).
+
+        For a request whose answer was not read to its end (the client left, or a timeout):
+        the worker may still be computing it (a template, a prompt evaluation: nothing stops
+        those midway), and a replica shown free meanwhile would take the next request."""
+        wait = self._release_later(lease, request_id, timeout)
+        task = asyncio.get_running_loop().create_task(wait)
+        self._waits.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._waits.discard)
+
+    async def _release_later(self, lease: Lease, request_id: str, timeout: float) -> None:
+        assert self._session is not None, "Proxy.start() was not awaited"
+        replica = lease.replica
+        try:
+            async with self._session.get(
+                f"{replica.url}/requests/{request_id}/done",
+                params={"timeout": str(timeout)},
+                headers={"Authorization": replica.auth},
+                timeout=aiohttp.ClientTimeout(total=timeout + 5),
+            ) as response:
+                await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # the worker is gone or hung: the supervisor deals with it
+        finally:
+            lease.release()
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -88,15 +118,16 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
-    __slots__ = ("_idle_timeout", "_lease", "_request_id", "_upstream")
+    __slots__ = ("_busy_timeout", "_idle_timeout", "_lease", "_proxy", "_request_id", "_upstream")
 
-    def __init__(
-        self, upstream: aiohttp.ClientResponse, lease: Lease, request_id: str, idle_timeout: float
-    ):
+    def __init__(self, proxy: Proxy, upstream: aiohttp.ClientResponse, lease: Lease,
+                 request_id: str, idle_timeout: float, busy_timeout: float):  # fmt: skip
+        self._proxy = proxy
         self._upstream = upstream
         self._lease = lease
         self._request_id = request_id.encode()
         self._idle_timeout = idle_timeout
+        self._busy_timeout = busy_timeout  # how long a worker may go on for a gone client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -105,8 +136,13 @@ class Relay:
             else:
                 await self._relay_body(send)
         finally:
+            read_to_end = self._upstream.content.at_eof()
             self._upstream.close()
-            self._lease.release()
+            if read_to_end:
+                self._lease.release()
+            else:  # cut short: the worker may still be at it
+                self._proxy.release_when_done(self._lease, self._request_id.decode(),
+                                              self._busy_timeout)  # fmt: skip
 
     async def _relay_body(self, send: Send) -> None:
         try:
@@ -128,7 +164,9 @@ class Relay:
         headers = [*_SSE_HEADERS, (b"x-request-id", self._request_id)]
         await send(_start(self._upstream.status, headers))
         # Closing the upstream connection (in __call__) is what stops the worker's generation.
-        with contextlib.suppress(ClientGone):  # nobody is left to tell
+        # A client gone, or one that reads nothing: nobody is left to tell (returning without
+        # finishing the response makes the server close the connection).
+        with contextlib.suppress(ClientGone, _ClientStuck):
             await until_disconnect(receive, self._relay_events(send))
 
     async def _relay_events(self, send: Send) -> None:
@@ -137,13 +175,17 @@ class Relay:
         try:
             async for chunk in sse_events(self._upstream.content.iter_any()):
                 last = chunk
-                watchdog.paused = True  # a slow client is not a silent worker
+                watchdog.sending = True
                 await send(_body(chunk, more=True))
-                watchdog.resume()
+                watchdog.sent()
         except asyncio.CancelledError:
             if not watchdog.fired:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if watchdog.sending:  # a client that reads nothing holds a replica: let it go
+                log.warning("request %s: the client read nothing for %g s; stream ended",
+                            self._request_id.decode(), self._idle_timeout)  # fmt: skip
+                raise _ClientStuck() from None
             tail = _error_event(f"The model worker sent nothing for {self._idle_timeout:g} s.",
                                 "upstream_timeout")  # fmt: skip
         except (aiohttp.ClientError, OSError):
@@ -156,8 +198,14 @@ class Relay:
         await send(_body(tail, more=False))
 
 
+class _ClientStuck(Exception):
+    """The client read nothing for idle_timeout: its stream is abandoned."""
+
+
 class _IdleWatchdog:
-    """Cancels the current task once the worker has been silent for `seconds`.
+    """Cancels the current task once `seconds` pass with no event relayed: the worker sent
+    nothing (`sending` False), or the client took nothing (`sending` True: a send blocked on a
+    client that does not read, which would otherwise hold the replica for ever).
 
     One timer per idle period rather than a timer reset per chunk: at hundreds of streams
     the resets were a visible share of the relay's time.
@@ -169,18 +217,18 @@ class _IdleWatchdog:
         self._task = asyncio.current_task()
         self._last = self._loop.time()
         self._handle = self._loop.call_later(seconds, self._check)
-        self.paused = False
+        self.sending = False
         self.fired = False
 
-    def resume(self) -> None:
-        self.paused = False
+    def sent(self) -> None:
+        self.sending = False
         self._last = self._loop.time()
 
     def close(self) -> None:
         self._handle.cancel()
 
     def _check(self) -> None:
-        silent = 0.0 if self.paused else self._loop.time() - self._last
+        silent = self._loop.time() - self._last
         if silent < self._seconds:
             self._handle = self._loop.call_later(self._seconds - silent, self._check)
         elif self._task is not None:

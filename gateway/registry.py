@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +42,7 @@ class Replica:
     loaded_at: float | None = None
     error: str | None = None
     last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
+    auth: str = field(default="", repr=False)  # the Authorization its worker requires
 
     @property
     def free(self) -> bool:
@@ -106,10 +107,11 @@ class Registry:
 
     # Lifecycle: written by the supervisor only.
 
-    def mark_starting(self, replica: Replica, pid: int, port: int) -> None:
+    def mark_starting(self, replica: Replica, pid: int, port: int, secret: str = "") -> None:
         replica.state = ReplicaState.STARTING
         replica.pid, replica.port = pid, port
         replica.url = f"http://127.0.0.1:{port}"
+        replica.auth = f"Bearer {secret}"
 
     def mark_ready(self, replica: Replica) -> None:
         if replica.state is ReplicaState.DRAINING:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import itertools
 import os
+import re
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.types import ASGIApp
 
-from .config import ModelConfig
+from .auth import bearer_matches, is_loopback
+from .config import ModelConfig, ServerConfig
 from .errors import (
     BodyTooLarge,
+    Forbidden,
     InvalidRequest,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     UpstreamFailed,
@@ -44,6 +48,14 @@ def _new_request_id() -> str:
     return f"{_id_prefix}{next(_id_counter):08x}"
 
 
+# A client's X-Request-ID is echoed and logged: short and of a safe alphabet, else replaced.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id(given: str | None) -> str:
+    return given if given and _SAFE_REQUEST_ID.fullmatch(given) else _new_request_id()
+
+
 _JSON = "application/json"
 
 
@@ -60,22 +72,39 @@ def _authorized(request: Request[Any, Any, Any]) -> Gateway:
     """
     gateway = _state(request)
     keys = gateway.config.server.api_keys
-    if keys:
-        scheme, _sep, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, k) for k in keys):
-            raise Unauthorized("Incorrect or missing API key; send 'Authorization: Bearer <key>'.")
+    if keys and not bearer_matches(request.headers.get("authorization", ""), keys):
+        raise Unauthorized("Incorrect or missing API key; send 'Authorization: Bearer <key>'.")
     return gateway
 
 
-async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+def _admin(request: Request[Any, Any, Any]) -> Gateway:
+    """Like _authorized; with no API keys configured, admin routes answer loopback clients only
+    (reload and the config view must not be open to anyone who can reach the port)."""
+    gateway = _authorized(request)
+    client = request.scope.get("client")
+    if not gateway.config.server.api_keys and not is_loopback(client[0] if client else None):
+        raise Forbidden("Admin routes answer only loopback clients while server.api_keys is "
+                        "empty; configure API keys to reach them from elsewhere.")  # fmt: skip
+    return gateway
+
+
+async def _read_body(request: Request[Any, Any, Any], server: ServerConfig) -> bytes:
+    limit, idle = server.max_body_bytes, server.body_timeout
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    loop = asyncio.get_running_loop()
+    try:
+        # One timer, pushed back at each chunk: a client may send slowly, not fall silent.
+        async with asyncio.timeout(idle) as deadline:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+                deadline.reschedule(loop.time() + idle)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"The request body stopped arriving for {idle:g} s.") from exc
     return bytes(body)
 
 
@@ -87,6 +116,8 @@ def _route_fields(body: bytes) -> _RouteFields:
         raise InvalidRequest(f"Invalid request body: {exc}", param=param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec, on JSON nested thousands deep
+        raise InvalidRequest("Request body is nested too deeply.") from exc
 
 
 async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool) -> ASGIApp:
@@ -94,12 +125,12 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     if gateway.draining:
         raise Unavailable("The gateway is shutting down; retry on another instance.",
                           retry_after=5, code="shutting_down")  # fmt: skip
-    body = await _read_body(request, gateway.config.server.max_body_bytes)
+    body = await _read_body(request, gateway.config.server)
     fields = _route_fields(body)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     model = gateway.resolve(fields.model)
-    request_id = request.headers.get("x-request-id") or _new_request_id()
+    request_id = _request_id(request.headers.get("x-request-id"))
     scheduler = gateway.scheduler
     lease = scheduler.try_acquire(model.name)
     if lease is None:  # queue, leaving the queue if the client goes away
@@ -115,18 +146,22 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
 async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, model: ModelConfig,
                 path: str, body: bytes, request_id: str) -> Relay:  # fmt: skip
     """Send the request on `lease`; its Relay releases the lease once the answer is out."""
-    url = lease.replica.url + path
+    replica = lease.replica
     try:
         upstream = await until_disconnect(
-            request.receive, proxy.send(url, body, request_id, model.first_token_timeout)
+            request.receive,
+            proxy.send(
+                replica.url + path, replica.auth, body, request_id, model.first_token_timeout
+            ),
         )
     except UpstreamFailed as exc:
         lease.release(failed=exc.message)
         raise
-    except BaseException:
-        lease.release()
+    except BaseException:  # the client left, or no first byte in time: the worker may be busy
+        proxy.release_when_done(lease, request_id, model.first_token_timeout)
         raise
-    return Relay(upstream, lease, request_id, model.idle_timeout)
+    return Relay(proxy, upstream, lease, request_id, model.idle_timeout,
+                 model.first_token_timeout)  # fmt: skip
 
 
 @post("/v1/chat/completions")
@@ -184,7 +219,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/admin/workers")
 async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gateway = _authorized(request)
+    gateway = _admin(request)
     queued = {model: gateway.scheduler.queued(model) for model in gateway.registry.models()}
     workers = [replica.describe() for replica in gateway.registry]
     return {"object": "list", "data": workers, "queued": queued}
@@ -198,7 +233,7 @@ def _reloader(request: Request[Any, Any, Any]) -> Reloader:
 @post("/admin/reload", status_code=200)
 async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Reload the config file now; 200 with the changes, or 400 naming what is wrong."""
-    _authorized(request)
+    _admin(request)
     outcome = await _reloader(request).reload()
     if not outcome.ok:
         error = error_body(
@@ -212,7 +247,7 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/admin/config")
 async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The running config's version and models, and how the last reload went."""
-    _authorized(request)
+    _admin(request)
     return _reloader(request).status()
 
 

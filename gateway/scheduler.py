@@ -126,15 +126,22 @@ class Scheduler:
         return Lease(self, replica)
 
     def _check_admission(self, model: str, queue: deque[asyncio.Future[Lease]]) -> None:
-        replicas = self._registry.replicas(model)
-        if all(r.state is ReplicaState.FAILED for r in replicas):
-            reasons = "; ".join(sorted({r.error or "unknown error" for r in replicas}))
-            raise Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
-                              code="model_unavailable")  # fmt: skip
+        if (unavailable := self._unavailable(model)) is not None:
+            raise unavailable
         if len(queue) >= self._policies[model].max_queue:
             raise QueueFull(
                 f"Too many requests queued for model '{model}'; retry shortly.", retry_after=1
             )
+
+    def _unavailable(self, model: str) -> Unavailable | None:
+        """A 503 when no replica of `model` can serve soon: every one failed, or is starting
+        again after a failed start (its backoff and reload would outlast any queue timeout)."""
+        replicas = self._registry.replicas(model)
+        if not replicas or not all(_failing(r) for r in replicas):
+            return None
+        reasons = "; ".join(sorted({r.error or "unknown error" for r in replicas}))
+        return Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
+                           code="model_unavailable")  # fmt: skip
 
     def _abandon(self, queue: deque[asyncio.Future[Lease]], waiter: asyncio.Future[Lease]) -> None:
         """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""
@@ -147,6 +154,8 @@ class Scheduler:
 
     def _dispatch(self, model: str) -> None:
         queue = self._queues.get(model)  # None once a reload removed the model
+        if queue and (unavailable := self._unavailable(model)) is not None:
+            self._fail_all(queue, unavailable)
         while queue:
             replica = pick_replica(self._registry.replicas(model))
             if replica is None:
@@ -154,3 +163,17 @@ class Scheduler:
             waiter = queue.popleft()
             if not waiter.done():  # cancelled, its task not yet run to leave the queue
                 waiter.set_result(self._lease(replica))
+
+    @staticmethod
+    def _fail_all(queue: deque[asyncio.Future[Lease]], error: Unavailable) -> None:
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+
+def _failing(replica: Replica) -> bool:
+    state = replica.state
+    return state is ReplicaState.FAILED or (
+        state is ReplicaState.STARTING and replica.error is not None
+    )

@@ -102,7 +102,7 @@ class Supervisor:
         launch = await spawn(model, replica.index)
         proc = launch.proc
         self._procs[replica] = proc
-        self._registry.mark_starting(replica, proc.pid, launch.port)
+        self._registry.mark_starting(replica, proc.pid, launch.port, launch.secret)
         log.info("%s[%d]: started worker pid %d on port %d", model.name, replica.index,
                  proc.pid, launch.port)  # fmt: skip
         try:
@@ -132,7 +132,7 @@ class Supervisor:
         exited = asyncio.ensure_future(proc.wait())
         failures = 0
         while not (await asyncio.wait((exited,), timeout=health.interval))[0]:
-            if await self._status(replica.url, health.timeout):
+            if await self._status(replica, health.timeout):
                 failures = 0
                 self._registry.mark_healthy(replica)
                 continue
@@ -144,10 +144,14 @@ class Supervisor:
                 _signal(proc, signal.SIGKILL)
         return exited.result()
 
-    async def _status(self, url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    async def _status(self, replica: Replica, timeout: float) -> dict[str, Any] | None:
         assert self._session is not None
+        headers = {"Authorization": replica.auth}
         try:
-            async with self._session.get(url + "/status", timeout=_timeout(timeout)) as resp:
+            async with self._session.get(
+                replica.url + "/status", headers=headers, timeout=_timeout(timeout)
+            ) as resp:
+                resp.raise_for_status()
                 status: dict[str, Any] = await resp.json()
                 return status
         except (aiohttp.ClientError, TimeoutError, ValueError):

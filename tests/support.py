@@ -18,6 +18,8 @@ import httpx
 import jsonschema
 import yaml
 
+from workers.server import SECRET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "tests" / "data" / "openai-schemas.json"  # OpenAI's published schemas
 SMOLLM2 = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -25,6 +27,9 @@ GEMMA3 = REPO / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+# Gateways under test give every worker this secret (not a random one), so tests can call them.
+WORKER_SECRET = "test-worker-secret-0123456789"
+WORKER_AUTH = {"Authorization": f"Bearer {WORKER_SECRET}"}
 
 
 def standin(name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30,
@@ -117,9 +122,10 @@ class GatewayProcess:
     def start(self, ready_timeout: float = 120.0, expect_ready: bool = True) -> GatewayProcess:
         command = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
                    "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        env = {**os.environ, SECRET_ENV: WORKER_SECRET}  # so tests may call workers directly
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+                                         start_new_session=True, env=env)  # fmt: skip
         if expect_ready and not wait_until(self._ready, ready_timeout, 0.1):
             self.stop()
             raise AssertionError(f"gateway not ready in {ready_timeout} s:\n{self.log()}")
@@ -145,7 +151,9 @@ class GatewayProcess:
 
     def worker_status(self, model: str, index: int) -> dict[str, Any]:
         worker = next(w for w in self.workers() if w["model"] == model and w["replica"] == index)
-        status: dict[str, Any] = httpx.get(worker["url"] + "/status", timeout=5).json()
+        status: dict[str, Any] = httpx.get(
+            worker["url"] + "/status", headers=WORKER_AUTH, timeout=5
+        ).json()
         return status
 
     def log(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp import web
 from workers.engine import Engine
 from workers.lifeline import tie_to_parent
 from workers.logs import log, set_log_name
-from workers.server import Worker, build_app
+from workers.server import SECRET_ENV, Worker, build_app
 from workers.standin import StandinEngine, StandinOptions
 
 __all__ = ["EXIT_LOAD_FAILED", "build_parser", "main"]
@@ -75,9 +76,9 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Engine
     return LlamaEngine(args.model_path, args.llama_json)
 
 
-async def serve(worker: Worker, host: str, port: int) -> int:
+async def serve(worker: Worker, host: str, port: int, secret: str | None = None) -> int:
     runner = web.AppRunner(
-        build_app(worker),
+        build_app(worker, secret),
         handler_cancellation=True,  # a client that goes away cancels its handler
         access_log=None,  # one line per request is logged by WorkerStatus instead
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
     set_log_name(args.model_name)
     if args.concurrency < 1 or (args.engine == "llama" and args.concurrency != 1):
         parser.error("--concurrency must be 1 for llama (a context is not re-entrant), >= 1 else")
+    secret = os.environ.pop(SECRET_ENV, None)  # not inherited by anything this process starts
     engine = _engine(args, parser)
     path = args.model_path if args.engine == "llama" else None
     worker_holder: list[Worker] = []
@@ -118,6 +120,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
     async def run() -> int:
         # Worker owns an asyncio.Lock: build it inside the running loop.
         worker_holder.append(Worker(args.model_name, engine, path, args.concurrency, args.phase_fd))
-        return await serve(worker_holder[0], args.host, args.port)
+        return await serve(worker_holder[0], args.host, args.port, secret)
 
     return asyncio.run(run())

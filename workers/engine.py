@@ -16,6 +16,7 @@ from workers.errors import invalid_request
 from workers.params import ChatParams, CompletionParams, Prompt
 
 __all__ = [
+    "MAX_EMBEDDING_TOKENS",
     "CancelToken",
     "ContextLengthExceeded",
     "EmbeddingResult",
@@ -27,8 +28,10 @@ __all__ = [
     "StreamItem",
     "Usage",
     "check_context",
+    "check_embedding_tokens",
     "check_request_tokens",
     "check_token_ids",
+    "min_prompt_tokens",
 ]
 
 RawChunk = dict[str, Any]
@@ -74,18 +77,24 @@ class ContextLengthExceeded(Exception):
     long. Messages are OpenAI's, worded for the endpoint's input ("messages", "prompt")."""
 
     def __init__(
-        self, prompt_tokens: int, n_ctx: int, completion_tokens: int | None = None
+        self,
+        prompt_tokens: int,
+        n_ctx: int,
+        completion_tokens: int | None = None,
+        at_least: bool = False,  # prompt_tokens is a lower bound, counted without tokenizing
     ) -> None:
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
         self.completion_tokens = completion_tokens
+        self.at_least = at_least
         super().__init__(self.message())
 
     def message(self, input_name: str = "messages") -> str:
         head = f"This model's maximum context length is {self.n_ctx} tokens."
         if self.completion_tokens is None:
             return (
-                f"{head} However, your {input_name} resulted in {self.prompt_tokens} tokens. "
+                f"{head} However, your {input_name} resulted in "
+                f"{'at least ' if self.at_least else ''}{self.prompt_tokens} tokens. "
                 f"Please reduce the length of the {input_name}."
             )
         total = self.prompt_tokens + self.completion_tokens
@@ -114,6 +123,26 @@ def check_request_tokens(
     if isinstance(prompt, list):
         check_token_ids(prompt, n_vocab, param)
     check_token_ids(options.get("logit_bias") or {}, n_vocab, "logit_bias")
+
+
+def min_prompt_tokens(texts: Iterable[str], max_token_bytes: int, markup: int = 0) -> int:
+    """A lower bound on the tokens `texts` need, in O(size) and without tokenizing: one token
+    covers at most `max_token_bytes` bytes (so at most that many characters), and each text
+    brings at least `markup` tokens of template around it (a chat message: its role marker)."""
+    return sum(markup + -(-len(text) // max_token_bytes) for text in texts)
+
+
+# OpenAI's limit on the tokens of all inputs of one embeddings request.
+MAX_EMBEDDING_TOKENS = 300_000
+
+
+def check_embedding_tokens(total: int) -> None:
+    if total > MAX_EMBEDDING_TOKENS:
+        message = (
+            f"The inputs hold {total} tokens; one embeddings request may hold at most "
+            f"{MAX_EMBEDDING_TOKENS}. Send them in several requests."
+        )
+        raise invalid_request(message, "input")
 
 
 def check_context(prompt_tokens: int, max_tokens: int | None, n_ctx: int) -> None:
@@ -174,4 +203,6 @@ class Engine(Protocol):
         self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
     ) -> Iterator[StreamItem]: ...
 
-    def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult: ...
+    def embed(self, inputs: list[str] | list[list[int]], cancel: CancelToken) -> EmbeddingResult:
+        """Check `cancel` between inputs (or small batches of them)."""
+        ...

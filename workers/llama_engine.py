@@ -7,6 +7,7 @@ request for them is a 400 that says how to enable it. Tool calling passes throug
 
 from __future__ import annotations
 
+import ctypes
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -29,10 +30,13 @@ from workers.engine import (
     StreamItem,
     Usage,
     check_context,
+    check_embedding_tokens,
     check_request_tokens,
     check_token_ids,
+    min_prompt_tokens,
 )
 from workers.errors import invalid_request
+from workers.literal_text import LiteralContents
 from workers.logprobs import wants_logprobs
 from workers.params import ChatParams, CompletionParams, Prompt
 from workers.tools import tool_call_chunks
@@ -124,6 +128,28 @@ def _context_error(exc: ValueError) -> ContextLengthExceeded | None:
     return ContextLengthExceeded(int(match[1]), int(match[2])) if match else None
 
 
+def _batches(texts: list[str], counts: list[int], n_batch: int) -> Iterator[list[str]]:
+    """The inputs in runs of at most `n_batch` tokens: what llama decodes in one call."""
+    batch: list[str] = []
+    tokens = 0
+    for text, count in zip(texts, counts, strict=True):
+        if batch and tokens + count > n_batch:
+            yield batch
+            batch, tokens = [], 0
+        batch.append(text)
+        tokens += count
+    if batch:
+        yield batch
+
+
+def _longest_token_bytes(llama_cpp: Any, vocab: Any, n_vocab: int) -> int:
+    """The most bytes one token of the vocabulary stands for (special tokens' text included)."""
+    buffer = ctypes.create_string_buffer(256)
+    piece = llama_cpp.llama_token_to_piece
+    # A negative length means the piece needs a bigger buffer: its size, negated.
+    return max(abs(int(piece(vocab, token, buffer, 256, 0, True))) for token in range(n_vocab))
+
+
 class LlamaEngine:
     kind = "llama"
 
@@ -132,6 +158,8 @@ class LlamaEngine:
         self.kwargs = llama_kwargs(kwargs)
         self._llama: Any = None
         self._meter: _TokenMeter | None = None
+        self._literal: LiteralContents | None = None
+        self._max_token_bytes = 1
 
     def load(self) -> EngineInfo:
         import llama_cpp  # imported here: the stand-in never pays for it
@@ -139,6 +167,8 @@ class LlamaEngine:
         llama = llama_cpp.Llama(model_path=self.model_path, **self.kwargs)
         vocab = llama._model.vocab
         self._meter = _TokenMeter(llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)))
+        self._literal = LiteralContents(llama)
+        self._max_token_bytes = _longest_token_bytes(llama_cpp, vocab, int(llama.n_vocab()))
         self._llama = llama
         return EngineInfo(
             n_ctx=int(llama.n_ctx()),
@@ -155,6 +185,15 @@ class LlamaEngine:
         tokens = llama.tokenize(WARM_UP_TEXT.encode(), add_bos=True, special=False)
         llama.eval(tokens[: max(2, min(len(tokens), llama.n_ctx() - 1))])
         llama.reset()  # the next prompt starts from an empty context
+
+    def _refuse_what_cannot_fit(self, texts: list[str], markup: int) -> None:
+        """A 400 before the template and the tokenizer run, in O(size), for input too long for
+        the context whatever its tokens: both are slow on huge input (the template quadratic
+        in the number of messages), and nothing can stop them once started."""
+        n_ctx = int(self._llama.n_ctx())
+        least = min_prompt_tokens(texts, self._max_token_bytes, markup)
+        if least >= n_ctx:
+            raise ContextLengthExceeded(least, n_ctx, at_least=True)
 
     def _begin(
         self,
@@ -203,9 +242,13 @@ class LlamaEngine:
     # Chat
 
     def _messages(self, params: ChatParams) -> list[dict[str, Any]]:
+        """The messages llama renders: contents masked, so they are tokenized as text."""
+        assert self._literal is not None, "model not loaded"
+        messages = params.messages
+        self._refuse_what_cannot_fit([str(m.get("content") or "") for m in messages], markup=1)
         if self.kwargs.get("chat_format") == CHATML_FUNCTION_CALLING:
-            return prepare_messages(params.messages, bool(params.options.get("tools")))
-        return params.messages
+            messages = prepare_messages(messages, bool(params.options.get("tools")))
+        return self._literal.mask(messages)
 
     def _decides_tools(self, params: ChatParams) -> bool:
         return self.kwargs.get("chat_format") == CHATML_FUNCTION_CALLING and decides_tools(
@@ -248,8 +291,17 @@ class LlamaEngine:
 
     # Completions
 
+    def _begin_completion(
+        self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
+    ) -> _TokenMeter:
+        assert self._literal is not None, "model not loaded"
+        self._literal.clear()  # a completion prompt is the client's own text, markup and all
+        if isinstance(prompt, str):
+            self._refuse_what_cannot_fit([prompt], markup=0)
+        return self._begin(cancel, params.options, prompt, "prompt")
+
     def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
-        self._begin(cancel, params.options, prompt, "prompt")
+        self._begin_completion(prompt, params, cancel)
         result: RawChunk = self._run(
             lambda: self._llama.create_completion(prompt=prompt, **params.options)
         )
@@ -258,14 +310,14 @@ class LlamaEngine:
     def complete_stream(
         self, prompt: Prompt, params: CompletionParams, cancel: CancelToken
     ) -> Iterator[StreamItem]:
-        meter = self._begin(cancel, params.options, prompt, "prompt")
+        meter = self._begin_completion(prompt, params, cancel)
 
         def start() -> Iterator[RawChunk]:
             return iter(self._llama.create_completion(prompt=prompt, stream=True, **params.options))
 
         return self._stream(start, meter, cancel)
 
-    def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
+    def embed(self, inputs: list[str] | list[list[int]], cancel: CancelToken) -> EmbeddingResult:
         if not self.kwargs.get("embedding"):
             raise EmbeddingsDisabled
         for item in inputs:
@@ -273,19 +325,28 @@ class LlamaEngine:
                 check_token_ids(item, int(self._llama.n_vocab()), "input")
         # Llama.embed takes text only, so token inputs are detokenized first.
         texts = [self._text(i) for i in inputs]
-        self._check_embedding_lengths(texts)
-        vectors, tokens = self._llama.embed(texts, return_count=True)
-        return EmbeddingResult([list(map(float, v)) for v in vectors], int(tokens))
+        counts = self._check_embedding_lengths(texts)
+        check_embedding_tokens(sum(counts))
+        vectors: list[list[float]] = []
+        for batch in _batches(texts, counts, int(self._llama.n_batch)):
+            cancel.raise_if_cancelled()  # between batches: llama decodes one batch at a time
+            vectors += [list(map(float, v)) for v in self._llama.embed(batch)]
+        return EmbeddingResult(vectors, sum(counts))
 
     def _text(self, item: str | list[int]) -> str:
         if isinstance(item, str):
             return item
         return bytes(self._llama.detokenize(item)).decode("utf-8", errors="replace")
 
-    def _check_embedding_lengths(self, texts: list[str]) -> None:
-        # Llama.embed silently truncates to n_batch; OpenAI rejects over-long input instead.
+    def _check_embedding_lengths(self, texts: list[str]) -> list[int]:
+        """Each input's tokens; Llama.embed silently truncates an input to n_batch, where
+        OpenAI rejects it: so do we."""
         limit = min(int(self._llama.n_batch), int(self._llama.n_ctx()))
+        counts = []
         for text in texts:
+            self._refuse_what_cannot_fit([text], markup=0)  # before tokenizing a huge one
             count = len(self._llama.tokenize(text.encode("utf-8")))
             if count > limit:
                 raise ContextLengthExceeded(count, limit)
+            counts.append(count)
+        return counts

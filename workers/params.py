@@ -344,7 +344,14 @@ def _prompts(prompt: Any) -> list[Prompt]:
     )
 
 
+# OpenAI's limit on inputs per embeddings request (the total tokens: workers.engine).
+MAX_EMBEDDING_INPUTS = 2048
+
+
 def _embedding_inputs(value: Any) -> list[str] | list[list[int]]:
+    if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS and not _is_tokens(value):
+        message = f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items, not {len(value)}"
+        raise invalid_request(message, "input")
     if isinstance(value, str) and value:
         return [value]
     if isinstance(value, list) and value:

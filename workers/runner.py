@@ -19,6 +19,9 @@ from workers.engine import CancelToken
 __all__ = ["EngineThread", "ThreadStream"]
 
 T = TypeVar("T")
+# Items an engine thread may produce ahead of the writer: a client that reads nothing pauses the
+# generation (and then ends it, via the gateway's idle timeout) instead of filling memory.
+STREAM_AHEAD = 64
 _Job = tuple[Callable[[], Any], Callable[[BaseException | None, Any], None]]
 
 
@@ -99,6 +102,7 @@ class ThreadStream(Generic[T]):
     def __init__(self, thread: EngineThread, make: Callable[[], Iterator[T]], cancel: CancelToken):
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[T | _End | _Failure] = asyncio.Queue()
+        self._room = threading.Semaphore(STREAM_AHEAD)
         self._cancel = cancel
         self.done = thread.submit(lambda: self._pump(make))
 
@@ -108,11 +112,16 @@ class ThreadStream(Generic[T]):
     def _pump(self, make: Callable[[], Iterator[T]]) -> None:
         try:
             for item in make():
+                self._wait_for_room()
                 self._put(item)
         except BaseException as exc:
             self._put(_Failure(exc))
         else:
             self._put(_End())
+
+    def _wait_for_room(self) -> None:
+        while not self._room.acquire(timeout=0.1):
+            self._cancel.raise_if_cancelled()
 
     def __aiter__(self) -> ThreadStream[T]:
         return self
@@ -123,6 +132,7 @@ class ThreadStream(Generic[T]):
             raise StopAsyncIteration
         if isinstance(item, _Failure):
             raise item.exc
+        self._room.release()
         return item
 
     async def close(self) -> None:

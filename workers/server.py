@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import time
 import traceback
@@ -46,9 +47,12 @@ from workers.shaping import (
 )
 from workers.status import RequestRecord, WorkerStatus
 
-__all__ = ["WORKER_KEY", "Worker", "build_app"]
+__all__ = ["SECRET_ENV", "WORKER_KEY", "Worker", "build_app"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# The gateway hands each worker a random secret here at spawn (environment, not argv: argv is
+# world-readable in ps); a worker started with one serves only requests that carry it.
+SECRET_ENV = "LLM_GATEWAY_WORKER_SECRET"
 _CONTEXT_PARAM = {
     "/v1/chat/completions": "messages",
     "/v1/completions": "prompt",
@@ -190,6 +194,16 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[WORKER_KEY].status.body())
 
 
+async def request_done(request: web.Request) -> web.Response:
+    """`{"done": bool}` once the request has ended, or after `timeout` seconds (default 60)."""
+    try:
+        timeout = min(float(request.query.get("timeout", "60")), 3600.0)
+    except ValueError:
+        raise invalid_request("timeout must be a number of seconds", "timeout") from None
+    status = request.app[WORKER_KEY].status
+    return web.json_response({"done": await status.wait_done(request.match_info["id"], timeout)})
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     worker = request.app[WORKER_KEY]
     params = parse_chat(await _json_body(request))
@@ -287,8 +301,9 @@ async def embeddings(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
     params = parse_embedding(await _json_body(request))
     worker.require_ready()
+    cancel = CancelToken()  # set if the client goes away: the engine stops between inputs
     async with worker.generation(_request_id(request), request.path) as (_, thread):
-        result = await thread.call(partial(worker.engine.embed, params.inputs))
+        result = await thread.call(partial(worker.engine.embed, params.inputs, cancel), cancel)
     body = shape_embeddings(result, model=worker.model, encoding_format=params.encoding_format)
     return web.json_response(body)
 
@@ -362,11 +377,28 @@ async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
 
 
-def build_app(worker: Worker) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+def _requires_secret(secret: str) -> Any:
+    expected = f"Bearer {secret}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        sent = request.headers.get("Authorization", "").encode("latin-1", errors="replace")
+        if not hmac.compare_digest(sent, expected):
+            body = error_body("This worker serves only its gateway.", "invalid_request_error",
+                              None, "invalid_api_key")  # fmt: skip
+            return _json_error(401, body)
+        return await handler(request)
+
+    return check
+
+
+def build_app(worker: Worker, secret: str | None = None) -> web.Application:
+    middlewares = [_errors] if not secret else [_requires_secret(secret), _errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[WORKER_KEY] = worker
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/status", status)
+    app.router.add_get("/requests/{id}/done", request_done)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)

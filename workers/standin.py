@@ -26,6 +26,7 @@ from workers.engine import (
     StreamItem,
     Usage,
     check_context,
+    check_embedding_tokens,
     check_request_tokens,
     check_token_ids,
 )
@@ -47,6 +48,7 @@ class StandinOptions:
     exit_after_tokens: int | None = None  # os._exit mid-generation (crash tests)
     crash_on_warmup: bool = False  # SIGSEGV during warm-up, as a broken llama.cpp build does
     crash_on_request: bool = False  # SIGSEGV on the first generated token
+    prefill_seconds: float = 0.0  # work before the first token that no cancel can interrupt
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StandinOptions:
@@ -87,7 +89,10 @@ class StandinEngine:
     # Generation: "tok0 tok1 ...", one word per token, deterministic.
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        """How many tokens to produce; every generation starts here, so the prefill is here."""
         check_context(prompt_tokens, max_tokens, self.options.n_ctx)
+        # Like a template, a tokenizer or a prompt evaluation: it runs to its end, client or not.
+        time.sleep(self.options.prefill_seconds)
         budget = min(self.options.tokens, self.options.n_ctx - prompt_tokens)
         return budget if max_tokens is None else min(budget, max_tokens)
 
@@ -166,14 +171,18 @@ class StandinEngine:
         yield _completion_chunk("", self._finish(count, max_tokens))
         yield Usage(prompt_tokens, count)
 
-    def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
+    def embed(self, inputs: list[str] | list[list[int]], cancel: CancelToken) -> EmbeddingResult:
         if self.options.embedding_dim <= 0:
             raise EmbeddingsDisabled
         for item in inputs:
             if isinstance(item, list):
                 check_token_ids(item, self.options.n_vocab, "input")
-        vectors = [self._vector(repr(item)) for item in inputs]
         tokens = sum(len(i) if isinstance(i, list) else _words(i) for i in inputs)
+        check_embedding_tokens(tokens)
+        vectors = []
+        for item in inputs:
+            cancel.sleep(self.options.token_delay)  # one "token" of work per input
+            vectors.append(self._vector(repr(item)))
         return EmbeddingResult(vectors, tokens)
 
     def _vector(self, text: str) -> list[float]:

@@ -57,6 +57,7 @@ class WorkerStatus:
         self.loaded_at: float | None = None
         self.requests_served = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_LIMIT)
+        self._running: dict[str, asyncio.Event] = {}  # request id -> set when it has ended
         # A llama context is not re-entrant: one slot. Only a stand-in may have more.
         self.slots = asyncio.Semaphore(concurrency)
 
@@ -103,9 +104,33 @@ class WorkerStatus:
             "recent": [asdict(r) for r in self.recent],
         }
 
+    async def wait_done(self, request_id: str, timeout: float) -> bool:
+        """Whether the request has ended (or was never seen), waiting up to `timeout` for it.
+
+        The gateway asks after its client left: until then it keeps the replica leased, so a
+        worker still computing for nobody is never shown free."""
+        done = self._running.get(request_id)
+        if done is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await done.wait()
+        return done.is_set()
+
     @asynccontextmanager
     async def generation(self, request_id: str, endpoint: str) -> AsyncIterator[RequestRecord]:
         """Hold the model for one request and record it; outcome follows how the body exits."""
+        done = self._running[request_id] = asyncio.Event()
+        try:
+            async with self._recorded(request_id, endpoint) as record:
+                yield record
+        finally:
+            done.set()
+            if self._running.get(request_id) is done:
+                del self._running[request_id]
+
+    @asynccontextmanager
+    async def _recorded(self, request_id: str, endpoint: str) -> AsyncIterator[RequestRecord]:
         async with self.slots:
             record = RequestRecord(request_id, endpoint, started=time.time())
             self.recent.append(record)

@@ -121,9 +121,41 @@ async def test_a_replica_becoming_ready_serves_the_queue() -> None:
 
 async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> None:
     registry, scheduler = make()
-    registry.mark_exited(registry.replicas("m")[0], "bad GGUF")
+    registry.mark_exited(registry.replicas("m")[0], "bad GGUF", "exit code 3")
     with pytest.raises(Unavailable, match="bad GGUF"):
         await scheduler.acquire("m")
+
+
+async def test_a_model_retrying_a_failed_start_is_unavailable_at_once() -> None:
+    registry, scheduler = make()
+    replica = registry.replicas("m")[0]
+    registry.mark_exited(replica, "bad GGUF", "exit code 3")
+    registry.mark_starting(replica, pid=1, port=1)  # the next try, after its backoff
+    with pytest.raises(Unavailable, match="bad GGUF"):
+        await asyncio.wait_for(scheduler.acquire("m"), 1)
+
+
+async def test_a_replica_restarting_after_a_crash_mid_request_still_queues() -> None:
+    registry, scheduler = make()
+    replica = registry.replicas("m")[0]
+    registry.mark_exited(replica, None, "SIGKILL, signal 9")  # was serving: back soon
+    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    registry.mark_ready(replica)
+    assert (await asyncio.wait_for(waiting, 1)).replica is replica
+
+
+async def test_queued_requests_fail_at_once_when_the_last_replica_fails_to_start() -> None:
+    registry = Registry()
+    registry.add_model("m")
+    replica = registry.add_replica("m", 0, "cpu")  # starting, never ready yet
+    scheduler = Scheduler(registry, {"m": QueuePolicy(4, 30.0)})
+    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await asyncio.sleep(0)
+    registry.mark_exited(replica, "out of memory", "exit code 3")
+    with pytest.raises(Unavailable, match="out of memory"):
+        await asyncio.wait_for(waiting, 1)
 
 
 async def test_release_is_idempotent() -> None:

@@ -7,8 +7,16 @@ import os
 from pathlib import Path
 
 from gateway.config import ModelConfig
-from gateway.launch import crash_reason, describe_exit, llama_params, worker_command, worker_env
+from gateway.launch import (
+    crash_reason,
+    describe_exit,
+    llama_params,
+    worker_command,
+    worker_env,
+    worker_secret,
+)
 from gateway.supervisor import restart_delay
+from workers.server import SECRET_ENV
 
 
 def model(**kw: object) -> ModelConfig:
@@ -70,3 +78,10 @@ def test_a_native_crash_before_ready_names_the_phase_and_points_at_cpu_builds() 
     # Killed (e.g. by the OOM killer) or a plain exit: no build hint.
     assert crash_reason("warming_up", -9) == "worker crashed during warm-up (SIGKILL, signal 9)"
     assert crash_reason("loading", 1) == "worker exited while loading the model (exit code 1)"
+
+
+def test_each_worker_gets_a_fresh_random_secret_unless_the_gateway_was_given_one() -> None:
+    secrets = {worker_secret({}) for _ in range(5)}
+    assert len(secrets) == 5 and all(len(s) >= 40 for s in secrets)
+    assert worker_secret({SECRET_ENV: "fixed-secret"}) == "fixed-secret"
+    assert worker_secret({SECRET_ENV: ""}) not in ("", "fixed-secret")  # empty: random

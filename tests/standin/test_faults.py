@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -48,12 +49,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
             },
             {"name": "broken", "path": str(garbage), "llama": {"n_ctx": 256}},
             standin("segv-warmup", crash_on_warmup=True),
+            standin("slow-broken", fail_load="no such tensor", load_seconds=1.5),
+            standin("prefill", replicas=2, prefill_seconds=3, tokens=2),
+            {
+                **standin("firehose", token_delay=0, tokens=10_000_000, n_ctx=100_000_000),
+                "idle_timeout": 1.0,
+            },
             {**standin("segv-request", crash_on_request=True), "queue_timeout": 10},
         ],
     }
     gateway = GatewayProcess(config, folder).start(expect_ready=False)
     try:
-        assert wait_until(lambda: ready_replicas(gateway) == 5, 30), gateway.log()
+        assert wait_until(lambda: ready_replicas(gateway) == 8, 30), gateway.log()
         yield gateway
     finally:
         gateway.stop()
@@ -211,6 +218,56 @@ def test_a_worker_that_crashes_on_a_request_is_restarted_and_its_caller_gets_a_c
     assert "segv-request[0]: worker pid" in gateway.log_path.read_text()
     assert re.search(r"segv-request\[0\]: worker pid \d+ exited \(SIGSEGV, signal 11\)",
                      gateway.log_path.read_text())  # fmt: skip
+
+
+def test_a_model_retrying_a_failed_load_answers_503_at_once(gateway: GatewayProcess) -> None:
+    def retrying() -> bool:
+        (replica,) = replicas_of(gateway, "slow-broken")
+        return replica["state"] == "starting" and replica["restarts"] >= 1
+
+    assert wait_until(retrying, 20)
+    began = time.monotonic()
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": "slow-broken", **CHAT})
+    error = assert_error(response, 503, "model_unavailable")
+    assert "no such tensor" in error["message"] and time.monotonic() - began < 1.0
+
+
+def test_a_client_that_reads_nothing_frees_the_replica_after_idle_timeout(
+    gateway: GatewayProcess,
+) -> None:
+    body = json.dumps({"model": "firehose", "stream": True, **CHAT}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(head + body)
+        assert wait_until(lambda: replicas_of(gateway, "firehose")[0]["in_flight"] == 1, 5)
+        # The socket stays open and unread: the replica must come back all the same.
+        assert wait_until(lambda: replicas_of(gateway, "firehose")[0]["in_flight"] == 0, 20)
+        with gateway.client() as client:
+            answer = client.post("/v1/chat/completions",
+                                 json={"model": "firehose", "max_tokens": 3, **CHAT})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+    assert "read nothing for 1 s; stream ended" in gateway.log_path.read_text()
+
+
+def test_a_replica_stays_leased_while_its_worker_computes_for_a_client_that_left(
+    gateway: GatewayProcess,
+) -> None:
+    request = {"model": "prefill", **CHAT}
+    with gateway.client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/chat/completions", json=request, headers={"X-Request-ID": "left"})
+    time.sleep(0.5)  # the worker has 2 s of prefill left, for nobody
+    busy = [w for w in replicas_of(gateway, "prefill") if w["in_flight"]]
+    assert len(busy) == 1, replicas_of(gateway, "prefill")
+    with gateway.client() as client:
+        answer = client.post("/v1/chat/completions", json=request, headers={"X-Request-ID": "next"})
+    assert answer.status_code == 200, answer.text
+    # It went to the other replica instead of waiting behind the gone client's work.
+    recent = gateway.worker_status("prefill", busy[0]["replica"])["recent"]
+    assert [r["id"] for r in recent] == ["left"]
+    assert wait_until(lambda: not any(w["in_flight"] for w in replicas_of(gateway, "prefill")), 10)
 
 
 def exit_times(gateway: GatewayProcess, model: str) -> list[float]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ import pytest
 
 from tests.support import (
     CHAT,
+    WORKER_AUTH,
+    WORKER_SECRET,
     GatewayProcess,
     assert_error,
     assert_valid,
@@ -24,7 +28,7 @@ from tests.support import (
     wait_until,
 )
 
-API_KEY = "sk-test-key"
+API_KEY = "sk-test-key-0123456789"
 
 
 CONFIG = {
@@ -110,6 +114,38 @@ def test_every_api_and_admin_route_needs_the_key(
     assert_error(httpx.request(method, gateway.url + path), 401, "invalid_api_key")
 
 
+@pytest.mark.parametrize(
+    "value", ["Bearer café".encode(), b"Bearer \xff\xfe", b"Bearer", b"Basic abc", b"\xe2\x82\xac"]
+)
+def test_a_malformed_or_non_ascii_authorization_is_a_401(
+    gateway: GatewayProcess, value: bytes
+) -> None:
+    response = httpx.get(gateway.url + "/v1/models", headers=[(b"Authorization", value)])
+    assert_error(response, 401, "invalid_api_key")
+
+
+def test_whitespace_around_the_key_is_not_part_of_it(gateway: GatewayProcess) -> None:
+    # Raw bytes: httpx refuses to send a header value with trailing whitespace.
+    request = (f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer  {API_KEY} \t\r\n"
+               "Connection: close\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/status"), ("POST", "/v1/chat/completions")])
+def test_a_worker_serves_only_requests_carrying_its_secret(
+    gateway: GatewayProcess, method: str, path: str
+) -> None:
+    url = gateway.workers()[0]["url"] + path
+    body = {"model": "fast", **CHAT}
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": WORKER_SECRET}):
+        response = httpx.request(method, url, json=body, headers=headers)
+        assert_error(response, 401, "invalid_api_key")
+    assert httpx.request(method, url, json=body, headers=WORKER_AUTH).status_code == 200
+
+
 def test_health_needs_no_key(gateway: GatewayProcess) -> None:
     assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
 
@@ -127,6 +163,29 @@ def test_malformed_json_is_400(client: httpx.Client) -> None:
     response = client.post("/v1/chat/completions", content=b'{"model": "fast",',
                            headers={"content-type": "application/json"})  # fmt: skip
     assert "not valid JSON" in assert_error(response, 400)["message"]
+
+
+def test_json_nested_too_deep_is_400(client: httpx.Client) -> None:
+    body = b'{"model": "fast", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    response = client.post("/v1/chat/completions", content=body,
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("trace-42.a:b_C", True), ("x" * 128, True), ("x" * 129, False), ("a b", False),
+     ("<script>", False), ("x" * 9000, False)],
+)  # fmt: skip
+def test_a_safe_request_id_is_echoed_and_any_other_replaced(
+    gateway: GatewayProcess, client: httpx.Client, given: str, kept: bool
+) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "fast", **CHAT},
+                           headers={"X-Request-ID": given})  # fmt: skip
+    assert response.status_code == 200, response.text
+    echoed = response.headers["x-request-id"]
+    assert (echoed == given) is kept
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", echoed)
 
 
 def test_missing_model_is_400(client: httpx.Client) -> None:

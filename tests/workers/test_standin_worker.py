@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -157,6 +159,51 @@ def test_embeddings_base64(worker: WorkerProcess) -> None:
     body = {"input": "a", "encoding_format": "base64"}
     answer = worker.client.post("/v1/embeddings", json=body).json()
     assert isinstance(answer["data"][0]["embedding"], str)
+
+
+def test_more_than_2048_embedding_inputs_is_400(worker: WorkerProcess) -> None:
+    response = worker.client.post("/v1/embeddings", json={"input": ["a"] * 2049})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "input"
+    assert worker.client.post("/v1/embeddings", json={"input": ["a"] * 2048}).status_code == 200
+
+
+def test_embedding_inputs_over_300k_tokens_in_all_is_400(worker: WorkerProcess) -> None:
+    inputs = [" ".join(["w"] * 150)] * 2001  # 300,150 stand-in tokens
+    response = worker.client.post("/v1/embeddings", json={"input": inputs})
+    assert response.status_code == 400 and "300000" in response.json()["error"]["message"]
+
+
+def test_embeddings_stop_when_their_client_goes_away() -> None:
+    with standin("slow-embed", token_delay=0.05) as w:  # 2,000 inputs: 100 s of work
+        w.wait_ready()
+        with pytest.raises(httpx.ReadTimeout):
+            w.client.post("/v1/embeddings", json={"input": ["x"] * 2000}, timeout=1)
+        began = time.monotonic()
+        answer = w.client.post("/v1/embeddings", json={"input": "y"}, timeout=30)
+        assert answer.status_code == 200 and time.monotonic() - began < 3
+        assert [r["outcome"] for r in w.status()["recent"]][:1] == ["cancelled"]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stream_nobody_reads_pauses_its_generation_instead_of_filling_memory() -> None:
+    with standin("firehose", token_delay=0, tokens=10_000_000, n_ctx=100_000_000) as w:
+        w.wait_ready()
+        before = rss_mib(w.proc.pid)
+        body = b'{"stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+        with socket.create_connection(("127.0.0.1", w.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))  # fmt: skip
+            time.sleep(4)  # read nothing: at full speed the queue grew ~30 MB a second
+            grown = rss_mib(w.proc.pid) - before
+        assert grown < 20, f"worker memory grew {grown:.0f} MiB under a stream nobody read"
 
 
 # Errors
