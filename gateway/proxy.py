@@ -152,6 +152,12 @@ class Relay:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
             status, body = failure.status, failure.body()
+        if self._upstream.content_type != "application/json":
+            # A body we label JSON is JSON: a worker's (or its HTTP library's) plain-text error
+            # becomes an OpenAI error that says what came back.
+            failure = UpstreamFailed(f"The model worker answered {status} with a "
+                                     f"{self._upstream.content_type} body.")  # fmt: skip
+            status, body = failure.status, failure.body()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
