@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .procs import CONFIG_DIR, PYTHON, Proc, free_port, start, wait_http
+from .procs import CONFIG_DIR, PYTHON, WORKER_SECRET, Proc, free_port, start, wait_http
 
 __all__ = ["LITELLM_BIN", "litellm_available", "start_litellm", "start_llama_server"]
 
@@ -30,7 +30,11 @@ def start_litellm(name: str, upstreams: list[str], cpus: str | None) -> Proc:
     models = [
         {
             "model_name": "mock",
-            "litellm_params": {"model": "openai/mock", "api_base": url + "/v1", "api_key": "x"},
+            "litellm_params": {
+                "model": "openai/mock",
+                "api_base": url + "/v1",
+                "api_key": WORKER_SECRET,
+            },
         }
         for url in upstreams
     ]

@@ -13,6 +13,7 @@
 # Environment:
 #   LLAMA_AMX=1         keep ggml's AMX backend (opt in; see README "CPU builds")
 #   LLAMA_CMAKE_ARGS    extra CMake arguments, e.g. "-DGGML_NATIVE=OFF -DGGML_AVX512=ON"
+#                       (CMAKE_ARGS, as llama-cpp-python's own docs name it, is added too)
 #   LLAMA_WHEELS        where built wheels are kept (default ~/.cache/llm-gateway/wheels)
 #   LLAMA_REBUILD=1     ignore a kept wheel and build again
 set -euo pipefail
@@ -23,6 +24,7 @@ VENV_DIR=$(cd "$(dirname "$PY")/.." && pwd)
 MARKER="$VENV_DIR/llama-cpp-build.env"
 
 cmake_args=${LLAMA_CMAKE_ARGS:-}
+if [[ -n "${CMAKE_ARGS:-}" ]]; then cmake_args="$cmake_args $CMAKE_ARGS"; fi
 if [[ "$(uname -m)" == x86_64 && "${LLAMA_AMX:-0}" != 1 ]]; then
   # GCC lets an explicit -mno-X win over -march=native whatever the order; clang takes the last.
   no_amx='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
