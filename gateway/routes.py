@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Receive
 
 from .auth import bearer_matches, is_loopback
 from .config import ModelConfig, ServerConfig
@@ -24,7 +24,7 @@ from .errors import (
     UpstreamFailed,
     error_body,
 )
-from .proxy import Proxy, Relay, until_disconnect
+from .proxy import ClientGone, Proxy, Relay, until_disconnect
 from .reloader import Reloader
 from .scheduler import Lease
 from .state import Gateway
@@ -89,23 +89,41 @@ def _admin(request: Request[Any, Any, Any]) -> Gateway:
 
 
 async def _read_body(request: Request[Any, Any, Any], server: ServerConfig) -> bytes:
-    limit, idle = server.max_body_bytes, server.body_timeout
+    """The body, at most server.max_body_bytes; silence of server.body_timeout between chunks
+    is a 408. uvicorn usually holds the whole body already: one receive and no timer."""
+    limit = server.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        raise _too_large(limit)
     body = bytearray()
+    if _take(await request.receive(), body, limit):
+        await _read_rest(request.receive, body, limit, server.body_timeout)
+    return bytes(body)
+
+
+async def _read_rest(receive: Receive, body: bytearray, limit: int, idle: float) -> None:
     loop = asyncio.get_running_loop()
     try:
         # One timer, pushed back at each chunk: a client may send slowly, not fall silent.
         async with asyncio.timeout(idle) as deadline:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+            while _take(await receive(), body, limit):
                 deadline.reschedule(loop.time() + idle)
     except TimeoutError as exc:
         raise RequestTimeout(f"The request body stopped arriving for {idle:g} s.") from exc
-    return bytes(body)
+
+
+def _take(message: Any, body: bytearray, limit: int) -> bool:
+    """Add one ASGI receive message's body to `body`; return whether more is to come."""
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
+    body += message.get("body", b"")
+    if len(body) > limit:
+        raise _too_large(limit)
+    return bool(message.get("more_body", False))
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
 
 
 def _route_fields(body: bytes) -> _RouteFields:
