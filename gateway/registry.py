@@ -1,27 +1,28 @@
-"""The registry: every replica's state, load and health, with one writer per fact.
+"""The registry: every replica's state, load and health, and the one owner of their changes.
 
-The supervisor writes lifecycle facts (starting, ready, failed, exited); the
-scheduler writes load (begin, end). Everyone else reads snapshots.
+Every state change goes through `Registry._move`, checked against the lifecycle table
+(gateway/lifecycle.py) and told to subscribers (`on_change`): the scheduler's capacity signal,
+the log, later metrics. The supervisor asks for lifecycle moves (starting, ready, failed,
+exited), the scheduler for load (begin, end: ready <-> busy) and health after a failed request,
+the reloader for draining. Everyone else reads snapshots, or waits with `until`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
+
+from .lifecycle import ReplicaState, StateChange, check_transition
 
 __all__ = ["Registry", "Replica", "ReplicaState"]
 
-
-class ReplicaState(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"  # running, but a request could not reach it; out of rotation
-    DRAINING = "draining"  # finishing its requests before it is stopped (reload, scale down)
-    FAILED = "failed"
-    STOPPED = "stopped"
+log = logging.getLogger("gateway.registry")
+S = ReplicaState
+_IN_ROTATION = (S.READY, S.BUSY)
 
 
 @dataclass(eq=False)
@@ -32,7 +33,7 @@ class Replica:
     index: int
     device: str
     capacity: int = 1
-    state: ReplicaState = ReplicaState.STARTING
+    state: ReplicaState = ReplicaState.STARTING  # written by Registry._move only
     url: str = ""
     pid: int | None = None
     port: int | None = None
@@ -40,8 +41,9 @@ class Replica:
     requests_served: int = 0
     restarts: int = 0
     loaded_at: float | None = None
-    error: str | None = None
+    error: str | None = None  # why it last failed (load, start, requests or status checks)
     last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
+    state_since: float = field(default_factory=time.time)  # when it entered its state
     auth: str = field(default="", repr=False)  # the Authorization its worker requires
 
     @property
@@ -56,6 +58,7 @@ class Replica:
             "port": self.port,
             "url": self.url or None,
             "state": self.state.value,
+            "state_since": self.state_since,
             "device": self.device,
             "in_flight": self.in_flight,
             "requests_served": self.requests_served,
@@ -66,7 +69,7 @@ class Replica:
         }
 
 
-Listener = Callable[[str], None]
+Listener = Callable[[StateChange], None]
 
 
 class Registry:
@@ -74,7 +77,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_model: dict[str, list[Replica]] = {}
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener] = [_log_change]
+        self._changed = asyncio.Event()  # pulsed on every change, for `until`
 
     def add_model(self, model: str) -> None:
         self._by_model.setdefault(model, [])
@@ -91,8 +95,8 @@ class Registry:
     def remove_replica(self, replica: Replica) -> None:
         self._by_model[replica.model].remove(replica)
 
-    def on_capacity(self, listener: Listener) -> None:
-        """Call `listener(model)` whenever a replica of `model` may take more work or has exited."""
+    def on_change(self, listener: Listener) -> None:
+        """Call `listener(change)` after every state change of any replica."""
         self._listeners.append(listener)
 
     def models(self) -> list[str]:
@@ -105,63 +109,82 @@ class Registry:
         for replicas in self._by_model.values():
             yield from replicas
 
-    # Lifecycle: written by the supervisor only.
+    async def until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `condition()` holds, checked after each change; False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return condition()
+        return True
+
+    # Lifecycle: asked for by the supervisor.
 
     def mark_starting(self, replica: Replica, pid: int, port: int, secret: str = "") -> None:
-        replica.state = ReplicaState.STARTING
         replica.pid, replica.port = pid, port
         replica.url = f"http://127.0.0.1:{port}"
         replica.auth = f"Bearer {secret}"
+        if replica.state is not S.DRAINING:
+            self._move(replica, S.STARTING)
 
     def mark_ready(self, replica: Replica) -> None:
-        if replica.state is ReplicaState.DRAINING:
+        if replica.state is S.DRAINING:
             return
-        replica.state = ReplicaState.READY
         replica.loaded_at = time.time()
         replica.error = None
-        self._notify(replica.model)
+        self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
 
     def mark_exited(self, replica: Replica, error: str | None, how: str | None) -> None:
         """The worker process is gone (`how`: its exit code or signal, None if it never ran);
         it will be restarted unless it is being retired."""
-        if replica.state is not ReplicaState.DRAINING:
-            replica.state = ReplicaState.FAILED if error else ReplicaState.STARTING
         replica.error = error
         replica.last_exit = how or replica.last_exit
         replica.restarts += 1
         replica.pid = None
-        self._notify(replica.model)  # a model left with no working replica fails its queue
+        if replica.state is not S.DRAINING:
+            self._move(replica, S.FAILED if error else S.STARTING, error)
 
     def mark_stopped(self, replica: Replica) -> None:
-        replica.state = ReplicaState.STOPPED
         replica.pid = None
+        self._move(replica, S.STOPPED)
 
     def mark_unhealthy(self, replica: Replica, reason: str) -> None:
         """Take a replica that failed a request out of rotation until its status answers."""
-        if replica.state is ReplicaState.READY:
-            replica.state = ReplicaState.UNHEALTHY
+        if replica.state in _IN_ROTATION:
             replica.error = reason
-
-    def mark_draining(self, replica: Replica) -> None:
-        """No new requests for this replica; those in flight finish."""
-        replica.state = ReplicaState.DRAINING
+            self._move(replica, S.UNHEALTHY, reason)
 
     def mark_healthy(self, replica: Replica) -> None:
         """An unhealthy replica answers again: back into rotation."""
-        if replica.state is ReplicaState.UNHEALTHY:
-            replica.state = ReplicaState.READY
+        if replica.state is S.UNHEALTHY:
             replica.error = None
-            self._notify(replica.model)
+            self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
 
-    # Load: written by the scheduler only.
+    # Retirement: asked for by the reloader.
+
+    def mark_draining(self, replica: Replica) -> None:
+        """No new requests for this replica; those in flight finish."""
+        self._move(replica, S.DRAINING)
+
+    # Load: asked for by the scheduler.
 
     def begin(self, replica: Replica) -> None:
         replica.in_flight += 1
+        if replica.state is S.READY and replica.in_flight >= replica.capacity:
+            self._move(replica, S.BUSY)
 
     def end(self, replica: Replica) -> None:
         replica.in_flight -= 1
         replica.requests_served += 1
-        self._notify(replica.model)
+        if replica.state is S.BUSY and replica.in_flight < replica.capacity:
+            self._move(replica, S.READY)
+        elif replica.state is S.DRAINING and not replica.in_flight:
+            self._pulse()  # a drain is waited for with `until`
 
     def busy(self) -> bool:
         """Whether any replica has a request in flight."""
@@ -169,11 +192,30 @@ class Registry:
 
     def model_status(self, model: str) -> dict[str, Any]:
         replicas = self._by_model[model]
-        ready = sum(r.state is ReplicaState.READY for r in replicas)
+        ready = sum(r.state in _IN_ROTATION for r in replicas)
         errors = sorted({r.error for r in replicas if r.error})
         return {"ready": ready > 0, "ready_replicas": ready, "replicas": len(replicas),
                 "errors": errors}  # fmt: skip
 
-    def _notify(self, model: str) -> None:
+    def _move(self, replica: Replica, new: ReplicaState, reason: str | None = None) -> None:
+        """The one place a replica's state changes: checked, stamped, told."""
+        old = replica.state
+        if new is old:
+            return
+        check_transition(old, new)
+        replica.state, replica.state_since = new, time.time()
+        change = StateChange(replica.model, replica.index, old, new, reason, replica.state_since)
         for listener in self._listeners:
-            listener(model)
+            listener(change)
+        self._pulse()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def _log_change(change: StateChange) -> None:
+    # busy <-> ready is every request's rhythm: debug; the rest is what ops look for.
+    level = logging.DEBUG if {change.old, change.new} <= {S.READY, S.BUSY} else logging.INFO
+    reason = f" ({change.reason})" if change.reason else ""
+    log.log(level, "%s[%d]: %s -> %s%s", change.model, change.index, change.old, change.new, reason)

@@ -165,8 +165,9 @@ class Reloader:
 
     async def _retire(self, replica: Replica) -> None:
         """Drain a replica (no new requests; those in flight finish), then stop its worker."""
-        self._gateway.registry.mark_draining(replica)
-        await self._until(lambda: replica.in_flight == 0, self._drain_timeout())
+        registry = self._gateway.registry
+        registry.mark_draining(replica)
+        await registry.until(lambda: replica.in_flight == 0, self._drain_timeout())
         await self._gateway.supervisor.stop_replica(replica)
 
     async def _remove(self, name: str) -> None:
@@ -181,17 +182,19 @@ class Reloader:
         return self._gateway.config.server.drain_timeout
 
     async def _becomes_ready(self, replica: Replica, timeout: float) -> bool:
-        await self._until(lambda: replica.state in _SETTLED, timeout)
-        return replica.state is ReplicaState.READY
+        await self._gateway.registry.until(lambda: replica.state in _SETTLED, timeout)
+        return replica.state in _SERVING
 
     @staticmethod
     async def _until(condition: Any, timeout: float) -> None:
+        """Poll `condition` (scheduler state, which sends no events) until it holds."""
         deadline = time.monotonic() + timeout
         while not condition() and time.monotonic() < deadline:
             await asyncio.sleep(_POLL)
 
 
-_SETTLED = (ReplicaState.READY, ReplicaState.FAILED)
+_SERVING = (ReplicaState.READY, ReplicaState.BUSY)
+_SETTLED = (*_SERVING, ReplicaState.FAILED)
 
 
 def _digest(gateway: Gateway) -> str:

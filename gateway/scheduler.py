@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import QueueFull, QueueTimeout, Unavailable
+from .lifecycle import StateChange
 from .registry import Registry, Replica, ReplicaState
 
 __all__ = ["Lease", "QueuePolicy", "Scheduler", "pick_replica"]
@@ -53,7 +54,7 @@ class Scheduler:
         self._registry = registry
         self._policies = dict(policies)
         self._queues: dict[str, deque[asyncio.Future[Lease]]] = {m: deque() for m in policies}
-        registry.on_capacity(self._dispatch)
+        registry.on_change(self._on_change)
 
     def set_policy(self, model: str, policy: QueuePolicy) -> None:
         """Add a model, or change its queue limits (a reload): waiters keep their place."""
@@ -152,6 +153,11 @@ class Scheduler:
         elif not waiter.cancelled() and waiter.exception() is None:
             waiter.result().release()
 
+    def _on_change(self, change: StateChange) -> None:
+        # Ready: room for a queued request. Failed or starting again: maybe nothing can serve.
+        if change.new in _DISPATCH_ON:
+            self._dispatch(change.model)
+
     def _dispatch(self, model: str) -> None:
         queue = self._queues.get(model)  # None once a reload removed the model
         if queue and (unavailable := self._unavailable(model)) is not None:
@@ -170,6 +176,9 @@ class Scheduler:
             waiter = queue.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+
+
+_DISPATCH_ON = frozenset({ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STARTING})
 
 
 def _failing(replica: Replica) -> bool:

@@ -119,9 +119,16 @@ async def test_a_replica_becoming_ready_serves_the_queue() -> None:
     assert lease.replica.index == 0
 
 
+def fail_restart(registry: Registry, replica: Replica, error: str) -> None:
+    """Its worker exits, and the next one fails to load (the supervisor's order of events)."""
+    registry.mark_exited(replica, None, "SIGKILL, signal 9")
+    registry.mark_starting(replica, pid=2, port=2)
+    registry.mark_exited(replica, error, "exit code 3")
+
+
 async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> None:
     registry, scheduler = make()
-    registry.mark_exited(registry.replicas("m")[0], "bad GGUF", "exit code 3")
+    fail_restart(registry, registry.replicas("m")[0], "bad GGUF")
     with pytest.raises(Unavailable, match="bad GGUF"):
         await scheduler.acquire("m")
 
@@ -129,7 +136,7 @@ async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> Non
 async def test_a_model_retrying_a_failed_start_is_unavailable_at_once() -> None:
     registry, scheduler = make()
     replica = registry.replicas("m")[0]
-    registry.mark_exited(replica, "bad GGUF", "exit code 3")
+    fail_restart(registry, replica, "bad GGUF")
     registry.mark_starting(replica, pid=1, port=1)  # the next try, after its backoff
     with pytest.raises(Unavailable, match="bad GGUF"):
         await asyncio.wait_for(scheduler.acquire("m"), 1)

@@ -237,6 +237,23 @@ def test_a_full_queue_is_429_with_retry_after(
     running.join(), waiting.join()
 
 
+def test_admin_workers_shows_a_full_replica_busy_and_since_when(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    def slow_replica() -> dict[str, Any]:
+        workers = client.get("/admin/workers").json()["data"]
+        found: dict[str, Any] = next(w for w in workers if w["model"] == "slow")
+        return found
+
+    idle_since = slow_replica()["state_since"]
+    running = in_background(client, "slow")
+    assert wait_until(lambda: slow_replica()["state"] == "busy", 5)
+    busy_since = slow_replica()["state_since"]
+    running.join()
+    after = slow_replica()
+    assert after["state"] == "ready" and idle_since < busy_since < after["state_since"]
+
+
 def test_waiting_past_queue_timeout_is_503(gateway: GatewayProcess, client: httpx.Client) -> None:
     running = in_background(client, "impatient")
     assert wait_until(lambda: busy(gateway, "impatient"), 5)
