@@ -108,8 +108,7 @@ class Supervisor:
         try:
             error = await launch.until_ready(model.startup_timeout)
             if error is None:
-                self._registry.mark_ready(replica)
-                log.info("%s[%d]: ready", model.name, replica.index)
+                self._registry.mark_ready(replica)  # the registry logs the change
                 await self._watch(replica, proc)
             else:
                 await self._reap(proc, _FAILED_EXIT_WAIT)
