@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException
 
 from .config import GatewayConfig
 from .errors import GatewayError, error_body
+from .metrics import MODEL_KEY, Metrics, rejection_reason
 from .proxy import ClientGone
 from .reloader import Reloader
 from .routes import ROUTES
@@ -34,6 +35,7 @@ def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
     """The app serving `config`; `source` is the file a reload reads again."""
     gateway = build_gateway(config, source)
     reloader = Reloader(gateway)
+    metrics = Metrics(gateway)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -52,7 +54,7 @@ def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"gateway": gateway, "reloader": reloader}),
+        state=State({"gateway": gateway, "reloader": reloader, "metrics": metrics}),
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -70,7 +72,11 @@ def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Re
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    reason = rejection_reason(exc.code)
+    if reason is not None:
+        metrics: Metrics = request.app.state.metrics
+        metrics.rejected.labels(request.scope.get(MODEL_KEY, "none"), reason).inc()
     return _json(exc.body(), exc.status, exc.headers())
 
 

@@ -86,6 +86,7 @@ def _serve(
 
     from .app import create_app
     from .edge import edge_protocol
+    from .metrics import MetricsMiddleware
     from .server import GatewayServer
 
     logging.basicConfig(
@@ -95,7 +96,7 @@ def _serve(
     app = create_app(config, source)
     gateway = app.state.gateway
     server_config = uvicorn.Config(
-        app,
+        MetricsMiddleware(app, app.state.metrics),
         http=edge_protocol(config, lambda: gateway.config.server),
         log_level=log_level,
         access_log=False,  # per-request logging would sit on the hot path

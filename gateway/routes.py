@@ -24,6 +24,7 @@ from .errors import (
     UpstreamFailed,
     error_body,
 )
+from .metrics import MODEL_KEY, Metrics
 from .proxy import ClientGone, Proxy, Relay, until_disconnect
 from .reloader import Reloader
 from .scheduler import Lease
@@ -57,6 +58,8 @@ def _request_id(given: str | None) -> str:
 
 
 _JSON = "application/json"
+# The text format every Prometheus reads (Litestar adds the charset to text/* types itself).
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 def _state(request: Request[Any, Any, Any]) -> Gateway:
@@ -148,6 +151,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     model = gateway.resolve(fields.model)
+    request.scope[MODEL_KEY] = model.name  # type: ignore[literal-required]  # metrics' label
     request_id = _request_id(request.headers.get("x-request-id"))
     scheduler = gateway.scheduler
     lease = scheduler.try_acquire(model.name)
@@ -235,6 +239,13 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
                     media_type=_JSON)  # fmt: skip
 
 
+@get("/metrics")
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus's text format; open, like the probes (it holds no key and no prompt)."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=_PROMETHEUS_TEXT)
+
+
 @get("/admin/workers")
 async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
     gateway = _admin(request)
@@ -270,4 +281,4 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, ready,
-          admin_workers, admin_reload, admin_config]  # fmt: skip
+          metrics, admin_workers, admin_reload, admin_config]  # fmt: skip

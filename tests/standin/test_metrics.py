@@ -1,0 +1,92 @@
+"""GET /metrics on the real gateway over stand-in workers, read with Prometheus's own parser."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import CHAT, GatewayProcess, running_gateway, standin, wait_until
+
+CONFIG = {
+    "models": [
+        {**standin("pair", replicas=2), "aliases": ["pair-alias"]},
+        standin("slow", max_queue=0, token_delay=0.2, tokens=10),
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("metrics"))
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(gateway: GatewayProcess) -> Samples:
+    response = httpx.get(gateway.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples}  # fmt: skip
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_replica_families_are_there_from_the_start(gateway: GatewayProcess) -> None:
+    samples = scrape(gateway)
+    for index in ("0", "1"):
+        replica = {"model": "pair", "replica": index}
+        assert value(samples, "llm_gateway_replica_state", **replica, state="ready") == 1
+        assert value(samples, "llm_gateway_replica_state", **replica, state="failed") == 0
+        assert ("llm_gateway_replica_restarts_total", frozenset(replica.items())) in samples
+        assert value(samples, "llm_gateway_replica_info", **replica, device="cpu") == 1
+    assert value(samples, "llm_gateway_queue_depth", model="slow") == 0
+
+
+def test_answers_are_counted_and_timed_by_the_configured_model_name(
+    gateway: GatewayProcess,
+) -> None:
+    before = scrape(gateway)
+    with gateway.client() as client:
+        for _ in range(3):  # by alias: counted under the model's own name
+            assert client.post("/v1/chat/completions",
+                               json={"model": "pair-alias", **CHAT}).status_code == 200  # fmt: skip
+        assert (
+            client.post("/v1/chat/completions", json={"model": "nope", **CHAT}).status_code == 404
+        )
+    after = scrape(gateway)
+    ok = {"model": "pair", "endpoint": "chat_completions", "status": "200"}
+    assert value(after, "llm_gateway_requests_total", **ok) - value(
+        before, "llm_gateway_requests_total", **ok) == 3  # fmt: skip
+    timed = {"model": "pair", "endpoint": "chat_completions"}
+    assert value(after, "llm_gateway_request_duration_seconds_count", **timed) >= 3
+    unknown = {"model": "none", "endpoint": "chat_completions", "status": "404"}
+    assert value(after, "llm_gateway_requests_total", **unknown) >= 1
+    assert not any(dict(labels).get("model") in ("pair-alias", "nope") for _, labels in after)
+    served = sum(value(after, "llm_gateway_replica_requests_total", model="pair", replica=i)
+                 for i in ("0", "1"))  # fmt: skip
+    assert served >= 3
+
+
+def test_a_full_queue_is_counted_as_a_rejection(gateway: GatewayProcess) -> None:
+    with gateway.client() as client:
+        holder = threading.Thread(target=lambda: client.post(
+            "/v1/chat/completions", json={"model": "slow", **CHAT}))  # fmt: skip
+        holder.start()
+        assert wait_until(lambda: value(scrape(gateway), "llm_gateway_replica_in_flight",
+                                        model="slow", replica="0") == 1, 5)  # fmt: skip
+        assert value(scrape(gateway), "llm_gateway_replica_state", model="slow", replica="0",
+                     state="busy") == 1  # fmt: skip
+        refused = client.post("/v1/chat/completions", json={"model": "slow", **CHAT})
+        holder.join()
+    assert refused.status_code == 429
+    assert value(scrape(gateway), "llm_gateway_rejected_requests_total", model="slow",
+                 reason="queue_full") == 1  # fmt: skip
