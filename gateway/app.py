@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 
 from .config import GatewayConfig
 from .errors import GatewayError, error_body
-from .metrics import MODEL_KEY, Metrics, rejection_reason
+from .metrics import Metrics, marks, rejection_reason
 from .proxy import ClientGone
 from .reloader import Reloader
 from .routes import ROUTES
@@ -76,7 +76,7 @@ def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Respon
     reason = rejection_reason(exc.code)
     if reason is not None:
         metrics: Metrics = request.app.state.metrics
-        metrics.rejected.labels(request.scope.get(MODEL_KEY, "none"), reason).inc()
+        metrics.rejected.labels(marks(request.scope).model, reason).inc()
     return _json(exc.body(), exc.status, exc.headers())
 
 

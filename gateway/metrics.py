@@ -24,12 +24,25 @@ from .lifecycle import ReplicaState
 if TYPE_CHECKING:
     from .state import Gateway
 
-__all__ = ["LATENCY_BUCKETS", "MODEL_KEY", "Metrics", "MetricsMiddleware", "rejection_reason"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Marks",
+    "Metrics",
+    "MetricsMiddleware",
+    "marks",
+    "rejection_reason",
+]
 
 # Seconds, from a cached answer's milliseconds to a long generation's minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0)  # fmt: skip
-MODEL_KEY = "llm_gateway.model"  # the scope key where the routes put the resolved model's name
+# Waiting for a replica: none at all (most requests) up to queue_timeout.
+QUEUE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                 120.0)  # fmt: skip
+# The gateway's own share of a request: a fraction of a millisecond when all is well.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 1.0)  # fmt: skip
+_MARKS_KEY = "llm_gateway.marks"  # the scope key of a request's Marks
 _NO_MODEL = "none"  # a request refused before its model was known
 _ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
               "/v1/embeddings": "embeddings"}  # fmt: skip
@@ -44,6 +57,24 @@ def rejection_reason(code: str | None) -> str | None:
     return _REJECTIONS.get(code or "")
 
 
+class Marks:
+    """What the routes and the relay note about one request, for the middleware to record."""
+
+    __slots__ = ("model", "queue_wait", "upstream_ended", "upstream_started")
+
+    def __init__(self) -> None:
+        self.model = _NO_MODEL  # the configured name, once the request's model is resolved
+        self.queue_wait = 0.0  # seconds spent waiting for a replica
+        self.upstream_started: float | None = None  # perf_counter() when sent to the worker
+        self.upstream_ended: float | None = None  # ... when the worker's answer had all come
+
+
+def marks(scope: Scope) -> Marks:
+    """The request's Marks (a throwaway set where no middleware put one, e.g. in unit tests)."""
+    found: Marks | None = scope.get(_MARKS_KEY)  # type: ignore[assignment]
+    return found if found is not None else Marks()
+
+
 class Metrics:
     """The families, in a registry of their own (not prometheus_client's global one)."""
 
@@ -55,6 +86,16 @@ class Metrics:
         self.duration = Histogram("llm_gateway_request_duration_seconds", "Time from a request's "
                                   "arrival to the end of its answer", ["model", "endpoint"],
                                   buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.queue_time = Histogram("llm_gateway_request_queue_time_seconds", "Time a request "
+                                    "waited for a free replica", ["model"],
+                                    buckets=QUEUE_BUCKETS, registry=self.registry)  # fmt: skip
+        self.ttft = Histogram("llm_gateway_time_to_first_token_seconds", "Streams: time from "
+                              "a request's arrival to its first event", ["model", "endpoint"],
+                              buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.overhead = Histogram("llm_gateway_overhead_seconds", "Time a request spent in the "
+                                  "gateway itself: neither queued nor at its worker",
+                                  ["model", "endpoint"], buckets=OVERHEAD_BUCKETS,
+                                  registry=self.registry)  # fmt: skip
         self.rejected = Counter("llm_gateway_rejected_requests", "Requests refused, by reason: "
                                 "queue_full, queue_timeout, auth, draining, unavailable",
                                 ["model", "reason"], registry=self.registry)  # fmt: skip
@@ -78,20 +119,41 @@ class MetricsMiddleware:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), 499  # 499: the client left before an answer
+        noted = scope[_MARKS_KEY] = Marks()  # type: ignore[literal-required]
+        started, status, first_event = time.perf_counter(), 499, 0.0  # 499: the client left
 
         async def observe(message: Message) -> None:
-            nonlocal status
+            nonlocal status, first_event
             if message["type"] == "http.response.start":
                 status = message["status"]
+                first_event = -1.0 if _is_stream(message["headers"]) else 0.0
+            elif first_event < 0 and message.get("body"):
+                first_event = time.perf_counter()
             await send(message)
 
         try:
             await self.app(scope, receive, observe)
         finally:
-            model = scope.get(MODEL_KEY, _NO_MODEL)
-            self.metrics.requests.labels(model, endpoint, str(status)).inc()
-            self.metrics.duration.labels(model, endpoint).observe(time.perf_counter() - started)
+            self._record(endpoint, noted, status, started, first_event)
+
+    def _record(self, endpoint: str, noted: Marks, status: int, started: float,
+                first_event: float) -> None:  # fmt: skip
+        metrics, model, now = self.metrics, noted.model, time.perf_counter()
+        metrics.requests.labels(model, endpoint, str(status)).inc()
+        metrics.duration.labels(model, endpoint).observe(now - started)
+        if first_event > 0:
+            metrics.ttft.labels(model, endpoint).observe(first_event - started)
+        if noted.upstream_started is None:
+            return  # refused before it reached a worker
+        metrics.queue_time.labels(model).observe(noted.queue_wait)
+        if noted.upstream_ended is not None:
+            before = noted.upstream_started - started - noted.queue_wait
+            metrics.overhead.labels(model, endpoint).observe(before + now - noted.upstream_ended)
+
+
+def _is_stream(headers: Any) -> bool:
+    return any(name == b"content-type" and value.startswith(b"text/event-stream")
+               for name, value in headers)  # fmt: skip
 
 
 class _PoolCollector(Collector):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ import aiohttp
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from .errors import UpstreamFailed, UpstreamTimeout, error_body
+from .metrics import Marks, marks
 from .scheduler import Lease
 
 __all__ = ["ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
@@ -130,11 +132,12 @@ class Relay:
         self._busy_timeout = busy_timeout  # how long a worker may go on for a gone client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        noted = marks(scope)
         try:
             if self._upstream.content_type == "text/event-stream":
-                await self._relay_stream(receive, send)
+                await self._relay_stream(receive, send, noted)
             else:
-                await self._relay_body(send)
+                await self._relay_body(send, noted)
         finally:
             read_to_end = self._upstream.content.at_eof()
             self._upstream.close()
@@ -144,10 +147,11 @@ class Relay:
                 self._proxy.release_when_done(self._lease, self._request_id.decode(),
                                               self._busy_timeout)  # fmt: skip
 
-    async def _relay_body(self, send: Send) -> None:
+    async def _relay_body(self, send: Send, noted: Marks) -> None:
         try:
             async with asyncio.timeout(self._idle_timeout):
                 body = await self._upstream.read()
+            noted.upstream_ended = time.perf_counter()
             status = self._upstream.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
@@ -166,16 +170,16 @@ class Relay:
         await send(_start(status, headers))
         await send(_body(body, more=False))
 
-    async def _relay_stream(self, receive: Receive, send: Send) -> None:
+    async def _relay_stream(self, receive: Receive, send: Send, noted: Marks) -> None:
         headers = [*_SSE_HEADERS, (b"x-request-id", self._request_id)]
         await send(_start(self._upstream.status, headers))
         # Closing the upstream connection (in __call__) is what stops the worker's generation.
         # A client gone, or one that reads nothing: nobody is left to tell (returning without
         # finishing the response makes the server close the connection).
         with contextlib.suppress(ClientGone, _ClientStuck):
-            await until_disconnect(receive, self._relay_events(send))
+            await until_disconnect(receive, self._relay_events(send, noted))
 
-    async def _relay_events(self, send: Send) -> None:
+    async def _relay_events(self, send: Send, noted: Marks) -> None:
         watchdog = _IdleWatchdog(self._idle_timeout)
         last, tail = b"", b""
         try:
@@ -198,6 +202,7 @@ class Relay:
             pass
         finally:
             watchdog.close()
+        noted.upstream_ended = time.perf_counter()
         if not tail and not (last.endswith(_DONE) or _last_event_is_error(last)):
             tail = _error_event("The model worker stopped in the middle of the stream.",
                                 "upstream_error")  # fmt: skip

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ from .errors import (
     UpstreamFailed,
     error_body,
 )
-from .metrics import MODEL_KEY, Metrics
+from .metrics import Metrics, marks
 from .proxy import ClientGone, Proxy, Relay, until_disconnect
 from .reloader import Reloader
 from .scheduler import Lease
@@ -151,12 +152,15 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     model = gateway.resolve(fields.model)
-    request.scope[MODEL_KEY] = model.name  # type: ignore[literal-required]  # metrics' label
+    noted = marks(request.scope)
+    noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = _request_id(request.headers.get("x-request-id"))
     scheduler = gateway.scheduler
     lease = scheduler.try_acquire(model.name)
     if lease is None:  # queue, leaving the queue if the client goes away
+        queued = time.perf_counter()
         lease = await until_disconnect(request.receive, scheduler.acquire(model.name))
+        noted.queue_wait = time.perf_counter() - queued
     try:
         return await _send(request, gateway.proxy, lease, model, path, body, request_id)
     except UpstreamFailed:
@@ -169,6 +173,7 @@ async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, mod
                 path: str, body: bytes, request_id: str) -> Relay:  # fmt: skip
     """Send the request on `lease`; its Relay releases the lease once the answer is out."""
     replica = lease.replica
+    marks(request.scope).upstream_started = time.perf_counter()
     try:
         upstream = await until_disconnect(
             request.receive,

@@ -90,3 +90,25 @@ def test_a_full_queue_is_counted_as_a_rejection(gateway: GatewayProcess) -> None
     assert refused.status_code == 429
     assert value(scrape(gateway), "llm_gateway_rejected_requests_total", model="slow",
                  reason="queue_full") == 1  # fmt: skip
+
+
+def test_streams_record_time_to_first_token_and_every_answer_its_overhead(
+    gateway: GatewayProcess,
+) -> None:
+    before = scrape(gateway)
+    with gateway.client() as client:
+        streamed = client.post("/v1/chat/completions",
+                               json={"model": "pair", "stream": True, **CHAT})  # fmt: skip
+        assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    after = scrape(gateway)
+    labels = {"model": "pair", "endpoint": "chat_completions"}
+
+    def grew(name: str, **extra: str) -> float:
+        return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
+
+    assert grew("llm_gateway_time_to_first_token_seconds_count") == 1
+    assert 0 < grew("llm_gateway_time_to_first_token_seconds_sum") < 5
+    assert grew("llm_gateway_overhead_seconds_count") == 1
+    assert 0 < grew("llm_gateway_overhead_seconds_sum") < 0.5  # the gateway's own share
+    queued = value(after, "llm_gateway_request_queue_time_seconds_count", model="pair")
+    assert queued >= 1  # every request that reached a worker, waited or not
