@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
@@ -105,12 +106,25 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+@dataclass(frozen=True)
+class _Series:
+    """One model and endpoint's histograms, labelled once."""
+
+    duration: Any
+    ttft: Any
+    queue_time: Any
+    overhead: Any
+
+
 class MetricsMiddleware:
     """Counts and times every answer of the OpenAI endpoints; passes anything else through."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Bounded like the labels: configured models x endpoints (x status codes).
+        self._cache: dict[tuple[str, str], _Series] = {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (
@@ -138,17 +152,38 @@ class MetricsMiddleware:
 
     def _record(self, endpoint: str, noted: Marks, status: int, started: float,
                 first_event: float) -> None:  # fmt: skip
-        metrics, model, now = self.metrics, noted.model, time.perf_counter()
-        metrics.requests.labels(model, endpoint, str(status)).inc()
-        metrics.duration.labels(model, endpoint).observe(now - started)
+        now = time.perf_counter()
+        series = self._series(noted.model, endpoint)
+        self._answered(noted.model, endpoint, status).inc()
+        series.duration.observe(now - started)
         if first_event > 0:
-            metrics.ttft.labels(model, endpoint).observe(first_event - started)
+            series.ttft.observe(first_event - started)
         if noted.upstream_started is None:
             return  # refused before it reached a worker
-        metrics.queue_time.labels(model).observe(noted.queue_wait)
+        series.queue_time.observe(noted.queue_wait)
         if noted.upstream_ended is not None:
             before = noted.upstream_started - started - noted.queue_wait
-            metrics.overhead.labels(model, endpoint).observe(before + now - noted.upstream_ended)
+            series.overhead.observe(before + now - noted.upstream_ended)
+
+    def _series(self, model: str, endpoint: str) -> _Series:
+        # Cached: prometheus-client's labels() takes a lock and builds a key on every call.
+        found = self._cache.get((model, endpoint))
+        if found is None:
+            metrics = self.metrics
+            found = self._cache[(model, endpoint)] = _Series(
+                metrics.duration.labels(model, endpoint),
+                metrics.ttft.labels(model, endpoint),
+                metrics.queue_time.labels(model),
+                metrics.overhead.labels(model, endpoint),
+            )
+        return found
+
+    def _answered(self, model: str, endpoint: str, status: int) -> Any:
+        key = (model, endpoint, status)
+        found = self._counters.get(key)
+        if found is None:
+            found = self._counters[key] = self.metrics.requests.labels(model, endpoint, status)
+        return found
 
 
 def _is_stream(headers: Any) -> bool:
