@@ -11,7 +11,7 @@ MODELS := models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
 LLAMA_AMX ?= 0
 export LLAMA_AMX LLAMA_CMAKE_ARGS LLAMA_REBUILD
 
-.PHONY: setup serve test lint typecheck llama llama-check
+.PHONY: setup serve test lint typecheck llama llama-check prometheus
 
 setup: $(INSTALLED) llama $(MODELS) llama-check
 
@@ -45,7 +45,14 @@ $(MODELS) &: $(INSTALLED)
 serve: setup
 	exec $(VENV)/bin/llm-gateway serve --config config.yaml
 
-test: setup
+# The dashboard test runs a real Prometheus: Debian's package, installed when missing (as root).
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
+	  { echo "prometheus is missing: apt-get install prometheus (as root)" >&2; exit 1; }
+
+test: setup prometheus
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
