@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,3 +34,39 @@ def test_the_image_builds_llama_cpp_for_a_baseline_never_native_nor_amx() -> Non
     built = next(i for i, line in enumerate(lines) if "deploy/build_llama.sh /opt/venv" in line)
     project = next(i for i, line in enumerate(lines) if "pip install --no-cache-dir ." in line)
     assert built < project
+
+
+def compose(path: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((REPO / path).read_text())
+    return document
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml", "deploy/docker-compose.gpu.yml"])
+def test_the_compose_files_follow_the_compose_specification(path: str) -> None:
+    schema = json.loads((REPO / "tests/data/compose-spec.json").read_text())
+    errors = [e.message for e in jsonschema.Draft201909Validator(schema).iter_errors(compose(path))]
+    assert not errors, errors
+
+
+def test_compose_runs_the_monitoring_stack_with_what_it_mounts() -> None:
+    services = compose("docker-compose.yml")["services"]
+    assert set(services) == {"gateway", "redis", "prometheus", "grafana"}
+    assert "/ready" in " ".join(services["gateway"]["healthcheck"]["test"])
+    for service in ("prometheus", "grafana"):
+        for volume in services[service]["volumes"]:
+            assert (REPO / volume.split(":")[0]).exists(), volume
+    scraped = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    assert scraped["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:8000"]
+
+
+def test_the_gpu_override_reserves_nvidia_gpus_and_builds_with_cuda() -> None:
+    gateway = compose("deploy/docker-compose.gpu.yml")["services"]["gateway"]
+    (device,) = gateway["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "GGML_CUDA=on" in gateway["build"]["args"]["CMAKE_ARGS"]
+
+
+def test_the_image_runs_as_a_user_other_than_root() -> None:
+    users = [line.split()[1] for line in (REPO / "deploy/Dockerfile").read_text().splitlines()
+             if line.startswith("USER ")]  # fmt: skip
+    assert users and users[-1] not in ("root", "0")
