@@ -208,6 +208,8 @@ class _PoolCollector(Collector):
             families["served"].add_metric(labels, replica.requests_served)
             families["restarts"].add_metric(labels, replica.restarts)
             families["info"].add_metric([*labels, replica.device], 1)
+            if replica.load_seconds is not None:
+                families["load"].add_metric(labels, replica.load_seconds)
         queued = GaugeMetricFamily("llm_gateway_queue_depth", "Requests waiting for a replica",
                                    labels=["model"])  # fmt: skip
         for model in registry.models():
@@ -227,6 +229,9 @@ def _replica_families() -> dict[str, Any]:
         "restarts": CounterMetricFamily("llm_gateway_replica_restarts", "Times a replica's "
                                         "worker has exited and been started again",
                                         labels=replica),
+        "load": GaugeMetricFamily("llm_gateway_replica_load_seconds", "How long a replica's "
+                                  "worker took from its start to ready (load and warm-up)",
+                                  labels=replica),
         "info": GaugeMetricFamily("llm_gateway_replica_info", "Always 1: where each replica "
                                   "runs (device: its CUDA_VISIBLE_DEVICES, or cpu)",
                                   labels=[*replica, "device"]),

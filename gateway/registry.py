@@ -41,6 +41,7 @@ class Replica:
     requests_served: int = 0
     restarts: int = 0
     loaded_at: float | None = None
+    load_seconds: float | None = None  # its last worker's start to ready (load and warm-up)
     error: str | None = None  # why it last failed (load, start, requests or status checks)
     last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
     state_since: float = field(default_factory=time.time)  # when it entered its state
@@ -64,6 +65,7 @@ class Replica:
             "requests_served": self.requests_served,
             "restarts": self.restarts,
             "loaded_at": self.loaded_at,
+            "load_seconds": self.load_seconds,
             "error": self.error,
             "last_exit": self.last_exit,
         }
@@ -136,6 +138,8 @@ class Registry:
         if replica.state is S.DRAINING:
             return
         replica.loaded_at = time.time()
+        if replica.state is S.STARTING:
+            replica.load_seconds = replica.loaded_at - replica.state_since
         replica.error = None
         self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
 

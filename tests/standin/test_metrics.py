@@ -48,6 +48,7 @@ def test_replica_families_are_there_from_the_start(gateway: GatewayProcess) -> N
         assert value(samples, "llm_gateway_replica_state", **replica, state="failed") == 0
         assert ("llm_gateway_replica_restarts_total", frozenset(replica.items())) in samples
         assert value(samples, "llm_gateway_replica_info", **replica, device="cpu") == 1
+        assert 0 < value(samples, "llm_gateway_replica_load_seconds", **replica) < 30
     assert value(samples, "llm_gateway_queue_depth", model="slow") == 0
 
 
