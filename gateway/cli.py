@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "check-config":
         print(describe_plan(config, options.config))
         return 0
-    return _serve(config, Path(options.config), options.host, options.port, options.log_level)
+    return _serve(config, Path(options.config), options.host, options.port, options.log_level,
+                  options.log_format)  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="overrides server.host")
     serve.add_argument("--port", type=int, help="overrides server.port")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text for a terminal, json (one object a line) for a collector",
+    )
     check = commands.add_parser("check-config", help="validate a config file and print the plan")
     check.add_argument("config")
     commands.add_parser("worker", help="run one worker by hand (see `llm-gateway worker --help`)")
@@ -73,9 +80,8 @@ def _describe_model(model: ModelConfig) -> list[str]:
     return lines
 
 
-def _serve(
-    config: GatewayConfig, source: Path, host: str | None, port: int | None, log_level: str
-) -> int:
+def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | None,
+           log_level: str, log_format: str) -> int:  # fmt: skip
     # SIGHUP (reload) would end the process by default: ignore it until the server handles it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # The port before anything else: on a taken one, fail before a worker loads a model.
@@ -86,12 +92,11 @@ def _serve(
 
     from .app import create_app
     from .edge import edge_protocol
+    from .logs import configure
     from .metrics import MetricsMiddleware
     from .server import GatewayServer
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(log_level, log_format)
     logging.getLogger("gateway").info("listening on %s port %d", *sock.getsockname()[:2])
     app = create_app(config, source)
     gateway = app.state.gateway
@@ -99,7 +104,8 @@ def _serve(
         MetricsMiddleware(app, app.state.metrics),
         http=edge_protocol(config, lambda: gateway.config.server),
         log_level=log_level,
-        access_log=False,  # per-request logging would sit on the hot path
+        log_config=None,  # uvicorn's lines through our handler, JSON included
+        access_log=False,  # the request log (gateway.requests) says more
         timeout_graceful_shutdown=10,
     )
     GatewayServer(server_config, gateway, app.state.reloader).run(sockets=[sock])

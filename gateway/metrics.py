@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .lifecycle import ReplicaState
+from .logs import log_request
 
 if TYPE_CHECKING:
     from .state import Gateway
@@ -61,10 +62,13 @@ def rejection_reason(code: str | None) -> str | None:
 class Marks:
     """What the routes and the relay note about one request, for the middleware to record."""
 
-    __slots__ = ("model", "queue_wait", "upstream_ended", "upstream_started")
+    __slots__ = ("model", "queue_wait", "replica", "request_id", "upstream_ended",
+                 "upstream_started")  # fmt: skip
 
     def __init__(self) -> None:
         self.model = _NO_MODEL  # the configured name, once the request's model is resolved
+        self.request_id: str | None = None
+        self.replica: int | None = None  # the index of the replica that answered
         self.queue_wait = 0.0  # seconds spent waiting for a replica
         self.upstream_started: float | None = None  # perf_counter() when sent to the worker
         self.upstream_ended: float | None = None  # ... when the worker's answer had all come
@@ -153,6 +157,8 @@ class MetricsMiddleware:
     def _record(self, endpoint: str, noted: Marks, status: int, started: float,
                 first_event: float) -> None:  # fmt: skip
         now = time.perf_counter()
+        ttft = first_event - started if first_event > 0 else None
+        log_request(_request_record(noted, endpoint, status, now - started, ttft))
         series = self._series(noted.model, endpoint)
         self._answered(noted.model, endpoint, status).inc()
         series.duration.observe(now - started)
@@ -184,6 +190,16 @@ class MetricsMiddleware:
         if found is None:
             found = self._counters[key] = self.metrics.requests.labels(model, endpoint, status)
         return found
+
+
+def _request_record(noted: Marks, endpoint: str, status: int, duration: float,
+                    ttft: float | None) -> dict[str, Any]:  # fmt: skip
+    """The request log's fields (times in milliseconds)."""
+    return {"request_id": noted.request_id, "model": noted.model, "endpoint": endpoint,
+            "replica": noted.replica, "status": status,
+            "queue_wait_ms": round(noted.queue_wait * 1000, 3),
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+            "duration_ms": round(duration * 1000, 3)}  # fmt: skip
 
 
 def _is_stream(headers: Any) -> bool:

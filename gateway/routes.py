@@ -154,7 +154,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     model = gateway.resolve(fields.model)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
-    request_id = _request_id(request.headers.get("x-request-id"))
+    request_id = noted.request_id = _request_id(request.headers.get("x-request-id"))
     scheduler = gateway.scheduler
     lease = scheduler.try_acquire(model.name)
     if lease is None:  # queue, leaving the queue if the client goes away
@@ -173,7 +173,8 @@ async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, mod
                 path: str, body: bytes, request_id: str) -> Relay:  # fmt: skip
     """Send the request on `lease`; its Relay releases the lease once the answer is out."""
     replica = lease.replica
-    marks(request.scope).upstream_started = time.perf_counter()
+    noted = marks(request.scope)
+    noted.replica, noted.upstream_started = replica.index, time.perf_counter()
     try:
         upstream = await until_disconnect(
             request.receive,

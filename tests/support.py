@@ -110,18 +110,20 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
 class GatewayProcess:
     """The real gateway (`python -m gateway serve`) on a free loopback port, with its workers."""
 
-    def __init__(self, config: dict[str, Any], folder: Path, api_key: str | None = None):
+    def __init__(self, config: dict[str, Any], folder: Path, api_key: str | None = None,
+                 log: tuple[str, ...] = ("--log-level", "warning")):  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = folder / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = folder / "gateway.log"
         self.api_key = api_key
+        self.log_args = log
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 120.0, expect_ready: bool = True) -> GatewayProcess:
         command = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                   "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+                   "--port", str(self.port), *self.log_args]  # fmt: skip
         env = {**os.environ, SECRET_ENV: WORKER_SECRET}  # so tests may call workers directly
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,

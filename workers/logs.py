@@ -1,22 +1,36 @@
-"""One line per event on stderr, prefixed `[worker NAME PID]` so interleaved logs stay readable."""
+"""One line per event on stderr, prefixed `[worker NAME PID]` so interleaved logs stay readable;
+or, when the gateway logs JSON (LLM_GATEWAY_LOG_FORMAT=json, inherited), one JSON object a line
+with the same fields as the gateway's records plus `model` and `pid`."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 
-__all__ = ["log", "set_log_name"]
+__all__ = ["FORMAT_ENV", "log", "set_log_name"]
 
-_prefix = f"[worker ? {os.getpid()}]"
+FORMAT_ENV = "LLM_GATEWAY_LOG_FORMAT"
+_name = "?"
 
 
 def set_log_name(name: str) -> None:
-    global _prefix
-    _prefix = f"[worker {name} {os.getpid()}]"
+    global _name
+    _name = name
 
 
 def log(message: str) -> None:
     # One write per line (print() writes the newline separately): workers share the
     # gateway's stderr, and a single short write is not split by another process's.
-    sys.stderr.write(f"{_prefix} {message}\n")
+    sys.stderr.write(_line(message) + "\n")
     sys.stderr.flush()
+
+
+def _line(message: str) -> str:
+    if os.environ.get(FORMAT_ENV) != "json":
+        return f"[worker {_name} {os.getpid()}] {message}"
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return json.dumps({"time": stamp, "level": "info", "logger": "worker", "message": message,
+                       "model": _name, "pid": os.getpid()})  # fmt: skip

@@ -1,0 +1,52 @@
+"""Log output, one line per record: text for a terminal, or JSON for a log collector; and the
+request log, one record per answered API request on the `gateway.requests` logger (route it,
+raise its level to silence it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from workers.logs import FORMAT_ENV
+
+__all__ = ["REQUEST_LOG", "configure", "log_request"]
+
+REQUEST_LOG = logging.getLogger("gateway.requests")
+_TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure(level: str, fmt: str) -> None:
+    """Every logger of the process (uvicorn's included) through one stderr handler; workers
+    inherit the format through the environment (workers/logs.py)."""
+    os.environ[FORMAT_ENV] = fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """One request's record: its fields as JSON keys, or `key=value` pairs in text."""
+    if REQUEST_LOG.isEnabledFor(logging.INFO):
+        text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+        REQUEST_LOG.info("%s", text, extra={"request": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """{"time", "level", "logger", "message"} plus a request record's own fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "request", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
