@@ -44,6 +44,8 @@ QUEUE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0
 # The gateway's own share of a request: a fraction of a millisecond when all is well.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 1.0)  # fmt: skip
+# Between two tokens of a stream: a GPU's milliseconds to a loaded CPU's seconds.
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _MARKS_KEY = "llm_gateway.marks"  # the scope key of a request's Marks
 _NO_MODEL = "none"  # a request refused before its model was known
 _ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
@@ -62,7 +64,7 @@ def rejection_reason(code: str | None) -> str | None:
 class Marks:
     """What the routes and the relay note about one request, for the middleware to record."""
 
-    __slots__ = ("model", "queue_wait", "replica", "request_id", "upstream_ended",
+    __slots__ = ("event_gaps", "model", "queue_wait", "replica", "request_id", "upstream_ended",
                  "upstream_started")  # fmt: skip
 
     def __init__(self) -> None:
@@ -72,6 +74,7 @@ class Marks:
         self.queue_wait = 0.0  # seconds spent waiting for a replica
         self.upstream_started: float | None = None  # perf_counter() when sent to the worker
         self.upstream_ended: float | None = None  # ... when the worker's answer had all come
+        self.event_gaps: list[float] = []  # streams: seconds between two successive events
 
 
 def marks(scope: Scope) -> Marks:
@@ -97,6 +100,9 @@ class Metrics:
         self.ttft = Histogram("llm_gateway_time_to_first_token_seconds", "Streams: time from "
                               "a request's arrival to its first event", ["model", "endpoint"],
                               buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.itl = Histogram("llm_gateway_inter_token_latency_seconds", "Streams: time between "
+                             "two successive events from the worker", ["model", "endpoint"],
+                             buckets=ITL_BUCKETS, registry=self.registry)  # fmt: skip
         self.overhead = Histogram("llm_gateway_overhead_seconds", "Time a request spent in the "
                                   "gateway itself: neither queued nor at its worker",
                                   ["model", "endpoint"], buckets=OVERHEAD_BUCKETS,
@@ -116,6 +122,7 @@ class _Series:
 
     duration: Any
     ttft: Any
+    itl: Any
     queue_time: Any
     overhead: Any
 
@@ -164,6 +171,8 @@ class MetricsMiddleware:
         series.duration.observe(now - started)
         if first_event > 0:
             series.ttft.observe(first_event - started)
+        for gap in noted.event_gaps:
+            series.itl.observe(gap)
         if noted.upstream_started is None:
             return  # refused before it reached a worker
         series.queue_time.observe(noted.queue_wait)
@@ -179,6 +188,7 @@ class MetricsMiddleware:
             found = self._cache[(model, endpoint)] = _Series(
                 metrics.duration.labels(model, endpoint),
                 metrics.ttft.labels(model, endpoint),
+                metrics.itl.labels(model, endpoint),
                 metrics.queue_time.labels(model),
                 metrics.overhead.labels(model, endpoint),
             )

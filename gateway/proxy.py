@@ -182,9 +182,13 @@ class Relay:
     async def _relay_events(self, send: Send, noted: Marks) -> None:
         watchdog = _IdleWatchdog(self._idle_timeout)
         last, tail = b"", b""
+        gaps, previous = noted.event_gaps, 0.0
         try:
             async for chunk in sse_events(self._upstream.content.iter_any()):
-                last = chunk
+                arrived = time.perf_counter()
+                if previous:  # the time between two events: the inter-token latency
+                    gaps.append(arrived - previous)
+                last, previous = chunk, arrived
                 watchdog.sending = True
                 await send(_body(chunk, more=True))
                 watchdog.sent()

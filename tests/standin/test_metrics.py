@@ -108,6 +108,7 @@ def test_streams_record_time_to_first_token_and_every_answer_its_overhead(
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
 
     assert grew("llm_gateway_time_to_first_token_seconds_count") == 1
+    assert grew("llm_gateway_inter_token_latency_seconds_count") >= 3  # role, tokens, end
     assert 0 < grew("llm_gateway_time_to_first_token_seconds_sum") < 5
     assert grew("llm_gateway_overhead_seconds_count") == 1
     assert 0 < grew("llm_gateway_overhead_seconds_sum") < 0.5  # the gateway's own share
