@@ -8,10 +8,9 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any
 
-from workers.logs import FORMAT_ENV
+from workers.logs import FORMAT_ENV, timestamp
 
 __all__ = ["REQUEST_LOG", "configure", "log_request"]
 
@@ -40,8 +39,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -80,7 +80,9 @@ class Registry:
     def __init__(self) -> None:
         self._by_model: dict[str, list[Replica]] = {}
         self._listeners: list[Listener] = [_log_change]
-        self._changed = asyncio.Event()  # pulsed on every change, for `until`
+        # Set on the next change, for `until`; made only while someone waits, so a request's
+        # ready <-> busy moves allocate nothing when nobody does.
+        self._changed: asyncio.Event | None = None
 
     def add_model(self, model: str) -> None:
         self._by_model.setdefault(model, [])
@@ -118,6 +120,8 @@ class Registry:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return False
+            if self._changed is None:
+                self._changed = asyncio.Event()
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
@@ -214,12 +218,15 @@ class Registry:
         self._pulse()
 
     def _pulse(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
 
 def _log_change(change: StateChange) -> None:
     # busy <-> ready is every request's rhythm: debug; the rest is what ops look for.
     level = logging.DEBUG if {change.old, change.new} <= {S.READY, S.BUSY} else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     reason = f" ({change.reason})" if change.reason else ""
     log.log(level, "%s[%d]: %s -> %s%s", change.model, change.index, change.old, change.new, reason)

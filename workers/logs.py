@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-__all__ = ["FORMAT_ENV", "log", "set_log_name"]
+__all__ = ["FORMAT_ENV", "log", "set_log_name", "timestamp"]
 
 FORMAT_ENV = "LLM_GATEWAY_LOG_FORMAT"
 _name = "?"
@@ -30,7 +30,14 @@ def log(message: str) -> None:
 def _line(message: str) -> str:
     if os.environ.get(FORMAT_ENV) != "json":
         return f"[worker {_name} {os.getpid()}] {message}"
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    return json.dumps({"time": stamp, "level": "info", "logger": "worker", "message": message,
-                       "model": _name, "pid": os.getpid()})  # fmt: skip
+    line = {"time": timestamp(time.time()), "level": "info", "logger": "worker",
+            "message": message, "model": _name, "pid": os.getpid()}  # fmt: skip
+    return json.dumps(line)
+
+
+def timestamp(seconds: float) -> str:
+    """UTC, ISO 8601, to the millisecond: the `time` of every JSON log line, gateway's too."""
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        + f".{int(seconds % 1 * 1000):03d}Z"
+    )
