@@ -48,11 +48,11 @@ def llama_params(model: ModelConfig) -> dict[str, Any]:
 
 
 def worker_command(
-    model: ModelConfig, port: int, parent_pid: int, phase_fd: int | None = None
+    model: ModelConfig, port: int, parent_pid: int, phase_fd: int | None = None, *, replica: int
 ) -> list[str]:
     command = [sys.executable, "-m", "workers", "--model-name", model.name,
-               "--host", "127.0.0.1", "--port", str(port), "--engine", model.engine,
-               "--parent-pid", str(parent_pid)]  # fmt: skip
+               "--replica", str(replica), "--host", "127.0.0.1", "--port", str(port),
+               "--engine", model.engine, "--parent-pid", str(parent_pid)]  # fmt: skip
     if phase_fd is not None:
         command += ["--phase-fd", str(phase_fd)]
     if model.path is not None:
@@ -143,7 +143,7 @@ async def spawn(model: ModelConfig, index: int) -> Launch:
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *worker_command(model, port, os.getpid(), write_fd),
+            *worker_command(model, port, os.getpid(), write_fd, replica=index),
             env={**worker_env(model, index, dict(os.environ)), SECRET_ENV: secret},
             stdin=asyncio.subprocess.DEVNULL,
             pass_fds=(write_fd,),

@@ -40,6 +40,9 @@ def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
         prog=prog, description="Serve one GGUF model (or a stand-in) over OpenAI's API."
     )
     parser.add_argument("--model-name", required=True, help="name reported as `model`")
+    parser.add_argument(
+        "--replica", type=int, default=0, help="which replica of the model (for log lines)"
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--model-path", help="GGUF file (required for --engine llama)")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         tie_to_parent(args.parent_pid)
-    set_log_name(args.model_name)
+    set_log_name(args.model_name, args.replica)
     if args.concurrency < 1 or (args.engine == "llama" and args.concurrency != 1):
         parser.error("--concurrency must be 1 for llama (a context is not re-entrant), >= 1 else")
     secret = os.environ.pop(SECRET_ENV, None)  # not inherited by anything this process starts

@@ -1,6 +1,6 @@
-"""One line per event on stderr, prefixed `[worker NAME PID]` so interleaved logs stay readable;
-or, when the gateway logs JSON (LLM_GATEWAY_LOG_FORMAT=json, inherited), one JSON object a line
-with the same fields as the gateway's records plus `model` and `pid`."""
+"""One line per event on stderr, prefixed `[worker MODEL#REPLICA PID]` so interleaved logs stay
+readable; or, when the gateway logs JSON (LLM_GATEWAY_LOG_FORMAT=json, inherited), one JSON object
+a line with the same fields as the gateway's records plus `model`, `replica` and `pid`."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import time
 __all__ = ["FORMAT_ENV", "log", "set_log_name", "timestamp"]
 
 FORMAT_ENV = "LLM_GATEWAY_LOG_FORMAT"
-_name = "?"
+_name, _replica = "?", 0
 
 
-def set_log_name(name: str) -> None:
-    global _name
-    _name = name
+def set_log_name(name: str, replica: int) -> None:
+    global _name, _replica
+    _name, _replica = name, replica
 
 
 def log(message: str) -> None:
@@ -29,9 +29,10 @@ def log(message: str) -> None:
 
 def _line(message: str) -> str:
     if os.environ.get(FORMAT_ENV) != "json":
-        return f"[worker {_name} {os.getpid()}] {message}"
+        return f"[worker {_name}#{_replica} {os.getpid()}] {message}"
     line = {"time": timestamp(time.time()), "level": "info", "logger": "worker",
-            "message": message, "model": _name, "pid": os.getpid()}  # fmt: skip
+            "message": message, "model": _name, "replica": _replica,
+            "pid": os.getpid()}  # fmt: skip
     return json.dumps(line)
 
 

@@ -40,11 +40,14 @@ def test_gpu_replicas_offload_all_layers_unless_told_otherwise() -> None:
 
 
 def test_worker_command_carries_model_port_parent_and_params() -> None:
-    command = worker_command(model(llama={"n_ctx": 512}), port=9001, parent_pid=os.getpid())
+    command = worker_command(
+        model(llama={"n_ctx": 512}), port=9001, parent_pid=os.getpid(), replica=2
+    )
     assert command[1:3] == ["-m", "workers"]
     args = dict(zip(command[3::2], command[4::2], strict=False))
     assert args["--port"] == "9001" and args["--parent-pid"] == str(os.getpid())
     assert args["--model-path"] == "/models/m.gguf"
+    assert args["--replica"] == "2"  # its log lines say which replica they come from
     assert json.loads(args["--llama-json"]) == {"n_ctx": 512, "n_gpu_layers": 0}
 
 
@@ -54,9 +57,9 @@ def test_restart_backoff_doubles_and_is_capped() -> None:
 
 
 def test_worker_command_passes_the_phase_pipe_when_given() -> None:
-    command = worker_command(model(), port=9001, parent_pid=1, phase_fd=7)
+    command = worker_command(model(), port=9001, parent_pid=1, phase_fd=7, replica=0)
     assert command[command.index("--phase-fd") + 1] == "7"
-    assert "--phase-fd" not in worker_command(model(), port=9001, parent_pid=1)
+    assert "--phase-fd" not in worker_command(model(), port=9001, parent_pid=1, replica=0)
 
 
 def test_every_exit_is_named_by_its_code_or_signal() -> None:
