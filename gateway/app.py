@@ -76,7 +76,8 @@ def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Respon
     reason = rejection_reason(exc.code)
     if reason is not None:
         metrics: Metrics = request.app.state.metrics
-        metrics.rejected.labels(marks(request.scope).model, reason).inc()
+        noted = marks(request.scope)
+        metrics.rejected.labels(noted.model, reason, noted.key).inc()
     return _json(exc.body(), exc.status, exc.headers())
 
 

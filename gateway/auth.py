@@ -1,25 +1,44 @@
-"""Who may call what: API keys compared as bytes, and admin routes kept to loopback when no key
-is configured. Pure functions; the routes raise the errors."""
+"""Who is calling: the key a request presents, matched by its SHA-256 against the configured
+keys in constant time; and whether a client address is this machine's own. Pure functions; the
+routes raise the errors."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 
-__all__ = ["bearer_matches", "is_loopback"]
+from .config_auth import ANONYMOUS_NAME, AuthConfig, KeyConfig
+
+__all__ = ["ANONYMOUS", "identify", "is_loopback", "presented_key"]
+
+# The caller of an open gateway (no keys, or auth.required: false without a known key).
+ANONYMOUS = KeyConfig(name=ANONYMOUS_NAME, digest=b"")
 
 
-def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
-    """Whether `header` is "Bearer <one of keys>", compared as bytes in constant time.
+def presented_key(authorization: str, api_key: str) -> bytes | None:
+    """The key sent as `Authorization: Bearer <key>` or, as Azure clients send it, `api-key`.
 
-    Header values reach us decoded as latin-1, so encoding them back gives the bytes sent;
-    compare_digest on str raises for non-ASCII text, which made any such token a 500.
-    Whitespace around the token is not part of it.
+    Header values reach us decoded as latin-1, so encoding them back gives the bytes sent.
+    Whitespace around the key is not part of it.
     """
-    scheme, _sep, token = header.strip().partition(" ")
-    sent = token.strip().encode("latin-1", errors="replace")
-    matches = [hmac.compare_digest(sent, key.encode()) for key in keys]  # every key, always
-    return scheme.lower() == "bearer" and any(matches)
+    scheme, _sep, token = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip().encode("latin-1", errors="replace")
+    return api_key.strip().encode("latin-1", errors="replace") or None
+
+
+def identify(auth: AuthConfig, key: bytes | None) -> KeyConfig | None:
+    """The configured key `key` is; ANONYMOUS where the gateway is open; None: refuse (401)."""
+    if key is not None and auth.keys:
+        digest = hashlib.sha256(key).digest()
+        found = None
+        for candidate in auth.keys:  # every one, always: the time says nothing of which matched
+            if hmac.compare_digest(digest, candidate.digest):
+                found = candidate
+        if found is not None:
+            return found
+    return ANONYMOUS if auth.open else None
 
 
 def is_loopback(host: str | None) -> bool:

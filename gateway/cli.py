@@ -1,17 +1,19 @@
-"""The `llm-gateway` command: serve, check-config, worker."""
+"""The `llm-gateway` command: serve, check-config, keygen, worker."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import secrets
 import signal
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, GatewayConfig, ModelConfig, load_config
+from .config import ConfigError, GatewayConfig, KeyConfig, ModelConfig, load_config
+from .config_auth import check_exposure, hash_key
 from .launch import llama_params
 
 __all__ = ["main"]
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = worker_main(args[1:], prog="llm-gateway worker")
         return code
     options = _parser().parse_args(args)
+    if options.command == "keygen":
+        print(keygen(options.name))
+        return 0
     try:
         config = load_config(options.config)
     except ConfigError as exc:
@@ -53,8 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="validate a config file and print the plan")
     check.add_argument("config")
+    keys = commands.add_parser("keygen", help="print a new API key and its config lines")
+    keys.add_argument("--name", required=True, help="the key's name in logs, metrics and /admin")
     commands.add_parser("worker", help="run one worker by hand (see `llm-gateway worker --help`)")
     return parser
+
+
+def keygen(name: str) -> str:
+    """A new random key and the auth.keys entry that admits it (its hash, never the key)."""
+    key = "sk-gw-" + secrets.token_urlsafe(32)
+    return "\n".join([
+        f"# The API key for {name}; shown once: the gateway keeps only its SHA-256.",
+        key,
+        "# In config.yaml, under `auth: keys:` (add models, rpm, tpm, max_concurrent, weight):",
+        f"  - name: {name}",
+        f"    key_sha256: {hash_key(key).hex()}",
+    ])  # fmt: skip
 
 
 def describe_plan(config: GatewayConfig, source: str) -> str:
@@ -64,7 +83,29 @@ def describe_plan(config: GatewayConfig, source: str) -> str:
              f"serving on {config.server.host}:{config.server.port}"]  # fmt: skip
     for model in config.models:
         lines += _describe_model(model)
+    lines += _describe_access(config)
     return "\n".join(lines)
+
+
+def _describe_access(config: GatewayConfig) -> list[str]:
+    auth = config.auth
+    if not auth.keys:
+        how = "open (auth.required: false)" if auth.required is False else "open to loopback"
+        lines = [f"auth: no keys; {how}"]
+    else:
+        lines = [f"auth: {len(auth.keys)} keys" + ("; anyone else served as anonymous"
+                                                    if auth.open else "")]  # fmt: skip
+        lines += [f"- key {key.name}: {_describe_key(key)}" for key in auth.keys]
+    store = "in this process" if config.redis.url is None else "in Redis"
+    return [*lines, f"limits and usage: {store}"]
+
+
+def _describe_key(key: KeyConfig) -> str:
+    limits = [f"{name} {value}" for name, value in (("rpm", key.rpm), ("tpm", key.tpm),
+              ("max_concurrent", key.max_concurrent)) if value is not None]  # fmt: skip
+    models = ", ".join(key.models) if key.models is not None else "all"
+    return (f"models {models}; {', '.join(limits) or 'no limits'}; weight {key.weight:g}"
+            + ("; admin" if key.admin else ""))  # fmt: skip
 
 
 def _describe_model(model: ModelConfig) -> list[str]:
@@ -84,8 +125,14 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
            log_level: str, log_format: str) -> int:  # fmt: skip
     # SIGHUP (reload) would end the process by default: ignore it until the server handles it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    host = host or config.server.host
+    try:  # --host may put a keyless gateway on a public address: the file's rule holds there too
+        check_exposure(config.auth, host)
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
     # The port before anything else: on a taken one, fail before a worker loads a model.
-    sock = _listen(host or config.server.host, config.server.port if port is None else port)
+    sock = _listen(host, config.server.port if port is None else port)
     if sock is None:
         return 2
     import uvicorn

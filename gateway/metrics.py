@@ -4,7 +4,8 @@ Request families are recorded by MetricsMiddleware, an ASGI wrapper around the w
 answer of the API routes, errors included) and by the error handler (rejections by reason).
 Replica and queue families are read from the registry and the scheduler when Prometheus
 scrapes, so they cost the hot path nothing. Labels are bounded: the configured model name
-(never what a client sent), a fixed endpoint name, the status code, the replica index.
+(never what a client sent), a fixed endpoint name, the status code, the replica index, the
+configured key name (never the key).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from workers.engine import Usage
+
 from .lifecycle import ReplicaState
 from .logs import log_request
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "MARKS_KEY",
     "Marks",
     "Metrics",
     "MetricsMiddleware",
@@ -46,8 +50,9 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
                     0.25, 1.0)  # fmt: skip
 # Between two tokens of a stream: a GPU's milliseconds to a loaded CPU's seconds.
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_MARKS_KEY = "llm_gateway.marks"  # the scope key of a request's Marks
+MARKS_KEY = "llm_gateway.marks"  # the scope key of a request's Marks
 _NO_MODEL = "none"  # a request refused before its model was known
+_NO_KEY = "none"  # ... before its caller was known
 _ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
               "/v1/embeddings": "embeddings"}  # fmt: skip
 # Error codes (gateway/errors.py) that are a refusal to serve, by the reason ops graph.
@@ -64,22 +69,24 @@ def rejection_reason(code: str | None) -> str | None:
 class Marks:
     """What the routes and the relay note about one request, for the middleware to record."""
 
-    __slots__ = ("event_gaps", "model", "queue_wait", "replica", "request_id", "upstream_ended",
-                 "upstream_started")  # fmt: skip
+    __slots__ = ("event_gaps", "key", "model", "queue_wait", "replica", "request_id",
+                 "upstream_ended", "upstream_started", "usage")  # fmt: skip
 
     def __init__(self) -> None:
         self.model = _NO_MODEL  # the configured name, once the request's model is resolved
+        self.key = _NO_KEY  # the caller's key name, once known (never the key itself)
         self.request_id: str | None = None
         self.replica: int | None = None  # the index of the replica that answered
         self.queue_wait = 0.0  # seconds spent waiting for a replica
         self.upstream_started: float | None = None  # perf_counter() when sent to the worker
         self.upstream_ended: float | None = None  # ... when the worker's answer had all come
         self.event_gaps: list[float] = []  # streams: seconds between two successive events
+        self.usage: Usage | None = None  # the tokens the worker reports the request used
 
 
 def marks(scope: Scope) -> Marks:
     """The request's Marks (a throwaway set where no middleware put one, e.g. in unit tests)."""
-    found: Marks | None = scope.get(_MARKS_KEY)  # type: ignore[assignment]
+    found: Marks | None = scope.get(MARKS_KEY)  # type: ignore[assignment]
     return found if found is not None else Marks()
 
 
@@ -88,8 +95,8 @@ class Metrics:
 
     def __init__(self, gateway: Gateway) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("llm_gateway_requests", "Requests answered, by model, endpoint "
-                                "and status code", ["model", "endpoint", "status"],
+        self.requests = Counter("llm_gateway_requests", "Requests answered, by model, endpoint, "
+                                "status code and key name", ["model", "endpoint", "status", "key"],
                                 registry=self.registry)  # fmt: skip
         self.duration = Histogram("llm_gateway_request_duration_seconds", "Time from a request's "
                                   "arrival to the end of its answer", ["model", "endpoint"],
@@ -107,9 +114,15 @@ class Metrics:
                                   "gateway itself: neither queued nor at its worker",
                                   ["model", "endpoint"], buckets=OVERHEAD_BUCKETS,
                                   registry=self.registry)  # fmt: skip
+        self.prompt_tokens = Counter("llm_gateway_prompt_tokens", "Prompt tokens processed "
+                                     "(the worker's count)", ["model", "endpoint", "key"],
+                                     registry=self.registry)  # fmt: skip
+        self.completion_tokens = Counter("llm_gateway_completion_tokens", "Tokens generated "
+                                         "(the worker's count)", ["model", "endpoint", "key"],
+                                         registry=self.registry)  # fmt: skip
         self.rejected = Counter("llm_gateway_rejected_requests", "Requests refused, by reason: "
                                 "queue_full, queue_timeout, auth, draining, unavailable",
-                                ["model", "reason"], registry=self.registry)  # fmt: skip
+                                ["model", "reason", "key"], registry=self.registry)  # fmt: skip
         self.registry.register(_PoolCollector(gateway))
 
     def render(self) -> bytes:
@@ -127,6 +140,14 @@ class _Series:
     overhead: Any
 
 
+@dataclass(frozen=True)
+class _KeySeries:
+    """One model, endpoint and key's counters, labelled once."""
+
+    prompt_tokens: Any
+    completion_tokens: Any
+
+
 class MetricsMiddleware:
     """Counts and times every answer of the OpenAI endpoints; passes anything else through."""
 
@@ -135,7 +156,8 @@ class MetricsMiddleware:
         self.metrics = metrics
         # Bounded like the labels: configured models x endpoints (x status codes).
         self._cache: dict[tuple[str, str], _Series] = {}
-        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._counters: dict[tuple[str, str, int, str], Any] = {}
+        self._tokens: dict[tuple[str, str, str], _KeySeries] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (
@@ -144,7 +166,7 @@ class MetricsMiddleware:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        noted = scope[_MARKS_KEY] = Marks()  # type: ignore[literal-required]
+        noted = scope[MARKS_KEY] = Marks()  # type: ignore[literal-required]
         started, status, first_event = time.perf_counter(), 499, 0.0  # 499: the client left
 
         async def observe(message: Message) -> None:
@@ -167,12 +189,16 @@ class MetricsMiddleware:
         ttft = first_event - started if first_event > 0 else None
         log_request(_request_record(noted, endpoint, status, now - started, ttft))
         series = self._series(noted.model, endpoint)
-        self._answered(noted.model, endpoint, status).inc()
+        self._answered(noted.model, endpoint, status, noted.key).inc()
         series.duration.observe(now - started)
         if first_event > 0:
             series.ttft.observe(first_event - started)
         for gap in noted.event_gaps:
             series.itl.observe(gap)
+        if noted.usage is not None:
+            tokens = self._key_series(noted.model, endpoint, noted.key)
+            tokens.prompt_tokens.inc(noted.usage.prompt_tokens)
+            tokens.completion_tokens.inc(noted.usage.completion_tokens)
         if noted.upstream_started is None:
             return  # refused before it reached a worker
         series.queue_time.observe(noted.queue_wait)
@@ -194,22 +220,36 @@ class MetricsMiddleware:
             )
         return found
 
-    def _answered(self, model: str, endpoint: str, status: int) -> Any:
-        key = (model, endpoint, status)
-        found = self._counters.get(key)
+    def _key_series(self, model: str, endpoint: str, key: str) -> _KeySeries:
+        found = self._tokens.get((model, endpoint, key))
         if found is None:
-            found = self._counters[key] = self.metrics.requests.labels(model, endpoint, status)
+            metrics = self.metrics
+            found = self._tokens[(model, endpoint, key)] = _KeySeries(
+                metrics.prompt_tokens.labels(model, endpoint, key),
+                metrics.completion_tokens.labels(model, endpoint, key),
+            )
+        return found
+
+    def _answered(self, model: str, endpoint: str, status: int, key: str) -> Any:
+        labels = (model, endpoint, status, key)
+        found = self._counters.get(labels)
+        if found is None:
+            found = self._counters[labels] = self.metrics.requests.labels(*labels)
         return found
 
 
 def _request_record(noted: Marks, endpoint: str, status: int, duration: float,
                     ttft: float | None) -> dict[str, Any]:  # fmt: skip
     """The request log's fields (times in milliseconds)."""
-    return {"request_id": noted.request_id, "model": noted.model, "endpoint": endpoint,
+    usage = noted.usage
+    return {"request_id": noted.request_id, "key": noted.key, "model": noted.model,
+            "endpoint": endpoint,
             "replica": noted.replica, "status": status,
             "queue_wait_ms": round(noted.queue_wait * 1000, 3),
             "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
-            "duration_ms": round(duration * 1000, 3)}  # fmt: skip
+            "duration_ms": round(duration * 1000, 3),
+            "prompt_tokens": None if usage is None else usage.prompt_tokens,
+            "completion_tokens": None if usage is None else usage.completion_tokens}  # fmt: skip
 
 
 def _is_stream(headers: Any) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import GatewayConfig, ModelConfig
+from .config import AuthConfig, GatewayConfig, ModelConfig
 
 __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 
@@ -35,7 +35,9 @@ class ReloadPlan:
     remove: tuple[str, ...] = ()
     change: tuple[ModelChange, ...] = ()
     needs_restart: tuple[str, ...] = ()  # server keys that only a restart applies
-    settings_changed: bool = False  # server (keys, limits) or health settings, applied in place
+    settings_changed: bool = False  # server, health or auth settings, applied in place
+    keys: tuple[str, ...] = ()  # what changed in auth.keys, by key name
+    redis_changed: bool = False  # the limits' store: only a restart moves it
 
     @property
     def empty(self) -> bool:
@@ -48,8 +50,11 @@ class ReloadPlan:
         lines += [
             f"server.{key} changed: takes effect after a restart" for key in self.needs_restart
         ]
+        lines += self.keys
+        if self.redis_changed:
+            lines.append("redis changed: takes effect after a restart")
         if self.settings_changed:
-            lines.append("server, health or watch settings updated")
+            lines.append("server, health, watch or auth settings updated")
         return lines or ["no changes"]
 
 
@@ -68,8 +73,24 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
         needs_restart=tuple(
             key for key in _RESTART_FIELDS if getattr(old.server, key) != getattr(new.server, key)
         ),
-        settings_changed=(old.server, old.health, old.watch) != (new.server, new.health, new.watch),
+        settings_changed=_settings(old) != _settings(new),
+        keys=_key_changes(old.auth, new.auth),
+        redis_changed=old.redis != new.redis,
     )
+
+
+def _settings(config: GatewayConfig) -> tuple[object, ...]:
+    return config.server, config.health, config.watch, config.auth
+
+
+def _key_changes(old: AuthConfig, new: AuthConfig) -> tuple[str, ...]:
+    """Keys added, removed or changed (their models, limits, weight, role or key), by name."""
+    before = {key.name: key for key in old.keys}
+    after = {key.name: key for key in new.keys}
+    return (*(f"key {name} added" for name in after if name not in before),
+            *(f"key {name} removed" for name in before if name not in after),
+            *(f"key {name} changed" for name, key in after.items()
+              if name in before and before[name] != key))  # fmt: skip
 
 
 def _change(old: ModelConfig, new: ModelConfig) -> ModelChange:

@@ -16,6 +16,8 @@ from typing import TypeVar
 import aiohttp
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
+from workers.usage_report import USAGE_COMMENT, USAGE_HEADER, parse_usage
+
 from .errors import UpstreamFailed, UpstreamTimeout, error_body
 from .metrics import Marks, marks
 from .scheduler import Lease
@@ -27,6 +29,7 @@ log = logging.getLogger("gateway.proxy")
 
 _DONE = b"data: [DONE]\n\n"
 _ERROR_PREFIX = b'data: {"error"'
+_USAGE_EVENT = b"\n\n" + USAGE_COMMENT  # JSON in a data line holds no raw newline: unambiguous
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -152,6 +155,7 @@ class Relay:
             async with asyncio.timeout(self._idle_timeout):
                 body = await self._upstream.read()
             noted.upstream_ended = time.perf_counter()
+            noted.usage = parse_usage(self._upstream.headers.get(USAGE_HEADER, ""))
             status = self._upstream.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
@@ -186,6 +190,10 @@ class Relay:
         try:
             async for chunk in sse_events(self._upstream.content.iter_any()):
                 arrived = time.perf_counter()
+                if _USAGE_EVENT in chunk or chunk.startswith(USAGE_COMMENT):
+                    chunk = _take_usage(chunk, noted)
+                    if not chunk:
+                        continue
                 if previous:  # the time between two events: the inter-token latency
                     gaps.append(arrived - previous)
                 last, previous = chunk, arrived
@@ -262,6 +270,14 @@ def _body(body: bytes, more: bool) -> HTTPResponseBodyEvent:
 def _last_event_is_error(events: bytes) -> bool:
     start = events.rfind(b"\n\n", 0, len(events) - 2)
     return events[start + 2 if start >= 0 else 0 :].startswith(_ERROR_PREFIX)
+
+
+def _take_usage(events: bytes, noted: Marks) -> bytes:
+    """Note the worker's usage comment (workers/usage_report.py); return the other events."""
+    start = 0 if events.startswith(USAGE_COMMENT) else events.index(_USAGE_EVENT) + 2
+    end = events.index(b"\n\n", start) + 2
+    noted.usage = parse_usage(events[start + len(USAGE_COMMENT) : end])
+    return events[:start] + events[end:]
 
 
 def _error_event(message: str, code: str) -> bytes:

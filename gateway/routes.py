@@ -13,8 +13,8 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.types import ASGIApp, Receive
 
-from .auth import bearer_matches, is_loopback
-from .config import ModelConfig, ServerConfig
+from .auth import identify, is_loopback, presented_key
+from .config import KeyConfig, ModelConfig, ServerConfig
 from .errors import (
     BodyTooLarge,
     Forbidden,
@@ -68,27 +68,38 @@ def _state(request: Request[Any, Any, Any]) -> Gateway:
     return gateway
 
 
-def _authorized(request: Request[Any, Any, Any]) -> Gateway:
-    """The gateway state, once the request carries an API key (when server.api_keys is set).
+def _caller(request: Request[Any, Any, Any]) -> tuple[Gateway, KeyConfig]:
+    """The gateway state and who is calling: the request's key (auth.keys), or the anonymous
+    caller of an open gateway; 401 otherwise.
 
     A plain call rather than a Litestar guard: Litestar copies the handler for every guard
     call, a measurable share of the per-request cost.
     """
     gateway = _state(request)
-    keys = gateway.config.server.api_keys
-    if keys and not bearer_matches(request.headers.get("authorization", ""), keys):
+    headers = request.headers
+    key = presented_key(headers.get("authorization", ""), headers.get("api-key", ""))
+    caller = identify(gateway.config.auth, key)
+    if caller is None:
         raise Unauthorized("Incorrect or missing API key; send 'Authorization: Bearer <key>'.")
-    return gateway
+    marks(request.scope).key = caller.name
+    return gateway, caller
 
 
 def _admin(request: Request[Any, Any, Any]) -> Gateway:
-    """Like _authorized; with no API keys configured, admin routes answer loopback clients only
-    (reload and the config view must not be open to anyone who can reach the port)."""
-    gateway = _authorized(request)
+    """With keys configured, admin routes need an admin key (401 without a key, 403 for another
+    one); with none, they answer loopback clients only (reload and the config view must not be
+    open to anyone who can reach the port)."""
+    gateway, caller = _caller(request)
+    if gateway.config.auth.keys:
+        if caller.admin:
+            return gateway
+        if caller.digest:
+            raise Forbidden(f"The key '{caller.name}' may not call admin routes.")
+        raise Unauthorized("Admin routes need an admin key; send 'Authorization: Bearer <key>'.")
     client = request.scope.get("client")
-    if not gateway.config.server.api_keys and not is_loopback(client[0] if client else None):
-        raise Forbidden("Admin routes answer only loopback clients while server.api_keys is "
-                        "empty; configure API keys to reach them from elsewhere.")  # fmt: skip
+    if not is_loopback(client[0] if client else None):
+        raise Forbidden("Admin routes answer only loopback clients while auth.keys is empty; "
+                        "configure an admin key to reach them from elsewhere.")  # fmt: skip
     return gateway
 
 
@@ -143,7 +154,7 @@ def _route_fields(body: bytes) -> _RouteFields:
 
 
 async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool) -> ASGIApp:
-    gateway = _authorized(request)
+    gateway, caller = _caller(request)
     if gateway.draining:
         raise Unavailable("The gateway is shutting down; retry on another instance.",
                           retry_after=5, code="shutting_down")  # fmt: skip
@@ -151,7 +162,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     fields = _route_fields(body)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
-    model = gateway.resolve(fields.model)
+    model = gateway.resolve(fields.model, caller)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = _request_id(request.headers.get("x-request-id"))
@@ -213,16 +224,16 @@ def _model_entry(name: str, created: int) -> dict[str, Any]:
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gateway = _authorized(request)
-    data = [_model_entry(name, gateway.started_at) for name in gateway.by_name]
+    gateway, caller = _caller(request)
+    data = [_model_entry(name, gateway.started_at) for name in gateway.visible(caller)]
     return {"object": "list", "data": data}
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> dict[str, Any]:
-    gateway = _authorized(request)
+    gateway, caller = _caller(request)
     name = model_id.lstrip("/")
-    gateway.resolve(name)
+    gateway.resolve(name, caller)
     return _model_entry(name, gateway.started_at)
 
 

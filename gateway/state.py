@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import GatewayConfig, ModelConfig
+from .config import GatewayConfig, KeyConfig, ModelConfig
 from .errors import ModelNotFound
 from .proxy import Proxy
 from .registry import Registry
@@ -51,11 +51,17 @@ class Gateway:
         self.config = config
         self.by_name = config.model_by_name()
 
-    def resolve(self, name: str) -> ModelConfig:
+    def resolve(self, name: str, caller: KeyConfig) -> ModelConfig:
+        """The model `name` (or alias) names; 404 for one `caller` may not use, as if it did not
+        exist (a key's allow-list is not a list of what else is served)."""
         model = self.by_name.get(name)
-        if model is None:
-            raise ModelNotFound(name, list(self.by_name))
+        if model is None or (caller.models is not None and not caller.allows(model.names)):
+            raise ModelNotFound(name, self.visible(caller))
         return model
+
+    def visible(self, caller: KeyConfig) -> list[str]:
+        """The names and aliases `caller` may use."""
+        return [name for name, model in self.by_name.items() if caller.allows(model.names)]
 
 
 def policy(model: ModelConfig) -> QueuePolicy:

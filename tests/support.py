@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -30,6 +31,11 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 # Gateways under test give every worker this secret (not a random one), so tests can call them.
 WORKER_SECRET = "test-worker-secret-0123456789"
 WORKER_AUTH = {"Authorization": f"Bearer {WORKER_SECRET}"}
+
+
+def api_key(name: str, key: str, **fields: Any) -> dict[str, Any]:
+    """An auth.keys entry admitting `key` (by its hash, as the config requires)."""
+    return {"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(), **fields}
 
 
 def standin(name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30,

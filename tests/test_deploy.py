@@ -70,3 +70,33 @@ def test_the_image_runs_as_a_user_other_than_root() -> None:
     users = [line.split()[1] for line in (REPO / "deploy/Dockerfile").read_text().splitlines()
              if line.startswith("USER ")]  # fmt: skip
     assert users and users[-1] not in ("root", "0")
+
+
+def test_the_container_s_config_serves_config_yaml_s_models_behind_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.config import ConfigError, GatewayConfig, parse_config
+
+    def load() -> GatewayConfig:  # in the image it is /app/config.yaml, beside /app/models
+        return parse_config(container, base_dir=REPO)
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    container = yaml.safe_load((REPO / "deploy/config.docker.yaml").read_text())
+    assert container["models"] == shipped["models"]  # one demo, two listening set-ups
+    monkeypatch.delenv("GATEWAY_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="GATEWAY_API_KEY is not set"):
+        load()
+    monkeypatch.setenv("GATEWAY_API_KEY", "")  # what ${GATEWAY_API_KEY:-} would pass
+    with pytest.raises(ConfigError, match="has 0 characters"):
+        load()
+    monkeypatch.setenv("GATEWAY_API_KEY", "sk-compose-0123456789")
+    (key,) = load().auth.keys
+    assert key.admin
+
+
+def test_compose_refuses_to_start_without_a_key_and_mounts_the_container_config() -> None:
+    gateway = compose("docker-compose.yml")["services"]["gateway"]
+    assert gateway["environment"]["GATEWAY_API_KEY"].startswith("${GATEWAY_API_KEY:?")
+    assert "./deploy/config.docker.yaml:/app/config.yaml:ro" in gateway["volumes"]
+    assert "COPY deploy/config.docker.yaml /app/config.yaml" in (
+        REPO / "deploy/Dockerfile").read_text()  # fmt: skip

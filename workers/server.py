@@ -46,6 +46,7 @@ from workers.shaping import (
     usage_chunk,
 )
 from workers.status import RequestRecord, WorkerStatus
+from workers.usage_report import USAGE_HEADER, usage_comment, usage_header
 
 __all__ = ["SECRET_ENV", "WORKER_KEY", "Worker", "build_app"]
 
@@ -224,7 +225,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             top_logprobs=params.top_logprobs,
             legacy_functions=params.legacy_functions,
         )
-        return web.json_response(body)
+        return _answer(body)
 
 
 def _chat_stream_shaper(model: str, id_: str, created: int, params: ChatParams) -> ChatStreamShaper:
@@ -268,7 +269,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return [engine.complete(p, params, cancel) for p in params.prompts]
 
         raws = await thread.call(run_all, cancel)
-        return web.json_response(shape_completion(raws, model=worker.model, id_=id_))
+        return _answer(shape_completion(raws, model=worker.model, id_=id_))
 
 
 def _chain_prompts(
@@ -305,7 +306,14 @@ async def embeddings(request: web.Request) -> web.Response:
     async with worker.generation(_request_id(request), request.path) as (_, thread):
         result = await thread.call(partial(worker.engine.embed, params.inputs, cancel), cancel)
     body = shape_embeddings(result, model=worker.model, encoding_format=params.encoding_format)
-    return web.json_response(body)
+    return _answer(body)
+
+
+def _answer(body: dict[str, Any]) -> web.Response:
+    """A whole answer, its usage repeated in a header for the gateway (workers.usage_report)."""
+    usage = body["usage"]
+    counted = Usage(usage["prompt_tokens"], usage.get("completion_tokens", 0))
+    return web.json_response(body, headers={USAGE_HEADER: usage_header(counted)})
 
 
 async def _sse(
@@ -334,7 +342,7 @@ async def _relay(
     )
     await response.prepare(request)
     try:
-        await _write_items(response, first, stream, shape)
+        usage = await _write_items(response, first, stream, shape)
     except ConnectionError:
         record.outcome = "cancelled"
         return response
@@ -343,7 +351,7 @@ async def _relay(
         log(f"generation failed mid-stream: {exc!r}")
         await _write_quietly(response, sse_event(_in_stream_error(exc)))
         return response
-    await response.write(SSE_DONE)
+    await response.write(SSE_DONE if usage is None else usage_comment(usage) + SSE_DONE)
     await response.write_eof()
     return response
 
@@ -353,12 +361,15 @@ async def _write_items(
     first: StreamItem | None,
     rest: AsyncIterator[StreamItem],
     shape: Shaper,
-) -> None:
-    if first is None:
-        return
-    await _write_chunk(response, shape(first))
-    async for item in rest:
+) -> Usage | None:
+    """Write each item as the client asked to see it; return the generation's Usage."""
+    usage, item = None, first
+    while item is not None:
+        if isinstance(item, Usage):
+            usage = item
         await _write_chunk(response, shape(item))
+        item = await anext(rest, None)
+    return usage
 
 
 async def _write_chunk(response: web.StreamResponse, chunk: RawChunk | None) -> None:

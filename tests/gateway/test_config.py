@@ -100,7 +100,7 @@ def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
 def test_a_yaml_error_names_the_line_but_never_echoes_the_file(tmp_path: Path) -> None:
     secret = "sk-live-0123456789abcdef"
     (tmp_path / "config.yaml").write_text(
-        f'server:\n  api_keys: ["{secret}"]\n  port: 8000\n    host: x\nmodels: [\n'
+        f'server:\n  key: ["{secret}"]\n  port: 8000\n    host: x\nmodels: [\n'
     )
     with pytest.raises(ConfigError, match=r"not valid YAML: .* at line 4") as caught:
         load_config(tmp_path / "config.yaml")
@@ -116,21 +116,9 @@ def test_a_bad_value_is_described_never_echoed(tmp_path: Path, gguf: Path) -> No
         parse(tmp_path, [model()], server={"port": 70000})
 
 
-@pytest.mark.parametrize("key", ["", "   ", "short-key"])
-def test_an_empty_or_short_api_key_is_a_config_error(tmp_path: Path, gguf: Path, key: str) -> None:
-    with pytest.raises(ConfigError, match=r"server\.api_keys\[0\]: a key must have at least 16"):
-        parse(tmp_path, [model()], server={"api_keys": [key]})
-
-
-def test_an_api_key_from_an_empty_environment_variable_is_a_config_error(
-    tmp_path: Path, gguf: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GATEWAY_API_KEY", "")  # what docker-compose passes when it is unset
-    with pytest.raises(ConfigError, match=r"server\.api_keys\[0\].*has 0"):
-        parse(tmp_path, [model()], server={"api_keys": ["${GATEWAY_API_KEY}"]})
-    monkeypatch.setenv("GATEWAY_API_KEY", " sk-0123456789abcdef \n")
-    config = parse(tmp_path, [model()], server={"api_keys": ["${GATEWAY_API_KEY}"]})
-    assert config.server.api_keys == ("sk-0123456789abcdef",)  # whitespace trimmed
+def test_the_old_flat_key_list_says_how_to_move_it(tmp_path: Path, gguf: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.api_keys: replaced by auth\.keys.*keygen"):
+        parse(tmp_path, [model()], server={"api_keys": ["sk-0123456789abcdef"]})
 
 
 def test_standin_models_need_no_file(tmp_path: Path) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.config import GatewayConfig, HealthConfig, ModelConfig, ServerConfig
+from gateway.config import (
+    AuthConfig,
+    GatewayConfig,
+    HealthConfig,
+    KeyConfig,
+    ModelConfig,
+    RedisConfig,
+    ServerConfig,
+)
 from gateway.plan import plan_reload
 
 A = ModelConfig(name="a", path=Path("/m/a.gguf"), replicas=2)
@@ -57,3 +65,18 @@ def test_a_new_port_is_reported_as_needing_a_restart() -> None:
 def test_health_and_watch_changes_are_settings_changes() -> None:
     assert plan_reload(config(A), config(A, health=HealthConfig(interval=9))).settings_changed
     assert plan_reload(config(A), config(A, watch=True)).settings_changed
+
+
+def test_key_changes_are_named_and_applied_in_place() -> None:
+    team = KeyConfig(name="team", digest=b"1" * 32)
+    other = KeyConfig(name="other", digest=b"2" * 32)
+    old = config(A, auth=AuthConfig(keys=(team, other)))
+    new = config(A, auth=AuthConfig(keys=(replace(team, rpm=10), KeyConfig("new", b"3" * 32))))
+    plan = plan_reload(old, new)
+    assert plan.keys == ("key new added", "key other removed", "key team changed")
+    assert plan.settings_changed and not plan.change and not plan.redis_changed
+
+
+def test_a_new_redis_needs_a_restart() -> None:
+    plan = plan_reload(config(A), config(A, redis=RedisConfig(url="redis://127.0.0.1:6379/0")))
+    assert plan.redis_changed and "redis changed: takes effect after a restart" in plan.describe()

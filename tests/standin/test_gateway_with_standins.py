@@ -20,6 +20,7 @@ from tests.support import (
     WORKER_AUTH,
     WORKER_SECRET,
     GatewayProcess,
+    api_key,
     assert_error,
     assert_valid,
     running_gateway,
@@ -32,7 +33,8 @@ API_KEY = "sk-test-key-0123456789"
 
 
 CONFIG = {
-    "server": {"api_keys": [API_KEY], "max_body_bytes": 64 * 1024},
+    "server": {"max_body_bytes": 64 * 1024},
+    "auth": {"keys": [api_key("tests", API_KEY, admin=True)]},
     "models": [
         {**standin("fast", replicas=2), "aliases": ["fast-alias"]},
         standin("slow", max_queue=1, token_delay=0.1, tokens=30),

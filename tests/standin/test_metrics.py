@@ -64,12 +64,12 @@ def test_answers_are_counted_and_timed_by_the_configured_model_name(
             client.post("/v1/chat/completions", json={"model": "nope", **CHAT}).status_code == 404
         )
     after = scrape(gateway)
-    ok = {"model": "pair", "endpoint": "chat_completions", "status": "200"}
+    ok = {"model": "pair", "endpoint": "chat_completions", "status": "200", "key": "anonymous"}
     assert value(after, "llm_gateway_requests_total", **ok) - value(
         before, "llm_gateway_requests_total", **ok) == 3  # fmt: skip
     timed = {"model": "pair", "endpoint": "chat_completions"}
     assert value(after, "llm_gateway_request_duration_seconds_count", **timed) >= 3
-    unknown = {"model": "none", "endpoint": "chat_completions", "status": "404"}
+    unknown = {"model": "none", "endpoint": "chat_completions", "status": "404", "key": "anonymous"}
     assert value(after, "llm_gateway_requests_total", **unknown) >= 1
     assert not any(dict(labels).get("model") in ("pair-alias", "nope") for _, labels in after)
     served = sum(value(after, "llm_gateway_replica_requests_total", model="pair", replica=i)
@@ -90,7 +90,7 @@ def test_a_full_queue_is_counted_as_a_rejection(gateway: GatewayProcess) -> None
         holder.join()
     assert refused.status_code == 429
     assert value(scrape(gateway), "llm_gateway_rejected_requests_total", model="slow",
-                 reason="queue_full") == 1  # fmt: skip
+                 reason="queue_full", key="anonymous") == 1  # fmt: skip
 
 
 def test_streams_record_time_to_first_token_and_every_answer_its_overhead(
@@ -114,3 +114,27 @@ def test_streams_record_time_to_first_token_and_every_answer_its_overhead(
     assert 0 < grew("llm_gateway_overhead_seconds_sum") < 0.5  # the gateway's own share
     queued = value(after, "llm_gateway_request_queue_time_seconds_count", model="pair")
     assert queued >= 1  # every request that reached a worker, waited or not
+
+
+def test_tokens_are_counted_from_the_worker_s_usage_streams_included(
+    gateway: GatewayProcess,
+) -> None:
+    before = scrape(gateway)
+    with gateway.client() as client:
+        streamed = client.post("/v1/chat/completions",
+                               json={"model": "pair", "stream": True, **CHAT})  # fmt: skip
+        embedded = client.post("/v1/embeddings", json={"model": "pair", "input": "a b c"})
+    assert streamed.status_code == embedded.status_code == 200
+    # The client asked for no usage chunk and got none: the worker's report was taken out.
+    assert '"usage"' not in streamed.text and ": usage" not in streamed.text
+    after = scrape(gateway)
+
+    def grew(name: str, endpoint: str) -> float:
+        labels = {"model": "pair", "endpoint": endpoint, "key": "anonymous"}
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # The stand-in counts a word per token, plus one per message; tests.support has it answer 8.
+    assert grew("llm_gateway_prompt_tokens_total", "chat_completions") == 2
+    assert grew("llm_gateway_completion_tokens_total", "chat_completions") == 8
+    assert grew("llm_gateway_prompt_tokens_total", "embeddings") == 3
+    assert grew("llm_gateway_completion_tokens_total", "embeddings") == 0

@@ -45,11 +45,16 @@ def test_each_answer_is_one_json_record_with_its_figures(gateway: GatewayProcess
     assert (plain["model"], plain["endpoint"], plain["status"]) == ("m", "chat_completions", 200)
     assert plain["replica"] in (0, 1) and plain["duration_ms"] > 0 and plain["ttft_ms"] is None
     assert plain["queue_wait_ms"] >= 0
+    assert (plain["prompt_tokens"], plain["completion_tokens"]) == (2, 8)  # the stand-in's count
     stream = record(gateway, "stream-1")
     assert 0 < stream["ttft_ms"] <= stream["duration_ms"]
+    assert (stream["prompt_tokens"], stream["completion_tokens"]) == (2, 8)
 
 
 def test_every_line_of_a_json_log_is_json(gateway: GatewayProcess) -> None:
     records = lines(gateway)  # json.loads would raise on a line that is not
     assert {"gateway.edge", "gateway.registry"} <= {r["logger"] for r in records}
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    # Worker output is in the same log, each line saying which replica it comes from.
+    workers = {(r["model"], r["replica"]) for r in records if r["logger"] == "worker"}
+    assert workers == {("m", 0), ("m", 1)}

@@ -131,6 +131,17 @@ def test_chat_stream_include_usage_ends_with_usage_chunk(worker: WorkerProcess) 
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
+def test_usage_is_reported_to_the_gateway_out_of_band(worker: WorkerProcess) -> None:
+    """A header on a whole answer, a comment before a stream's [DONE] (workers.usage_report)."""
+    answer = worker.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 3})
+    assert answer.headers["X-Usage-Tokens"] == f"{answer.json()['usage']['prompt_tokens']} 3"
+    body = {"prompt": ["a", "b"], "max_tokens": 2, "stream": True}
+    streamed = worker.client.post("/v1/completions", json=body).text
+    assert streamed.endswith("\n\n: usage 2 4\n\ndata: [DONE]\n\n")
+    embedded = worker.client.post("/v1/embeddings", json={"input": ["a b", "c"]})
+    assert embedded.headers["X-Usage-Tokens"] == "3 0"
+
+
 def test_completions_of_two_prompts(worker: WorkerProcess) -> None:
     body = {"prompt": ["a b", "c"], "max_tokens": 2}
     answer = worker.client.post("/v1/completions", json=body).json()
