@@ -95,6 +95,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self.last = b""
+        self.comments = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -108,6 +109,7 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None and self.state == _IDLE
         self.outcome, self.on_done, self.state = outcome, on_done, _HEAD
         self.last = b""
+        self.comments = 0
         outcome.sent = now()
         self.transport.write(raw)
 
@@ -201,11 +203,18 @@ class _Conn(asyncio.Protocol):
         assert outcome is not None
         outcome.nbytes += len(data)
         if self.sse and data:
-            count = (self.last + data).count(b"\n\n")
+            joined = self.last + data
+            # Events end with a blank line; an SSE comment event (": ...", e.g. the worker's
+            # usage report to the gateway) is no event for a client: the end of each one whose
+            # start was seen is not counted.
+            self.comments += joined.count(b"\n\n:")
+            count = joined.count(b"\n\n")
+            skipped = min(count, self.comments)
+            count, self.comments = count - skipped, self.comments - skipped
             if count:
                 t = now()
                 outcome.events.extend([t] * count)
-            self.last = data[-1:]
+            self.last = joined[-2:]
 
     def _finish(self, status: int) -> None:
         outcome, on_done = self.outcome, self.on_done

@@ -146,17 +146,17 @@ def start_gateway(
     cpus: str | None,
     timeout: float = 120.0,
     extra: dict[str, Any] | None = None,
+    recorded: bool = True,
 ) -> Proc:
     """Start `python -m gateway serve` on a generated config (plus `extra` top-level sections);
-    return once /ready is 200."""
+    return once /ready is 200. `recorded`: metrics and the request log on, as by default
+    (the log to the gateway's log file, as JSON); off, neither (the cost they add)."""
     port = free_port()
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     config = CONFIG_DIR / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"server": {"host": "127.0.0.1", "port": port}, "models": models, **(extra or {})}
-        )
-    )
+    server = {"host": "127.0.0.1", "port": port, "metrics": recorded}
+    config.write_text(yaml.safe_dump({"server": server, "models": models, **(extra or {})}))
+    logs = ["info", "--log-format", "json"] if recorded else ["warning"]
     argv = [
         PYTHON,
         "-m",
@@ -167,7 +167,7 @@ def start_gateway(
         "--port",
         str(port),
         "--log-level",
-        "warning",
+        *logs,
     ]
     # One known worker secret, so "direct" targets can call the workers (bench/common.py).
     proc = start(name, argv, port, cpus, env={SECRET_ENV: WORKER_SECRET})

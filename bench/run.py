@@ -1,7 +1,7 @@
 """`python -m bench.run [scenario ...]`: run scenarios, print their tables, write their JSON.
 
 Scenarios (by name or number): 1 latency, 2 throughput, 3 streaming, 4 multimodel, 5 replicas,
-6 peer, 7 footprint. No argument runs them all. Scenarios 1-3 include LiteLLM's proxy when
+6 peer, 7 footprint, 8 limits. No argument runs them all. Scenarios 1-3 include LiteLLM's proxy when
 bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6 divides our figures by its,
 from the latest results of 1-3 (the same run under `make bench`).
 """
@@ -22,6 +22,7 @@ from .common import RESULTS, Result, print_table
 from .procs import COMMANDS, rss_kib
 from .scenarios.footprint import footprint
 from .scenarios.latency import latency
+from .scenarios.limits import limits
 from .scenarios.multimodel import multimodel
 from .scenarios.peer import peer
 from .scenarios.replicas import replicas
@@ -31,7 +32,8 @@ from .stack import standin_stack
 
 __all__ = ["SCENARIOS", "main"]
 
-SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint"]
+SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint",
+             "limits"]  # fmt: skip
 STANDIN = {"token_delay": 0.0, "tokens": 200}
 CAPACITY = 256  # one stand-in replica serving up to 256 requests at once
 
@@ -61,7 +63,8 @@ def _finish(result: Result, began: float, commands_from: int, load: str) -> None
 async def _standin_part(names: list[str], with_peer: bool) -> None:
     """Scenarios 1 and 2 share one gateway (1 stand-in replica of capacity 256) and LiteLLM."""
     began, mark, load = time.monotonic(), len(COMMANDS), _loadavg()
-    with standin_stack("standin", STANDIN, 1, with_peer, capacity=CAPACITY) as stack:
+    bare = "latency" in names  # the cost of metrics and the request log, beside the gateway
+    with standin_stack("standin", STANDIN, 1, with_peer, capacity=CAPACITY, bare=bare) as stack:
         if "latency" in names:
             _finish(await latency(stack), began, mark, load)
         if "throughput" in names:
@@ -82,6 +85,7 @@ _STEPS: dict[str, Step] = {
     "replicas": lambda _: replicas(),
     "peer": lambda _: peer(),
     "footprint": lambda _: footprint(),
+    "limits": lambda _: limits(),
 }
 
 

@@ -28,6 +28,7 @@ class Stack:
     gateway: Proc
     workers: list[dict[str, Any]]
     litellm: Proc | None = None
+    bare: Proc | None = None  # a second gateway with metrics and the request log off
     capacity: int = 1
     idle_rss_kib: int = 0
     notes: list[str] = field(default_factory=list)
@@ -36,8 +37,10 @@ class Stack:
     def worker_urls(self) -> list[str]:
         return [str(w["url"]) for w in self.workers]
 
-    def urls(self) -> dict[str, list[str]]:
+    def urls(self, with_bare: bool = False) -> dict[str, list[str]]:
         urls = {"direct": self.worker_urls, "gateway": [self.gateway.url]}
+        if with_bare and self.bare is not None:
+            urls["gateway-bare"] = [self.bare.url]
         if self.litellm is not None:
             urls["litellm"] = [self.litellm.url]
         return urls
@@ -58,12 +61,18 @@ class Stack:
 
 @contextlib.contextmanager
 def standin_stack(
-    name: str, standin: dict[str, Any], replicas: int, peer: bool, capacity: int = 1
+    name: str,
+    standin: dict[str, Any],
+    replicas: int,
+    peer: bool,
+    capacity: int = 1,
+    bare: bool = False,
 ) -> Iterator[Stack]:
     """Start the gateway on core 0 and its stand-in workers on core 1 (plus LiteLLM if `peer`).
 
     `capacity` is the requests one replica serves at once (`--concurrency`: one engine thread per
-    slot); direct, the gateway and LiteLLM all target the same worker processes.
+    slot); direct, the gateway and LiteLLM all target the same worker processes. `bare` adds
+    a gateway with metrics and the request log off, on the gateway's core, over its own workers.
     """
     model = {
         "name": "mock",
@@ -81,12 +90,15 @@ def standin_stack(
         name, [model], cpus=str(GATEWAY_CPU), timeout=300, extra={"health": HEALTH}
     )
     litellm: Proc | None = None
+    stack: Stack | None = None
     try:
         workers = gateway_workers(gateway)
         for worker in workers:
             pin(int(worker["pid"]), {LOADGEN_CPU})
         pin_self({LOADGEN_CPU})
         stack = Stack(gateway, workers, capacity=capacity, idle_rss_kib=rss_kib(gateway.pid))
+        if bare:
+            stack.bare = _start_bare(name, model)
         if peer and litellm_available():
             litellm = start_litellm(f"{name}-litellm", stack.worker_urls, cpus=str(GATEWAY_CPU))
             stack.litellm = litellm
@@ -96,4 +108,15 @@ def standin_stack(
     finally:
         if litellm is not None:
             litellm.stop()
+        if stack is not None and stack.bare is not None:
+            stack.bare.stop()
         gateway.stop()
+
+
+def _start_bare(name: str, model: dict[str, Any]) -> Proc:
+    """The same gateway with metrics and the request log off, its workers on core 1 too."""
+    bare = start_gateway(f"{name}-bare", [model], cpus=str(GATEWAY_CPU), timeout=300,
+                         extra={"health": HEALTH}, recorded=False)  # fmt: skip
+    for worker in gateway_workers(bare):
+        pin(int(worker["pid"]), {LOADGEN_CPU})
+    return bare

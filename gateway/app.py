@@ -35,7 +35,7 @@ def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
     """The app serving `config`; `source` is the file a reload reads again."""
     gateway = build_gateway(config, source)
     reloader = Reloader(gateway)
-    metrics = Metrics(gateway)
+    metrics = Metrics(gateway) if config.server.metrics else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -51,6 +51,7 @@ def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
             watcher.cancel()
             await gateway.supervisor.stop()
             await gateway.proxy.close()
+            await gateway.limits.close()
 
     return Litestar(
         route_handlers=ROUTES,
@@ -73,9 +74,9 @@ def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Re
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    reason = rejection_reason(exc.code)
-    if reason is not None:
-        metrics: Metrics = request.app.state.metrics
+    reason = rejection_reason(exc)
+    metrics: Metrics | None = request.app.state.metrics
+    if reason is not None and metrics is not None:
         noted = marks(request.scope)
         metrics.rejected.labels(noted.model, reason, noted.key).inc()
     return _json(exc.body(), exc.status, exc.headers())

@@ -139,7 +139,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
 
     from .app import create_app
     from .edge import edge_protocol
-    from .logs import configure
+    from .logs import REQUEST_LOG, configure
     from .metrics import MetricsMiddleware
     from .server import GatewayServer
 
@@ -147,8 +147,10 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     logging.getLogger("gateway").info("listening on %s port %d", *sock.getsockname()[:2])
     app = create_app(config, source)
     gateway = app.state.gateway
+    # Metrics off and the request log silenced: nothing to record, so no middleware at all.
+    recorded = config.server.metrics or REQUEST_LOG.isEnabledFor(logging.INFO)
     server_config = uvicorn.Config(
-        MetricsMiddleware(app, app.state.metrics),
+        MetricsMiddleware(app, app.state.metrics) if recorded else app,
         http=edge_protocol(config, lambda: gateway.config.server),
         log_level=log_level,
         log_config=None,  # uvicorn's lines through our handler, JSON included

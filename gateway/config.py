@@ -58,6 +58,7 @@ class ServerConfig:
     max_connections: int = 2048
     max_header_bytes: int = 16384
     max_url_bytes: int = 8192
+    metrics: bool = True  # false: no /metrics and nothing recorded for it (needs a restart)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
 
 _SERVER_KEYS = {
     "host", "port", "max_body_bytes", "drain_timeout", "header_timeout",
-    "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes",
+    "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
 }  # fmt: skip
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
@@ -246,6 +247,7 @@ def _parse_server(raw: Any) -> ServerConfig:
         max_url_bytes=checked(
             section, "max_url_bytes", positive, "a positive integer", "server.", 8192
         ),
+        metrics=checked(section, "metrics", boolean, "true or false", "server.", True),
     )
 
 

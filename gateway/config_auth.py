@@ -87,6 +87,7 @@ class AuthConfig:
 class RedisConfig:
     url: str | None = None  # None: limits and usage in this process
     on_error: str = "allow"  # Redis unreachable: "allow" (local limits) or "deny" (503)
+    lease_seconds: float = 30.0  # a concurrency slot's lease, renewed while its request runs
 
 
 def parse_auth(raw: Any) -> AuthConfig:
@@ -187,14 +188,15 @@ def _reject_duplicates(keys: tuple[KeyConfig, ...]) -> None:
 
 def parse_redis(raw: Any) -> RedisConfig:
     section = mapping(raw, "redis")
-    reject_unknown(section, {"url", "on_error"}, "redis.")
+    reject_unknown(section, {"url", "on_error", "lease_seconds"}, "redis.")
     url = section.get("url")
     if url is not None and not (nonempty_str(url) and url.startswith(("redis://", "rediss://",
                                                                        "unix://"))):  # fmt: skip
         raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
     on_error = checked(section, "on_error", lambda v: v in ("allow", "deny"), "allow or deny",
                        "redis.", "allow")  # fmt: skip
-    return RedisConfig(url=url, on_error=on_error)
+    lease = checked(section, "lease_seconds", pos_num, "seconds > 0", "redis.", 30)
+    return RedisConfig(url=url, on_error=on_error, lease_seconds=float(lease))
 
 
 def check_exposure(auth: AuthConfig, host: str) -> None:

@@ -8,6 +8,7 @@
     ├── Forbidden                (403 permission_error)
     ├── ModelNotFound            (404 model_not_found)
     ├── QueueFull                (429 rate_limit_exceeded, Retry-After)
+    ├── RateLimited              (429 rate_limit_exceeded, Retry-After, x-ratelimit-*)
     ├── Unavailable              (503 service_unavailable)
     │   └── QueueTimeout         (503 queue_timeout)
     ├── UpstreamFailed           (502 upstream_error)
@@ -29,6 +30,7 @@ __all__ = [
     "ModelNotFound",
     "QueueFull",
     "QueueTimeout",
+    "RateLimited",
     "RequestTimeout",
     "Unauthorized",
     "Unavailable",
@@ -50,6 +52,7 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = "internal_error"
+    rejection: str | None = None  # the metrics' reason, where it is not the code's (metrics.py)
 
     def __init__(
         self,
@@ -58,16 +61,19 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.extra_headers = headers
         if code is not None:
             self.code = code
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return headers if self.extra_headers is None else {**headers, **self.extra_headers}
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
@@ -125,6 +131,12 @@ class QueueFull(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class RateLimited(QueueFull):
+    """A key over its rpm, tpm or max_concurrent; its x-ratelimit-* headers go with it."""
+
+    rejection = "rate_limit"
 
 
 class Unavailable(GatewayError):

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from workers.engine import Usage
 
+from .errors import GatewayError
 from .lifecycle import ReplicaState
 from .logs import log_request
 
@@ -61,16 +62,16 @@ _REJECTIONS = {"rate_limit_exceeded": "queue_full", "queue_timeout": "queue_time
                "model_unavailable": "unavailable"}  # fmt: skip
 
 
-def rejection_reason(code: str | None) -> str | None:
-    """The `reason` label of a refused request's error code, or None if it is no refusal."""
-    return _REJECTIONS.get(code or "")
+def rejection_reason(error: GatewayError) -> str | None:
+    """The `reason` label of a refused request's error, or None if it is no refusal."""
+    return error.rejection or _REJECTIONS.get(error.code or "")
 
 
 class Marks:
     """What the routes and the relay note about one request, for the middleware to record."""
 
-    __slots__ = ("event_gaps", "key", "model", "queue_wait", "replica", "request_id",
-                 "upstream_ended", "upstream_started", "usage")  # fmt: skip
+    __slots__ = ("event_gaps", "key", "model", "queue_position", "queue_wait", "replica",
+                 "request_id", "upstream_ended", "upstream_started", "usage")  # fmt: skip
 
     def __init__(self) -> None:
         self.model = _NO_MODEL  # the configured name, once the request's model is resolved
@@ -78,6 +79,7 @@ class Marks:
         self.request_id: str | None = None
         self.replica: int | None = None  # the index of the replica that answered
         self.queue_wait = 0.0  # seconds spent waiting for a replica
+        self.queue_position = 0  # where it entered the queue (1: first); 0: it did not wait
         self.upstream_started: float | None = None  # perf_counter() when sent to the worker
         self.upstream_ended: float | None = None  # ... when the worker's answer had all come
         self.event_gaps: list[float] = []  # streams: seconds between two successive events
@@ -121,7 +123,8 @@ class Metrics:
                                          "(the worker's count)", ["model", "endpoint", "key"],
                                          registry=self.registry)  # fmt: skip
         self.rejected = Counter("llm_gateway_rejected_requests", "Requests refused, by reason: "
-                                "queue_full, queue_timeout, auth, draining, unavailable",
+                                "queue_full, queue_timeout, rate_limit, auth, draining, "
+                                "unavailable",
                                 ["model", "reason", "key"], registry=self.registry)  # fmt: skip
         self.registry.register(_PoolCollector(gateway))
 
@@ -151,7 +154,7 @@ class _KeySeries:
 class MetricsMiddleware:
     """Counts and times every answer of the OpenAI endpoints; passes anything else through."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
         self.app = app
         self.metrics = metrics
         # Bounded like the labels: configured models x endpoints (x status codes).
@@ -188,6 +191,8 @@ class MetricsMiddleware:
         now = time.perf_counter()
         ttft = first_event - started if first_event > 0 else None
         log_request(_request_record(noted, endpoint, status, now - started, ttft))
+        if self.metrics is None:
+            return  # server.metrics: false; the request log only
         series = self._series(noted.model, endpoint)
         self._answered(noted.model, endpoint, status, noted.key).inc()
         series.duration.observe(now - started)
@@ -211,6 +216,7 @@ class MetricsMiddleware:
         found = self._cache.get((model, endpoint))
         if found is None:
             metrics = self.metrics
+            assert metrics is not None
             found = self._cache[(model, endpoint)] = _Series(
                 metrics.duration.labels(model, endpoint),
                 metrics.ttft.labels(model, endpoint),
@@ -224,6 +230,7 @@ class MetricsMiddleware:
         found = self._tokens.get((model, endpoint, key))
         if found is None:
             metrics = self.metrics
+            assert metrics is not None
             found = self._tokens[(model, endpoint, key)] = _KeySeries(
                 metrics.prompt_tokens.labels(model, endpoint, key),
                 metrics.completion_tokens.labels(model, endpoint, key),
@@ -234,6 +241,7 @@ class MetricsMiddleware:
         labels = (model, endpoint, status, key)
         found = self._counters.get(labels)
         if found is None:
+            assert self.metrics is not None
             found = self._counters[labels] = self.metrics.requests.labels(*labels)
         return found
 

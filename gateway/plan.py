@@ -10,8 +10,8 @@ __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 
 # What a worker process is started with: changing any of these replaces its replicas.
 _WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus", "capacity")
-# What only a new process can apply: the listening socket.
-_RESTART_FIELDS = ("host", "port")
+# What only a new process can apply: the listening socket, the metrics middleware.
+_RESTART_FIELDS = ("host", "port", "metrics")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
+from workers.engine import Usage
 from workers.usage_report import USAGE_COMMENT, USAGE_HEADER, parse_usage
 
 from .errors import UpstreamFailed, UpstreamTimeout, error_body
@@ -123,16 +124,21 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
-    __slots__ = ("_busy_timeout", "_idle_timeout", "_lease", "_proxy", "_request_id", "_upstream")
+    __slots__ = ("_busy_timeout", "_headers", "_idle_timeout", "_lease", "_on_end", "_proxy",
+                 "_request_id", "_upstream")  # fmt: skip
 
     def __init__(self, proxy: Proxy, upstream: aiohttp.ClientResponse, lease: Lease,
-                 request_id: str, idle_timeout: float, busy_timeout: float):  # fmt: skip
+                 request_id: str, idle_timeout: float, busy_timeout: float,
+                 headers: list[tuple[bytes, bytes]] | None = None,
+                 on_end: Callable[[Usage | None], None] | None = None):  # fmt: skip
         self._proxy = proxy
         self._upstream = upstream
         self._lease = lease
         self._request_id = request_id.encode()
         self._idle_timeout = idle_timeout
         self._busy_timeout = busy_timeout  # how long a worker may go on for a gone client
+        self._headers = [(b"x-request-id", self._request_id), *(headers or ())]
+        self._on_end = on_end  # told the tokens the worker reported (None: none came)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         noted = marks(scope)
@@ -142,6 +148,8 @@ class Relay:
             else:
                 await self._relay_body(send, noted)
         finally:
+            if self._on_end is not None:
+                self._on_end(noted.usage)
             read_to_end = self._upstream.content.at_eof()
             self._upstream.close()
             if read_to_end:
@@ -169,13 +177,13 @@ class Relay:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", self._request_id),
+            *self._headers,
         ]
         await send(_start(status, headers))
         await send(_body(body, more=False))
 
     async def _relay_stream(self, receive: Receive, send: Send, noted: Marks) -> None:
-        headers = [*_SSE_HEADERS, (b"x-request-id", self._request_id)]
+        headers = [*_SSE_HEADERS, *self._headers]
         await send(_start(self._upstream.status, headers))
         # Closing the upstream connection (in __call__) is what stops the worker's generation.
         # A client gone, or one that reads nothing: nobody is left to tell (returning without

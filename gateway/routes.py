@@ -9,15 +9,20 @@ import re
 import time
 from typing import Any
 
+import aiohttp
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.exceptions import NotFoundException
 from litestar.types import ASGIApp, Receive
+
+from workers.engine import Usage
 
 from .auth import identify, is_loopback, presented_key
 from .config import KeyConfig, ModelConfig, ServerConfig
 from .errors import (
     BodyTooLarge,
     Forbidden,
+    GatewayError,
     InvalidRequest,
     RequestTimeout,
     Unauthorized,
@@ -25,20 +30,31 @@ from .errors import (
     UpstreamFailed,
     error_body,
 )
-from .metrics import Metrics, marks
+from .limits import Ticket, estimate_tokens
+from .metrics import Marks, Metrics, marks
 from .proxy import ClientGone, Proxy, Relay, until_disconnect
 from .reloader import Reloader
-from .scheduler import Lease
+from .scheduler import Lease, Scheduler
 from .state import Gateway
 
 __all__ = ["ROUTES"]
 
 
 class _RouteFields(msgspec.Struct):
-    """The only fields of a request body the gateway reads; the rest passes through untouched."""
+    """The only fields of a request body the gateway reads; the rest passes through untouched
+    (the worker checks the token counts: here they only size a key's token reservation)."""
 
     model: str
     stream: bool | None = None
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+
+    def answer_limit(self) -> int | None:
+        """The most tokens the answer may have, if the client said so (as an integer)."""
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
 
 
 _route_decoder = msgspec.json.Decoder(_RouteFields)
@@ -166,23 +182,90 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = _request_id(request.headers.get("x-request-id"))
-    scheduler = gateway.scheduler
-    lease = scheduler.try_acquire(model.name)
-    if lease is None:  # queue, leaving the queue if the client goes away
-        queued = time.perf_counter()
-        lease = await until_disconnect(request.receive, scheduler.acquire(model.name))
-        noted.queue_wait = time.perf_counter() - queued
+    reserve = estimate_tokens(len(body), fields.answer_limit())
+    limits = gateway.limits
+    ticket = await limits.admit(caller, request_id, model.name, reserve,
+                                gateway.scheduler.running(caller))  # fmt: skip
     try:
-        return await _send(request, gateway.proxy, lease, model, path, body, request_id)
+        return await _serve(request, gateway, ticket, model, path, body)
+    except BaseException as exc:
+        # Nothing was relayed: a request that never reached a worker used no tokens.
+        limits.finish(ticket, Usage(0, 0) if noted.upstream_started is None else None)
+        if isinstance(exc, GatewayError):
+            exc.extra_headers = {**ticket.quota.headers(), **(exc.extra_headers or {})}
+        raise
+
+
+async def _serve(request: Request[Any, Any, Any], gateway: Gateway, ticket: Ticket,
+                 model: ModelConfig, path: str, body: bytes) -> Relay:  # fmt: skip
+    """Queue for a replica, take the key's concurrency slot, send; once more on another
+    replica if the first could not be reached."""
+    scheduler, key = gateway.scheduler, ticket.key
+    lease = await _lease(request, scheduler, model.name, key)
+    try:
+        await gateway.limits.start(ticket)
+    except BaseException:
+        lease.release()
+        raise
+    relay = _Sending(request, gateway, ticket, model, path, body)
+    try:
+        return await relay.send(lease)
     except UpstreamFailed:
         # Nothing has reached the client: retry once on another replica, ahead of the queue.
-        lease = await until_disconnect(request.receive, scheduler.acquire(model.name, first=True))
-        return await _send(request, gateway.proxy, lease, model, path, body, request_id)
+        acquired = scheduler.acquire(model.name, key, first=True)
+        return await relay.send(await until_disconnect(request.receive, acquired))
+
+
+async def _lease(request: Request[Any, Any, Any], scheduler: Scheduler, model: str,
+                 key: KeyConfig) -> Lease:  # fmt: skip
+    lease = scheduler.try_acquire(model, key)
+    if lease is not None:
+        return lease
+    noted = marks(request.scope)  # queue, leaving the queue if the client goes away
+
+    def entered(ahead: int) -> None:
+        noted.queue_position = ahead + 1
+
+    queued = time.perf_counter()
+    lease = await until_disconnect(request.receive, scheduler.acquire(model, key, queued=entered))
+    noted.queue_wait = time.perf_counter() - queued
+    return lease
+
+
+class _Sending:
+    """One request's trips to a worker: the body, where it goes, what the answer carries."""
+
+    def __init__(self, request: Request[Any, Any, Any], gateway: Gateway, ticket: Ticket,
+                 model: ModelConfig, path: str, body: bytes):  # fmt: skip
+        self.request, self.gateway, self.ticket = request, gateway, ticket
+        self.model, self.path, self.body = model, path, body
+
+    async def send(self, lease: Lease) -> Relay:
+        """Send on `lease`; the Relay releases it and settles the ticket once the answer is
+        out."""
+        upstream = await _send(self.request, self.gateway.proxy, lease, self.model, self.path,
+                               self.body, self.ticket.request_id)  # fmt: skip
+        noted = marks(self.request.scope)
+        limits, ticket = self.gateway.limits, self.ticket
+        return Relay(self.gateway.proxy, upstream, lease, ticket.request_id,
+                     self.model.idle_timeout, self.model.first_token_timeout,
+                     headers=_answer_headers(ticket, noted),
+                     on_end=lambda usage: limits.finish(ticket, usage))  # fmt: skip
+
+
+def _answer_headers(ticket: Ticket, noted: Marks) -> list[tuple[bytes, bytes]]:
+    """A limited key's x-ratelimit-* headers; a queued request's wait and position."""
+    headers = [(name.encode(), value.encode()) for name, value in
+               ticket.quota.headers().items()]  # fmt: skip
+    if noted.queue_position:
+        headers += [(b"x-queue-wait-ms", str(round(noted.queue_wait * 1000)).encode()),
+                    (b"x-queue-position", str(noted.queue_position).encode())]  # fmt: skip
+    return headers
 
 
 async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, model: ModelConfig,
-                path: str, body: bytes, request_id: str) -> Relay:  # fmt: skip
-    """Send the request on `lease`; its Relay releases the lease once the answer is out."""
+                path: str, body: bytes, request_id: str) -> aiohttp.ClientResponse:  # fmt: skip
+    """Send the request on `lease`; return once the worker's status and headers are in."""
     replica = lease.replica
     noted = marks(request.scope)
     noted.replica, noted.upstream_started = replica.index, time.perf_counter()
@@ -199,8 +282,7 @@ async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, mod
     except BaseException:  # the client left, or no first byte in time: the worker may be busy
         proxy.release_when_done(lease, request_id, model.first_token_timeout)
         raise
-    return Relay(proxy, upstream, lease, request_id, model.idle_timeout,
-                 model.first_token_timeout)  # fmt: skip
+    return upstream
 
 
 @post("/v1/chat/completions")
@@ -259,7 +341,9 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/metrics")
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus's text format; open, like the probes (it holds no key and no prompt)."""
-    registry: Metrics = request.app.state.metrics
+    registry: Metrics | None = request.app.state.metrics
+    if registry is None:
+        raise NotFoundException("Metrics are off (server.metrics: false).")
     return Response(registry.render(), media_type=_PROMETHEUS_TEXT)
 
 
@@ -269,6 +353,14 @@ async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
     queued = {model: gateway.scheduler.queued(model) for model in gateway.registry.models()}
     workers = [replica.describe() for replica in gateway.registry]
     return {"object": "list", "data": workers, "queued": queued}
+
+
+@get("/admin/usage")
+async def admin_usage(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Requests and prompt/completion tokens by key, model and day (UTC), from the store the
+    limits use: this process, or Redis (then every gateway's)."""
+    gateway = _admin(request)
+    return {"object": "list", "data": await gateway.limits.usage()}
 
 
 def _reloader(request: Request[Any, Any, Any]) -> Reloader:
@@ -298,4 +390,4 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, ready,
-          metrics, admin_workers, admin_reload, admin_config]  # fmt: skip
+          metrics, admin_workers, admin_usage, admin_reload, admin_config]  # fmt: skip

@@ -1,17 +1,22 @@
-"""The scheduler: one FIFO queue per model, each request leased to the least-loaded ready replica.
+"""The scheduler: one fair queue per model, each request leased to the least-loaded ready replica.
 
-Invariant: a model's queue is non-empty only while none of its replicas is free,
-so a new request never overtakes a queued one.
+While a model's replicas are all busy, its waiting requests are served across keys in
+proportion to their weights, first come first served within a key (gateway/fair_queue.py).
+A key at its max_concurrent waits its turn without holding the others up.
+
+Invariant: a model's queue holds a request only while no replica is free or its key is at
+max_concurrent, so a new request never overtakes one of its own key queued ahead of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .config import KeyConfig
 from .errors import QueueFull, QueueTimeout, Unavailable
+from .fair_queue import FairQueue
 from .lifecycle import StateChange
 from .registry import Registry, Replica, ReplicaState
 
@@ -31,20 +36,24 @@ def pick_replica(replicas: Sequence[Replica]) -> Replica | None:
 
 
 class Lease:
-    """The right to send one request to `replica`; release it exactly once."""
+    """The right to send one request of `key` to `replica`; release it exactly once."""
 
-    __slots__ = ("_scheduler", "released", "replica")
+    __slots__ = ("_scheduler", "key", "released", "replica")
 
-    def __init__(self, scheduler: Scheduler, replica: Replica):
+    def __init__(self, scheduler: Scheduler, replica: Replica, key: KeyConfig):
         self._scheduler = scheduler
         self.replica = replica
+        self.key = key
         self.released = False
 
     def release(self, failed: str | None = None) -> None:
         """Hand the replica back; `failed` says why it could not be reached, if it could not."""
         if not self.released:
             self.released = True
-            self._scheduler.release(self.replica, failed)
+            self._scheduler.release(self, failed)
+
+
+Waiter = asyncio.Future[Lease]
 
 
 class Scheduler:
@@ -53,55 +62,64 @@ class Scheduler:
     def __init__(self, registry: Registry, policies: Mapping[str, QueuePolicy]):
         self._registry = registry
         self._policies = dict(policies)
-        self._queues: dict[str, deque[asyncio.Future[Lease]]] = {m: deque() for m in policies}
+        self._queues: dict[str, FairQueue[Waiter]] = {m: FairQueue() for m in policies}
+        self._running: dict[str, int] = {}  # requests in flight by key name
+        self._keys: dict[str, KeyConfig] = {}  # the keys of queued requests, by name
         registry.on_change(self._on_change)
 
     def set_policy(self, model: str, policy: QueuePolicy) -> None:
         """Add a model, or change its queue limits (a reload): waiters keep their place."""
         self._policies[model] = policy
-        self._queues.setdefault(model, deque())
+        self._queues.setdefault(model, FairQueue())
 
     def remove_model(self, model: str) -> None:
         """Forget a removed model; anything still queued for it gets a 503."""
-        for waiter in self._queues.pop(model):
-            if not waiter.done():
-                waiter.set_exception(
-                    Unavailable(f"Model '{model}' was removed from the config.", retry_after=1)
-                )
+        self._fail_all(
+            self._queues.pop(model),
+            Unavailable(f"Model '{model}' was removed from the config.", retry_after=1),
+        )
         del self._policies[model]
 
     def queued(self, model: str) -> int:
         return len(self._queues[model])
 
+    def running(self, key: KeyConfig) -> int:
+        """The key's requests holding a replica now."""
+        return self._running.get(key.name, 0)
+
     def queued_total(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    def try_acquire(self, model: str) -> Lease | None:
-        """A lease at once if a replica is free and nobody is queued ahead; else None."""
+    def try_acquire(self, model: str, key: KeyConfig) -> Lease | None:
+        """A lease at once if a replica is free, nobody is queued and `key` may start another
+        request; else None."""
         queue = self._queues.get(model)
         if queue is None:
             raise Unavailable(f"Model '{model}' was removed from the config.", retry_after=1)
-        if queue:
+        if queue or not self._may_start(key):
             return None
         replica = pick_replica(self._registry.replicas(model))
-        return None if replica is None else self._lease(replica)
+        return None if replica is None else self._lease(replica, key)
 
-    async def acquire(self, model: str, first: bool = False) -> Lease:
+    async def acquire(self, model: str, key: KeyConfig, first: bool = False,
+                      queued: Callable[[int], None] | None = None) -> Lease:  # fmt: skip
         """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable.
 
-        `first` puts the request at the head of the queue (a retry keeps its place in line).
+        `first` puts the request ahead of every other (a retry keeps its place in line).
+        `queued` is told how many requests were ahead when it had to wait.
         """
-        lease = self.try_acquire(model)
+        lease = self.try_acquire(model, key)
         if lease is not None:
             return lease
         queue = self._queues[model]
         if not first:
             self._check_admission(model, queue)
-        waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        if first:
-            queue.appendleft(waiter)
-        else:
-            queue.append(waiter)
+        waiter: Waiter = asyncio.get_running_loop().create_future()
+        self._keys[key.name] = key
+        ahead = queue.push(key.name, key.weight, waiter, first)
+        self._dispatch(model)
+        if queued is not None and not waiter.done():
+            queued(ahead)
         lease = None
         try:
             async with asyncio.timeout(self._policies[model].queue_timeout):
@@ -117,16 +135,25 @@ class Scheduler:
             if lease is None:
                 self._abandon(queue, waiter)
 
-    def release(self, replica: Replica, failed: str | None = None) -> None:
+    def release(self, lease: Lease, failed: str | None = None) -> None:
+        replica, name = lease.replica, lease.key.name
+        self._running[name] -= 1
         if failed is not None:
             self._registry.mark_unhealthy(replica, failed)
         self._registry.end(replica)
+        if lease.key.max_concurrent is not None and self._queues.get(replica.model):
+            self._dispatch(replica.model)  # the key may start a waiting request now
 
-    def _lease(self, replica: Replica) -> Lease:
+    def _lease(self, replica: Replica, key: KeyConfig) -> Lease:
         self._registry.begin(replica)
-        return Lease(self, replica)
+        self._running[key.name] = self._running.get(key.name, 0) + 1
+        return Lease(self, replica, key)
 
-    def _check_admission(self, model: str, queue: deque[asyncio.Future[Lease]]) -> None:
+    def _may_start(self, key: KeyConfig) -> bool:
+        limit = key.max_concurrent
+        return limit is None or self._running.get(key.name, 0) < limit
+
+    def _check_admission(self, model: str, queue: FairQueue[Waiter]) -> None:
         if (unavailable := self._unavailable(model)) is not None:
             raise unavailable
         if len(queue) >= self._policies[model].max_queue:
@@ -144,10 +171,9 @@ class Scheduler:
         return Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
                            code="model_unavailable")  # fmt: skip
 
-    def _abandon(self, queue: deque[asyncio.Future[Lease]], waiter: asyncio.Future[Lease]) -> None:
+    def _abandon(self, queue: FairQueue[Waiter], waiter: Waiter) -> None:
         """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""
-        if waiter in queue:
-            queue.remove(waiter)
+        queue.remove(waiter)
         if not waiter.done():
             waiter.cancel()
         elif not waiter.cancelled() and waiter.exception() is None:
@@ -166,16 +192,18 @@ class Scheduler:
             replica = pick_replica(self._registry.replicas(model))
             if replica is None:
                 return
-            waiter = queue.popleft()
+            served = queue.pop(lambda name: self._may_start(self._keys[name]))
+            if served is None:
+                return  # every waiting key is at its max_concurrent
+            name, waiter = served
             if not waiter.done():  # cancelled, its task not yet run to leave the queue
-                waiter.set_result(self._lease(replica))
+                waiter.set_result(self._lease(replica, self._keys[name]))
 
     @staticmethod
-    def _fail_all(queue: deque[asyncio.Future[Lease]], error: Unavailable) -> None:
-        while queue:
-            waiter = queue.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
+    def _fail_all(queue: FairQueue[Waiter], error: Unavailable) -> None:
+        while (served := queue.pop()) is not None:
+            if not served[1].done():
+                served[1].set_exception(error)
 
 
 _DISPATCH_ON = frozenset({ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STARTING})

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from .config import GatewayConfig, KeyConfig, ModelConfig
 from .errors import ModelNotFound
+from .limits import Limits, LocalLimits
 from .proxy import Proxy
+from .redis_limits import RedisLimits
 from .registry import Registry
 from .scheduler import QueuePolicy, Scheduler
 from .supervisor import Supervisor
@@ -27,6 +29,7 @@ class Gateway:
     scheduler: Scheduler
     proxy: Proxy
     supervisor: Supervisor
+    limits: Limits
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -78,4 +81,5 @@ def build_gateway(config: GatewayConfig, source: Path | None = None) -> Gateway:
         scheduler=Scheduler(registry, {m.name: policy(m) for m in config.models}),
         proxy=Proxy(),
         supervisor=Supervisor(config, registry),
+        limits=LocalLimits() if config.redis.url is None else RedisLimits(config.redis),
     )

@@ -27,7 +27,7 @@ COLUMNS = [
 async def latency(stack: Stack) -> Result:
     """Interleaved rounds of PER_ROUND sequential requests to each target, order rotating."""
     body = chat_body()
-    urls = stack.urls()
+    urls = stack.urls(with_bare=True)
     targets = {name: target(found[0], body) for name, found in urls.items()}
     for t in targets.values():
         await closed_loop(t, 1, count=WARMUP)
@@ -54,7 +54,7 @@ def _result(samples: dict[str, list[list[float]]], stack: Stack) -> Result:
         pooled = [x for r in rounds for x in r]
         res.rows.append(_row(samples, name, pooled))
         res.data[name] = _quantiles(pooled)
-    gw = res.rows[1]
+    gw = next(row for row in res.rows if row["target"] == "gateway")
     res.goal("added p50 <= 1 ms", f"{gw['added p50']:.3f} ms", gw["added p50"] <= 1.0)
     res.goal("added p99 <= 3 ms", f"{gw['added p99']:.3f} ms", gw["added p99"] <= 3.0)
     res.notes.append(
@@ -62,9 +62,25 @@ def _result(samples: dict[str, list[list[float]]], stack: Stack) -> Result:
         f"(after {WARMUP} warm-up); added = target minus direct, per round; "
         "median of rounds [min-max]; stand-in answer ~1.6 KB (200 tokens), token_delay 0"
     )
+    if "gateway-bare" in samples:
+        _recording_cost(res, samples)
     res.notes.append(stack.describe())
     res.notes.extend(stack.notes)
     return res
+
+
+def _recording_cost(res: Result, samples: dict[str, list[list[float]]]) -> None:
+    """What metrics and the request log add: gateway minus gateway-bare, per round."""
+    for q in (50, 99):
+        cost = spread([(percentile(on, q) - percentile(off, q)) * 1e3 for on, off in
+                       zip(samples["gateway"], samples["gateway-bare"], strict=True)])  # fmt: skip
+        res.data[f"recording_cost_p{q}_ms"] = cost
+        res.notes.append(
+            f"metrics + request log cost at p{q}: {cost['median']:.3f} ms "
+            f"[{min_max(cost, 3)}] (gateway, both on as by default, minus gateway-bare, a "
+            "second gateway with server.metrics: false and the log at warning; its own "
+            "stand-in workers, same settings, same cores)"
+        )
 
 
 def _row(samples: dict[str, list[list[float]]], name: str, pooled: list[float]) -> dict[str, Any]:

@@ -35,12 +35,13 @@ COLUMNS = [
 
 
 async def streaming(peer: bool) -> Result:
-    with standin_stack("stream", STREAM, 1, peer, capacity=CAPACITY) as stack:
+    with standin_stack("stream", STREAM, 1, peer, capacity=CAPACITY, bare=True) as stack:
         body = chat_body(stream=True)
-        targets = {n: [target(u, body) for u in urls] for n, urls in stack.urls().items()}
+        urls = stack.urls(with_bare=True)
+        targets = {n: [target(u, body) for u in found] for n, found in urls.items()}
         levels = {}
         for c in LEVELS:
-            live = {n: t for n, t in targets.items() if n != "litellm" or c <= LITELLM_MAX}
+            live = {n: t for n, t in targets.items() if _tested(n, c)}
             levels[c] = await _level(live, c)
         return _result(levels, stack)
 
@@ -56,6 +57,13 @@ async def _level(targets: dict[str, list[Target]], streams: int) -> dict[str, li
             run = await closed_loop(targets[name], streams, count=count, sse=True, timeout=60)
             runs[name].append(run)
     return runs
+
+
+def _tested(name: str, streams: int) -> bool:
+    """LiteLLM up to LITELLM_MAX streams; the bare gateway (metrics and log off) at 1."""
+    if name == "litellm":
+        return streams <= LITELLM_MAX
+    return name != "gateway-bare" or streams == 1
 
 
 def _ttft(o: Outcome) -> float | None:
@@ -113,6 +121,9 @@ def _result(levels: dict[int, dict[str, list[RunResult]]], stack: Stack) -> Resu
     res.rows = [row for streams, runs in levels.items() for row in _level_rows(streams, runs)]
     _goals(res, max(LEVELS))
     res.notes += [_method_note(), stack.describe()]
+    bare = next((r for r in res.rows if r["target"] == "gateway-bare"), None)
+    if bare is not None:
+        res.notes.append(_recording_note(res.rows, bare))
     unpaced = _unpaced(res.rows)
     if unpaced:
         res.notes.append(_unpaced_note(unpaced))
@@ -129,6 +140,18 @@ def _result(levels: dict[int, dict[str, list[RunResult]]], stack: Stack) -> Resu
 def _level_rows(streams: int, runs: dict[str, list[RunResult]]) -> list[dict[str, Any]]:
     figs = {n: [_figures(r) for r in rs] for n, rs in runs.items()}
     return [_row(streams, name, figs[name], figs["direct"]) for name in runs]
+
+
+def _recording_note(rows: list[dict[str, Any]], bare: dict[str, Any]) -> str:
+    """What metrics and the request log add to a stream at 1 stream (gateway minus bare)."""
+    on = next(r for r in rows if r["streams"] == 1 and r["target"] == "gateway")
+    ttft = on["added ttft p50"] - bare["added ttft p50"]
+    gap = on["added gap p99"] - bare["added gap p99"]
+    return (
+        f"metrics + request log cost at 1 stream: ttft p50 {ttft:+.2f} ms, gap p99 {gap:+.2f} ms "
+        "(gateway, both on as by default, minus gateway-bare: server.metrics false, log at "
+        "warning, its own stand-in worker)"
+    )
 
 
 def _method_note() -> str:

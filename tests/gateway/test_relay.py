@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.auth import ANONYMOUS
 from gateway.metrics import MARKS_KEY, Marks
 from gateway.proxy import Proxy, Relay
 from gateway.registry import Registry
@@ -61,7 +62,7 @@ async def relay(url: str, noted: Marks | None = None) -> tuple[list[dict[str, An
     registry.add_model("m")
     replica = registry.add_replica("m", 0, "cpu")
     registry.mark_ready(replica)
-    lease = Scheduler(registry, {"m": QueuePolicy(1, 1.0)}).try_acquire("m")
+    lease = Scheduler(registry, {"m": QueuePolicy(1, 1.0)}).try_acquire("m", ANONYMOUS)
     assert lease is not None
     proxy = Proxy()
     await proxy.start()

@@ -1,4 +1,5 @@
-"""Scheduler: FIFO per model, least-loaded ready replica, 429 when full, 503 on timeout."""
+"""Scheduler: fair across keys, FIFO within one, least-loaded ready replica, 429 when full, 503
+on timeout."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import asyncio
 
 import pytest
 
+from gateway.auth import ANONYMOUS
+from gateway.config import KeyConfig
 from gateway.errors import QueueFull, QueueTimeout, Unavailable
 from gateway.registry import Registry, Replica, ReplicaState
 from gateway.scheduler import Lease, QueuePolicy, Scheduler, pick_replica
+
+KEY = ANONYMOUS
 
 
 def replica(index: int, state: ReplicaState = ReplicaState.READY, in_flight: int = 0,
@@ -42,17 +47,17 @@ def make(replicas: int = 1, max_queue: int = 4, timeout: float = 5.0) -> tuple[R
 
 async def test_requests_spread_over_free_replicas() -> None:
     _, scheduler = make(replicas=2)
-    first, second = await scheduler.acquire("m"), await scheduler.acquire("m")
+    first, second = await scheduler.acquire("m", KEY), await scheduler.acquire("m", KEY)
     assert {first.replica.index, second.replica.index} == {0, 1}
 
 
 async def test_waiters_are_served_in_arrival_order() -> None:
     _, scheduler = make()
-    holder = await scheduler.acquire("m")
+    holder = await scheduler.acquire("m", KEY)
     order: list[int] = []
 
     async def wait(n: int) -> None:
-        lease = await scheduler.acquire("m")
+        lease = await scheduler.acquire("m", KEY)
         order.append(n)
         lease.release()
 
@@ -65,28 +70,28 @@ async def test_waiters_are_served_in_arrival_order() -> None:
 
 async def test_full_queue_is_rejected_with_retry_after() -> None:
     _, scheduler = make(max_queue=1)
-    await scheduler.acquire("m")
-    waiting = asyncio.create_task(scheduler.acquire("m"))
+    await scheduler.acquire("m", KEY)
+    waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
     with pytest.raises(QueueFull) as caught:
-        await scheduler.acquire("m")
+        await scheduler.acquire("m", KEY)
     assert caught.value.status == 429 and caught.value.headers()["Retry-After"] == "1"
     waiting.cancel()
 
 
 async def test_waiting_past_queue_timeout_is_a_503() -> None:
     _, scheduler = make(timeout=0.05)
-    await scheduler.acquire("m")
+    await scheduler.acquire("m", KEY)
     with pytest.raises(QueueTimeout) as caught:
-        await scheduler.acquire("m")
+        await scheduler.acquire("m", KEY)
     assert caught.value.status == 503
     assert scheduler.queued("m") == 0
 
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     registry, scheduler = make()
-    holder = await scheduler.acquire("m")
-    waiting = asyncio.create_task(scheduler.acquire("m"))
+    holder = await scheduler.acquire("m", KEY)
+    waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
     assert scheduler.queued("m") == 1
     waiting.cancel()
@@ -98,8 +103,8 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
 
 async def test_a_lease_granted_to_a_cancelled_waiter_is_handed_back() -> None:
     registry, scheduler = make()
-    holder = await scheduler.acquire("m")
-    waiting = asyncio.create_task(scheduler.acquire("m"))
+    holder = await scheduler.acquire("m", KEY)
+    waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
     holder.release()  # grants the replica to the waiter...
     waiting.cancel()  # ...which is cancelled before it runs
@@ -112,7 +117,7 @@ async def test_a_replica_becoming_ready_serves_the_queue() -> None:
     registry.add_model("m")
     registry.add_replica("m", 0, "cpu")
     scheduler = Scheduler(registry, {"m": QueuePolicy(4, 5.0)})
-    waiting = asyncio.create_task(scheduler.acquire("m"))
+    waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
     registry.mark_ready(registry.replicas("m")[0])
     lease: Lease = await asyncio.wait_for(waiting, 1)
@@ -130,7 +135,7 @@ async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> Non
     registry, scheduler = make()
     fail_restart(registry, registry.replicas("m")[0], "bad GGUF")
     with pytest.raises(Unavailable, match="bad GGUF"):
-        await scheduler.acquire("m")
+        await scheduler.acquire("m", KEY)
 
 
 async def test_a_model_retrying_a_failed_start_is_unavailable_at_once() -> None:
@@ -139,14 +144,14 @@ async def test_a_model_retrying_a_failed_start_is_unavailable_at_once() -> None:
     fail_restart(registry, replica, "bad GGUF")
     registry.mark_starting(replica, pid=1, port=1)  # the next try, after its backoff
     with pytest.raises(Unavailable, match="bad GGUF"):
-        await asyncio.wait_for(scheduler.acquire("m"), 1)
+        await asyncio.wait_for(scheduler.acquire("m", KEY), 1)
 
 
 async def test_a_replica_restarting_after_a_crash_mid_request_still_queues() -> None:
     registry, scheduler = make()
     replica = registry.replicas("m")[0]
     registry.mark_exited(replica, None, "SIGKILL, signal 9")  # was serving: back soon
-    waiting = asyncio.create_task(scheduler.acquire("m"))
+    waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     registry.mark_ready(replica)
@@ -158,7 +163,7 @@ async def test_queued_requests_fail_at_once_when_the_last_replica_fails_to_start
     registry.add_model("m")
     replica = registry.add_replica("m", 0, "cpu")  # starting, never ready yet
     scheduler = Scheduler(registry, {"m": QueuePolicy(4, 30.0)})
-    waiting = asyncio.create_task(scheduler.acquire("m"))
+    waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
     registry.mark_exited(replica, "out of memory", "exit code 3")
     with pytest.raises(Unavailable, match="out of memory"):
@@ -167,7 +172,7 @@ async def test_queued_requests_fail_at_once_when_the_last_replica_fails_to_start
 
 async def test_release_is_idempotent() -> None:
     registry, scheduler = make()
-    lease = await scheduler.acquire("m")
+    lease = await scheduler.acquire("m", KEY)
     lease.release()
     lease.release()
     assert registry.replicas("m")[0].in_flight == 0
@@ -176,20 +181,61 @@ async def test_release_is_idempotent() -> None:
 
 async def test_a_replica_that_could_not_be_reached_leaves_rotation() -> None:
     _, scheduler = make(replicas=2)
-    lease = await scheduler.acquire("m")
+    lease = await scheduler.acquire("m", KEY)
     lease.release(failed="connection refused")
     assert lease.replica.state is ReplicaState.UNHEALTHY
-    assert (await scheduler.acquire("m")).replica is not lease.replica
+    assert (await scheduler.acquire("m", KEY)).replica is not lease.replica
 
 
 async def test_a_retry_is_served_before_the_queue() -> None:
     _, scheduler = make()
-    holder = await scheduler.acquire("m")
-    queued_first = asyncio.create_task(scheduler.acquire("m"))
+    holder = await scheduler.acquire("m", KEY)
+    queued_first = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
-    retry = asyncio.create_task(scheduler.acquire("m", first=True))
+    retry = asyncio.create_task(scheduler.acquire("m", KEY, first=True))
     await asyncio.sleep(0)
     holder.release()
     assert (await asyncio.wait_for(retry, 1)).replica.index == 0
     assert not queued_first.done()
     queued_first.cancel()
+
+
+async def test_a_saturated_model_serves_keys_by_weight_and_each_key_in_order() -> None:
+    _, scheduler = make(max_queue=100)
+    light, heavy = KeyConfig("light", b"l", weight=1), KeyConfig("heavy", b"h", weight=3)
+    holder = await scheduler.acquire("m", KEY)
+    order: list[str] = []
+
+    async def one(key: KeyConfig, serial: int) -> None:
+        lease = await scheduler.acquire("m", key)
+        order.append(f"{key.name}{serial}")
+        await asyncio.sleep(0)
+        lease.release()
+
+    tasks = [asyncio.create_task(one(light, i)) for i in range(8)]  # light came first
+    tasks += [asyncio.create_task(one(heavy, i)) for i in range(8)]
+    await asyncio.sleep(0.01)
+    holder.release()
+    await asyncio.gather(*tasks)
+    first_eight = order[:8]
+    assert sum(name.startswith("heavy") for name in first_eight) == 6  # 3:1, not FIFO
+    for name in ("light", "heavy"):
+        mine = [int(n.removeprefix(name)) for n in order if n.startswith(name)]
+        assert mine == sorted(mine)
+
+
+async def test_a_key_at_max_concurrent_waits_without_holding_others_up() -> None:
+    _, scheduler = make(replicas=3, max_queue=10)
+    capped = KeyConfig("capped", b"c", max_concurrent=1)
+    first = await scheduler.acquire("m", capped)
+    assert scheduler.running(capped) == 1 and scheduler.try_acquire("m", capped) is None
+    second = asyncio.create_task(scheduler.acquire("m", capped))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # a replica is free, but the key is at its limit
+    other = await asyncio.wait_for(scheduler.acquire("m", KEY), 1)  # not held up
+    first.release()
+    lease = await asyncio.wait_for(second, 1)  # its own release let it start
+    assert lease.key is capped and scheduler.running(capped) == 1
+    lease.release()
+    other.release()
+    assert scheduler.running(capped) == 0

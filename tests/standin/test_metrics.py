@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import CHAT, GatewayProcess, running_gateway, standin, wait_until
+from tests.support import (
+    CHAT,
+    GatewayProcess,
+    assert_error,
+    running_gateway,
+    standin,
+    wait_until,
+)
 
 CONFIG = {
     "models": [
@@ -41,6 +49,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def test_replica_families_are_there_from_the_start(gateway: GatewayProcess) -> None:
+    # /ready needs one ready replica per model: the second of "pair" may still be warming up.
+    assert wait_until(lambda: all(w["state"] == "ready" for w in gateway.workers()), 30)
     samples = scrape(gateway)
     for index in ("0", "1"):
         replica = {"model": "pair", "replica": index}
@@ -138,3 +148,19 @@ def test_tokens_are_counted_from_the_worker_s_usage_streams_included(
     assert grew("llm_gateway_completion_tokens_total", "chat_completions") == 8
     assert grew("llm_gateway_prompt_tokens_total", "embeddings") == 3
     assert grew("llm_gateway_completion_tokens_total", "embeddings") == 0
+
+
+def test_metrics_can_be_turned_off_and_the_request_log_stays(tmp_path: Path) -> None:
+    config = {"server": {"metrics": False}, "models": [standin("m")]}
+    gateway = GatewayProcess(config, tmp_path, log=("--log-level", "info", "--log-format", "json"))
+    gateway.start()
+    try:
+        with gateway.client() as client:
+            answer = client.post("/v1/chat/completions", json={"model": "m", **CHAT},
+                                 headers={"X-Request-ID": "unmetered"})  # fmt: skip
+            assert answer.status_code == 200
+            error = assert_error(client.get("/metrics"), 404)
+        assert "server.metrics: false" in error["message"]
+        assert wait_until(lambda: "unmetered" in gateway.log_path.read_text(), 5)
+    finally:
+        gateway.stop()

@@ -1,0 +1,274 @@
+"""Per-key limits in Redis, so several gateways enforce one limit together.
+
+The same token-bucket math as gateway/limits.py, run as Lua scripts on Redis's clock: one
+atomic script, one round trip, per check. Every key Redis holds has a TTL. A concurrency slot
+is a lease (a sorted-set member scored by its expiry) that this gateway renews while the
+request runs, so the slots of a gateway that died come back within `redis.lease_seconds`.
+Usage is counted per day in one hash a day. Keys with no limits cost no round trip on the way
+in; their usage is counted after the answer, off the request's path.
+
+Redis unreachable: `on_error: allow` checks the limits in this process meanwhile (and logs it
+once per outage), `deny` answers 503; each request after a second's pause tries Redis again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from workers.engine import Usage
+
+from .config import KeyConfig, RedisConfig
+from .errors import Unavailable
+from .limits import LocalLimits, Quota, Ticket, refuse, usage_row, utc_day
+
+__all__ = ["RedisLimits"]
+
+log = logging.getLogger("gateway.limits")
+T = TypeVar("T")
+
+_PREFIX = "llmgw:"
+_USAGE_DAYS = 40  # how long a day's usage is kept
+_RETRY_AFTER_ERROR = 1.0  # seconds without trying Redis after it failed
+_FIELDS = ("requests", "prompt_tokens", "completion_tokens")
+
+# KEYS: request bucket, token bucket, slots. ARGV: rpm, tpm, max_concurrent (0: none), reserve.
+# Returns {refused: "" | "rpm" | "tpm" | "concurrent", wait seconds, request level, token level}.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm, most, reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+local function level(key, per_minute)
+  local v = redis.call('HMGET', key, 'level', 'stamp')
+  if not v[1] then return per_minute end
+  return math.min(per_minute, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * per_minute / 60)
+end
+local function store(key, value, per_minute)
+  redis.call('HSET', key, 'level', tostring(value), 'stamp', tostring(now))
+  redis.call('EXPIRE', key, math.ceil((per_minute - value) * 60 / per_minute) + 1)
+end
+local refused, wait, requests, tokens = '', 0, 0, 0
+if most > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= most then refused, wait = 'concurrent', 1 end
+end
+if rpm > 0 then
+  requests = level(KEYS[1], rpm)
+  if refused == '' and requests < 1 then refused, wait = 'rpm', (1 - requests) * 60 / rpm end
+end
+if tpm > 0 then
+  tokens = level(KEYS[2], tpm)
+  if refused == '' and tokens < 1 then refused, wait = 'tpm', (1 - tokens) * 60 / tpm end
+end
+if refused == '' then
+  if rpm > 0 then requests = requests - 1; store(KEYS[1], requests, rpm) end
+  if tpm > 0 then tokens = tokens - reserve; store(KEYS[2], tokens, tpm) end
+end
+return {refused, tostring(wait), tostring(requests), tostring(tokens)}
+"""
+
+# KEYS: slots. ARGV: max_concurrent, member, lease seconds. Returns 1 if the slot was taken.
+_TAKE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+return 1
+"""
+
+# KEYS: slots. ARGV: lease seconds, members... Pushes each held slot's expiry forward.
+_RENEW = """
+local t = redis.call('TIME')
+local until_ = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', until_, ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 1)
+return 0
+"""
+
+# KEYS: token bucket. ARGV: tpm, tokens given back (negative: taken).
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local per_minute, back = tonumber(ARGV[1]), tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'level', 'stamp')
+local level = per_minute
+if v[1] then
+  level = math.min(per_minute, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * per_minute / 60)
+end
+level = math.min(per_minute, level + back)
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'stamp', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil((per_minute - level) * 60 / per_minute) + 1)
+return 0
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode()
+
+
+def _keys(name: str) -> list[str]:
+    """A key's request bucket, token bucket and slots (one hash tag: one cluster slot)."""
+    return [f"{_PREFIX}{{{name}}}:rpm", f"{_PREFIX}{{{name}}}:tpm", f"{_PREFIX}{{{name}}}:slots"]
+
+
+class RedisLimits:
+    """Limits and usage shared by every gateway on one Redis."""
+
+    def __init__(self, config: RedisConfig, fallback: LocalLimits | None = None) -> None:
+        assert config.url is not None
+        self._config = config
+        self._redis = redis.Redis.from_url(config.url, socket_timeout=2.0,
+                                           socket_connect_timeout=2.0)  # fmt: skip
+        self._admit = self._redis.register_script(_ADMIT)
+        self._take_slot = self._redis.register_script(_TAKE_SLOT)
+        self._renew = self._redis.register_script(_RENEW)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._fallback = fallback or LocalLimits()
+        self._local: set[int] = set()  # tickets admitted by the fallback (ids)
+        self._slots: dict[str, set[str]] = {}  # held slot members by key name
+        self._member = f"{os.uname().nodename}:{os.getpid()}:"
+        self._down_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
+                    running: int) -> Ticket:  # fmt: skip
+        if not key.limited:
+            return Ticket(key, request_id, model, reserve, Quota())
+        answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=[
+            key.rpm or 0, key.tpm or 0, key.max_concurrent or 0, reserve]))  # fmt: skip
+        if answer is None:  # Redis unreachable, on_error: allow
+            ticket = await self._fallback.admit(key, request_id, model, reserve, running)
+            self._local.add(id(ticket))
+            return ticket
+        refused, wait, requests, tokens = (item.decode() for item in answer)
+        quota = Quota(key.rpm, float(requests), key.tpm, float(tokens))
+        if refused:
+            raise refuse(key, _WHAT[refused](key), float(wait), quota)
+        return Ticket(key, request_id, model, reserve, quota)
+
+    async def start(self, ticket: Ticket) -> None:
+        key, most = ticket.key, ticket.key.max_concurrent
+        if most is None or id(ticket) in self._local:
+            return
+        member = self._member + ticket.request_id
+        args: list[int | float | str] = [most, member, self._config.lease_seconds]
+        taken = await self._call(lambda: self._take_slot(keys=_keys(key.name)[2:], args=args))
+        if taken is None:
+            return  # Redis went away meanwhile (allow): this process's count holds
+        if not taken:  # another gateway took the key's last slot while this one queued
+            raise refuse(key, _WHAT["concurrent"](key), 1.0, ticket.quota)
+        ticket.slot = True
+        self._slots.setdefault(key.name, set()).add(member)
+        self._ensure_renewer()
+
+    def finish(self, ticket: Ticket, usage: Usage | None) -> None:
+        if id(ticket) in self._local:
+            self._local.discard(id(ticket))
+            self._fallback.finish(ticket, usage)
+            return
+        if ticket.slot:
+            self._slots[ticket.key.name].discard(self._member + ticket.request_id)
+        task = asyncio.get_running_loop().create_task(self._finish(ticket, usage))
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, ticket: Ticket, usage: Usage | None) -> None:
+        key, day = ticket.key, f"{_PREFIX}usage:{utc_day(time.time())}"
+        used = ticket.reserved if usage is None else usage.prompt_tokens + usage.completion_tokens
+        pipe = self._redis.pipeline(transaction=False)
+        if ticket.slot:
+            pipe.zrem(_keys(key.name)[2], self._member + ticket.request_id)
+        if key.tpm is not None and used != ticket.reserved:
+            await self._settle(keys=_keys(key.name)[1:2], args=[key.tpm, ticket.reserved - used],
+                               client=pipe)  # fmt: skip
+        field = f"{key.name}\n{ticket.model}\n"
+        pipe.hincrby(day, field + "requests", 1)
+        if usage is not None:
+            pipe.hincrby(day, field + "prompt_tokens", usage.prompt_tokens)
+            pipe.hincrby(day, field + "completion_tokens", usage.completion_tokens)
+        pipe.expire(day, _USAGE_DAYS * 86400)
+        if await self._call(pipe.execute, quiet=True) is None:
+            self._fallback.finish(ticket, usage)  # not lost: counted here meanwhile
+
+    async def usage(self) -> list[dict[str, Any]]:
+        rows = await self._call(self._read_usage, quiet=True)
+        if rows is None:
+            return await self._fallback.usage()
+        return rows
+
+    async def _read_usage(self) -> list[dict[str, Any]]:
+        counts: dict[tuple[str, str, str], dict[str, int]] = {}
+        async for name in self._redis.scan_iter(match=f"{_PREFIX}usage:*", count=100):
+            day = _text(name).removeprefix(f"{_PREFIX}usage:")
+            for field, value in (await self._redis.hgetall(name)).items():
+                key, model, what = _text(field).split("\n")
+                counts.setdefault((day, key, model), dict.fromkeys(_FIELDS, 0))[what] = int(value)
+        return [usage_row(day, key, model, *(c[f] for f in _FIELDS))
+                for (day, key, model), c in sorted(counts.items())]  # fmt: skip
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+        await self._redis.aclose()
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_slots())
+
+    async def _renew_slots(self) -> None:
+        """While slots are held, push their expiry forward every third of a lease."""
+        lease = self._config.lease_seconds
+        while any(self._slots.values()):
+            await asyncio.sleep(lease / 3)
+            for name, members in list(self._slots.items()):
+                if members:
+                    await self._call(self._renewal(name, [lease, *members]), quiet=True)
+
+    def _renewal(self, name: str, args: list[Any]) -> Callable[[], Awaitable[Any]]:
+        return lambda: self._renew(keys=_keys(name)[2:], args=args)
+
+    async def _call(self, command: Callable[[], Awaitable[T]], quiet: bool = False) -> T | None:
+        """Run a Redis command; on failure: None (allow, or `quiet`: after the answer) or a
+        503 (deny)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._down_until:
+            try:
+                result = await command()
+            except (RedisError, OSError) as exc:
+                self._went_down(loop.time(), exc)
+            else:
+                if self._down_until:
+                    log.warning("Redis is back: limits are shared again")
+                    self._down_until = 0.0
+                return result
+        if self._config.on_error == "deny" and not quiet:
+            raise Unavailable("The limits store (Redis) is unreachable; try again shortly.",
+                              retry_after=1, code="limits_unavailable")  # fmt: skip
+        return None
+
+    def _went_down(self, now: float, exc: Exception) -> None:
+        if not self._down_until:
+            how = "checking limits in this process" if self._config.on_error == "allow" else (
+                "refusing limited requests")  # fmt: skip
+            log.warning("Redis unreachable (%s): %s until it is back", exc, how)
+        self._down_until = now + _RETRY_AFTER_ERROR
+
+
+_WHAT: dict[str, Callable[[KeyConfig], str]] = {
+    "rpm": lambda key: "requests per minute",
+    "tpm": lambda key: "tokens per minute",
+    "concurrent": lambda key: f"{key.max_concurrent} requests in flight at once",
+}

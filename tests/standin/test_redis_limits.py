@@ -1,0 +1,152 @@
+"""Limits shared in a real Redis by several real gateway processes: one combined rate, slots
+that a killed gateway gives back, and Redis stopped and started under load."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support import (
+    CHAT,
+    GatewayProcess,
+    api_key,
+    assert_error,
+    free_port,
+    standin,
+    wait_until,
+)
+
+SHARED_REDIS = "redis://127.0.0.1:6379/9"  # the machine's Redis (.ci/run starts one)
+ADMIN = "sk-admin-0123456789abcdef"
+RATED = "sk-rated-0123456789abcdef"
+CAPPED = "sk-capped-0123456789abcdef"
+LEASE = 2.0
+
+
+def config(url: str, on_error: str = "allow") -> dict[str, Any]:
+    return {
+        "redis": {"url": url, "on_error": on_error, "lease_seconds": LEASE},
+        "auth": {"keys": [api_key("ops", ADMIN, admin=True), api_key("rated", RATED, rpm=20),
+                          api_key("capped", CAPPED, max_concurrent=1)]},
+        "models": [standin("m"), standin("slow", token_delay=0.2, tokens=50)],
+    }  # fmt: skip
+
+
+def post(gateway: GatewayProcess, key: str, model: str = "m") -> httpx.Response:
+    return httpx.post(gateway.url + "/v1/chat/completions", json={"model": model, **CHAT},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
+    redis.Redis.from_url(SHARED_REDIS).flushdb()
+    gateways = [GatewayProcess(config(SHARED_REDIS), tmp_path_factory.mktemp(f"gw{i}"),
+                               api_key=ADMIN) for i in range(2)]  # fmt: skip
+    for gateway in gateways:
+        gateway.start()
+    try:
+        yield gateways
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+def test_two_gateways_hold_one_combined_rate(pair: list[GatewayProcess]) -> None:
+    began = time.monotonic()
+    answers = [post(pair[i % 2], RATED) for i in range(60)]
+    elapsed = time.monotonic() - began
+    served = [i % 2 for i, a in enumerate(answers) if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    # 20 a minute between them, plus what the bucket refilled (20/60 a second) meanwhile:
+    # without Redis each gateway would have let 20 through.
+    assert 20 <= len(served) <= 20 + elapsed / 3 + 1, (len(served), elapsed)
+    assert set(served) == {0, 1}
+    for answer in refused:
+        assert_error(answer, 429, "rate_limit_exceeded")
+    with pair[0].client() as admin:
+        rows = admin.get("/admin/usage").json()["data"]
+    (rated,) = [r for r in rows if r["key"] == "rated"]
+    assert rated["requests"] >= len(served)  # both gateways' requests, from Redis
+
+
+def test_a_gateway_killed_mid_request_leaves_no_slot_past_the_lease(
+    pair: list[GatewayProcess], tmp_path: Path
+) -> None:
+    doomed = GatewayProcess(config(SHARED_REDIS), tmp_path, api_key=ADMIN).start()
+    holder = threading.Thread(target=lambda: _quietly(lambda: post(doomed, CAPPED, "slow")))
+    holder.start()
+    try:
+        assert wait_until(lambda: any(w["in_flight"] for w in doomed.workers()
+                                      if w["model"] == "slow"), 10)  # fmt: skip
+        assert_error(post(pair[0], CAPPED), 429, "rate_limit_exceeded")  # the slot is shared
+        assert doomed.proc is not None
+        os.kill(doomed.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_until(lambda: post(pair[0], CAPPED).status_code == 200, LEASE + 3, 0.2)
+        assert time.monotonic() - killed <= LEASE + 1.5  # at most a lease (and a poll)
+    finally:
+        doomed.stop()
+        holder.join()
+
+
+def _quietly(call: Any) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # its gateway was killed: the connection drops
+        call()
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    client = redis.Redis(port=port)
+    assert wait_until(lambda: _pings(client), 10), "redis-server did not start"
+    return server
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_redis_stopped_and_started_gives_on_error_then_recovers(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(port, tmp_path)
+    (tmp_path / "allow").mkdir()
+    (tmp_path / "deny").mkdir()
+    allow = GatewayProcess(config(url, "allow"), tmp_path / "allow", api_key=ADMIN,
+                           log=("--log-level", "info"))  # fmt: skip
+    deny = GatewayProcess(config(url, "deny"), tmp_path / "deny", api_key=ADMIN)
+    for gateway in (allow, deny):
+        gateway.start()
+    try:
+        assert post(allow, RATED).status_code == post(deny, RATED).status_code == 200
+        server.terminate()
+        server.wait(10)
+        assert post(allow, RATED).status_code == 200  # limits checked in that process
+        error = assert_error(post(deny, RATED), 503, "limits_unavailable")
+        assert "Redis" in error["message"]
+        assert post(deny, "sk-" + "x" * 20).status_code == 401  # auth needs no Redis
+        server = start_redis(port, tmp_path)
+        assert wait_until(lambda: post(deny, RATED).status_code == 200, 10, 0.3)
+        assert post(allow, RATED).status_code == 200  # through Redis again
+        logged = allow.log_path.read_text()
+        assert "Redis unreachable" in logged and "Redis is back" in logged
+    finally:
+        for gateway in (allow, deny):
+            gateway.stop()
+        server.terminate()
+        server.wait(10)
