@@ -203,18 +203,17 @@ class _Conn(asyncio.Protocol):
         assert outcome is not None
         outcome.nbytes += len(data)
         if self.sse and data:
-            joined = self.last + data
-            # Events end with a blank line; an SSE comment event (": ...", e.g. the worker's
-            # usage report to the gateway) is no event for a client: the end of each one whose
-            # start was seen is not counted.
-            self.comments += joined.count(b"\n\n:")
-            count = joined.count(b"\n\n")
+            # Events end with a blank line (one may straddle two reads: hence the last bytes);
+            # an SSE comment event (": ...", e.g. the worker's usage report to the gateway) is
+            # no event for a client: the end of each one whose start was seen is not counted.
+            self.comments += (self.last + data).count(b"\n\n:")
+            count = (self.last[-1:] + data).count(b"\n\n")
             skipped = min(count, self.comments)
             count, self.comments = count - skipped, self.comments - skipped
             if count:
                 t = now()
                 outcome.events.extend([t] * count)
-            self.last = joined[-2:]
+            self.last = (self.last + data)[-2:]
 
     def _finish(self, status: int) -> None:
         outcome, on_done = self.outcome, self.on_done

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 
 from .config import GatewayConfig
 from .errors import GatewayError, error_body
-from .metrics import Metrics, marks, rejection_reason
+from .metrics import Metrics, marks
 from .proxy import ClientGone
 from .reloader import Reloader
 from .routes import ROUTES
@@ -74,11 +74,9 @@ def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Re
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    reason = rejection_reason(exc)
     metrics: Metrics | None = request.app.state.metrics
-    if reason is not None and metrics is not None:
-        noted = marks(request.scope)
-        metrics.rejected.labels(noted.model, reason, noted.key).inc()
+    if metrics is not None:
+        metrics.reject(marks(request.scope), exc)
     return _json(exc.body(), exc.status, exc.headers())
 
 

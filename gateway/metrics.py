@@ -70,8 +70,9 @@ def rejection_reason(error: GatewayError) -> str | None:
 class Marks:
     """What the routes and the relay note about one request, for the middleware to record."""
 
-    __slots__ = ("event_gaps", "key", "model", "queue_position", "queue_wait", "replica",
-                 "request_id", "upstream_ended", "upstream_started", "usage")  # fmt: skip
+    __slots__ = ("event_gaps", "failed_status", "key", "model", "queue_position", "queue_wait",
+                 "replica", "request_id", "upstream_ended", "upstream_started",
+                 "usage")  # fmt: skip
 
     def __init__(self) -> None:
         self.model = _NO_MODEL  # the configured name, once the request's model is resolved
@@ -84,6 +85,9 @@ class Marks:
         self.upstream_ended: float | None = None  # ... when the worker's answer had all come
         self.event_gaps: list[float] = []  # streams: seconds between two successive events
         self.usage: Usage | None = None  # the tokens the worker reports the request used
+        # A stream answered 200 at once that then failed (it waited, then timed out): the
+        # status its error would have had, which the metrics and the log record instead.
+        self.failed_status: int | None = None
 
 
 def marks(scope: Scope) -> Marks:
@@ -131,6 +135,12 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def reject(self, noted: Marks, error: GatewayError) -> None:
+        """Count `error` by its reason, if it is a refusal to serve."""
+        reason = rejection_reason(error)
+        if reason is not None:
+            self.rejected.labels(noted.model, reason, noted.key).inc()
+
 
 @dataclass(frozen=True)
 class _Series:
@@ -177,14 +187,14 @@ class MetricsMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 first_event = -1.0 if _is_stream(message["headers"]) else 0.0
-            elif first_event < 0 and message.get("body"):
+            elif first_event < 0 and not _is_comment(message):
                 first_event = time.perf_counter()
             await send(message)
 
         try:
             await self.app(scope, receive, observe)
         finally:
-            self._record(endpoint, noted, status, started, first_event)
+            self._record(endpoint, noted, noted.failed_status or status, started, first_event)
 
     def _record(self, endpoint: str, noted: Marks, status: int, started: float,
                 first_event: float) -> None:  # fmt: skip
@@ -258,6 +268,12 @@ def _request_record(noted: Marks, endpoint: str, status: int, duration: float,
             "duration_ms": round(duration * 1000, 3),
             "prompt_tokens": None if usage is None else usage.prompt_tokens,
             "completion_tokens": None if usage is None else usage.completion_tokens}  # fmt: skip
+
+
+def _is_comment(message: Message) -> bool:
+    """A body message with nothing, or an SSE comment (": queued position=2"): no token yet."""
+    body: Any = message.get("body")
+    return not body or body[:1] == b":"
 
 
 def _is_stream(headers: Any) -> bool:

@@ -23,7 +23,7 @@ from .errors import UpstreamFailed, UpstreamTimeout, error_body
 from .metrics import Marks, marks
 from .scheduler import Lease
 
-__all__ = ["ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
+__all__ = ["SSE_HEADERS", "ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.proxy")
@@ -31,7 +31,7 @@ log = logging.getLogger("gateway.proxy")
 _DONE = b"data: [DONE]\n\n"
 _ERROR_PREFIX = b'data: {"error"'
 _USAGE_EVENT = b"\n\n" + USAGE_COMMENT  # JSON in a data line holds no raw newline: unambiguous
-_SSE_HEADERS = [
+SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
@@ -125,12 +125,13 @@ class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
     __slots__ = ("_busy_timeout", "_headers", "_idle_timeout", "_lease", "_on_end", "_proxy",
-                 "_request_id", "_upstream")  # fmt: skip
+                 "_request_id", "_started", "_upstream")  # fmt: skip
 
     def __init__(self, proxy: Proxy, upstream: aiohttp.ClientResponse, lease: Lease,
                  request_id: str, idle_timeout: float, busy_timeout: float,
                  headers: list[tuple[bytes, bytes]] | None = None,
-                 on_end: Callable[[Usage | None], None] | None = None):  # fmt: skip
+                 on_end: Callable[[Usage | None], None] | None = None,
+                 started: bool = False):  # fmt: skip
         self._proxy = proxy
         self._upstream = upstream
         self._lease = lease
@@ -139,12 +140,15 @@ class Relay:
         self._busy_timeout = busy_timeout  # how long a worker may go on for a gone client
         self._headers = [(b"x-request-id", self._request_id), *(headers or ())]
         self._on_end = on_end  # told the tokens the worker reported (None: none came)
+        self._started = started  # the client has its SSE headers (it waited in the queue)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         noted = marks(scope)
         try:
             if self._upstream.content_type == "text/event-stream":
                 await self._relay_stream(receive, send, noted)
+            elif self._started:
+                await self._relay_error_event(send, noted)
             else:
                 await self._relay_body(send, noted)
         finally:
@@ -158,7 +162,8 @@ class Relay:
                 self._proxy.release_when_done(self._lease, self._request_id.decode(),
                                               self._busy_timeout)  # fmt: skip
 
-    async def _relay_body(self, send: Send, noted: Marks) -> None:
+    async def _read_body(self, noted: Marks) -> tuple[int, bytes]:
+        """The worker's whole answer and its status; an OpenAI error if it was not JSON."""
         try:
             async with asyncio.timeout(self._idle_timeout):
                 body = await self._upstream.read()
@@ -167,13 +172,23 @@ class Relay:
             status = self._upstream.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
-            status, body = failure.status, failure.body()
+            return failure.status, failure.body()
         if self._upstream.content_type != "application/json":
             # A body we label JSON is JSON: a worker's (or its HTTP library's) plain-text error
             # becomes an OpenAI error that says what came back.
             failure = UpstreamFailed(f"The model worker answered {status} with a "
                                      f"{self._upstream.content_type} body.")  # fmt: skip
-            status, body = failure.status, failure.body()
+            return failure.status, failure.body()
+        return status, body
+
+    async def _relay_error_event(self, send: Send, noted: Marks) -> None:
+        """A stream that waited has its 200 already: the worker's error is its last event."""
+        status, body = await self._read_body(noted)
+        noted.failed_status = status
+        await send(_body(b"data: " + body + b"\n\n", more=False))
+
+    async def _relay_body(self, send: Send, noted: Marks) -> None:
+        status, body = await self._read_body(noted)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -183,8 +198,8 @@ class Relay:
         await send(_body(body, more=False))
 
     async def _relay_stream(self, receive: Receive, send: Send, noted: Marks) -> None:
-        headers = [*_SSE_HEADERS, *self._headers]
-        await send(_start(self._upstream.status, headers))
+        if not self._started:
+            await send(_start(self._upstream.status, [*SSE_HEADERS, *self._headers]))
         # Closing the upstream connection (in __call__) is what stops the worker's generation.
         # A client gone, or one that reads nothing: nobody is left to tell (returning without
         # finishing the response makes the server close the connection).

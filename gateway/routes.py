@@ -6,19 +6,15 @@ import asyncio
 import itertools
 import os
 import re
-import time
 from typing import Any
 
-import aiohttp
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.types import ASGIApp, Receive
 
-from workers.engine import Usage
-
 from .auth import identify, is_loopback, presented_key
-from .config import KeyConfig, ModelConfig, ServerConfig
+from .config import KeyConfig, ServerConfig
 from .errors import (
     BodyTooLarge,
     Forbidden,
@@ -27,14 +23,13 @@ from .errors import (
     RequestTimeout,
     Unauthorized,
     Unavailable,
-    UpstreamFailed,
     error_body,
 )
-from .limits import Ticket, estimate_tokens
-from .metrics import Marks, Metrics, marks
-from .proxy import ClientGone, Proxy, Relay, until_disconnect
+from .forward import Forward
+from .limits import estimate_tokens
+from .metrics import Metrics, marks
+from .proxy import ClientGone
 from .reloader import Reloader
-from .scheduler import Lease, Scheduler
 from .state import Gateway
 
 __all__ = ["ROUTES"]
@@ -183,106 +178,16 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = _request_id(request.headers.get("x-request-id"))
     reserve = estimate_tokens(len(body), fields.answer_limit())
-    limits = gateway.limits
-    ticket = await limits.admit(caller, request_id, model.name, reserve,
-                                gateway.scheduler.running(caller))  # fmt: skip
+    ticket = await gateway.limits.admit(caller, request_id, model.name, reserve,
+                                        gateway.scheduler.running(caller))  # fmt: skip
+    forward = Forward(gateway, ticket, model, path, body, request.scope, request.receive)
     try:
-        return await _serve(request, gateway, ticket, model, path, body)
+        return await forward.answer(bool(fields.stream))
     except BaseException as exc:
-        # Nothing was relayed: a request that never reached a worker used no tokens.
-        limits.finish(ticket, Usage(0, 0) if noted.upstream_started is None else None)
+        forward.settle_unsent()
         if isinstance(exc, GatewayError):
             exc.extra_headers = {**ticket.quota.headers(), **(exc.extra_headers or {})}
         raise
-
-
-async def _serve(request: Request[Any, Any, Any], gateway: Gateway, ticket: Ticket,
-                 model: ModelConfig, path: str, body: bytes) -> Relay:  # fmt: skip
-    """Queue for a replica, take the key's concurrency slot, send; once more on another
-    replica if the first could not be reached."""
-    scheduler, key = gateway.scheduler, ticket.key
-    lease = await _lease(request, scheduler, model.name, key)
-    try:
-        await gateway.limits.start(ticket)
-    except BaseException:
-        lease.release()
-        raise
-    relay = _Sending(request, gateway, ticket, model, path, body)
-    try:
-        return await relay.send(lease)
-    except UpstreamFailed:
-        # Nothing has reached the client: retry once on another replica, ahead of the queue.
-        acquired = scheduler.acquire(model.name, key, first=True)
-        return await relay.send(await until_disconnect(request.receive, acquired))
-
-
-async def _lease(request: Request[Any, Any, Any], scheduler: Scheduler, model: str,
-                 key: KeyConfig) -> Lease:  # fmt: skip
-    lease = scheduler.try_acquire(model, key)
-    if lease is not None:
-        return lease
-    noted = marks(request.scope)  # queue, leaving the queue if the client goes away
-
-    def entered(ahead: int) -> None:
-        noted.queue_position = ahead + 1
-
-    queued = time.perf_counter()
-    lease = await until_disconnect(request.receive, scheduler.acquire(model, key, queued=entered))
-    noted.queue_wait = time.perf_counter() - queued
-    return lease
-
-
-class _Sending:
-    """One request's trips to a worker: the body, where it goes, what the answer carries."""
-
-    def __init__(self, request: Request[Any, Any, Any], gateway: Gateway, ticket: Ticket,
-                 model: ModelConfig, path: str, body: bytes):  # fmt: skip
-        self.request, self.gateway, self.ticket = request, gateway, ticket
-        self.model, self.path, self.body = model, path, body
-
-    async def send(self, lease: Lease) -> Relay:
-        """Send on `lease`; the Relay releases it and settles the ticket once the answer is
-        out."""
-        upstream = await _send(self.request, self.gateway.proxy, lease, self.model, self.path,
-                               self.body, self.ticket.request_id)  # fmt: skip
-        noted = marks(self.request.scope)
-        limits, ticket = self.gateway.limits, self.ticket
-        return Relay(self.gateway.proxy, upstream, lease, ticket.request_id,
-                     self.model.idle_timeout, self.model.first_token_timeout,
-                     headers=_answer_headers(ticket, noted),
-                     on_end=lambda usage: limits.finish(ticket, usage))  # fmt: skip
-
-
-def _answer_headers(ticket: Ticket, noted: Marks) -> list[tuple[bytes, bytes]]:
-    """A limited key's x-ratelimit-* headers; a queued request's wait and position."""
-    headers = [(name.encode(), value.encode()) for name, value in
-               ticket.quota.headers().items()]  # fmt: skip
-    if noted.queue_position:
-        headers += [(b"x-queue-wait-ms", str(round(noted.queue_wait * 1000)).encode()),
-                    (b"x-queue-position", str(noted.queue_position).encode())]  # fmt: skip
-    return headers
-
-
-async def _send(request: Request[Any, Any, Any], proxy: Proxy, lease: Lease, model: ModelConfig,
-                path: str, body: bytes, request_id: str) -> aiohttp.ClientResponse:  # fmt: skip
-    """Send the request on `lease`; return once the worker's status and headers are in."""
-    replica = lease.replica
-    noted = marks(request.scope)
-    noted.replica, noted.upstream_started = replica.index, time.perf_counter()
-    try:
-        upstream = await until_disconnect(
-            request.receive,
-            proxy.send(
-                replica.url + path, replica.auth, body, request_id, model.first_token_timeout
-            ),
-        )
-    except UpstreamFailed as exc:
-        lease.release(failed=exc.message)
-        raise
-    except BaseException:  # the client left, or no first byte in time: the worker may be busy
-        proxy.release_when_done(lease, request_id, model.first_token_timeout)
-        raise
-    return upstream
 
 
 @post("/v1/chat/completions")

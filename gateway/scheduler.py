@@ -153,6 +153,10 @@ class Scheduler:
         limit = key.max_concurrent
         return limit is None or self._running.get(key.name, 0) < limit
 
+    def check_admission(self, model: str) -> None:
+        """Raise what queueing a request for `model` now would: QueueFull or Unavailable."""
+        self._check_admission(model, self._queues[model])
+
     def _check_admission(self, model: str, queue: FairQueue[Waiter]) -> None:
         if (unavailable := self._unavailable(model)) is not None:
             raise unavailable

@@ -22,7 +22,7 @@ STANDIN = {"token_delay": 0.0, "tokens": 200}
 # Every target gets the same Authorization header (the workers' secret, bench/common.py): to the
 # keyed gateways it is the key. Limits high enough never to refuse, so every check runs in full.
 KEY = {"name": "bench", "key_sha256": hashlib.sha256(WORKER_SECRET.encode()).hexdigest(),
-       "rpm": 10**9, "tpm": 10**12, "max_concurrent": 10**6}  # fmt: skip
+       "rpm": 10**9, "tpm": 10**12, "max_concurrent": 10**6, "admin": True}  # fmt: skip
 SETUPS: dict[str, dict[str, Any]] = {
     "open": {},
     "limits-local": {"auth": {"keys": [KEY]}},

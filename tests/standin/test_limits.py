@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from tests.standin.test_metrics import scrape, value
 from tests.support import (
@@ -17,7 +19,9 @@ from tests.support import (
     GatewayProcess,
     api_key,
     assert_error,
+    assert_valid,
     running_gateway,
+    sse_data,
     standin,
     wait_until,
 )
@@ -37,6 +41,7 @@ CONFIG = {
         standin("m", max_queue=200),
         standin("busy", max_queue=200, token_delay=0.01, tokens=5),
         standin("slow", token_delay=0.1, tokens=10),
+        standin("impatient", queue_timeout=0.5, token_delay=0.1, tokens=20),
     ],
 }  # fmt: skip
 
@@ -150,3 +155,68 @@ def test_admin_usage_counts_requests_and_tokens_by_key_model_and_day(
     assert light["requests"] >= 1 and light["completion_tokens"] >= 3
     assert light["prompt_tokens"] >= answer.json()["usage"]["prompt_tokens"]
     assert_error(httpx.get(gateway.url + "/admin/usage"), 401, "invalid_api_key")
+
+
+def hold(gateway: GatewayProcess, model: str) -> threading.Thread:
+    """A request keeping `model`'s one replica busy; returns once it is in flight."""
+
+    def run() -> None:
+        with gateway.client() as client:
+            chat(client, model)
+
+    holder = threading.Thread(target=run)
+    holder.start()
+    with gateway.client() as admin:
+        assert wait_until(lambda: any(w["in_flight"] for w in admin.get(
+            "/admin/workers").json()["data"] if w["model"] == model), 5)  # fmt: skip
+    return holder
+
+
+def test_a_stream_that_waits_is_told_its_place_in_line_then_streams(
+    gateway: GatewayProcess,
+) -> None:
+    holder = hold(gateway, "slow")
+    body = {"model": "slow", "stream": True, **CHAT}
+    with gateway.client() as client, client.stream("POST", "/v1/chat/completions",
+                                                   json=body) as response:  # fmt: skip
+        chunks = response.iter_bytes()
+        first = next(chunks)  # before the holder's answer is done
+        assert holder.is_alive() and first.startswith(b": queued position=1\n\n")
+        text = (first + b"".join(chunks)).decode()
+    holder.join()
+    assert response.status_code == 200  # sent at once: the place in line is in the comment
+    events = sse_data(text)
+    assert events[-1] == "[DONE]" and len(events) > 3
+    for event in events[:-1]:
+        assert_valid("CreateChatCompletionStreamResponse", json.loads(event))
+
+
+def test_the_official_client_streams_a_queued_request_as_any_other(
+    gateway: GatewayProcess,
+) -> None:
+    holder = hold(gateway, "slow")
+    client = OpenAI(base_url=gateway.url + "/v1", api_key=ADMIN, max_retries=0)
+    stream = client.chat.completions.create(model="slow", stream=True, **CHAT)  # type: ignore[call-overload]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    holder.join()
+    assert text == " ".join(f"tok{i}" for i in range(10))
+
+
+def test_a_stream_that_times_out_in_line_ends_with_an_error_event(
+    gateway: GatewayProcess,
+) -> None:
+    holder = hold(gateway, "impatient")
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions",
+                               json={"model": "impatient", "stream": True, **CHAT})  # fmt: skip
+    holder.join()
+    assert response.status_code == 200 and response.text.startswith(": queued position=1")
+    (event,) = sse_data(response.text)  # no [DONE]: the stream failed
+    error = json.loads(event)
+    assert_valid("ErrorResponse", error)
+    assert error["error"]["code"] == "queue_timeout"
+    samples = scrape(gateway)
+    assert value(samples, "llm_gateway_requests_total", model="impatient",
+                 endpoint="chat_completions", status="503", key="ops") == 1  # fmt: skip
+    assert value(samples, "llm_gateway_rejected_requests_total", model="impatient",
+                 reason="queue_timeout", key="ops") == 1  # fmt: skip

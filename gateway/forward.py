@@ -1,0 +1,177 @@
+"""One admitted request's way to a worker and back: wait for a replica (fairly, across keys),
+take the key's concurrency slot, send, once more elsewhere if the replica could not be reached,
+and relay the answer. A stream that has to wait is answered at once, with SSE comments saying
+its place in line (OpenAI's clients skip comments), so its user sees why it is slow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from workers.engine import Usage
+
+from .config import ModelConfig
+from .errors import GatewayError, UpstreamFailed, error_body
+from .limits import Ticket
+from .metrics import Marks, Metrics, marks
+from .proxy import SSE_HEADERS, ClientGone, Relay, until_disconnect
+from .scheduler import Lease
+from .state import Gateway
+
+__all__ = ["QUEUED_KEEPALIVE", "Forward"]
+
+QUEUED_KEEPALIVE = 10.0  # seconds between two "still queued" comments to a waiting stream
+
+
+@dataclass
+class Forward:
+    """What one admitted request needs on its way: where it goes, its body, its client."""
+
+    gateway: Gateway
+    ticket: Ticket
+    model: ModelConfig
+    path: str
+    body: bytes
+    scope: Scope
+    receive: Receive
+
+    async def answer(self, stream: bool) -> ASGIApp:
+        """The Relay of the worker's answer; for a stream that must wait, a QueuedStream."""
+        scheduler, key = self.gateway.scheduler, self.ticket.key
+        lease = scheduler.try_acquire(self.model.name, key)
+        if lease is None and stream:
+            scheduler.check_admission(self.model.name)  # a full queue is still a plain 429
+            return QueuedStream(self)
+        if lease is None:
+            lease = await until_disconnect(self.receive, self.queue())
+        return await self.serve(lease)
+
+    async def queue(self, entered: asyncio.Event | None = None) -> Lease:
+        """Wait for a replica, noting where the request entered the line and for how long."""
+        noted = marks(self.scope)
+
+        def queued(ahead: int) -> None:
+            noted.queue_position = ahead + 1
+            if entered is not None:
+                entered.set()
+
+        began = time.perf_counter()
+        lease = await self.gateway.scheduler.acquire(self.model.name, self.ticket.key,
+                                                     queued=queued)  # fmt: skip
+        noted.queue_wait = time.perf_counter() - began
+        return lease
+
+    async def serve(self, lease: Lease, started: bool = False) -> Relay:
+        """Take the key's slot and send on `lease`; once more on another replica if the first
+        could not be reached. `started`: the client has its SSE headers already."""
+        try:
+            await self.gateway.limits.start(self.ticket)
+        except BaseException:
+            lease.release()
+            raise
+        try:
+            return self._relay(await self._send(lease), lease, started)
+        except UpstreamFailed:
+            # Nothing has reached the client: retry once on another replica, ahead of the queue.
+            acquired = self.gateway.scheduler.acquire(self.model.name, self.ticket.key,
+                                                      first=True)  # fmt: skip
+            lease = await until_disconnect(self.receive, acquired)
+            return self._relay(await self._send(lease), lease, started)
+
+    async def _send(self, lease: Lease) -> aiohttp.ClientResponse:
+        """Send on `lease`; return once the worker's status and headers are in."""
+        replica, proxy, model = lease.replica, self.gateway.proxy, self.model
+        request_id = self.ticket.request_id
+        noted = marks(self.scope)
+        noted.replica, noted.upstream_started = replica.index, time.perf_counter()
+        sent = proxy.send(replica.url + self.path, replica.auth, self.body, request_id,
+                          model.first_token_timeout)  # fmt: skip
+        try:
+            return await until_disconnect(self.receive, sent)
+        except UpstreamFailed as exc:
+            lease.release(failed=exc.message)
+            raise
+        except BaseException:  # the client left, or no first byte in time: the worker may be busy
+            proxy.release_when_done(lease, request_id, model.first_token_timeout)
+            raise
+
+    def _relay(self, upstream: aiohttp.ClientResponse, lease: Lease, started: bool) -> Relay:
+        """The Relay releases the lease and settles the ticket once the answer is out."""
+        limits, ticket, model = self.gateway.limits, self.ticket, self.model
+        return Relay(self.gateway.proxy, upstream, lease, ticket.request_id, model.idle_timeout,
+                     model.first_token_timeout, headers=answer_headers(ticket, marks(self.scope)),
+                     on_end=lambda usage: limits.finish(ticket, usage),
+                     started=started)  # fmt: skip
+
+    def settle_unsent(self) -> None:
+        """The request ends without an answer relayed: one that never reached a worker used
+        no tokens; one that did, an unknown number (its reservation stands)."""
+        reached = marks(self.scope).upstream_started is not None
+        self.gateway.limits.finish(self.ticket, None if reached else Usage(0, 0))
+
+
+def answer_headers(ticket: Ticket, noted: Marks) -> list[tuple[bytes, bytes]]:
+    """A limited key's x-ratelimit-* headers; a queued request's wait and position."""
+    headers = [(name.encode(), value.encode()) for name, value in
+               ticket.quota.headers().items()]  # fmt: skip
+    if noted.queue_position:
+        headers += [(b"x-queue-wait-ms", str(round(noted.queue_wait * 1000)).encode()),
+                    (b"x-queue-position", str(noted.queue_position).encode())]  # fmt: skip
+    return headers
+
+
+class QueuedStream:
+    """A stream that waits for a replica: 200 and its SSE headers at once, a comment with its
+    place in line (`: queued position=3`) and one every QUEUED_KEEPALIVE seconds, then the
+    worker's events. What goes wrong after the headers is a final `data: {"error": ...}`."""
+
+    def __init__(self, forward: Forward):
+        self._forward = forward
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        forward, noted = self._forward, marks(scope)
+        headers = [*SSE_HEADERS, (b"x-request-id", forward.ticket.request_id.encode()),
+                   *answer_headers(forward.ticket, noted)]  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            relay = await forward.serve(await self._wait(send), started=True)
+        except ClientGone:
+            forward.settle_unsent()
+            return
+        except GatewayError as exc:
+            forward.settle_unsent()
+            await self._fail(scope, send, exc)
+            return
+        await relay(scope, receive, send)
+
+    async def _wait(self, send: Send) -> Lease:
+        """Queue, telling the client where it stands until a replica is free."""
+        forward, entered = self._forward, asyncio.Event()
+        waiting = asyncio.ensure_future(until_disconnect(forward.receive, forward.queue(entered)))
+        in_line = asyncio.ensure_future(entered.wait())
+        try:
+            await asyncio.wait((waiting, in_line), return_when=asyncio.FIRST_COMPLETED)
+            comment = f": queued position={marks(forward.scope).queue_position}\n\n".encode()
+            while not waiting.done():
+                await send({"type": "http.response.body", "body": comment, "more_body": True})
+                await asyncio.wait((waiting,), timeout=QUEUED_KEEPALIVE)
+                comment = b": queued\n\n"
+        finally:
+            in_line.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        return waiting.result()
+
+    @staticmethod
+    async def _fail(scope: Scope, send: Send, exc: GatewayError) -> None:
+        noted = marks(scope)
+        noted.failed_status = exc.status  # the metrics and the log count what it really was
+        metrics: Metrics | None = scope["app"].state.metrics
+        if metrics is not None:
+            metrics.reject(noted, exc)
+        event = b"data: " + error_body(exc.message, exc.type, exc.code, exc.param) + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": False})
