@@ -39,12 +39,11 @@ class Forward:
     scope: Scope
     receive: Receive
 
-    async def answer(self, stream: bool) -> ASGIApp:
-        """The Relay of the worker's answer; for a stream that must wait, a QueuedStream."""
-        scheduler, key = self.gateway.scheduler, self.ticket.key
-        lease = scheduler.try_acquire(self.model.name, key)
+    async def answer(self, stream: bool, lease: Lease | None) -> ASGIApp:
+        """The Relay of the worker's answer on `lease`, or once one is got; for a stream that
+        must wait, a QueuedStream."""
         if lease is None and stream:
-            scheduler.check_admission(self.model.name)  # a full queue is still a plain 429
+            self.gateway.scheduler.check_admission(self.model.name)  # a full queue: still a 429
             return QueuedStream(self)
         if lease is None:
             lease = await until_disconnect(self.receive, self.queue())

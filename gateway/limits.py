@@ -138,8 +138,10 @@ class Limits(Protocol):
     """Where the limits' state lives: this process (LocalLimits) or Redis (RedisLimits)."""
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
-                    running: int) -> Ticket:  # fmt: skip
-        """A Ticket for a request within the key's limits; raise RateLimited (429) else."""
+                    running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
+        """A Ticket for a request within the key's limits; raise RateLimited (429) else.
+        `running`: the key's requests holding a replica here; `with_slot`: this one has a
+        replica already, so take its concurrency slot now."""
 
     async def start(self, ticket: Ticket) -> None:
         """The request got a replica: take its concurrency slot; RateLimited if none is left."""
@@ -165,8 +167,9 @@ class LocalLimits:
         self._usage: dict[tuple[str, str, str], list[int]] = {}
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
-                    running: int) -> Ticket:  # fmt: skip
-        """Check rpm, tpm and max_concurrent (`running`: the key's requests in flight here)."""
+                    running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
+        """Check rpm, tpm and max_concurrent (`running`: the key's requests in flight here;
+        the scheduler's count is the slot, so `with_slot` changes nothing here)."""
         if key.max_concurrent is not None and running >= key.max_concurrent:
             raise refuse(key, f"{key.max_concurrent} requests in flight at once", 1.0,
                          self._quota(key))  # fmt: skip

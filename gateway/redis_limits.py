@@ -1,11 +1,13 @@
 """Per-key limits in Redis, so several gateways enforce one limit together.
 
 The same token-bucket math as gateway/limits.py, run as Lua scripts on Redis's clock: one
-atomic script, one round trip, per check. Every key Redis holds has a TTL. A concurrency slot
-is a lease (a sorted-set member scored by its expiry) that this gateway renews while the
-request runs, so the slots of a gateway that died come back within `redis.lease_seconds`.
-Usage is counted per day in one hash a day. Keys with no limits cost no round trip on the way
-in; their usage is counted after the answer, off the request's path.
+atomic script, one round trip, per check; a request that gets a replica at once takes its
+concurrency slot in that same script. Every key Redis holds has a TTL. A slot is a lease (a
+sorted-set member scored by its expiry) that this gateway renews while the request runs, so the
+slots of a gateway that died come back within `redis.lease_seconds`. When a request ends, one
+script gives its slot back and settles its tokens, off the request's path. Usage is added up
+here and written once a second (one hash a day): a gateway that dies loses at most a second of
+counts. Keys with no limits cost no round trip at all.
 
 Redis unreachable: `on_error: allow` checks the limits in this process meanwhile (and logs it
 once per outage), `deny` answers 503; each request after a second's pause tries Redis again.
@@ -37,15 +39,18 @@ T = TypeVar("T")
 _PREFIX = "llmgw:"
 _USAGE_DAYS = 40  # how long a day's usage is kept
 _RETRY_AFTER_ERROR = 1.0  # seconds without trying Redis after it failed
+_FLUSH_EVERY = 1.0  # seconds between two writes of the usage counts
 _FIELDS = ("requests", "prompt_tokens", "completion_tokens")
 
-# KEYS: request bucket, token bucket, slots. ARGV: rpm, tpm, max_concurrent (0: none), reserve.
-# Returns {refused: "" | "rpm" | "tpm" | "concurrent", wait seconds, request level, token level}.
+# KEYS: request bucket, token bucket, slots. ARGV: rpm, tpm, max_concurrent (0: none), reserve,
+# the slot's member ("": take none now), lease seconds. Returns {refused: "" | "rpm" | "tpm" |
+# "concurrent", wait seconds, request level, token level}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, tpm, most, reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
+local member, lease = ARGV[5], tonumber(ARGV[6])
 local function level(key, per_minute)
   local v = redis.call('HMGET', key, 'level', 'stamp')
   if not v[1] then return per_minute end
@@ -71,6 +76,10 @@ end
 if refused == '' then
   if rpm > 0 then requests = requests - 1; store(KEYS[1], requests, rpm) end
   if tpm > 0 then tokens = tokens - reserve; store(KEYS[2], tokens, tpm) end
+  if most > 0 and member ~= '' then
+    redis.call('ZADD', KEYS[3], now + lease, member)
+    redis.call('EXPIRE', KEYS[3], math.ceil(lease) + 1)
+  end
 end
 return {refused, tostring(wait), tostring(requests), tostring(tokens)}
 """
@@ -95,11 +104,14 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 1)
 return 0
 """
 
-# KEYS: token bucket. ARGV: tpm, tokens given back (negative: taken).
-_SETTLE = """
+# KEYS: token bucket, slots. ARGV: tpm (0: none), tokens given back (negative: taken), the
+# slot's member ("": none held). Settles the request's tokens and gives its slot back.
+_FINISH = """
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+local per_minute, back = tonumber(ARGV[1]), tonumber(ARGV[2])
+if per_minute == 0 or back == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local per_minute, back = tonumber(ARGV[1]), tonumber(ARGV[2])
 local v = redis.call('HMGET', KEYS[1], 'level', 'stamp')
 local level = per_minute
 if v[1] then
@@ -132,21 +144,26 @@ class RedisLimits:
         self._admit = self._redis.register_script(_ADMIT)
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._renew = self._redis.register_script(_RENEW)
-        self._settle = self._redis.register_script(_SETTLE)
+        self._finish_script = self._redis.register_script(_FINISH)
         self._fallback = fallback or LocalLimits()
         self._local: set[int] = set()  # tickets admitted by the fallback (ids)
         self._slots: dict[str, set[str]] = {}  # held slot members by key name
         self._member = f"{os.uname().nodename}:{os.getpid()}:"
         self._down_until = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._usage: dict[tuple[str, str, str], list[int]] = {}  # not yet written to Redis
+        self._flusher: asyncio.Task[None] | None = None
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
-                    running: int) -> Ticket:  # fmt: skip
+                    running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
         if not key.limited:
             return Ticket(key, request_id, model, reserve, Quota())
-        answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=[
-            key.rpm or 0, key.tpm or 0, key.max_concurrent or 0, reserve]))  # fmt: skip
+        slot = with_slot and key.max_concurrent is not None
+        member = self._member + request_id if slot else ""
+        args: list[int | float | str] = [key.rpm or 0, key.tpm or 0, key.max_concurrent or 0,
+                                         reserve, member, self._config.lease_seconds]  # fmt: skip
+        answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=args))
         if answer is None:  # Redis unreachable, on_error: allow
             ticket = await self._fallback.admit(key, request_id, model, reserve, running)
             self._local.add(id(ticket))
@@ -155,11 +172,19 @@ class RedisLimits:
         quota = Quota(key.rpm, float(requests), key.tpm, float(tokens))
         if refused:
             raise refuse(key, _WHAT[refused](key), float(wait), quota)
-        return Ticket(key, request_id, model, reserve, quota)
+        ticket = Ticket(key, request_id, model, reserve, quota)
+        if slot:
+            self._hold(ticket, member)
+        return ticket
+
+    def _hold(self, ticket: Ticket, member: str) -> None:
+        ticket.slot = True
+        self._slots.setdefault(ticket.key.name, set()).add(member)
+        self._ensure_renewer()
 
     async def start(self, ticket: Ticket) -> None:
         key, most = ticket.key, ticket.key.max_concurrent
-        if most is None or id(ticket) in self._local:
+        if most is None or ticket.slot or id(ticket) in self._local:
             return
         member = self._member + ticket.request_id
         args: list[int | float | str] = [most, member, self._config.lease_seconds]
@@ -168,40 +193,66 @@ class RedisLimits:
             return  # Redis went away meanwhile (allow): this process's count holds
         if not taken:  # another gateway took the key's last slot while this one queued
             raise refuse(key, _WHAT["concurrent"](key), 1.0, ticket.quota)
-        ticket.slot = True
-        self._slots.setdefault(key.name, set()).add(member)
-        self._ensure_renewer()
+        self._hold(ticket, member)
 
     def finish(self, ticket: Ticket, usage: Usage | None) -> None:
         if id(ticket) in self._local:
             self._local.discard(id(ticket))
             self._fallback.finish(ticket, usage)
             return
+        self._count(ticket, usage)
+        key = ticket.key
+        used = ticket.reserved if usage is None else usage.prompt_tokens + usage.completion_tokens
+        back = ticket.reserved - used if key.tpm is not None else 0
+        if not ticket.slot and not back:
+            return  # nothing to tell Redis now
+        member = self._member + ticket.request_id if ticket.slot else ""
         if ticket.slot:
-            self._slots[ticket.key.name].discard(self._member + ticket.request_id)
-        task = asyncio.get_running_loop().create_task(self._finish(ticket, usage))
+            self._slots[key.name].discard(member)
+        args: list[int | str] = [key.tpm or 0, back, member]
+        finish = self._finish_script
+        self._background(self._call(lambda: finish(keys=_keys(key.name)[1:], args=args),
+                                    quiet=True))  # fmt: skip
+
+    def _count(self, ticket: Ticket, usage: Usage | None) -> None:
+        """Add the request to the usage written at the next flush."""
+        counts = self._usage.setdefault((utc_day(time.time()), ticket.key.name, ticket.model),
+                                        [0, 0, 0])  # fmt: skip
+        counts[0] += 1
+        if usage is not None:
+            counts[1] += usage.prompt_tokens
+            counts[2] += usage.completion_tokens
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(_FLUSH_EVERY)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the counts added up since the last flush; keep them if Redis is away."""
+        pending, self._usage = self._usage, {}
+        if not pending:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for (day, key, model), counts in pending.items():
+            name, field = f"{_PREFIX}usage:{day}", f"{key}\n{model}\n"
+            for what, count in zip(_FIELDS, counts, strict=True):
+                if count:
+                    pipe.hincrby(name, field + what, count)
+            pipe.expire(name, _USAGE_DAYS * 86400)
+        if await self._call(pipe.execute, quiet=True) is None:
+            for entry, counts in pending.items():  # not lost: tried again at the next flush
+                kept = self._usage.setdefault(entry, [0, 0, 0])
+                kept[:] = [a + b for a, b in zip(kept, counts, strict=True)]
+
+    def _background(self, work: Awaitable[Any]) -> None:
+        task: asyncio.Future[Any] = asyncio.ensure_future(work)
         self._tasks.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, ticket: Ticket, usage: Usage | None) -> None:
-        key, day = ticket.key, f"{_PREFIX}usage:{utc_day(time.time())}"
-        used = ticket.reserved if usage is None else usage.prompt_tokens + usage.completion_tokens
-        pipe = self._redis.pipeline(transaction=False)
-        if ticket.slot:
-            pipe.zrem(_keys(key.name)[2], self._member + ticket.request_id)
-        if key.tpm is not None and used != ticket.reserved:
-            await self._settle(keys=_keys(key.name)[1:2], args=[key.tpm, ticket.reserved - used],
-                               client=pipe)  # fmt: skip
-        field = f"{key.name}\n{ticket.model}\n"
-        pipe.hincrby(day, field + "requests", 1)
-        if usage is not None:
-            pipe.hincrby(day, field + "prompt_tokens", usage.prompt_tokens)
-            pipe.hincrby(day, field + "completion_tokens", usage.completion_tokens)
-        pipe.expire(day, _USAGE_DAYS * 86400)
-        if await self._call(pipe.execute, quiet=True) is None:
-            self._fallback.finish(ticket, usage)  # not lost: counted here meanwhile
-
     async def usage(self) -> list[dict[str, Any]]:
+        await self._flush()  # this gateway's latest counts first
         rows = await self._call(self._read_usage, quiet=True)
         if rows is None:
             return await self._fallback.usage()
@@ -218,10 +269,12 @@ class RedisLimits:
                 for (day, key, model), c in sorted(counts.items())]  # fmt: skip
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
+        for task in (self._renewer, self._flusher):
+            if task is not None:
+                task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
+        await self._flush()
         await self._redis.aclose()
 
     def _ensure_renewer(self) -> None:

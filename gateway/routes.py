@@ -178,11 +178,20 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = _request_id(request.headers.get("x-request-id"))
     reserve = estimate_tokens(len(body), fields.answer_limit())
-    ticket = await gateway.limits.admit(caller, request_id, model.name, reserve,
-                                        gateway.scheduler.running(caller))  # fmt: skip
+    scheduler = gateway.scheduler
+    running = scheduler.running(caller)
+    # A replica first, if one is free: its concurrency slot then comes in the limits' one check.
+    lease = scheduler.try_acquire(model.name, caller)
+    try:
+        ticket = await gateway.limits.admit(caller, request_id, model.name, reserve, running,
+                                            with_slot=lease is not None)  # fmt: skip
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
     forward = Forward(gateway, ticket, model, path, body, request.scope, request.receive)
     try:
-        return await forward.answer(bool(fields.stream))
+        return await forward.answer(bool(fields.stream), lease)
     except BaseException as exc:
         forward.settle_unsent()
         if isinstance(exc, GatewayError):
