@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, GatewayConfig, KeyConfig, ModelConfig, load_config
-from .config_auth import check_exposure, hash_key
-from .launch import llama_params
+from .config.auth import check_exposure, hash_key
+from .config.file import ConfigError, GatewayConfig, KeyConfig, ModelConfig, load_config
+from .pool.launch import llama_params
 
 __all__ = ["main"]
 
@@ -137,11 +137,11 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
         return 2
     import uvicorn
 
-    from .app import create_app
-    from .edge import edge_protocol
-    from .logs import REQUEST_LOG, configure
-    from .metrics import MetricsMiddleware
-    from .server import GatewayServer
+    from .http.app import create_app
+    from .http.edge import edge_protocol
+    from .http.server import GatewayServer
+    from .observe.logs import REQUEST_LOG, configure
+    from .observe.metrics import MetricsMiddleware
 
     configure(log_level, log_format)
     logging.getLogger("gateway").info("listening on %s port %d", *sock.getsockname()[:2])

@@ -7,14 +7,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import GatewayConfig, KeyConfig, ModelConfig
+from .config.file import GatewayConfig, KeyConfig, ModelConfig
 from .errors import ModelNotFound
-from .limits import Limits, LocalLimits
-from .proxy import Proxy
-from .redis_limits import RedisLimits
-from .registry import Registry
-from .scheduler import QueuePolicy, Scheduler
-from .supervisor import Supervisor
+from .limits.local import Limits, LocalLimits
+from .limits.redis_store import RedisLimits
+from .pool.proxy import Proxy
+from .pool.registry import Registry
+from .pool.scheduler import QueuePolicy, Scheduler
+from .pool.supervisor import Supervisor
 
 __all__ = ["Gateway", "build_gateway", "policy"]
 

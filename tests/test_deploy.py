@@ -75,7 +75,7 @@ def test_the_image_runs_as_a_user_other_than_root() -> None:
 def test_the_container_s_config_serves_config_yaml_s_models_behind_a_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gateway.config import ConfigError, GatewayConfig, parse_config
+    from gateway.config.file import ConfigError, GatewayConfig, parse_config
 
     def load() -> GatewayConfig:  # in the image it is /app/config.yaml, beside /app/models
         return parse_config(container, base_dir=REPO)

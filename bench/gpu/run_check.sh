@@ -51,7 +51,7 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   export PYTHONPATH=$SITE:$REPO
   stamp wheels
 fi
-timeout 60 "$PY" -c "import gateway.app, gateway.cli, workers.server, litestar, uvicorn, msgspec, \
+timeout 60 "$PY" -c "import gateway.http.app, gateway.cli, workers.server, litestar, uvicorn, msgspec, \
 aiohttp, yaml, jinja2, diskcache, numpy; print('imports ok: litestar', litestar.__version__, \
 'uvicorn', uvicorn.__version__, 'msgspec', msgspec.__version__, 'aiohttp', aiohttp.__version__)" \
   || { echo "FATAL: the gateway's imports fail"; exit 1; }

@@ -18,7 +18,7 @@ EXPECTED_EVENTS = CHUNKS + 3  # role chunk, 64 content chunks, finish chunk, [DO
 LEVELS = [1, 64, 256, 500]  # concurrent streams, all on one stand-in replica
 CAPACITY = 512  # that replica's slots (--concurrency): every level fits without queueing
 LITELLM_MAX = 256  # LiteLLM's one process cannot relay 500 streams in time; tested up to here
-ROUNDS_AT_ONE, STREAMS_AT_ONE, ROUNDS_AT_MANY = 3, 3, 2
+ROUNDS_AT_ONE, STREAMS_AT_ONE, ROUNDS_AT_MANY = 5, 6, 2
 COLUMNS = [
     "streams",
     "target",

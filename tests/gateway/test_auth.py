@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth import ANONYMOUS, identify, is_loopback, presented_key
-from gateway.config_auth import AuthConfig, KeyConfig, hash_key
+from gateway.config.auth import AuthConfig, KeyConfig, hash_key
+from gateway.http.auth import ANONYMOUS, identify, is_loopback, presented_key
 
 KEY = "sk-0123456789abcdef"
 TEAM = KeyConfig(name="team", digest=hash_key(KEY))

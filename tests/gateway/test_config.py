@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from llama_cpp import Llama
 
-from gateway.config import LLAMA_PARAMS, STANDIN_PARAMS, ConfigError, load_config, parse_config
+from gateway.config.file import LLAMA_PARAMS, STANDIN_PARAMS, ConfigError, load_config, parse_config
 from workers.standin import StandinOptions
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError
-from gateway.config_auth import check_exposure, hash_key, parse_auth, parse_redis
+from gateway.config.auth import check_exposure, hash_key, parse_auth, parse_redis
+from gateway.config.file import ConfigError
 
 KEY = "sk-team-a-0123456789abcdef"
 DIGEST = hashlib.sha256(KEY.encode()).hexdigest()
@@ -133,3 +133,11 @@ def test_redis_is_optional_and_checked() -> None:
         parse_redis({"url": "http://x:p4ssw0rd@host"})
     with pytest.raises(ConfigError, match=r"redis\.on_error: expected allow or deny"):
         parse_redis({"on_error": "maybe"})
+
+
+def test_metrics_behind_keys_needs_keys(tmp_path: Any) -> None:
+    from gateway.config.file import parse_config
+
+    config = {"server": {"metrics_auth": True}, "models": [{"name": "m", "engine": "standin"}]}
+    with pytest.raises(ConfigError, match=r"server\.metrics_auth: true, but auth\.keys is empty"):
+        parse_config(config, base_dir=tmp_path)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, parse_config
-from gateway.edge import (
+from gateway.config.file import ConfigError, parse_config
+from gateway.http.edge import (
     HEAD_COMPLETE,
     HEADERS_TOO_LARGE,
     PENDING,
@@ -140,8 +140,8 @@ def test_a_bad_limit_names_its_key(tmp_path: Path, key: str, value: Any) -> None
 PROBE = """
 import resource
 from pathlib import Path
-from gateway.config import parse_config
-from gateway.edge import edge_protocol
+from gateway.config.file import parse_config
+from gateway.http.edge import edge_protocol
 from tests.support import standin
 config = parse_config({"models": [standin("m", replicas=2)]}, base_dir=Path("."))
 protocol = edge_protocol(config, lambda: config.server)

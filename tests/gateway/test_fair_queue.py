@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.fair_queue import FairQueue
+from gateway.pool.fair_queue import FairQueue
 
 KEYS = st.sampled_from(["a", "b", "c", "d"])
 WEIGHTS = st.dictionaries(KEYS, st.integers(1, 8), min_size=1)

@@ -7,14 +7,14 @@ import itertools
 
 import pytest
 
-from gateway.lifecycle import (
+from gateway.pool.lifecycle import (
     TRANSITIONS,
     IllegalTransition,
     ReplicaState,
     StateChange,
     check_transition,
 )
-from gateway.registry import Registry, Replica
+from gateway.pool.registry import Registry, Replica
 
 S = ReplicaState
 

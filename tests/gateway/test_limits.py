@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import KeyConfig
+from gateway.config.file import KeyConfig
 from gateway.errors import RateLimited
-from gateway.limits import (
+from gateway.limits.local import (
     Bucket,
     LocalLimits,
     Quota,

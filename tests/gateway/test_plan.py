@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.config import (
+from gateway.config.file import (
     AuthConfig,
     GatewayConfig,
     HealthConfig,
@@ -14,7 +14,7 @@ from gateway.config import (
     RedisConfig,
     ServerConfig,
 )
-from gateway.plan import plan_reload
+from gateway.pool.plan import plan_reload
 
 A = ModelConfig(name="a", path=Path("/m/a.gguf"), replicas=2)
 B = ModelConfig(name="b", path=Path("/m/b.gguf"))

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.auth import ANONYMOUS
-from gateway.metrics import MARKS_KEY, Marks
-from gateway.proxy import Proxy, Relay
-from gateway.registry import Registry
-from gateway.scheduler import QueuePolicy, Scheduler
+from gateway.http.auth import ANONYMOUS
+from gateway.observe.metrics import MARKS_KEY, Marks
+from gateway.pool.proxy import Proxy, Relay
+from gateway.pool.registry import Registry
+from gateway.pool.scheduler import QueuePolicy, Scheduler
 from workers.engine import Usage
 
 _CHUNK = b'data: {"choices":[{"delta":{"content":"a: usage 1 2"}}]}\n\n'

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from gateway.auth import ANONYMOUS
-from gateway.config import KeyConfig
+from gateway.config.file import KeyConfig
 from gateway.errors import QueueFull, QueueTimeout, Unavailable
-from gateway.registry import Registry, Replica, ReplicaState
-from gateway.scheduler import Lease, QueuePolicy, Scheduler, pick_replica
+from gateway.http.auth import ANONYMOUS
+from gateway.pool.registry import Registry, Replica, ReplicaState
+from gateway.pool.scheduler import Lease, QueuePolicy, Scheduler, pick_replica
 
 KEY = ANONYMOUS
 

@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from gateway.config import ModelConfig
-from gateway.launch import (
+from gateway.config.file import ModelConfig
+from gateway.pool.launch import (
     crash_reason,
     describe_exit,
     llama_params,
@@ -15,7 +15,7 @@ from gateway.launch import (
     worker_env,
     worker_secret,
 )
-from gateway.supervisor import restart_delay
+from gateway.pool.supervisor import restart_delay
 from workers.server import SECRET_ENV
 
 

@@ -177,3 +177,19 @@ def test_no_keys_on_a_public_address_refuses_to_start(tmp_path: Any) -> None:
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2
     assert "listens on 0.0.0.0 with no API keys" in done.stderr
+
+
+def test_metrics_may_be_kept_to_key_holders(tmp_path: Any) -> None:
+    scraper = "sk-prometheus-0123456789abcdef"
+    config = {"server": {"metrics_auth": True},
+              "auth": {"keys": [api_key("prometheus", scraper, models=[])]},
+              "models": [standin("m")]}  # fmt: skip
+    gateway = GatewayProcess(config, tmp_path, api_key=scraper).start()
+    try:
+        assert_error(httpx.get(gateway.url + "/metrics"), 401, "invalid_api_key")
+        with gateway.client() as client:
+            assert "llm_gateway_requests_total" in client.get("/metrics").text
+            assert client.get("/v1/models").json()["data"] == []  # a scraper uses no model
+        assert httpx.get(gateway.url + "/ready").status_code == 200  # the probes stay open
+    finally:
+        gateway.stop()

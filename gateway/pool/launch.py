@@ -21,7 +21,7 @@ from typing import Any
 
 from workers.server import SECRET_ENV
 
-from .config import ModelConfig
+from ..config.file import ModelConfig
 
 __all__ = [
     "Launch",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import AuthConfig, GatewayConfig, ModelConfig
+from ..config.file import AuthConfig, GatewayConfig, ModelConfig
 
 __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 

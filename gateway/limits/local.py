@@ -8,7 +8,7 @@ that bucket is not in debt; when it ends, the worker's real count replaces the e
 burst overshoots by at most one estimate per request admitted while the bucket was positive.
 
 The math is pure (`take`, `settle`, `Quota`); LocalLimits applies it in this process, and
-gateway/redis_limits.py applies the same math in Redis for several gateways.
+gateway/limits/redis_store.py applies the same math in Redis for several gateways.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from workers.engine import Usage
 
-from .config import KeyConfig
-from .errors import RateLimited
+from ..config.file import KeyConfig
+from ..errors import RateLimited
 
 __all__ = [
     "DEFAULT_COMPLETION_ESTIMATE",

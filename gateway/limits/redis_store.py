@@ -1,6 +1,6 @@
 """Per-key limits in Redis, so several gateways enforce one limit together.
 
-The same token-bucket math as gateway/limits.py, run as Lua scripts on Redis's clock: one
+The same token-bucket math as gateway/limits/local.py, run as Lua scripts on Redis's clock: one
 atomic script, one round trip, per check; a request that gets a replica at once takes its
 concurrency slot in that same script. Every key Redis holds has a TTL. A slot is a lease (a
 sorted-set member scored by its expiry) that this gateway renews while the request runs, so the
@@ -27,9 +27,9 @@ from redis.exceptions import RedisError
 
 from workers.engine import Usage
 
-from .config import KeyConfig, RedisConfig
-from .errors import Unavailable
-from .limits import LocalLimits, Quota, Ticket, refuse, usage_row, utc_day
+from ..config.file import KeyConfig, RedisConfig
+from ..errors import Unavailable
+from .local import LocalLimits, Quota, Ticket, refuse, usage_row, utc_day
 
 __all__ = ["RedisLimits"]
 

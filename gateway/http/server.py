@@ -3,7 +3,7 @@
 The first SIGTERM or SIGINT drains: new requests get 503 with Retry-After while the ones
 queued or in flight finish (up to server.drain_timeout), then uvicorn shuts down and the
 supervisor stops the workers. A second signal exits at once. Exit status is 0 either way.
-SIGHUP reloads config.yaml (gateway/reloader.py).
+SIGHUP reloads config.yaml (gateway/pool/reloader.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import uvicorn
 
-from .reloader import Reloader
-from .state import Gateway
+from ..pool.reloader import Reloader
+from ..state import Gateway
 
 __all__ = ["GatewayServer"]
 

@@ -1,7 +1,7 @@
 """The scheduler: one fair queue per model, each request leased to the least-loaded ready replica.
 
 While a model's replicas are all busy, its waiting requests are served across keys in
-proportion to their weights, first come first served within a key (gateway/fair_queue.py).
+proportion to their weights, first come first served within a key (gateway/pool/fair_queue.py).
 A key at its max_concurrent waits its turn without holding the others up.
 
 Invariant: a model's queue holds a request only while no replica is free or its key is at
@@ -14,8 +14,8 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import KeyConfig
-from .errors import QueueFull, QueueTimeout, Unavailable
+from ..config.file import KeyConfig
+from ..errors import QueueFull, QueueTimeout, Unavailable
 from .fair_queue import FairQueue
 from .lifecycle import StateChange
 from .registry import Registry, Replica, ReplicaState

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .config_checks import (
+from .checks import (
     ConfigError,
     boolean,
     checked,

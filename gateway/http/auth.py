@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 
-from .config_auth import ANONYMOUS_NAME, AuthConfig, KeyConfig
+from ..config.auth import ANONYMOUS_NAME, AuthConfig, KeyConfig
 
 __all__ = ["ANONYMOUS", "identify", "is_loopback", "presented_key"]
 

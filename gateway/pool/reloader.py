@@ -1,6 +1,6 @@
 """Hot reload: read config.yaml again, validate all of it, then apply the difference.
 
-An invalid file changes nothing. A valid one is applied as a plan (gateway/plan.py): new
+An invalid file changes nothing. A valid one is applied as a plan (gateway/pool/plan.py): new
 models start; removed ones stop taking requests, finish what they hold, then stop; replicas
 scale; changed worker settings replace a model's replicas one at a time, each new worker
 ready before an old one drains, so the model keeps serving. One reload runs at a time.
@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError, GatewayConfig, ModelConfig, load_config
+from ..config.file import ConfigError, GatewayConfig, ModelConfig, load_config
+from ..state import Gateway, policy
 from .plan import ModelChange, ReloadPlan, plan_reload
 from .registry import Replica, ReplicaState
-from .state import Gateway, policy
 
 __all__ = ["ReloadError", "ReloadOutcome", "Reloader"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import GatewayConfig, HealthConfig, ModelConfig
+from ..config.file import GatewayConfig, HealthConfig, ModelConfig
 from .launch import describe_exit, spawn
 from .registry import Registry, Replica
 

@@ -23,12 +23,12 @@ from prometheus_client.registry import Collector
 
 from workers.engine import Usage
 
-from .errors import GatewayError
-from .lifecycle import ReplicaState
+from ..errors import GatewayError
+from ..pool.lifecycle import ReplicaState
 from .logs import log_request
 
 if TYPE_CHECKING:
-    from .state import Gateway
+    from ..state import Gateway
 
 __all__ = [
     "LATENCY_BUCKETS",

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from .config_auth import AuthConfig, KeyConfig, RedisConfig, check_exposure, parse_auth, parse_redis
-from .config_checks import (
+from .auth import AuthConfig, KeyConfig, RedisConfig, check_exposure, parse_auth, parse_redis
+from .checks import (
     Check,
     ConfigError,
     boolean,
@@ -52,13 +52,14 @@ class ServerConfig:
     port: int = 8000
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout: float = 30.0
-    # The HTTP connection's limits (gateway/edge.py); the body timeout is between two chunks.
+    # The HTTP connection's limits (gateway/http/edge.py); the body timeout is between two chunks.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 2048
     max_header_bytes: int = 16384
     max_url_bytes: int = 8192
     metrics: bool = True  # false: no /metrics and nothing recorded for it (needs a restart)
+    metrics_auth: bool = False  # true: /metrics needs a configured key (Prometheus sends one)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
 _SERVER_KEYS = {
     "host", "port", "max_body_bytes", "drain_timeout", "header_timeout",
     "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
+    "metrics_auth",
 }  # fmt: skip
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
@@ -193,6 +195,9 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     server = _parse_server(top.get("server", {}))
     auth = parse_auth(top.get("auth", {}))
     check_exposure(auth, server.host)
+    if server.metrics_auth and not auth.keys:
+        raise ConfigError("server.metrics_auth: true, but auth.keys is empty: no key could "
+                          "read /metrics")  # fmt: skip
     health = _parse_health(top.get("health", {}))
     models_raw = top.get("models")
     if not isinstance(models_raw, list) or not models_raw:
@@ -248,6 +253,7 @@ def _parse_server(raw: Any) -> ServerConfig:
             section, "max_url_bytes", positive, "a positive integer", "server.", 8192
         ),
         metrics=checked(section, "metrics", boolean, "true or false", "server.", True),
+        metrics_auth=checked(section, "metrics_auth", boolean, "true or false", "server.", False),
     )
 
 

@@ -14,13 +14,13 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from .config import GatewayConfig
-from .errors import GatewayError, error_body
-from .metrics import Metrics, marks
-from .proxy import ClientGone
-from .reloader import Reloader
+from ..config.file import GatewayConfig
+from ..errors import GatewayError, error_body
+from ..observe.metrics import Metrics, marks
+from ..pool.proxy import ClientGone
+from ..pool.reloader import Reloader
+from ..state import build_gateway
 from .routes import ROUTES
-from .state import build_gateway
 
 __all__ = ["create_app"]
 

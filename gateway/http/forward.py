@@ -14,13 +14,13 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from workers.engine import Usage
 
-from .config import ModelConfig
-from .errors import GatewayError, UpstreamFailed, error_body
-from .limits import Ticket
-from .metrics import Marks, Metrics, marks
-from .proxy import SSE_HEADERS, ClientGone, Relay, until_disconnect
-from .scheduler import Lease
-from .state import Gateway
+from ..config.file import ModelConfig
+from ..errors import GatewayError, UpstreamFailed, error_body
+from ..limits.local import Ticket
+from ..observe.metrics import Marks, Metrics, marks
+from ..pool.proxy import SSE_HEADERS, ClientGone, Relay, until_disconnect
+from ..pool.scheduler import Lease
+from ..state import Gateway
 
 __all__ = ["QUEUED_KEEPALIVE", "Forward"]
 

@@ -13,9 +13,8 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.types import ASGIApp, Receive
 
-from .auth import identify, is_loopback, presented_key
-from .config import KeyConfig, ServerConfig
-from .errors import (
+from ..config.file import KeyConfig, ServerConfig
+from ..errors import (
     BodyTooLarge,
     Forbidden,
     GatewayError,
@@ -25,12 +24,13 @@ from .errors import (
     Unavailable,
     error_body,
 )
+from ..limits.local import estimate_tokens
+from ..observe.metrics import Metrics, marks
+from ..pool.proxy import ClientGone
+from ..pool.reloader import Reloader
+from ..state import Gateway
+from .auth import identify, is_loopback, presented_key
 from .forward import Forward
-from .limits import estimate_tokens
-from .metrics import Metrics, marks
-from .proxy import ClientGone
-from .reloader import Reloader
-from .state import Gateway
 
 __all__ = ["ROUTES"]
 
@@ -254,7 +254,11 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/metrics")
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus's text format; open, like the probes (it holds no key and no prompt)."""
+    """Prometheus's text format; open, like the probes (it holds no key and no prompt), unless
+    server.metrics_auth asks for a configured key (any: give the scraper one with no models)."""
+    gateway = _state(request)
+    if gateway.config.server.metrics_auth and not _caller(request)[1].digest:
+        raise Unauthorized("/metrics needs an API key (server.metrics_auth: true).")
     registry: Metrics | None = request.app.state.metrics
     if registry is None:
         raise NotFoundException("Metrics are off (server.metrics: false).")

@@ -19,8 +19,8 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 from workers.engine import Usage
 from workers.usage_report import USAGE_COMMENT, USAGE_HEADER, parse_usage
 
-from .errors import UpstreamFailed, UpstreamTimeout, error_body
-from .metrics import Marks, marks
+from ..errors import UpstreamFailed, UpstreamTimeout, error_body
+from ..observe.metrics import Marks, marks
 from .scheduler import Lease
 
 __all__ = ["SSE_HEADERS", "ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]

@@ -12,7 +12,8 @@ one 130 MB header stalls the event loop, so every client, for seconds. EdgeProto
 - past min(server.max_connections, what the open-files limit leaves) open connections, a new
   one gets 503 and is closed.
 
-The body's own timeout (server.body_timeout, between chunks) is the route's (gateway/routes.py).
+The body's own timeout (server.body_timeout, between chunks) is the route's
+(gateway/http/routes.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from .config import GatewayConfig, ServerConfig
-from .errors import RequestTimeout, error_body
+from ..config.file import GatewayConfig, ServerConfig
+from ..errors import RequestTimeout, error_body
 
 __all__ = [
     "HEADERS_TOO_LARGE",

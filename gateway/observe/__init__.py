@@ -1,0 +1,1 @@
+"""What ops see: Prometheus metrics, and the logs."""
