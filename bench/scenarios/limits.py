@@ -10,7 +10,7 @@ from typing import Any
 
 from ..common import Result, chat_body, round_order, target
 from ..loadgen import closed_loop
-from ..procs import WORKER_SECRET, Proc, gateway_workers, pin, start_gateway
+from ..procs import WORKER_SECRET, Proc, cpu_seconds, gateway_workers, pin, start_gateway
 from ..stack import GATEWAY_CPU, HEALTH, LOADGEN_CPU, PINNING
 from ..stats import min_max, percentile, spread
 
@@ -29,7 +29,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     "limits-redis": {"auth": {"keys": [KEY]}, "redis": {"url": REDIS}},
 }
 COLUMNS = ["target", "p50", "p99", "added p50", "added p50 min-max", "cost p50",
-           "cost p50 min-max", "requests"]  # fmt: skip
+           "cost p50 min-max", "gateway cpu us/req", "cpu cost us/req", "requests"]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -58,12 +58,17 @@ async def limits() -> Result:
         for t in targets.values():
             await closed_loop(t, 1, count=WARMUP)
         samples: dict[str, list[list[float]]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in gateways}
         for r in range(ROUNDS):
             for name in round_order(list(targets), r):
+                pid = gateways[name].pid if name in gateways else None
+                before = cpu_seconds(pid) if pid else 0.0
                 run = await closed_loop(targets[name], 1, count=PER_ROUND)
                 assert run.errors == 0, f"{name}: {run.errors} errors"
                 samples[name].append(run.latencies())
-    return _result(samples)
+                if pid:  # the gateway's own CPU per request: far steadier than latency here
+                    cpu[name].append((cpu_seconds(pid) - before) / PER_ROUND * 1e6)
+    return _result(samples, cpu)
 
 
 def _per_round(samples: dict[str, list[list[float]]], a: str, b: str) -> list[float]:
@@ -72,7 +77,7 @@ def _per_round(samples: dict[str, list[list[float]]], a: str, b: str) -> list[fl
             for x, y in zip(samples[a], samples[b], strict=True)]  # fmt: skip
 
 
-def _result(samples: dict[str, list[list[float]]]) -> Result:
+def _result(samples: dict[str, list[list[float]]], cpu: dict[str, list[float]]) -> Result:
     res = Result("limits", "8. What per-key limits cost, concurrency 1 (ms)", PINNING,
                  list(COLUMNS))  # fmt: skip
     for name, rounds in samples.items():
@@ -83,10 +88,13 @@ def _result(samples: dict[str, list[list[float]]]) -> Result:
         if name != "direct":
             added = spread(_per_round(samples, name, "direct"))
             row |= {"added p50": added["median"], "added p50 min-max": min_max(added, 3)}
+        if name in cpu:
+            row["gateway cpu us/req"] = spread(cpu[name])["median"]
         if name.startswith("limits"):
             cost = spread(_per_round(samples, name, "open"))
+            cpu_cost = spread([a - b for a, b in zip(cpu[name], cpu["open"], strict=True)])
             row |= {"cost p50": cost["median"], "cost p50 min-max": min_max(cost, 3),
-                    "cost_p50": cost}  # fmt: skip
+                    "cost_p50": cost, "cpu cost us/req": cpu_cost["median"]}  # fmt: skip
         res.rows.append(row)
     local, remote = (next(r for r in res.rows if r["target"] == n)["cost p50"]
                      for n in ("limits-local", "limits-redis"))  # fmt: skip
@@ -97,6 +105,7 @@ def _result(samples: dict[str, list[list[float]]]) -> Result:
         "warm-up); added = target minus direct, cost = target minus open (the gateway with "
         "auth off), per round; median of rounds [min-max]. limits-*: one key with rpm, tpm and "
         "max_concurrent set high enough never to refuse, so each request runs every check "
+        "(gateway cpu: the gateway process's user + system CPU per request, per round) "
         f"(Redis: {REDIS}, the machine's own). Each gateway has its own stand-in worker; "
         "direct is the open gateway's"
     )

@@ -4,8 +4,9 @@ The same token-bucket math as gateway/limits/local.py, run as Lua scripts on Red
 atomic script, one round trip, per check; a request that gets a replica at once takes its
 concurrency slot in that same script. Every key Redis holds has a TTL. A slot is a lease (a
 sorted-set member scored by its expiry) that this gateway renews while the request runs, so the
-slots of a gateway that died come back within `redis.lease_seconds`. When a request ends, one
-script gives its slot back and settles its tokens, off the request's path. Usage is added up
+slots of a gateway that died come back within `redis.lease_seconds`. What a request owes when it
+ends (its slot, the tokens its estimate was off by) rides with the key's next check, or is sent
+within _SETTLE_EVERY if none comes: no round trip of its own on a busy key. Usage is added up
 here and written once a second (one hash a day): a gateway that dies loses at most a second of
 counts. Keys with no limits cost no round trip at all.
 
@@ -20,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
@@ -40,17 +42,20 @@ _PREFIX = "llmgw:"
 _USAGE_DAYS = 40  # how long a day's usage is kept
 _RETRY_AFTER_ERROR = 1.0  # seconds without trying Redis after it failed
 _FLUSH_EVERY = 1.0  # seconds between two writes of the usage counts
+_SETTLE_EVERY = 0.05  # seconds a finished request's slot and tokens may wait for a ride
 _FIELDS = ("requests", "prompt_tokens", "completion_tokens")
 
 # KEYS: request bucket, token bucket, slots. ARGV: rpm, tpm, max_concurrent (0: none), reserve,
-# the slot's member ("": take none now), lease seconds. Returns {refused: "" | "rpm" | "tpm" |
-# "concurrent", wait seconds, request level, token level}.
+# the slot's member ("": take none now), lease seconds, tokens owed back by ended requests, then
+# the slots they give back. Returns {refused: "" | "rpm" | "tpm" | "concurrent", wait seconds,
+# request level, token level}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, tpm, most, reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
-local member, lease = ARGV[5], tonumber(ARGV[6])
+local member, lease, back = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+for i = 8, #ARGV do redis.call('ZREM', KEYS[3], ARGV[i]) end
 local function level(key, per_minute)
   local v = redis.call('HMGET', key, 'level', 'stamp')
   if not v[1] then return per_minute end
@@ -70,8 +75,9 @@ if rpm > 0 then
   if refused == '' and requests < 1 then refused, wait = 'rpm', (1 - requests) * 60 / rpm end
 end
 if tpm > 0 then
-  tokens = level(KEYS[2], tpm)
+  tokens = math.min(tpm, level(KEYS[2], tpm) + back)
   if refused == '' and tokens < 1 then refused, wait = 'tpm', (1 - tokens) * 60 / tpm end
+  if refused ~= '' and back ~= 0 then store(KEYS[2], tokens, tpm) end
 end
 if refused == '' then
   if rpm > 0 then requests = requests - 1; store(KEYS[1], requests, rpm) end
@@ -104,10 +110,10 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 1)
 return 0
 """
 
-# KEYS: token bucket, slots. ARGV: tpm (0: none), tokens given back (negative: taken), the
-# slot's member ("": none held). Settles the request's tokens and gives its slot back.
+# KEYS: token bucket, slots. ARGV: tpm (0: none), tokens given back (negative: taken), then the
+# slots given back. Settles ended requests' tokens and frees their slots.
 _FINISH = """
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+for i = 3, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
 local per_minute, back = tonumber(ARGV[1]), tonumber(ARGV[2])
 if per_minute == 0 or back == 0 then return 0 end
 local t = redis.call('TIME')
@@ -122,6 +128,15 @@ redis.call('HSET', KEYS[1], 'level', tostring(level), 'stamp', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((per_minute - level) * 60 / per_minute) + 1)
 return 0
 """
+
+
+@dataclass
+class _Owed:
+    """What ended requests of one key give back: tokens (reserved less used) and slots."""
+
+    tokens: int = 0
+    slots: list[str] = field(default_factory=list)
+    tpm: int = 0  # the key's tpm, to settle the tokens against (0: none)
 
 
 def _text(value: bytes | str) -> str:
@@ -150,10 +165,11 @@ class RedisLimits:
         self._slots: dict[str, set[str]] = {}  # held slot members by key name
         self._member = f"{os.uname().nodename}:{os.getpid()}:"
         self._down_until = 0.0
-        self._tasks: set[asyncio.Future[Any]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._usage: dict[tuple[str, str, str], list[int]] = {}  # not yet written to Redis
         self._flusher: asyncio.Task[None] | None = None
+        self._owed: dict[str, _Owed] = {}  # by key name: what ended requests give back
+        self._settler: asyncio.Task[None] | None = None
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
                     running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
@@ -161,10 +177,17 @@ class RedisLimits:
             return Ticket(key, request_id, model, reserve, Quota())
         slot = with_slot and key.max_concurrent is not None
         member = self._member + request_id if slot else ""
+        owed = self._owed.pop(key.name, None) or _Owed()
         args: list[int | float | str] = [key.rpm or 0, key.tpm or 0, key.max_concurrent or 0,
-                                         reserve, member, self._config.lease_seconds]  # fmt: skip
-        answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=args))
+                                         reserve, member, self._config.lease_seconds,
+                                         owed.tokens, *owed.slots]  # fmt: skip
+        try:
+            answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=args))
+        except BaseException:
+            self._owe(key.name, owed)
+            raise
         if answer is None:  # Redis unreachable, on_error: allow
+            self._owe(key.name, owed)
             ticket = await self._fallback.admit(key, request_id, model, reserve, running)
             self._local.add(id(ticket))
             return ticket
@@ -203,16 +226,40 @@ class RedisLimits:
         self._count(ticket, usage)
         key = ticket.key
         used = ticket.reserved if usage is None else usage.prompt_tokens + usage.completion_tokens
-        back = ticket.reserved - used if key.tpm is not None else 0
-        if not ticket.slot and not back:
-            return  # nothing to tell Redis now
-        member = self._member + ticket.request_id if ticket.slot else ""
+        owed = _Owed(ticket.reserved - used if key.tpm is not None else 0, tpm=key.tpm or 0)
         if ticket.slot:
-            self._slots[key.name].discard(member)
-        args: list[int | str] = [key.tpm or 0, back, member]
-        finish = self._finish_script
-        self._background(self._call(lambda: finish(keys=_keys(key.name)[1:], args=args),
-                                    quiet=True))  # fmt: skip
+            owed.slots.append(self._member + ticket.request_id)
+            self._slots[key.name].discard(owed.slots[0])
+        if owed.tokens or owed.slots:
+            self._owe(key.name, owed)
+
+    def _owe(self, name: str, owed: _Owed) -> None:
+        """Keep what `name`'s ended requests give back for its next check, or the settler."""
+        if not (owed.tokens or owed.slots):
+            return
+        kept = self._owed.setdefault(name, _Owed())
+        kept.tokens += owed.tokens
+        kept.slots += owed.slots
+        kept.tpm = owed.tpm or kept.tpm
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._settle_soon())
+
+    async def _settle_soon(self) -> None:
+        await asyncio.sleep(_SETTLE_EVERY)
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Send what no check took along, every key in one pipeline."""
+        owed, self._owed = self._owed, {}
+        if not owed:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for name, debt in owed.items():
+            await self._finish_script(keys=_keys(name)[1:], client=pipe,
+                                      args=[debt.tpm, debt.tokens, *debt.slots])  # fmt: skip
+        if await self._call(pipe.execute, quiet=True) is None:
+            for name, debt in owed.items():  # Redis is away: kept for later
+                self._owe(name, debt)
 
     def _count(self, ticket: Ticket, usage: Usage | None) -> None:
         """Add the request to the usage written at the next flush."""
@@ -246,11 +293,6 @@ class RedisLimits:
                 kept = self._usage.setdefault(entry, [0, 0, 0])
                 kept[:] = [a + b for a, b in zip(kept, counts, strict=True)]
 
-    def _background(self, work: Awaitable[Any]) -> None:
-        task: asyncio.Future[Any] = asyncio.ensure_future(work)
-        self._tasks.add(task)  # the loop keeps only a weak reference to a task
-        task.add_done_callback(self._tasks.discard)
-
     async def usage(self) -> list[dict[str, Any]]:
         await self._flush()  # this gateway's latest counts first
         rows = await self._call(self._read_usage, quiet=True)
@@ -262,18 +304,17 @@ class RedisLimits:
         counts: dict[tuple[str, str, str], dict[str, int]] = {}
         async for name in self._redis.scan_iter(match=f"{_PREFIX}usage:*", count=100):
             day = _text(name).removeprefix(f"{_PREFIX}usage:")
-            for field, value in (await self._redis.hgetall(name)).items():
-                key, model, what = _text(field).split("\n")
+            for entry, value in (await self._redis.hgetall(name)).items():
+                key, model, what = _text(entry).split("\n")
                 counts.setdefault((day, key, model), dict.fromkeys(_FIELDS, 0))[what] = int(value)
         return [usage_row(day, key, model, *(c[f] for f in _FIELDS))
                 for (day, key, model), c in sorted(counts.items())]  # fmt: skip
 
     async def close(self) -> None:
-        for task in (self._renewer, self._flusher):
+        for task in (self._renewer, self._flusher, self._settler):
             if task is not None:
                 task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
+        await self._settle()
         await self._flush()
         await self._redis.aclose()
 

@@ -153,3 +153,15 @@ def test_redis_stopped_and_started_gives_on_error_then_recovers(tmp_path: Path) 
             gateway.stop()
         server.terminate()
         server.wait(10)
+
+
+def test_an_ended_request_s_slot_is_free_at_once_here_and_soon_everywhere(
+    pair: list[GatewayProcess],
+) -> None:
+    # max_concurrent 1, one request after another: each one's slot rides back with the next
+    # check on the same gateway, and reaches Redis within 50 ms for the other gateway.
+    assert [post(pair[0], CAPPED).status_code for _ in range(5)] == [200] * 5
+    time.sleep(0.2)
+    assert post(pair[1], CAPPED).status_code == 200
+    with redis.Redis.from_url(SHARED_REDIS) as client:
+        assert wait_until(lambda: client.zcard("llmgw:{capped}:slots") == 0, 2)
