@@ -4,11 +4,12 @@ raise its level to silence it)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from typing import Any
+
+import msgspec
 
 from workers.logs import FORMAT_ENV, timestamp
 
@@ -16,6 +17,7 @@ __all__ = ["REQUEST_LOG", "configure", "log_request"]
 
 REQUEST_LOG = logging.getLogger("gateway.requests")
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # a field of another type is written as its str
 
 
 def configure(level: str, fmt: str) -> None:
@@ -30,21 +32,36 @@ def configure(level: str, fmt: str) -> None:
 def log_request(fields: dict[str, Any]) -> None:
     """One request's record: its fields as JSON keys, or `key=value` pairs in text."""
     if REQUEST_LOG.isEnabledFor(logging.INFO):
-        text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-        REQUEST_LOG.info("%s", text, extra={"request": fields})
+        REQUEST_LOG.info("%s", _KeyValues(fields), extra={"request": fields})
+
+
+class _KeyValues:
+    """A request record's text, `key=value` pairs: built only if a text formatter asks."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]):
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.fields.items()
+                        if value is not None)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):
     """{"time", "level", "logger", "message"} plus a request record's own fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        request = getattr(record, "request", None)
         line: dict[str, Any] = {
             "time": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            # A request record's fields are its keys: the message only names what it is.
+            "message": "request" if request is not None else record.getMessage(),
         }
-        line.update(getattr(record, "request", {}))
+        if request is not None:
+            line.update(request)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line).decode()
