@@ -139,6 +139,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
 
     from .http.app import create_app
     from .http.edge import edge_protocol
+    from .http.request_ids import RequestIds
     from .http.server import GatewayServer
     from .observe.logs import REQUEST_LOG, configure
     from .observe.metrics import MetricsMiddleware
@@ -150,7 +151,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     # Metrics off and the request log silenced: nothing to record, so no middleware at all.
     recorded = config.server.metrics or REQUEST_LOG.isEnabledFor(logging.INFO)
     server_config = uvicorn.Config(
-        MetricsMiddleware(app, app.state.metrics) if recorded else app,
+        RequestIds(MetricsMiddleware(app, app.state.metrics) if recorded else app),
         http=edge_protocol(config, lambda: gateway.config.server),
         log_level=log_level,
         log_config=None,  # uvicorn's lines through our handler, JSON included

@@ -16,7 +16,7 @@ from ..stats import min_max, percentile, spread
 
 __all__ = ["limits"]
 
-ROUNDS, PER_ROUND, WARMUP = 9, 800, 200
+ROUNDS, PER_ROUND, WARMUP = 24, 300, 200
 REDIS = "redis://127.0.0.1:6379/10"
 STANDIN = {"token_delay": 0.0, "tokens": 200}
 # Every target gets the same Authorization header (the workers' secret, bench/common.py): to the

@@ -84,13 +84,27 @@ def _client_gone(_: Request[Any, Any, Any], __: ClientGone) -> Response[bytes]:
     return _json(b"", 499)  # nobody reads it: the nginx convention for "client closed request"
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     type_ = _HTTP_ERROR_TYPES.get(
         status, "server_error" if status >= 500 else "invalid_request_error"
     )
     code = "not_found" if status == 404 else None
-    return _json(error_body(str(exc.detail), type_, code), status, exc.headers)
+    message = str(exc.detail)
+    if status == 404 and message == "Not Found":  # no such route (not a 404 a route raised)
+        message = _unknown_route(request.method, request.url.path)
+    return _json(error_body(message, type_, code), status, exc.headers)
+
+
+_SERVED = ("POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, "
+           "GET /v1/models")  # fmt: skip
+
+
+def _unknown_route(method: str, path: str) -> str:
+    """OpenAI's words for a URL it does not know, and what this gateway does serve: a client
+    calling /v1/assistants, /v1/audio/... or /v1/files learns it is the gateway, not a typo."""
+    return (f"Invalid URL ({method} {path}): llm-gateway does not serve this endpoint; it "
+            f"serves {_SERVED}.")  # fmt: skip
 
 
 def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -32,6 +32,7 @@ from uvicorn.server import ServerState
 
 from ..config.file import GatewayConfig, ServerConfig
 from ..errors import RequestTimeout, error_body
+from .request_ids import new_request_id
 
 __all__ = [
     "HEADERS_TOO_LARGE",
@@ -266,6 +267,7 @@ class EdgeProtocol(HttpToolsProtocol):
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        head.append(b"x-request-id: %s\r\n" % new_request_id().encode())
         return b"".join([*head, b"connection: close\r\n", extra, b"\r\n", body])
 
     def _responding(self) -> bool:

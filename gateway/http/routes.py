@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import re
 from typing import Any
 
 import msgspec
@@ -31,6 +28,7 @@ from ..pool.reloader import Reloader
 from ..state import Gateway
 from .auth import ANONYMOUS, identify, is_loopback, presented_key
 from .forward import Forward
+from .request_ids import request_id as request_id_of
 
 __all__ = ["ROUTES"]
 
@@ -53,22 +51,6 @@ class _RouteFields(msgspec.Struct):
 
 
 _route_decoder = msgspec.json.Decoder(_RouteFields)
-# Request ids: unique per process start, then a counter (cheaper than a uuid4 per request).
-_id_prefix, _id_counter = os.urandom(6).hex(), itertools.count()
-
-
-def _new_request_id() -> str:
-    return f"{_id_prefix}{next(_id_counter):08x}"
-
-
-# A client's X-Request-ID is echoed and logged: short and of a safe alphabet, else replaced.
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def _request_id(given: str | None) -> str:
-    return given if given and _SAFE_REQUEST_ID.fullmatch(given) else _new_request_id()
-
-
 _JSON = "application/json"
 # The text format every Prometheus reads (Litestar adds the charset to text/* types itself).
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4"
@@ -179,7 +161,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     model = gateway.resolve(fields.model, caller)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
-    request_id = noted.request_id = _request_id(request.headers.get("x-request-id"))
+    request_id = noted.request_id = request_id_of(request.scope)
     reserve = estimate_tokens(len(body), fields.answer_limit())
     scheduler = gateway.scheduler
     running = scheduler.running(caller)

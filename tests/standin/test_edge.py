@@ -152,6 +152,7 @@ def test_a_long_url_is_414_and_large_headers_431_to_an_ordinary_client(
     assert response.headers["connection"] == "close"
     response = httpx.get(gateway.url + "/health", headers={"X-Junk": "a" * 20_000})
     assert_error(response, 431, "headers_too_large")
+    assert response.headers["x-request-id"]  # refused before the app: an id all the same
     assert httpx.get(gateway.url + "/health?q=" + "a" * 7000).status_code == 200
 
 

@@ -350,3 +350,30 @@ def test_sigterm_stops_workers_and_exits_cleanly(tmp_path: Path) -> None:
     from tests.support import pid_alive
 
     assert not any(pid_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [("POST", "/v1/chat/completions", b"{not json", 400),
+     ("POST", "/v1/chat/completions", b'{"model": "gpt-5", "messages": []}', 404),
+     ("POST", "/v1/assistants", b"{}", 404),
+     ("GET", "/health", None, 200)],
+)  # fmt: skip
+def test_every_answer_carries_a_request_id_errors_the_gateway_makes_included(
+    client: httpx.Client, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    response = client.request(method, path, content=body)
+    assert response.status_code == status
+    assert re.fullmatch(r"[0-9a-f]{20}", response.headers["x-request-id"])
+    echoed = client.request(method, path, content=body, headers={"X-Request-ID": "mine-1"})
+    assert echoed.headers["x-request-id"] == "mine-1"
+    unkeyed = httpx.request(method, client.base_url.join(path), content=body)  # 401 or open
+    assert unkeyed.headers["x-request-id"]
+
+
+def test_an_unknown_endpoint_says_this_gateway_does_not_serve_it(client: httpx.Client) -> None:
+    for method, path in [("POST", "/v1/audio/speech"), ("GET", "/v1/files"),
+                         ("POST", "/v1/moderations")]:  # fmt: skip
+        error = assert_error(client.request(method, path, json={}), 404, "not_found")
+        assert error["message"].startswith(f"Invalid URL ({method} {path}): llm-gateway does not")
+        assert "POST /v1/chat/completions" in error["message"]
