@@ -158,6 +158,10 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     fields = _route_fields(body)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
+    if fields.stream and request.scope.get("http_version") == "1.0":
+        # An HTTP/1.0 client cannot take a chunked body (RFC 9112), and a stream has no length.
+        raise InvalidRequest("Streaming needs HTTP/1.1; send the request over HTTP/1.1 or "
+                             "without stream: true.", param="stream")  # fmt: skip
     model = gateway.resolve(fields.model, caller)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent

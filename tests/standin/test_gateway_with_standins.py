@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -377,3 +378,22 @@ def test_an_unknown_endpoint_says_this_gateway_does_not_serve_it(client: httpx.C
         error = assert_error(client.request(method, path, json={}), 404, "not_found")
         assert error["message"].startswith(f"Invalid URL ({method} {path}): llm-gateway does not")
         assert "POST /v1/chat/completions" in error["message"]
+
+
+def test_an_http_1_0_client_gets_a_clear_400_for_a_stream_and_a_whole_answer_otherwise(
+    gateway: GatewayProcess,
+) -> None:
+    def over_http_1_0(stream: bool) -> bytes:
+        body = json.dumps({"model": "fast", "stream": stream, **CHAT}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer "
+                f"{API_KEY}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(head + body)
+            return sock.makefile("rb").read()
+
+    streamed = over_http_1_0(True)
+    assert streamed.startswith(b"HTTP/1.1 400") and b"Streaming needs HTTP/1.1" in streamed
+    assert b"chunked" not in streamed.lower()
+    whole = over_http_1_0(False)
+    assert whole.startswith(b"HTTP/1.1 200") and b"content-length" in whole.lower()
