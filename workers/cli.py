@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from workers.embedding_policy import EmbeddingPolicy
 from workers.engine import Engine
 from workers.lifeline import tie_to_parent
 from workers.logs import log, set_log_name
@@ -56,6 +57,14 @@ def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
     parser.add_argument("--parent-pid", type=int, help="exit as soon as this parent dies")
     parser.add_argument(
         "--concurrency", type=int, default=1, help="requests served at once (stand-in only)"
+    )
+    parser.add_argument(
+        "--matryoshka", action="store_true", help="embeddings may be shortened (dimensions)"
+    )
+    parser.add_argument(
+        "--accept-token-ids",
+        action="store_true",
+        help="take token-id input to /v1/embeddings as this model's own ids (else 400)",
     )
     parser.add_argument(
         "--phase-fd",
@@ -122,7 +131,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
 
     async def run() -> int:
         # Worker owns an asyncio.Lock: build it inside the running loop.
-        worker_holder.append(Worker(args.model_name, engine, path, args.concurrency, args.phase_fd))
+        policy = EmbeddingPolicy(args.matryoshka, args.accept_token_ids)
+        worker_holder.append(
+            Worker(args.model_name, engine, path, args.concurrency, args.phase_fd, policy)
+        )
         return await serve(worker_holder[0], args.host, args.port, secret)
 
     return asyncio.run(run())

@@ -72,6 +72,7 @@ class CompletionParams:
 class EmbeddingParams:
     inputs: list[str] | list[list[int]]
     encoding_format: str = "float"
+    dimensions: int | None = None  # values per vector, if the client asked (see embedding_policy)
 
 
 def parse_chat(body: Mapping[str, Any]) -> ChatParams:
@@ -115,7 +116,12 @@ def parse_embedding(body: Mapping[str, Any]) -> EmbeddingParams:
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise invalid_request("'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    return EmbeddingParams(_embedding_inputs(body["input"]), fmt)
+    dimensions = body.get("dimensions")
+    if dimensions is not None and not (
+        isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions > 0
+    ):
+        raise invalid_request("'dimensions' must be a positive integer", "dimensions")
+    return EmbeddingParams(_embedding_inputs(body["input"]), fmt, dimensions)
 
 
 def _message(message: Any, index: int) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from workers.embedding_policy import EmbeddingPolicy
 from workers.engine import (
     CancelToken,
     ContextLengthExceeded,
+    EmbeddingResult,
     EmbeddingsDisabled,
     Engine,
     RawChunk,
@@ -73,9 +75,11 @@ class Worker:
         path: str | None,
         concurrency: int = 1,
         phase_fd: int | None = None,
+        embedding_policy: EmbeddingPolicy | None = None,
     ) -> None:
         self.model = model
         self.engine = engine
+        self.embedding_policy = embedding_policy or EmbeddingPolicy()
         self._free = [EngineThread(f"engine-{i}") for i in range(concurrency)]
         self.thread = self._free[0]  # loads the model
         self.status = WorkerStatus(model, engine.kind, path, concurrency, phase_fd)
@@ -302,9 +306,12 @@ async def embeddings(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
     params = parse_embedding(await _json_body(request))
     worker.require_ready()
+    worker.embedding_policy.check_input(params.inputs)
     cancel = CancelToken()  # set if the client goes away: the engine stops between inputs
     async with worker.generation(_request_id(request), request.path) as (_, thread):
         result = await thread.call(partial(worker.engine.embed, params.inputs, cancel), cancel)
+    fitted = worker.embedding_policy.fit(result.vectors, params.dimensions)
+    result = EmbeddingResult(fitted, result.prompt_tokens)
     body = shape_embeddings(result, model=worker.model, encoding_format=params.encoding_format)
     return _answer(body)
 

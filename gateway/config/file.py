@@ -87,6 +87,8 @@ class ModelConfig:
     idle_timeout: float = 60.0
     llama: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     standin: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    matryoshka: bool = False  # its embeddings may be shortened (`dimensions`)
+    accept_token_ids: bool = False  # token-id input to /v1/embeddings is its own ids
 
     def device(self, index: int) -> str | None:
         """The CUDA_VISIBLE_DEVICES value of replica `index`, or None for CPU."""
@@ -166,6 +168,7 @@ _SERVER_KEYS = {
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
+    "matryoshka", "accept_token_ids",
 }  # fmt: skip
 
 
@@ -290,6 +293,10 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
         idle_timeout=float(checked(section, "idle_timeout", pos_num, "seconds > 0", where, 60)),
         llama=_parse_params(section.get("llama", {}), LLAMA_PARAMS, where + "llama"),
         standin=_parse_params(section.get("standin", {}), STANDIN_PARAMS, where + "standin"),
+        matryoshka=checked(section, "matryoshka", boolean, "true or false", where, False),
+        accept_token_ids=checked(
+            section, "accept_token_ids", boolean, "true or false", where, False
+        ),
     )
 
 

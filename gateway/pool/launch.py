@@ -57,6 +57,8 @@ def worker_command(
         command += ["--phase-fd", str(phase_fd)]
     if model.path is not None:
         command += ["--model-path", str(model.path)]
+    command += ["--matryoshka"] if model.matryoshka else []
+    command += ["--accept-token-ids"] if model.accept_token_ids else []
     if model.engine == "llama":
         command += ["--llama-json", json.dumps(llama_params(model))]
     else:

@@ -140,6 +140,18 @@ def test_embeddings_one_vector_per_input(client: openai.OpenAI) -> None:
     assert result.usage.prompt_tokens > 0
 
 
+def test_embeddings_never_come_back_another_size_or_from_foreign_token_ids(
+    client: openai.OpenAI,
+) -> None:
+    """SmolLM2 is no Matryoshka model, and LangChain sends OpenAI's token ids by default."""
+    with pytest.raises(openai.BadRequestError) as cut:
+        client.embeddings.create(model="smollm2-embed", input="hello", dimensions=8)
+    assert "cannot be shortened" in str(cut.value)
+    with pytest.raises(openai.BadRequestError) as ids:
+        client.embeddings.create(model="smollm2-embed", input=[[15339, 1917]])
+    assert "check_embedding_ctx_length=False" in str(ids.value)
+
+
 def test_a_prompt_over_the_context_is_400_context_length_exceeded(client: openai.OpenAI) -> None:
     long_prompt = "word " * 3000
     with pytest.raises(openai.BadRequestError) as caught:

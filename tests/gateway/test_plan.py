@@ -80,3 +80,8 @@ def test_key_changes_are_named_and_applied_in_place() -> None:
 def test_a_new_redis_needs_a_restart() -> None:
     plan = plan_reload(config(A), config(A, redis=RedisConfig(url="redis://127.0.0.1:6379/0")))
     assert plan.redis_changed and "redis changed: takes effect after a restart" in plan.describe()
+
+
+def test_a_changed_embedding_policy_rolls_the_replicas() -> None:
+    (change,) = plan_reload(config(A), config(replace(A, matryoshka=True))).change
+    assert change.roll

@@ -88,3 +88,11 @@ def test_each_worker_gets_a_fresh_random_secret_unless_the_gateway_was_given_one
     assert len(secrets) == 5 and all(len(s) >= 40 for s in secrets)
     assert worker_secret({SECRET_ENV: "fixed-secret"}) == "fixed-secret"
     assert worker_secret({SECRET_ENV: ""}) not in ("", "fixed-secret")  # empty: random
+
+
+def test_a_model_s_embedding_policy_reaches_its_workers() -> None:
+    plain = worker_command(model(), port=9001, parent_pid=1, replica=0)
+    assert "--matryoshka" not in plain and "--accept-token-ids" not in plain
+    both = worker_command(model(matryoshka=True, accept_token_ids=True), port=9001,
+                          parent_pid=1, replica=0)  # fmt: skip
+    assert "--matryoshka" in both and "--accept-token-ids" in both

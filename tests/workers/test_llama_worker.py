@@ -35,7 +35,11 @@ def smol() -> Iterator[WorkerProcess]:
 
 @pytest.fixture(scope="module")
 def smol_embed() -> Iterator[WorkerProcess]:
-    with llama_worker("smol-embed", SMOLLM2, embedding=True) as w:
+    options = json.dumps({**LLAMA, "embedding": True})
+    # Token ids welcome: the vocabulary check below sends one to /v1/embeddings.
+    embed = WorkerProcess("smol-embed", "--model-path", str(SMOLLM2), "--llama-json", options,
+                          "--accept-token-ids")  # fmt: skip
+    with embed as w:
         w.wait_ready()
         yield w
 

@@ -28,13 +28,15 @@ STATUS_KEYS = {
 }  # fmt: skip
 
 
-def standin(name: str, **options: Any) -> WorkerProcess:
-    return WorkerProcess(name, "--engine", "standin", "--standin-json", json.dumps(options))
+def standin(name: str, *flags: str, **options: Any) -> WorkerProcess:
+    return WorkerProcess(name, "--engine", "standin", "--standin-json", json.dumps(options),
+                         *flags)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[WorkerProcess]:
-    with standin("fast", token_delay=0.005, tokens=8, n_ctx=64) as w:
+    # Token ids welcome: the vocabulary checks below send some to /v1/embeddings.
+    with standin("fast", "--accept-token-ids", token_delay=0.005, tokens=8, n_ctx=64) as w:
         w.wait_ready()
         yield w
 
@@ -485,3 +487,20 @@ def test_a_llama_worker_refuses_concurrency() -> None:
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and "--concurrency must be 1 for llama" in result.stderr
+
+
+def test_embedding_policy_dimensions_and_token_ids_end_to_end() -> None:
+    with standin("plain", token_delay=0.0) as plain, standin(
+        "nested", "--matryoshka", token_delay=0.0, embedding_dim=8
+    ) as nested:  # fmt: skip
+        plain.wait_ready()
+        nested.wait_ready()
+        error = assert_error(plain.client.post("/v1/embeddings", json={"input": [[15339, 1917]]}),
+                             400, "input")  # fmt: skip
+        assert "check_embedding_ctx_length=False" in error["message"]
+        assert_error(plain.client.post("/v1/embeddings", json={"input": "a", "dimensions": 4}),
+                     400, "dimensions")  # fmt: skip
+        body = nested.client.post("/v1/embeddings", json={"input": "a b", "dimensions": 4}).json()
+        assert_valid("CreateEmbeddingResponse", body)
+        (vector,) = [item["embedding"] for item in body["data"]]
+        assert len(vector) == 4 and abs(sum(x * x for x in vector) - 1) < 1e-9
