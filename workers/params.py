@@ -17,6 +17,7 @@ from workers.logprobs import parse_chat_logprobs, parse_completion_logprobs
 from workers.tools import check_message_tools, parse_tools
 
 __all__ = [
+    "MAX_CHOICES",
     "ChatParams",
     "CompletionParams",
     "EmbeddingParams",
@@ -45,6 +46,9 @@ _NUMBER_RANGES: dict[str, tuple[float, float]] = {
 _INT64 = (-(2**63), 2**63 - 1)  # OpenAI's `seed` is an int64
 _TOP_K_MAX = 2**31 - 1  # llama.cpp's top_k is an int32
 MAX_STOP = 4  # OpenAI: "Up to 4 sequences where the API will stop generating"
+# Choices in one answer (n, x prompts for completions): each is a whole generation on the one
+# model copy, one after another, so a large n holds the replica for that many answers.
+MAX_CHOICES = 8
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI: "values from -100 to 100"
 _TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
@@ -58,6 +62,7 @@ class ChatParams:
     options: dict[str, Any] = field(default_factory=dict)
     top_logprobs: int | None = None  # None: no logprobs requested
     legacy_functions: bool = False  # answer tool calls as `function_call` (see workers.tools)
+    n: int = 1  # choices to generate, one after another
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class CompletionParams:
     stream: bool = False
     include_usage: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    n: int = 1  # choices per prompt
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ def parse_chat(body: Mapping[str, Any]) -> ChatParams:
         {**options, **logprob_options, **tools.options},
         top_logprobs,
         tools.legacy,
+        _choices(body),
     )
 
 
@@ -107,7 +114,22 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionParams:
         options["echo"] = _require(echo, bool, "echo", "a boolean")
     options.update(parse_completion_logprobs(body))
     stream, include_usage = _stream_flags(body)
-    return CompletionParams(prompts, stream, include_usage, options)
+    n = _choices(body)
+    if len(prompts) * n > MAX_CHOICES:
+        raise invalid_request(f"{len(prompts)} prompts x n={n} would be {len(prompts) * n} "
+                              f"choices; at most {MAX_CHOICES} here", "n")  # fmt: skip
+    return CompletionParams(prompts, stream, include_usage, options, n)
+
+
+def _choices(body: Mapping[str, Any]) -> int:
+    """`n`: how many choices to generate (they run one after another on one model copy)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    n = _integer(n, "n")
+    if not 1 <= n <= MAX_CHOICES:
+        raise invalid_request(f"'n' must be from 1 to {MAX_CHOICES} here", "n")
+    return n
 
 
 def parse_embedding(body: Mapping[str, Any]) -> EmbeddingParams:
@@ -158,9 +180,6 @@ def _content(content: Any, param: str) -> str | None:
 
 
 def _sampling_options(body: Mapping[str, Any], default_max_tokens: int | None) -> dict[str, Any]:
-    n = body.get("n")
-    if n is not None and _integer(n, "n") != 1:
-        raise invalid_request("only n=1 is supported: this worker returns one choice", "n")
     options: dict[str, Any] = {}
     max_tokens = _max_tokens(body, default_max_tokens)
     if max_tokens is not None:

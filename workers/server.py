@@ -216,20 +216,67 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
     async with worker.generation(_request_id(request), request.path) as (record, thread):
         if params.stream:
-            shaper = partial(
-                _shape_chat_item, _chat_stream_shaper(worker.model, id_, created, params)
-            )
-            make = partial(worker.engine.chat_stream, params, cancel)
-            return await _sse(request, thread.stream(make, cancel), shaper, record)
-        raw = await thread.call(partial(worker.engine.chat, params, cancel), cancel)
-        body = shape_chat(
-            raw,
-            model=worker.model,
-            id_=id_,
-            top_logprobs=params.top_logprobs,
-            legacy_functions=params.legacy_functions,
-        )
-        return _answer(body)
+            shapers = _ChoiceShapers(partial(_chat_stream_shaper, worker.model, id_, created,
+                                             params))  # fmt: skip
+            make = partial(_chat_generations, worker.engine, params, cancel)
+            return await _sse(request, thread.stream(make, cancel), shapers.shape, record)
+
+        def run_all() -> list[RawChunk]:
+            return [worker.engine.chat(params, cancel) for _ in range(params.n)]
+
+        raws = await thread.call(run_all, cancel)
+        bodies = [shape_chat(raw, model=worker.model, id_=id_, top_logprobs=params.top_logprobs,
+                             legacy_functions=params.legacy_functions) for raw in raws]  # fmt: skip
+        return _answer(_one_answer(bodies))
+
+
+def _chat_generations(
+    engine: Engine, params: ChatParams, cancel: CancelToken
+) -> Iterator[StreamItem]:
+    """`n` generations one after another, each its own choice; one usage at the end."""
+    total: Usage | None = None
+    for index in range(params.n):
+        for item in engine.chat_stream(params, cancel):
+            if isinstance(item, Usage):
+                total = item if total is None else _add_completion(total, item)
+                continue
+            for choice in item.get("choices") or []:
+                choice["index"] = index
+            yield item
+    yield total or Usage(0, 0)
+
+
+def _add_completion(total: Usage, more: Usage) -> Usage:
+    """Usage of one more choice of the same prompt: OpenAI counts the prompt once."""
+    return Usage(total.prompt_tokens, total.completion_tokens + more.completion_tokens)
+
+
+def _one_answer(bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """`n` whole chat answers as one: the choices numbered in turn, the prompt counted once."""
+    body = bodies[0]
+    body["choices"] = [{**choice, "index": index} for index, answer in enumerate(bodies)
+                       for choice in answer["choices"]]  # fmt: skip
+    completion = sum(answer["usage"]["completion_tokens"] for answer in bodies)
+    prompt = body["usage"]["prompt_tokens"]
+    body["usage"] = {**body["usage"], "completion_tokens": completion,
+                     "total_tokens": prompt + completion}  # fmt: skip
+    return body
+
+
+class _ChoiceShapers:
+    """A stream's shapers, one per choice: each choice's tool-call deltas have their own state."""
+
+    def __init__(self, make: Callable[[], ChatStreamShaper]):
+        self._make = make
+        self._shapers: dict[int, ChatStreamShaper] = {0: make()}
+
+    def shape(self, item: StreamItem) -> RawChunk | None:
+        if isinstance(item, Usage):
+            return _shape_chat_item(self._shapers[0], item)
+        choices = item.get("choices") or [{}]
+        index = choices[0].get("index", 0) if isinstance(choices[0], dict) else 0
+        shaper = self._shapers.get(index) or self._shapers.setdefault(index, self._make())
+        return _shape_chat_item(shaper, item)
 
 
 def _chat_stream_shaper(model: str, id_: str, created: int, params: ChatParams) -> ChatStreamShaper:
@@ -270,25 +317,40 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return await _sse(request, thread.stream(make, cancel), shaper, record)
 
         def run_all() -> list[RawChunk]:
-            return [engine.complete(p, params, cancel) for p in params.prompts]
+            return [engine.complete(p, params, cancel) for p in params.prompts
+                    for _ in range(params.n)]  # fmt: skip
 
         raws = await thread.call(run_all, cancel)
-        return _answer(shape_completion(raws, model=worker.model, id_=id_))
+        body = shape_completion(raws, model=worker.model, id_=id_)
+        return _answer(_prompts_counted_once(body, raws, params.n))
+
+
+def _prompts_counted_once(body: dict[str, Any], raws: list[RawChunk], n: int) -> dict[str, Any]:
+    """With n choices per prompt, each prompt's tokens once (as OpenAI counts them)."""
+    if n == 1:
+        return body
+    prompt = sum((raw.get("usage") or {}).get("prompt_tokens", 0) for raw in raws[::n])
+    usage = body["usage"]
+    body["usage"] = {**usage, "prompt_tokens": prompt,
+                     "total_tokens": prompt + usage["completion_tokens"]}  # fmt: skip
+    return body
 
 
 def _chain_prompts(
     engine: Engine, params: CompletionParams, cancel: CancelToken
 ) -> Iterator[StreamItem]:
-    """Stream several prompts one after another, renumbering choices; one usage at the end."""
+    """Stream several prompts (n choices each) one after another, renumbering choices; one
+    usage at the end, each prompt counted once."""
     total = Usage(0, 0)
-    for index, prompt in enumerate(params.prompts):
-        for item in engine.complete_stream(prompt, params, cancel):
-            if isinstance(item, Usage):
-                total = total + item
-                continue
-            for choice in item.get("choices") or []:
-                choice["index"] = index
-            yield item
+    for number, prompt in enumerate(params.prompts):
+        for turn in range(params.n):
+            for item in engine.complete_stream(prompt, params, cancel):
+                if isinstance(item, Usage):
+                    total = total + item if turn == 0 else _add_completion(total, item)
+                    continue
+                for choice in item.get("choices") or []:
+                    choice["index"] = number * params.n + turn
+                yield item
     yield total
 
 

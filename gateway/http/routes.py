@@ -41,6 +41,7 @@ class _RouteFields(msgspec.Struct):
     stream: bool | None = None
     max_tokens: Any = None
     max_completion_tokens: Any = None
+    n: Any = None
 
     def answer_limit(self) -> int | None:
         """The most tokens the answer may have, if the client said so (as an integer)."""
@@ -166,7 +167,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = request_id_of(request.scope)
-    reserve = estimate_tokens(len(body), fields.answer_limit())
+    reserve = estimate_tokens(len(body), fields.answer_limit(), fields.n)
     scheduler = gateway.scheduler
     running = scheduler.running(caller)
     # A replica first, if one is free: its concurrency slot then comes in the limits' one check.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from workers.engine import Usage
+from workers.params import MAX_CHOICES
 
 from ..config.file import KeyConfig
 from ..errors import RateLimited
@@ -43,9 +44,13 @@ __all__ = [
 DEFAULT_COMPLETION_ESTIMATE = 256  # tokens reserved for an answer when max_tokens is not given
 
 
-def estimate_tokens(body_bytes: int, max_tokens: int | None) -> int:
-    """What a request may use, before the worker counts it: a token is ~4 bytes of JSON."""
-    return body_bytes // 4 + (DEFAULT_COMPLETION_ESTIMATE if max_tokens is None else max_tokens)
+def estimate_tokens(body_bytes: int, max_tokens: int | None, choices: Any = 1) -> int:
+    """What a request may use, before the worker counts it: a token is ~4 bytes of JSON, and
+    each of its `choices` (n, when an integer; the worker refuses past MAX_CHOICES) an answer of
+    up to max_tokens."""
+    answer = DEFAULT_COMPLETION_ESTIMATE if max_tokens is None else max_tokens
+    n = choices if isinstance(choices, int) and not isinstance(choices, bool) else 1
+    return body_bytes // 4 + answer * min(max(n, 1), MAX_CHOICES)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,16 @@ def test_embeddings_one_vector_per_input(client: openai.OpenAI) -> None:
     assert result.usage.prompt_tokens > 0
 
 
+def test_n_choices_come_back_as_n_whole_answers(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hi"}], n=2, max_tokens=4
+    )
+    assert_valid("CreateChatCompletionResponse", raw.http_response.json())
+    reply = raw.parse()
+    assert [choice.index for choice in reply.choices] == [0, 1]
+    assert all(choice.message.content for choice in reply.choices)
+
+
 def test_embeddings_never_come_back_another_size_or_from_foreign_token_ids(
     client: openai.OpenAI,
 ) -> None:

@@ -54,6 +54,8 @@ def test_quota_headers_name_limit_remaining_and_reset() -> None:
 
 def test_the_estimate_is_the_prompt_s_bytes_over_four_plus_the_answer_s_limit() -> None:
     assert estimate_tokens(400, 50) == 150 and estimate_tokens(400, None) == 356
+    assert estimate_tokens(400, 50, 3) == 250  # n answers
+    assert estimate_tokens(400, 50, "3") == estimate_tokens(400, 50, True) == 150  # not an n
 
 
 class Clock:

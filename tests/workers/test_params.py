@@ -27,8 +27,13 @@ def test_chat_requires_messages() -> None:
     assert rejected(parse_chat, {}).param == "messages"
 
 
-def test_chat_rejects_n_above_one() -> None:
-    assert rejected(parse_chat, {"messages": USER, "n": 2}).param == "n"
+def test_n_choices_up_to_eight_in_all() -> None:
+    assert parse_chat({"messages": USER, "n": 8}).n == 8 and parse_chat({"messages": USER}).n == 1
+    for value in (0, 9):
+        assert rejected(parse_chat, {"messages": USER, "n": value}).param == "n"
+    assert parse_completion({"prompt": ["a", "b"], "n": 4}).n == 4
+    error = rejected(parse_completion, {"prompt": ["a", "b", "c"], "n": 3})
+    assert error.param == "n" and "9 choices; at most 8" in error.message
 
 
 def test_chat_accepts_n_one_and_ignores_unknown_fields() -> None:

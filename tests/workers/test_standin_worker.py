@@ -240,9 +240,38 @@ def test_missing_messages_is_400(worker: WorkerProcess) -> None:
     assert_error(worker.client.post("/v1/chat/completions", json={}), 400, "messages")
 
 
-def test_n_two_is_400(worker: WorkerProcess) -> None:
-    body = {"messages": USER, "n": 2}
-    assert_error(worker.client.post("/v1/chat/completions", json=body), 400, "n")
+def test_n_choices_each_a_whole_answer_the_prompt_counted_once(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "n": 3, "max_tokens": 2}
+    answer = worker.client.post("/v1/chat/completions", json=body).json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    assert [c["index"] for c in answer["choices"]] == [0, 1, 2]
+    assert answer["usage"]["completion_tokens"] == 6
+    one = worker.client.post("/v1/chat/completions", json={**body, "n": 1}).json()
+    assert answer["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+
+
+def test_n_choices_stream_one_after_another_with_one_usage(worker: WorkerProcess) -> None:
+    body = {"messages": USER, "n": 2, "max_tokens": 3, "stream_options": {"include_usage": True}}
+    chunks = [json.loads(e) for e in stream(worker, "/v1/chat/completions", body)[:-1]]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    indices = [c["choices"][0]["index"] for c in chunks if c["choices"]]
+    assert indices == sorted(indices) and set(indices) == {0, 1}
+    roles = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("role")]
+    assert len(roles) == 2  # each choice opens with its role
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_completions_give_n_choices_per_prompt(worker: WorkerProcess) -> None:
+    body = {"prompt": ["a b", "c"], "n": 2, "max_tokens": 2}
+    answer = worker.client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in answer["choices"]] == [0, 1, 2, 3]
+    assert answer["usage"]["prompt_tokens"] == 3  # each prompt once: 2 + 1
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    events = stream(worker, "/v1/completions", streamed)
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1, 2, 3}
+    assert chunks[-1]["usage"]["prompt_tokens"] == 3
 
 
 def test_unknown_path_is_openai_404(worker: WorkerProcess) -> None:
