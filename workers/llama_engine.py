@@ -39,6 +39,7 @@ from workers.errors import invalid_request
 from workers.literal_text import LiteralContents
 from workers.logprobs import wants_logprobs
 from workers.params import ChatParams, CompletionParams, Prompt
+from workers.required_call import REQUIRED, as_tool_call, call_schema
 from workers.tools import tool_call_chunks
 
 __all__ = ["LlamaEngine", "llama_kwargs"]
@@ -261,6 +262,8 @@ class LlamaEngine:
     def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
         self._begin(cancel, params.options)
         messages = self._messages(params)
+        if params.options.get("tool_choice") == REQUIRED:
+            return self._required_call(messages, params.options)
         result: RawChunk = self._create_chat(messages, params.options)
         if self._decides_tools(params) and not has_tool_calls(result):
             # chatml-function-calling's "auto" message answer is always empty: answer again.
@@ -270,10 +273,26 @@ class LlamaEngine:
     def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
         meter = self._begin(cancel, params.options)
         messages = self._messages(params)
+        if params.options.get("tool_choice") == REQUIRED:
+            return self._replayed(self._required_call(messages, params.options))
         if self._decides_tools(params):
             return self._decided_stream(messages, params.options, cancel)
         options = {**params.options, "stream": True}
         return self._stream(lambda: iter(self._create_chat(messages, options)), meter, cancel)
+
+    def _required_call(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> RawChunk:
+        """A call to one of several tools: the answer constrained to their calls' union."""
+        schema = call_schema(options["tools"])
+        constrained = {**options, "tool_choice": "none",
+                       "response_format": {"type": "json_object", "schema": schema}}  # fmt: skip
+        return as_tool_call(self._create_chat(messages, constrained))
+
+    @staticmethod
+    def _replayed(decided: RawChunk) -> Iterator[StreamItem]:
+        """A finished tool-call answer as a stream, then its usage."""
+        yield from tool_call_chunks(decided)
+        usage = decided.get("usage") or {}
+        yield Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
 
     def _decided_stream(
         self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: CancelToken
@@ -281,9 +300,7 @@ class LlamaEngine:
         """chatml-function-calling "auto": decide without streaming (see workers.chatml_tools)."""
         decided: RawChunk = self._create_chat(messages, options)
         if has_tool_calls(decided):
-            yield from tool_call_chunks(decided)
-            usage = decided.get("usage") or {}
-            yield Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+            yield from self._replayed(decided)
             return
         meter = self._begin(cancel)
         answer = {**options, "tool_choice": "none", "stream": True}

@@ -16,7 +16,8 @@ we do it here so every format sees one vocabulary):
   more calls (see `workers.llama_engine` for the two llama bugs worked around there).
 - `"required"` is not implemented by llama-cpp-python (chatml-function-calling asserts, the
   template formats ignore it). With exactly one tool it is the same as naming that tool, so it
-  is rewritten to that; with several it is a 400 that says what to send instead.
+  is rewritten to that; with several the engine generates under the union of the tools' calls
+  (workers.required_call).
 
 Responses: llama returns both `tool_calls` and `function_call` and repeats id/name in every
 streamed delta. OpenAI answers a `tools` request with `tool_calls` only (`content: null`,
@@ -107,11 +108,9 @@ def _options(tools: list[dict[str, Any]], choice: Any, param: str) -> dict[str, 
     if choice in ("auto", "none"):
         return {"tools": tools, "tool_choice": choice} if tools else {}
     if choice == "required":
-        raise invalid_request(
-            "tool_choice 'required' is only supported with a single tool here: name the "
-            "function ({'type': 'function', 'function': {'name': ...}}) or use 'auto'",
-            param,
-        )
+        if not tools:
+            raise invalid_request("tool_choice 'required' needs at least one tool", param)
+        return {"tools": tools, "tool_choice": "required"}  # workers.required_call
     name = _chosen_name(choice, param)
     if name not in names:
         raise invalid_request(f"{param} names '{name}', which is not among the tools", param)

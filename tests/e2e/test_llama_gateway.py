@@ -140,6 +140,31 @@ def test_embeddings_one_vector_per_input(client: openai.OpenAI) -> None:
     assert result.usage.prompt_tokens > 0
 
 
+def test_tool_choice_required_over_two_tools_calls_one(client: openai.OpenAI) -> None:
+    def function(name: str, field: str) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": name,
+                "parameters": {
+                    "type": "object",
+                    "properties": {field: {"type": "string"}},
+                    "required": [field],
+                },
+            },
+        }
+
+    reply = client.chat.completions.create(  # type: ignore[call-overload]
+        model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[function("get_weather", "city"), function("get_time", "zone")],
+        tool_choice="required", max_tokens=48,
+    )  # fmt: skip
+    (call,) = reply.choices[0].message.tool_calls
+    assert call.function.name in ("get_weather", "get_time")
+    assert json.loads(call.function.arguments)
+    assert reply.choices[0].finish_reason == "tool_calls"
+
+
 def test_n_choices_come_back_as_n_whole_answers(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="smollm2", messages=[{"role": "user", "content": "Say hi"}], n=2, max_tokens=4

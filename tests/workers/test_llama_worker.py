@@ -469,6 +469,45 @@ def test_tool_results_in_history_are_answered(smol_tools: WorkerProcess) -> None
     assert answer["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+TWO_TOOLS = [
+    *TOOLS,
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fixture", ["smol", "smol_tools"])
+def test_required_with_two_tools_calls_one_of_them(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    worker: WorkerProcess = request.getfixturevalue(fixture)
+    body = {"messages": WEATHER, "tools": TWO_TOOLS, "tool_choice": "required", "max_tokens": 48}
+    answer = worker.client.post("/v1/chat/completions", json=body).json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+    call = tool_call(answer)
+    arguments = json.loads(call["function"]["arguments"])
+    wanted = {"get_weather": "city", "get_time": "zone"}[call["function"]["name"]]
+    assert isinstance(arguments[wanted], str)
+
+
+def test_required_with_two_tools_streams_the_call(smol: WorkerProcess) -> None:
+    body = {"messages": WEATHER, "tools": TWO_TOOLS, "tool_choice": "required", "max_tokens": 48,
+            "stream": True}  # fmt: skip
+    chunks = stream_chunks(smol, "/v1/chat/completions", body)
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    calls = [t for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls[0]["function"]["name"] in ("get_weather", "get_time")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_required_with_too_few_tokens_for_the_call_is_400(smol: WorkerProcess) -> None:
+    body = {"messages": WEATHER, "tools": TWO_TOOLS, "tool_choice": "required", "max_tokens": 2}
+    error = smol.client.post("/v1/chat/completions", json=body).json()["error"]
+    assert error["param"] == "max_tokens" and "required tool call" in error["message"]
+
+
 def test_named_tool_call_with_the_gguf_template(smol: WorkerProcess) -> None:
     # SmolLM2's own Jinja template ignores tools; llama still forces the named call by grammar.
     body = {"messages": WEATHER, "tools": TOOLS, "tool_choice": CALL_WEATHER, "max_tokens": 24}
