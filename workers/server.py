@@ -35,6 +35,14 @@ from workers.params import (
     parse_completion,
     parse_embedding,
 )
+from workers.responses import (
+    ResponseMeta,
+    ResponseStream,
+    answer_text,
+    parse_response_request,
+    response_body,
+)
+from workers.responses import sse as response_sse
 from workers.runner import EngineThread, ThreadStream
 from workers.shaping import (
     SSE_DONE,
@@ -378,6 +386,73 @@ async def embeddings(request: web.Request) -> web.Response:
     return _answer(body)
 
 
+async def responses(request: web.Request) -> web.StreamResponse:
+    """The Responses API on the chat path (workers.responses)."""
+    worker = request.app[WORKER_KEY]
+    params, meta = parse_response_request(await _json_body(request), worker.model)
+    worker.require_ready()
+    cancel = CancelToken()
+    async with worker.generation(_request_id(request), request.path) as (record, thread):
+        if params.stream:
+            make = partial(worker.engine.chat_stream, params, cancel)
+            return await _response_stream(request, thread.stream(make, cancel), meta, record)
+        raw = await thread.call(partial(worker.engine.chat, params, cancel), cancel)
+        text, finish = answer_text(raw)
+        usage = raw.get("usage") or {}
+        counted = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        return web.json_response(response_body(meta, text, counted, finish),
+                                 headers={USAGE_HEADER: usage_header(counted)})  # fmt: skip
+
+
+async def _response_stream(
+    request: web.Request,
+    stream: ThreadStream[StreamItem],
+    meta: ResponseMeta,
+    record: RequestRecord,
+) -> web.StreamResponse:
+    try:
+        # Wait for the first item before sending headers: an error here is a real HTTP status.
+        first = await anext(stream, None)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        try:
+            usage = await _write_response_events(response, first, stream, ResponseStream(meta))
+        except ConnectionError:
+            record.outcome = "cancelled"
+            return response
+        except Exception as exc:
+            record.outcome = "error"
+            log(f"generation failed mid-stream: {exc!r}")
+            await _write_quietly(response, sse_event(_in_stream_error(exc)))
+            return response
+        await response.write(usage_comment(usage) + SSE_DONE)
+        await response.write_eof()
+        return response
+    finally:
+        await stream.close()
+
+
+async def _write_response_events(response: web.StreamResponse, first: StreamItem | None,
+                                 rest: AsyncIterator[StreamItem],
+                                 shaper: ResponseStream) -> Usage:  # fmt: skip
+    """The opening events, an event per text delta, the closing ones; the generation's Usage."""
+    usage, item = Usage(0, 0), first
+    for event in shaper.opening():
+        await response.write(response_sse(event))
+    while item is not None:
+        if isinstance(item, Usage):
+            usage = item
+        else:
+            for event in shaper.chunk(item):
+                await response.write(response_sse(event))
+        item = await anext(rest, None)
+    for event in shaper.closing(usage):
+        await response.write(response_sse(event))
+    return usage
+
+
 def _answer(body: dict[str, Any]) -> web.Response:
     """A whole answer, its usage repeated in a header for the gateway (workers.usage_report)."""
     usage = body["usage"]
@@ -482,4 +557,5 @@ def build_app(worker: Worker, secret: str | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", responses)
     return app

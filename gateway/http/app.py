@@ -96,8 +96,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return _json(error_body(message, type_, code), status, exc.headers)
 
 
-_SERVED = ("POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, "
-           "GET /v1/models")  # fmt: skip
+_SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/completions, "
+           "POST /v1/embeddings, GET /v1/models")  # fmt: skip
 
 
 def _unknown_route(method: str, path: str) -> str:

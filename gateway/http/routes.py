@@ -199,6 +199,11 @@ async def completions(request: Request[Any, Any, Any]) -> ASGIApp:
     return await _forward(request, "/v1/completions", can_stream=True)
 
 
+@post("/v1/responses")
+async def responses(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _forward(request, "/v1/responses", can_stream=True)
+
+
 @post("/v1/embeddings")
 async def embeddings(request: Request[Any, Any, Any]) -> ASGIApp:
     return await _forward(request, "/v1/embeddings", can_stream=False)
@@ -297,5 +302,6 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return _reloader(request).status()
 
 
-ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, ready,
-          metrics, admin_workers, admin_usage, admin_reload, admin_config]  # fmt: skip
+ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
+          health, ready, metrics, admin_workers, admin_usage, admin_reload,
+          admin_config]  # fmt: skip

@@ -55,7 +55,7 @@ MARKS_KEY = "llm_gateway.marks"  # the scope key of a request's Marks
 _NO_MODEL = "none"  # a request refused before its model was known
 _NO_KEY = "none"  # ... before its caller was known
 _ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
-              "/v1/embeddings": "embeddings"}  # fmt: skip
+              "/v1/embeddings": "embeddings", "/v1/responses": "responses"}  # fmt: skip
 # Error codes (gateway/errors.py) that are a refusal to serve, by the reason ops graph.
 _REJECTIONS = {"rate_limit_exceeded": "queue_full", "queue_timeout": "queue_timeout",
                "invalid_api_key": "auth", "forbidden": "auth", "shutting_down": "draining",

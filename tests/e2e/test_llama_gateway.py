@@ -165,6 +165,30 @@ def test_tool_choice_required_over_two_tools_calls_one(client: openai.OpenAI) ->
     assert reply.choices[0].finish_reason == "tool_calls"
 
 
+def test_the_responses_api_answers_streamed_and_not(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(
+        model="smollm2", input="Say hello.", instructions="Be brief.", max_output_tokens=8
+    )
+    assert_valid("Response", raw.http_response.json())
+    assert raw.parse().output_text
+    events = list(client.responses.create(model="smollm2", input="Say hello.",
+                                          max_output_tokens=8, stream=True))  # fmt: skip
+    for event in events:
+        assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True))
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed and streamed == events[-1].response.output_text
+
+
+def test_the_responses_api_follows_a_json_schema(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    reply = client.responses.create(
+        model="smollm2", input="Is the sky blue? Answer in JSON.", max_output_tokens=16,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
+    )  # fmt: skip
+    assert isinstance(json.loads(reply.output_text)["ok"], bool)
+
+
 def test_n_choices_come_back_as_n_whole_answers(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="smollm2", messages=[{"role": "user", "content": "Say hi"}], n=2, max_tokens=4

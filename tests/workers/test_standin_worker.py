@@ -533,3 +533,53 @@ def test_embedding_policy_dimensions_and_token_ids_end_to_end() -> None:
         assert_valid("CreateEmbeddingResponse", body)
         (vector,) = [item["embedding"] for item in body["data"]]
         assert len(vector) == 4 and abs(sum(x * x for x in vector) - 1) < 1e-9
+
+
+def response_events(worker: WorkerProcess, body: dict[str, Any]) -> list[dict[str, Any]]:
+    text = worker.client.post("/v1/responses", json={**body, "stream": True}).text
+    assert "event: response.created\n" in text  # named like OpenAI's events
+    data = sse_data(text)
+    assert data[-1] == "[DONE]"
+    return [json.loads(event) for event in data[:-1]]
+
+
+def test_responses_answer_validates_and_counts_tokens(worker: WorkerProcess) -> None:
+    body = {"input": "hi", "instructions": "Be brief.", "max_output_tokens": 3}
+    response = worker.client.post("/v1/responses", json=body)
+    answer = response.json()
+    assert_valid("Response", answer)
+    assert answer["status"] == "incomplete"  # max_output_tokens cut it
+    assert answer["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert answer["output"][0]["content"][0]["text"] == "tok0 tok1 tok2"
+    assert answer["usage"]["output_tokens"] == 3 and answer["instructions"] == "Be brief."
+    assert response.headers["X-Usage-Tokens"].endswith(" 3")
+
+
+def test_responses_stream_is_openai_s_event_sequence(worker: WorkerProcess) -> None:
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
+    events = response_events(worker, {"input": items})
+    for event in events:
+        assert_valid("ResponseStreamEvent", event)
+    kinds = [e["type"] for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added"]  # fmt: skip
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"]  # fmt: skip
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == events[-4]["text"] == " ".join(f"tok{i}" for i in range(8))
+    assert events[-1]["response"]["usage"]["output_tokens"] == 8
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+     ({"input": "hi", "tools": [{"type": "function", "name": "f"}]}, "tools"),
+     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0]"),
+     ({"input": ""}, "input"),
+     ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format")],
+)  # fmt: skip
+def test_responses_say_what_they_do_not_serve(
+    worker: WorkerProcess, body: dict[str, Any], param: str
+) -> None:
+    assert_error(worker.client.post("/v1/responses", json=body), 400, param)
