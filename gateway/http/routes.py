@@ -41,11 +41,12 @@ class _RouteFields(msgspec.Struct):
     stream: bool | None = None
     max_tokens: Any = None
     max_completion_tokens: Any = None
+    max_output_tokens: Any = None  # the Responses API's name for it
     n: Any = None
 
     def answer_limit(self) -> int | None:
         """The most tokens the answer may have, if the client said so (as an integer)."""
-        for value in (self.max_completion_tokens, self.max_tokens):
+        for value in (self.max_completion_tokens, self.max_tokens, self.max_output_tokens):
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 return value
         return None

@@ -27,7 +27,8 @@ from tests.support import (
 )
 
 ADMIN = "sk-admin-0123456789abcdef"
-KEYS = {name: f"sk-{name}-0123456789abcdef" for name in ("rpm", "tpm", "conc", "light", "heavy")}
+KEYS = {name: f"sk-{name}-0123456789abcdef"
+        for name in ("rpm", "tpm", "conc", "light", "heavy", "resp")}  # fmt: skip
 CONFIG = {
     "auth": {"keys": [
         api_key("ops", ADMIN, admin=True),
@@ -36,6 +37,7 @@ CONFIG = {
         api_key("conc", KEYS["conc"], max_concurrent=1),
         api_key("light", KEYS["light"], weight=1),
         api_key("heavy", KEYS["heavy"], weight=3),
+        api_key("resp", KEYS["resp"], tpm=1000),
     ]},
     "models": [
         standin("m", max_queue=200),
@@ -220,3 +222,12 @@ def test_a_stream_that_times_out_in_line_ends_with_an_error_event(
                  endpoint="chat_completions", status="503", key="ops") == 1  # fmt: skip
     assert value(samples, "llm_gateway_rejected_requests_total", model="impatient",
                  reason="queue_timeout", key="ops") == 1  # fmt: skip
+
+
+def test_a_responses_request_reserves_its_max_output_tokens(gateway: GatewayProcess) -> None:
+    with as_key(gateway, "resp") as client:
+        body = {"model": "m", "input": "hi", "max_output_tokens": 250}
+        answer = client.post("/v1/responses", json=body)
+    assert answer.status_code == 200
+    remaining = int(answer.headers["x-ratelimit-remaining-tokens"])
+    assert remaining <= 1000 - 250  # reserved up front: bytes / 4 + max_output_tokens
