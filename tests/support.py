@@ -113,6 +113,9 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
     return bool(predicate())
 
 
+JSON_LOG = ("--log-level", "info", "--log-format", "json")  # the request log, one JSON a line
+
+
 class GatewayProcess:
     """The real gateway (`python -m gateway serve`) on a free loopback port, with its workers."""
 

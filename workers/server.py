@@ -36,7 +36,6 @@ from workers.params import (
     parse_embedding,
 )
 from workers.responses import (
-    ResponseMeta,
     ResponseStream,
     answer_text,
     parse_response_request,
@@ -71,6 +70,15 @@ _CONTEXT_PARAM = {
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Shaper = Callable[[StreamItem], RawChunk | None]
+# Writes a stream's items (the first one, then the rest) to the response; returns its Usage.
+Writer = Callable[
+    [web.StreamResponse, StreamItem | None, AsyncIterator[StreamItem]], Awaitable[Usage | None]
+]
+
+
+def _shaped(shape: Shaper) -> Writer:
+    """A writer of chat or completion chunks, each as its client asked to see it."""
+    return partial(_write_items, shape=shape)
 
 
 class Worker:
@@ -227,7 +235,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             shapers = _ChoiceShapers(partial(_chat_stream_shaper, worker.model, id_, created,
                                              params))  # fmt: skip
             make = partial(_chat_generations, worker.engine, params, cancel)
-            return await _sse(request, thread.stream(make, cancel), shapers.shape, record)
+            return await _sse(request, thread.stream(make, cancel), _shaped(shapers.shape), record)
 
         def run_all() -> list[RawChunk]:
             return [worker.engine.chat(params, cancel) for _ in range(params.n)]
@@ -322,7 +330,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if params.stream:
             shaper = partial(_shape_completion_item, worker.model, id_, created, params)
             make = partial(_chain_prompts, engine, params, cancel)
-            return await _sse(request, thread.stream(make, cancel), shaper, record)
+            return await _sse(request, thread.stream(make, cancel), _shaped(shaper), record)
 
         def run_all() -> list[RawChunk]:
             return [engine.complete(p, params, cancel) for p in params.prompts
@@ -395,48 +403,21 @@ async def responses(request: web.Request) -> web.StreamResponse:
     async with worker.generation(_request_id(request), request.path) as (record, thread):
         if params.stream:
             make = partial(worker.engine.chat_stream, params, cancel)
-            return await _response_stream(request, thread.stream(make, cancel), meta, record)
+            write = partial(_write_response_events, shaper=ResponseStream(meta))
+            return await _sse(request, thread.stream(make, cancel), write, record)
         raw = await thread.call(partial(worker.engine.chat, params, cancel), cancel)
         text, finish = answer_text(raw)
         usage = raw.get("usage") or {}
         counted = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-        return web.json_response(response_body(meta, text, counted, finish),
-                                 headers={USAGE_HEADER: usage_header(counted)})  # fmt: skip
+        return _with_usage(response_body(meta, text, counted, finish), counted)
 
 
-async def _response_stream(
-    request: web.Request,
-    stream: ThreadStream[StreamItem],
-    meta: ResponseMeta,
-    record: RequestRecord,
-) -> web.StreamResponse:
-    try:
-        # Wait for the first item before sending headers: an error here is a real HTTP status.
-        first = await anext(stream, None)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        try:
-            usage = await _write_response_events(response, first, stream, ResponseStream(meta))
-        except ConnectionError:
-            record.outcome = "cancelled"
-            return response
-        except Exception as exc:
-            record.outcome = "error"
-            log(f"generation failed mid-stream: {exc!r}")
-            await _write_quietly(response, sse_event(_in_stream_error(exc)))
-            return response
-        await response.write(usage_comment(usage) + SSE_DONE)
-        await response.write_eof()
-        return response
-    finally:
-        await stream.close()
-
-
-async def _write_response_events(response: web.StreamResponse, first: StreamItem | None,
-                                 rest: AsyncIterator[StreamItem],
-                                 shaper: ResponseStream) -> Usage:  # fmt: skip
+async def _write_response_events(
+    response: web.StreamResponse,
+    first: StreamItem | None,
+    rest: AsyncIterator[StreamItem],
+    shaper: ResponseStream,
+) -> Usage:
     """The opening events, an event per text delta, the closing ones; the generation's Usage."""
     usage, item = Usage(0, 0), first
     for event in shaper.opening():
@@ -456,18 +437,21 @@ async def _write_response_events(response: web.StreamResponse, first: StreamItem
 def _answer(body: dict[str, Any]) -> web.Response:
     """A whole answer, its usage repeated in a header for the gateway (workers.usage_report)."""
     usage = body["usage"]
-    counted = Usage(usage["prompt_tokens"], usage.get("completion_tokens", 0))
-    return web.json_response(body, headers={USAGE_HEADER: usage_header(counted)})
+    return _with_usage(body, Usage(usage["prompt_tokens"], usage.get("completion_tokens", 0)))
+
+
+def _with_usage(body: dict[str, Any], usage: Usage) -> web.Response:
+    return web.json_response(body, headers={USAGE_HEADER: usage_header(usage)})
 
 
 async def _sse(
     request: web.Request,
     stream: ThreadStream[StreamItem],
-    shape: Shaper,
+    write: Writer,
     record: RequestRecord,
 ) -> web.StreamResponse:
     try:
-        return await _relay(request, stream, shape, record)
+        return await _relay(request, stream, write, record)
     finally:
         # Whatever happened, stop the generation and keep the lock until the thread is free.
         await stream.close()
@@ -476,7 +460,7 @@ async def _sse(
 async def _relay(
     request: web.Request,
     stream: ThreadStream[StreamItem],
-    shape: Shaper,
+    write: Writer,
     record: RequestRecord,
 ) -> web.StreamResponse:
     # Wait for the first item before sending headers: an error here is a real HTTP status.
@@ -486,7 +470,7 @@ async def _relay(
     )
     await response.prepare(request)
     try:
-        usage = await _write_items(response, first, stream, shape)
+        usage = await write(response, first, stream)
     except ConnectionError:
         record.outcome = "cancelled"
         return response

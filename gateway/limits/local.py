@@ -32,6 +32,8 @@ __all__ = [
     "LocalLimits",
     "Quota",
     "Ticket",
+    "UsageTable",
+    "count_usage",
     "duration",
     "estimate_tokens",
     "refuse",
@@ -169,12 +171,14 @@ class LocalLimits:
         self._requests: dict[str, Bucket] = {}
         self._tokens: dict[str, Bucket] = {}
         # (day, key, model) -> [requests, prompt tokens, completion tokens]
-        self._usage: dict[tuple[str, str, str], list[int]] = {}
+        self._usage: UsageTable = {}
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
                     running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
         """Check rpm, tpm and max_concurrent (`running`: the key's requests in flight here;
         the scheduler's count is the slot, so `with_slot` changes nothing here)."""
+        if not key.limited:  # most requests: nothing to check, no quota to report
+            return Ticket(key, request_id, model, reserve, _UNLIMITED)
         if key.max_concurrent is not None and running >= key.max_concurrent:
             raise refuse(key, f"{key.max_concurrent} requests in flight at once", 1.0,
                          self._quota(key))  # fmt: skip
@@ -217,11 +221,7 @@ class LocalLimits:
         bucket = self._tokens.get(key.name)
         if key.tpm is not None and bucket is not None:
             self._tokens[key.name] = settle(bucket, self._clock(), key.tpm, ticket.reserved - used)
-        counts = self._usage.setdefault((utc_day(time.time()), key.name, ticket.model), [0, 0, 0])
-        counts[0] += 1
-        if usage is not None:
-            counts[1] += usage.prompt_tokens
-            counts[2] += usage.completion_tokens
+        count_usage(self._usage, ticket, usage)
 
     async def usage(self) -> list[dict[str, Any]]:
         return [usage_row(day, key, model, *counts)
@@ -229,6 +229,21 @@ class LocalLimits:
 
     async def close(self) -> None:
         pass
+
+
+_UNLIMITED = Quota()
+
+# Requests and prompt / completion tokens, by (day, key name, model).
+UsageTable = dict[tuple[str, str, str], list[int]]
+
+
+def count_usage(table: UsageTable, ticket: Ticket, usage: Usage | None) -> None:
+    """Add one ended request (and the tokens it used, if known) to `table`."""
+    counts = table.setdefault((utc_day(time.time()), ticket.key.name, ticket.model), [0, 0, 0])
+    counts[0] += 1
+    if usage is not None:
+        counts[1] += usage.prompt_tokens
+        counts[2] += usage.completion_tokens
 
 
 def usage_row(day: str, key: str, model: str, requests: int, prompt: int,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,7 +30,15 @@ from workers.engine import Usage
 
 from ..config.file import KeyConfig, RedisConfig
 from ..errors import Unavailable
-from .local import LocalLimits, Quota, Ticket, refuse, usage_row, utc_day
+from .local import (
+    LocalLimits,
+    Quota,
+    Ticket,
+    UsageTable,
+    count_usage,
+    refuse,
+    usage_row,
+)
 
 __all__ = ["RedisLimits"]
 
@@ -139,6 +146,20 @@ class _Owed:
     tpm: int = 0  # the key's tpm, to settle the tokens against (0: none)
 
 
+def _soon(
+    pending: asyncio.Task[None] | None, delay: float, work: Callable[[], Awaitable[None]]
+) -> asyncio.Task[None]:
+    """`pending` if it has yet to run; else a task running `work` in `delay` seconds."""
+    if pending is not None and not pending.done():
+        return pending
+
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        await work()
+
+    return asyncio.get_running_loop().create_task(later())
+
+
 def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode()
 
@@ -166,7 +187,7 @@ class RedisLimits:
         self._member = f"{os.uname().nodename}:{os.getpid()}:"
         self._down_until = 0.0
         self._renewer: asyncio.Task[None] | None = None
-        self._usage: dict[tuple[str, str, str], list[int]] = {}  # not yet written to Redis
+        self._usage: UsageTable = {}  # not yet written to Redis
         self._flusher: asyncio.Task[None] | None = None
         self._owed: dict[str, _Owed] = {}  # by key name: what ended requests give back
         self._settler: asyncio.Task[None] | None = None
@@ -241,12 +262,7 @@ class RedisLimits:
         kept.tokens += owed.tokens
         kept.slots += owed.slots
         kept.tpm = owed.tpm or kept.tpm
-        if self._settler is None or self._settler.done():
-            self._settler = asyncio.get_running_loop().create_task(self._settle_soon())
-
-    async def _settle_soon(self) -> None:
-        await asyncio.sleep(_SETTLE_EVERY)
-        await self._settle()
+        self._settler = _soon(self._settler, _SETTLE_EVERY, self._settle)
 
     async def _settle(self) -> None:
         """Send what no check took along, every key in one pipeline."""
@@ -263,18 +279,8 @@ class RedisLimits:
 
     def _count(self, ticket: Ticket, usage: Usage | None) -> None:
         """Add the request to the usage written at the next flush."""
-        counts = self._usage.setdefault((utc_day(time.time()), ticket.key.name, ticket.model),
-                                        [0, 0, 0])  # fmt: skip
-        counts[0] += 1
-        if usage is not None:
-            counts[1] += usage.prompt_tokens
-            counts[2] += usage.completion_tokens
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
-
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(_FLUSH_EVERY)
-        await self._flush()
+        count_usage(self._usage, ticket, usage)
+        self._flusher = _soon(self._flusher, _FLUSH_EVERY, self._flush)
 
     async def _flush(self) -> None:
         """Write the counts added up since the last flush; keep them if Redis is away."""

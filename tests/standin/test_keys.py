@@ -18,10 +18,12 @@ from openai import OpenAI
 from tests.standin.test_metrics import scrape, value
 from tests.support import (
     CHAT,
+    JSON_LOG,
     REPO,
     GatewayProcess,
     api_key,
     assert_error,
+    running_gateway,
     standin,
     wait_until,
 )
@@ -42,13 +44,8 @@ CONFIG: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess(CONFIG, tmp_path_factory.mktemp("keys"), api_key=ADMIN,
-                             log=("--log-level", "info", "--log-format", "json"))  # fmt: skip
-    gateway.start()
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("keys"), api_key=ADMIN,
+                               log=JSON_LOG)  # fmt: skip
 
 
 def as_key(gateway: GatewayProcess, key: str) -> httpx.Client:

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     CHAT,
+    JSON_LOG,
     GatewayProcess,
     assert_error,
     running_gateway,
@@ -152,7 +153,7 @@ def test_tokens_are_counted_from_the_worker_s_usage_streams_included(
 
 def test_metrics_can_be_turned_off_and_the_request_log_stays(tmp_path: Path) -> None:
     config = {"server": {"metrics": False}, "models": [standin("m")]}
-    gateway = GatewayProcess(config, tmp_path, log=("--log-level", "info", "--log-format", "json"))
+    gateway = GatewayProcess(config, tmp_path, log=JSON_LOG)
     gateway.start()
     try:
         with gateway.client() as client:

@@ -8,19 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import CHAT, GatewayProcess, standin, wait_until
+from tests.support import CHAT, JSON_LOG, GatewayProcess, running_gateway, standin, wait_until
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {"models": [{**standin("m", replicas=2), "aliases": ["m-alias"]}]}
-    gateway = GatewayProcess(config, tmp_path_factory.mktemp("request-log"),
-                             log=("--log-level", "info", "--log-format", "json"))  # fmt: skip
-    gateway.start()
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from running_gateway(config, tmp_path_factory.mktemp("request-log"), log=JSON_LOG)
 
 
 def lines(gateway: GatewayProcess) -> list[dict[str, Any]]:
