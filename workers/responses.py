@@ -1,13 +1,10 @@
-"""OpenAI's Responses API (`POST /v1/responses`) on the chat path we already have.
+"""A chat answer, or its stream, as OpenAI's Responses API sends it (`POST /v1/responses`).
 
-A request becomes chat parameters (instructions as the system message, `input` as the turns,
-`max_output_tokens`, `temperature`, `top_p`, `text.format` as a response format); the chat
-answer, or its stream, becomes a `Response`, or the Responses event sequence. It is done here
-in the worker, which shapes every answer already: the gateway relays the bytes as for any other
-endpoint, so queueing, limits, metrics and cancellation apply unchanged.
-
-Not served yet (a 400 that says so): function tools and function-call items in `input`, and
-`previous_response_id` (responses are not stored: every Response says `store: false`).
+The request side is workers.responses_request. This is done in the worker, which shapes every
+answer already: the gateway relays the bytes as for any other endpoint, so queueing, limits,
+metrics and cancellation apply unchanged. A chat answer's text becomes a `message` output item
+and each of its tool calls a `function_call` item; a stream announces each item when its first
+piece arrives and closes them all, in order, when the generation ends.
 """
 
 from __future__ import annotations
@@ -20,126 +17,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.engine import RawChunk, Usage
-from workers.errors import invalid_request
-from workers.params import ChatParams, parse_chat
+from workers.responses_request import ResponseMeta
 
-__all__ = [
-    "ResponseMeta",
-    "ResponseStream",
-    "answer_text",
-    "parse_response_request",
-    "response_body",
-    "sse",
-]
-
-_ROLES = {"user", "assistant", "system", "developer"}
-_TEXT_PARTS = {"input_text", "output_text", "text"}
+__all__ = ["Answer", "ResponseStream", "answer_output", "chat_answer", "response_body", "sse"]
 
 
 @dataclass
-class ResponseMeta:
-    """What a Response echoes of its request, and its ids."""
+class Answer:
+    """What a chat generation produced: text, tool calls (each its output item), finish."""
 
-    model: str
-    instructions: str | None
-    temperature: float
-    top_p: float
-    max_output_tokens: int | None
-    text_format: dict[str, Any]
-    metadata: dict[str, Any]
-    id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
-    message_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
-    created_at: int = field(default_factory=lambda: int(time.time()))
+    text: str = ""
+    calls: list[dict[str, Any]] = field(default_factory=list)  # function_call output items
+    finish: str | None = None
 
 
-def parse_response_request(body: Mapping[str, Any], model: str) -> tuple[ChatParams, ResponseMeta]:
-    """Chat parameters for a Responses request, and what its Response echoes."""
-    _refuse_unserved(body)
-    instructions = body.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise invalid_request("'instructions' must be a string", "instructions")
-    messages = ([{"role": "system", "content": instructions}] if instructions else []) + _turns(
-        body.get("input")
-    )
-    text_format = _text_format(body.get("text"))
-    chat: dict[str, Any] = {"messages": messages, "stream": bool(body.get("stream"))}
-    for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
-                         ("top_p", "top_p")):  # fmt: skip
-        if body.get(ours) is not None:
-            chat[theirs] = body[ours]
-    if text_format["type"] != "text":
-        chat["response_format"] = _response_format(text_format)
-    params = parse_chat(chat)
-    given = body.get("metadata")
-    metadata: dict[str, Any] = given if isinstance(given, dict) else {}
-    meta = ResponseMeta(model, instructions, float(params.options.get("temperature", 1.0)),
-                        float(params.options.get("top_p", 1.0)), params.options.get("max_tokens"),
-                        text_format, metadata)  # fmt: skip
-    return params, meta
+def chat_answer(raw: RawChunk) -> Answer:
+    """The Answer of a whole chat completion."""
+    choice = (raw.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    calls = [
+        _call_item(call.get("id"), call["function"]) for call in message.get("tool_calls") or []
+    ]
+    return Answer(message.get("content") or "", calls, choice.get("finish_reason"))
 
 
-def _refuse_unserved(body: Mapping[str, Any]) -> None:
-    if body.get("previous_response_id") is not None:
-        raise invalid_request("previous_response_id is not supported: responses are not stored "
-                              "here; send the whole conversation as 'input'",
-                              "previous_response_id")  # fmt: skip
-    if body.get("tools"):
-        raise invalid_request("tools are not supported on /v1/responses here yet; use "
-                              "/v1/chat/completions for tool calls", "tools")  # fmt: skip
-
-
-def _turns(value: Any) -> list[dict[str, Any]]:
-    if isinstance(value, str) and value:
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise invalid_request("'input' must be a non-empty string or array of items", "input")
-    return [_turn(item, f"input[{index}]") for index, item in enumerate(value)]
-
-
-def _turn(item: Any, param: str) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        raise invalid_request(f"{param} must be an object", param)
-    kind = item.get("type", "message")
-    if kind != "message":
-        raise invalid_request(f"{param}: items of type '{kind}' are not supported here yet "
-                              "(messages are)", param)  # fmt: skip
-    role = item.get("role")
-    if role not in _ROLES:
-        raise invalid_request(f"{param}.role must be one of {sorted(_ROLES)}", f"{param}.role")
-    return {"role": "system" if role == "developer" else role,
-            "content": _text(item.get("content"), f"{param}.content")}  # fmt: skip
-
-
-def _text(content: Any, param: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise invalid_request(f"{param} must be a string or an array of parts", param)
-    texts = []
-    for part in content:
-        if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS:
-            raise invalid_request(f"{param}: only text parts are supported", param)
-        if not isinstance(part.get("text"), str):
-            raise invalid_request(f"{param}: a text part needs 'text'", param)
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-def _text_format(text: Any) -> dict[str, Any]:
-    fmt = text.get("format") if isinstance(text, dict) else None
-    if fmt is None:
-        return {"type": "text"}
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise invalid_request("'text.format.type' must be text, json_object or json_schema",
-                              "text.format")  # fmt: skip
-    return dict(fmt)
-
-
-def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
-    if fmt["type"] == "json_object":
-        return {"type": "json_object"}
-    schema = {key: fmt[key] for key in ("name", "schema", "strict", "description") if key in fmt}
-    return {"type": "json_schema", "json_schema": schema}
+def _call_item(call_id: Any, function: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}",
+            "call_id": call_id or f"call_{uuid.uuid4().hex[:24]}", "name": function.get("name"),
+            "arguments": function.get("arguments") or "", "status": "completed"}  # fmt: skip
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -159,11 +64,21 @@ def _message(meta: ResponseMeta, text: str | None, status: str) -> dict[str, Any
             "content": [] if text is None else [_part(text)]}  # fmt: skip
 
 
-def response_body(meta: ResponseMeta, text: str | None, usage: Usage | None,
-                  finish_reason: str | None) -> dict[str, Any]:  # fmt: skip
-    """The Response: in progress (`text` None), completed, or cut short by max_output_tokens."""
-    done = text is not None
-    cut = finish_reason == "length"
+def _item_status(finish: str | None) -> str:
+    return "incomplete" if finish == "length" else "completed"
+
+
+def answer_output(meta: ResponseMeta, answer: Answer) -> list[dict[str, Any]]:
+    """The output items of a whole answer: its message (unless it only calls tools), its calls."""
+    status = _item_status(answer.finish)
+    message = [_message(meta, answer.text, status)] if answer.text or not answer.calls else []
+    return message + [{**call, "status": status} for call in answer.calls]
+
+
+def response_body(meta: ResponseMeta, output: list[dict[str, Any]] | None, usage: Usage | None,
+                  finish: str | None) -> dict[str, Any]:  # fmt: skip
+    """The Response: in progress (`output` None), completed, or cut short by max_output_tokens."""
+    done, cut = output is not None, finish == "length"
     status = "in_progress" if not done else "incomplete" if cut else "completed"
     body: dict[str, Any] = {
         "id": meta.id, "object": "response", "created_at": meta.created_at, "status": status,
@@ -171,59 +86,105 @@ def response_body(meta: ResponseMeta, text: str | None, usage: Usage | None,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if done and cut else None,
         "instructions": meta.instructions, "max_output_tokens": meta.max_output_tokens,
-        "model": meta.model, "metadata": meta.metadata,
-        "output": [_message(meta, text, "incomplete" if cut else "completed")] if done else [],
-        "parallel_tool_calls": True, "temperature": meta.temperature, "top_p": meta.top_p,
-        "tool_choice": "auto", "tools": [], "store": False, "text": {"format": meta.text_format},
+        "model": meta.model, "metadata": meta.metadata, "output": output or [],
+        "parallel_tool_calls": meta.parallel_tool_calls, "temperature": meta.temperature,
+        "top_p": meta.top_p, "tool_choice": meta.tool_choice, "tools": meta.tools,
+        "store": False, "text": {"format": meta.text_format},
     }  # fmt: skip
     if usage is not None:  # the spec has no null usage: an unfinished Response has none
         body["usage"] = _usage(usage)
     return body
 
 
-def answer_text(raw: RawChunk) -> tuple[str, str | None]:
-    """The text and finish reason of a whole chat completion."""
-    choice = (raw.get("choices") or [{}])[0]
-    return (choice.get("message") or {}).get("content") or "", choice.get("finish_reason")
-
-
 class ResponseStream:
-    """Turns a chat stream's raw chunks into the Responses events, each numbered in turn."""
+    """Turns a chat stream's raw chunks into the Responses events, each numbered in turn.
+
+    An output item is announced when its first piece arrives (the message at its first text,
+    a function call at its first delta) and all are closed, in order, when the stream ends.
+    """
 
     def __init__(self, meta: ResponseMeta):
         self.meta = meta
         self._sequence = 0
-        self._text: list[str] = []
+        self._items: list[dict[str, Any]] = []  # output items in the order they opened
+        self._text: list[str] | None = None  # the message's text, once it has opened
+        self._calls: dict[int, dict[str, Any]] = {}  # a chat tool-call index -> its item
         self._finish: str | None = None
 
     def opening(self) -> list[dict[str, Any]]:
-        meta, pending = self.meta, response_body(self.meta, None, None, None)
+        pending = response_body(self.meta, None, None, None)
         return [self._event("response.created", response=pending),
-                self._event("response.in_progress", response=pending),
-                self._event("response.output_item.added", output_index=0,
-                            item=_message(meta, None, "in_progress")),
-                self._event("response.content_part.added", output_index=0, content_index=0,
-                            item_id=meta.message_id, part=_part(""))]  # fmt: skip
+                self._event("response.in_progress", response=pending)]  # fmt: skip
 
     def chunk(self, raw: RawChunk) -> list[dict[str, Any]]:
         choice = (raw.get("choices") or [{}])[0]
         self._finish = choice.get("finish_reason") or self._finish
-        delta = (choice.get("delta") or {}).get("content")
-        if not delta:
-            return []
-        self._text.append(delta)
-        return [self._event("response.output_text.delta", output_index=0, content_index=0,
-                            item_id=self.meta.message_id, delta=delta, logprobs=[])]  # fmt: skip
+        delta = choice.get("delta") or {}
+        events = self._text_delta(delta["content"]) if delta.get("content") else []
+        for call in delta.get("tool_calls") or []:
+            events += self._call_delta(call)
+        return events
 
     def closing(self, usage: Usage) -> list[dict[str, Any]]:
-        meta, text = self.meta, "".join(self._text)
-        done = response_body(meta, text, usage, self._finish)
-        at = {"output_index": 0, "content_index": 0, "item_id": meta.message_id}
-        return [self._event("response.output_text.done", **at, text=text, logprobs=[]),
-                self._event("response.content_part.done", **at, part=_part(text)),
-                self._event("response.output_item.done", output_index=0,
-                            item=done["output"][0]),
-                self._event(f"response.{done['status']}", response=done)]  # fmt: skip
+        events = [] if self._items else self._open_message()  # an empty answer is a message
+        status = _item_status(self._finish)
+        for index, item in enumerate(self._items):
+            item["status"] = status
+            events += self._closed(index, item)
+        done = response_body(self.meta, self._items, usage, self._finish)
+        return [*events, self._event(f"response.{done['status']}", response=done)]
+
+    def _text_delta(self, delta: str) -> list[dict[str, Any]]:
+        events = self._open_message() if self._text is None else []
+        assert self._text is not None
+        self._text.append(delta)
+        at = self._at_text()
+        return [*events, self._event("response.output_text.delta", **at, delta=delta, logprobs=[])]
+
+    def _open_message(self) -> list[dict[str, Any]]:
+        self._text = []
+        self._items.append(_message(self.meta, None, "in_progress"))
+        return [
+            self._added(len(self._items) - 1),
+            self._event("response.content_part.added", **self._at_text(), part=_part("")),
+        ]
+
+    def _call_delta(self, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+        function, index = raw.get("function") or {}, raw.get("index", 0)
+        events = []
+        if index not in self._calls:  # llama repeats id and name in every delta: use the first
+            item = {**_call_item(raw.get("id"), {"name": function.get("name")}),
+                    "status": "in_progress"}  # fmt: skip
+            self._calls[index] = item
+            self._items.append(item)
+            events.append(self._added(len(self._items) - 1))
+        item, piece = self._calls[index], function.get("arguments") or ""
+        if piece:
+            item["arguments"] += piece
+            events.append(self._event("response.function_call_arguments.delta", delta=piece,
+                                      output_index=self._items.index(item),
+                                      item_id=item["id"]))  # fmt: skip
+        return events
+
+    def _closed(self, index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
+        if item["type"] == "function_call":
+            events = [self._event("response.function_call_arguments.done", output_index=index,
+                                  item_id=item["id"], name=item["name"],
+                                  arguments=item["arguments"])]  # fmt: skip
+        else:
+            text, at = "".join(self._text or []), self._at_text()
+            item["content"] = [part := _part(text)]
+            events = [self._event("response.output_text.done", **at, text=text, logprobs=[]),
+                      self._event("response.content_part.done", **at, part=part)]  # fmt: skip
+        return [*events, self._event("response.output_item.done", output_index=index, item=item)]
+
+    def _at_text(self) -> dict[str, Any]:
+        index = next(i for i, item in enumerate(self._items) if item["type"] == "message")
+        return {"output_index": index, "content_index": 0, "item_id": self.meta.message_id}
+
+    def _added(self, index: int) -> dict[str, Any]:
+        item = dict(self._items[index])  # as it stood when it opened
+        return self._event("response.output_item.added", output_index=index, item=item)
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         self._sequence += 1

@@ -35,13 +35,9 @@ from workers.params import (
     parse_completion,
     parse_embedding,
 )
-from workers.responses import (
-    ResponseStream,
-    answer_text,
-    parse_response_request,
-    response_body,
-)
+from workers.responses import ResponseStream, answer_output, chat_answer, response_body
 from workers.responses import sse as response_sse
+from workers.responses_request import parse_response_request
 from workers.runner import EngineThread, ThreadStream
 from workers.shaping import (
     SSE_DONE,
@@ -406,10 +402,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
             write = partial(_write_response_events, shaper=ResponseStream(meta))
             return await _sse(request, thread.stream(make, cancel), write, record)
         raw = await thread.call(partial(worker.engine.chat, params, cancel), cancel)
-        text, finish = answer_text(raw)
-        usage = raw.get("usage") or {}
+        answer, usage = chat_answer(raw), raw.get("usage") or {}
         counted = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-        return _with_usage(response_body(meta, text, counted, finish), counted)
+        body = response_body(meta, answer_output(meta, answer), counted, answer.finish)
+        return _with_usage(body, counted)
 
 
 async def _write_response_events(

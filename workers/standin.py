@@ -31,6 +31,7 @@ from workers.engine import (
     check_token_ids,
 )
 from workers.params import ChatParams, CompletionParams, Prompt
+from workers.tools import tool_call_chunks
 
 __all__ = ["StandinEngine", "StandinOptions"]
 
@@ -119,6 +120,9 @@ class StandinEngine:
     def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
         check_request_tokens(None, params.options, self.options.n_vocab, "messages")
         prompt_tokens = self._chat_prompt_tokens(params)
+        call = _forced_call(params.options)
+        if call is not None:
+            return _tool_call_answer(call, Usage(prompt_tokens, 1))
         max_tokens = params.options.get("max_tokens")
         count = self._budget(prompt_tokens, max_tokens)
         text = "".join(self._pieces(count, cancel))
@@ -141,6 +145,11 @@ class StandinEngine:
     def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
         check_request_tokens(None, params.options, self.options.n_vocab, "messages")
         prompt_tokens = self._chat_prompt_tokens(params)
+        call = _forced_call(params.options)
+        if call is not None:
+            yield from tool_call_chunks(_tool_call_answer(call, Usage(prompt_tokens, 1)))
+            yield Usage(prompt_tokens, 1)
+            return
         max_tokens = params.options.get("max_tokens")
         count = self._budget(prompt_tokens, max_tokens)
         yield _chat_chunk({"role": "assistant"}, None)
@@ -191,6 +200,28 @@ class StandinEngine:
         raw = [digest[i % len(digest)] - 127.5 for i in range(self.options.embedding_dim)]
         norm = math.sqrt(sum(x * x for x in raw)) or 1.0
         return [x / norm for x in raw]
+
+
+def _forced_call(options: dict[str, Any]) -> dict[str, Any] | None:
+    """A forced tool call's canned answer: the named tool (or, if required, the first), `{}`."""
+    choice = options.get("tool_choice")
+    if choice == "required":
+        name = options["tools"][0]["function"]["name"]
+    elif isinstance(choice, dict):
+        name = choice["function"]["name"]
+    else:
+        return None
+    return {"id": "call_standin", "type": "function",
+            "function": {"name": name, "arguments": "{}"}}  # fmt: skip
+
+
+def _tool_call_answer(call: dict[str, Any], usage: Usage) -> RawChunk:
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    return {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
+            "created": int(time.time()), "model": "standin",
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls"}],
+            "usage": _usage_dict(usage)}  # fmt: skip
 
 
 def _usage_dict(usage: Usage) -> dict[str, int]:

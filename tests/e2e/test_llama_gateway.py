@@ -14,39 +14,18 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.e2e.pool import LLAMA
 from tests.support import (
-    GEMMA3,
     SMOLLM2,
     GatewayProcess,
     assert_valid,
     assert_valid_completion_stream,
     pid_alive,
-    running_gateway,
     sse_data,
     wait_until,
 )
 
-LLAMA = {"n_ctx": 1024, "n_threads": 1}
-CONFIG = {
-    "models": [
-        {"name": "smollm2", "aliases": ["gpt-3.5-turbo"], "path": str(SMOLLM2), "replicas": 2,
-         "llama": LLAMA},
-        {"name": "gemma3-270m", "path": str(GEMMA3), "llama": LLAMA},
-        {"name": "smollm2-embed", "path": str(SMOLLM2),
-         "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True}},
-    ]
-}  # fmt: skip
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello in three words."}]
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture
@@ -187,6 +166,49 @@ def test_the_responses_api_follows_a_json_schema(client: openai.OpenAI) -> None:
         text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
     )  # fmt: skip
     assert isinstance(json.loads(reply.output_text)["ok"], bool)
+
+
+RESPONSE_TOOLS: list[Any] = [
+    {"type": "function", "name": "get_weather", "description": "The weather in a city",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                    "required": ["city"]}},
+    {"type": "function", "name": "get_time", "description": "The time in a time zone",
+     "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                    "required": ["zone"]}},
+]  # fmt: skip
+
+
+def test_the_responses_api_calls_one_of_two_tools_and_reads_its_output(
+    client: openai.OpenAI,
+) -> None:
+    question = "What is the weather in Paris?"
+    raw = client.responses.with_raw_response.create(
+        model="smollm2", input=question, tools=RESPONSE_TOOLS, tool_choice="required",
+        max_output_tokens=48,
+    )  # fmt: skip
+    assert_valid("Response", raw.http_response.json())
+    (call,) = raw.parse().output
+    assert call.type == "function_call" and call.name in ("get_weather", "get_time")
+    assert json.loads(call.arguments)
+    history: Any = [{"role": "user", "content": question}, call.model_dump(exclude_none=True),
+                    {"type": "function_call_output", "call_id": call.call_id,
+                     "output": "Sunny, 21 C"}]  # fmt: skip
+    reply = client.responses.create(model="smollm2", input=history, tools=RESPONSE_TOOLS,
+                                    max_output_tokens=16)  # fmt: skip
+    assert reply.output_text and reply.output[0].type == "message"
+
+
+def test_the_responses_api_streams_a_tool_call(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(
+        model="smollm2", input="What time is it in Tokyo?", tools=RESPONSE_TOOLS,
+        tool_choice={"type": "function", "name": "get_time"}, max_output_tokens=32, stream=True,
+    ))  # fmt: skip
+    for event in events:
+        assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True))
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done.name == "get_time" and "zone" in json.loads(done.arguments)
+    (call,) = events[-1].response.output
+    assert call.type == "function_call" and call.arguments == done.arguments
 
 
 def test_n_choices_come_back_as_n_whole_answers(client: openai.OpenAI) -> None:

@@ -571,11 +571,27 @@ def test_responses_stream_is_openai_s_event_sequence(worker: WorkerProcess) -> N
     assert events[-1]["response"]["usage"]["output_tokens"] == 8
 
 
+def test_responses_answer_a_forced_tool_call_streamed_and_not(worker: WorkerProcess) -> None:
+    tools = [{"type": "function", "name": name, "parameters": {"type": "object"}}
+             for name in ("get_weather", "get_time")]  # fmt: skip
+    body = {"input": "hi", "tools": tools, "tool_choice": {"type": "function", "name": "get_time"}}
+    answer = worker.client.post("/v1/responses", json=body).json()
+    assert_valid("Response", answer)
+    (call,) = answer["output"]
+    assert (call["type"], call["name"], call["arguments"]) == ("function_call", "get_time", "{}")
+    events = response_events(worker, body)
+    for event in events:
+        assert_valid("ResponseStreamEvent", event)
+    (done,) = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert (done["name"], done["arguments"]) == ("get_time", "{}")
+    assert events[-1]["response"]["output"][0]["name"] == "get_time"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-     ({"input": "hi", "tools": [{"type": "function", "name": "f"}]}, "tools"),
-     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0]"),
+     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
      ({"input": ""}, "input"),
      ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format")],
 )  # fmt: skip
