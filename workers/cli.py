@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from workers.embedding_policy import EmbeddingPolicy
-from workers.engine import Engine
+from workers.engine import Model
 from workers.lifeline import tie_to_parent
 from workers.logs import log, set_log_name
 from workers.server import SECRET_ENV, Worker, build_app
@@ -56,7 +56,10 @@ def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
     )
     parser.add_argument("--parent-pid", type=int, help="exit as soon as this parent dies")
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="requests served at once (stand-in only)"
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests served at once (llama: slots decoded in one batch over one model copy)",
     )
     parser.add_argument(
         "--matryoshka", action="store_true", help="embeddings may be shortened (dimensions)"
@@ -75,7 +78,7 @@ def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
     return parser
 
 
-def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Engine:
+def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Model:
     if args.engine == "standin":
         try:
             return StandinEngine(StandinOptions.from_json(args.standin_json))
@@ -83,6 +86,10 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Engine
             parser.error(f"--standin-json: {exc}")
     if not args.model_path:
         parser.error("--model-path is required with --engine llama")
+    if args.concurrency > 1:  # slots batched over one copy of the weights
+        from workers.batched_engine import BatchedLlamaEngine
+
+        return BatchedLlamaEngine(args.model_path, args.llama_json, args.concurrency)
     from workers.llama_engine import LlamaEngine
 
     return LlamaEngine(args.model_path, args.llama_json)
@@ -122,8 +129,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
     if args.parent_pid is not None:
         tie_to_parent(args.parent_pid)
     set_log_name(args.model_name, args.replica)
-    if args.concurrency < 1 or (args.engine == "llama" and args.concurrency != 1):
-        parser.error("--concurrency must be 1 for llama (a context is not re-entrant), >= 1 else")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    if args.concurrency > 1 and args.llama_json.get("embedding"):
+        parser.error("--concurrency must be 1 for an embedding model (batching is for generation)")
     secret = os.environ.pop(SECRET_ENV, None)  # not inherited by anything this process starts
     engine = _engine(args, parser)
     path = args.model_path if args.engine == "llama" else None

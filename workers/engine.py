@@ -24,6 +24,7 @@ __all__ = [
     "Engine",
     "EngineInfo",
     "GenerationCancelled",
+    "Model",
     "RawChunk",
     "StreamItem",
     "Usage",
@@ -183,13 +184,9 @@ class CancelToken:
 
 
 class Engine(Protocol):
+    """Serves requests: each call blocks, on the engine thread of the slot it serves."""
+
     kind: str
-
-    def load(self) -> EngineInfo: ...
-
-    def warm_up(self) -> None:
-        """Compute once, on a batch of several tokens, before the worker says it is ready."""
-        ...
 
     def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk: ...
 
@@ -205,4 +202,20 @@ class Engine(Protocol):
 
     def embed(self, inputs: list[str] | list[list[int]], cancel: CancelToken) -> EmbeddingResult:
         """Check `cancel` between inputs (or small batches of them)."""
+        ...
+
+
+class Model(Protocol):
+    """What a worker loads: a model and the engine of each of its slots."""
+
+    kind: str
+
+    def load(self) -> EngineInfo: ...
+
+    def warm_up(self) -> None:
+        """Compute once, on a batch of several tokens, before the worker says it is ready."""
+        ...
+
+    def slot(self, index: int) -> Engine:
+        """The engine serving slot `index`: itself, unless each slot has its own (batching)."""
         ...

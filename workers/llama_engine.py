@@ -25,6 +25,7 @@ from workers.engine import (
     ContextLengthExceeded,
     EmbeddingResult,
     EmbeddingsDisabled,
+    Engine,
     EngineInfo,
     RawChunk,
     StreamItem,
@@ -94,7 +95,7 @@ class _TokenMeter:
         setattr(llama, "generate", self._checked_generate)  # noqa: B010 - instance override
 
     def begin(self, cancel: CancelToken, max_tokens: int | None = None) -> None:
-        self._cancel = cancel
+        self.cancel = cancel
         self._max_tokens = max_tokens
         self._prompt_tokens: int | None = None
         self._sampled = 0
@@ -109,7 +110,7 @@ class _TokenMeter:
         return self._generate(tokens, *args, **kwargs)
 
     def _metered_sample(self, *args: Any, **kwargs: Any) -> int:
-        self._cancel.raise_if_cancelled()
+        self.cancel.raise_if_cancelled()
         if self._prompt_tokens is None:
             # The first sample follows the prompt's evaluation: n_tokens is the prompt length.
             self._prompt_tokens = int(self._llama.n_tokens)
@@ -124,9 +125,10 @@ class _TokenMeter:
         return Usage(self._prompt_tokens or 0, completion)
 
 
-def _context_error(exc: ValueError) -> ContextLengthExceeded | None:
+def _context_error(exc: ValueError, n_ctx: int) -> ContextLengthExceeded | None:
+    # The message names the llama.cpp context's size, which a batching worker's slots share.
     match = _CONTEXT_ERROR.search(str(exc))
-    return ContextLengthExceeded(int(match[1]), int(match[2])) if match else None
+    return ContextLengthExceeded(int(match[1]), n_ctx) if match else None
 
 
 def _batches(texts: list[str], counts: list[int], n_batch: int) -> Iterator[list[str]]:
@@ -166,16 +168,41 @@ class LlamaEngine:
         import llama_cpp  # imported here: the stand-in never pays for it
 
         llama = llama_cpp.Llama(model_path=self.model_path, **self.kwargs)
-        vocab = llama._model.vocab
-        self._meter = _TokenMeter(llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)))
-        self._literal = LiteralContents(llama)
-        self._max_token_bytes = _longest_token_bytes(llama_cpp, vocab, int(llama.n_vocab()))
-        self._llama = llama
+        self.adopt(llama)
         return EngineInfo(
             n_ctx=int(llama.n_ctx()),
             n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)),
             embedding=bool(self.kwargs.get("embedding", False)),
         )
+
+    def adopt(self, llama: Any, max_token_bytes: int | None = None) -> LlamaEngine:
+        """Serve with this loaded `Llama` (or a slot of one: workers.batched_engine)."""
+        import llama_cpp
+
+        vocab = llama._model.vocab
+        self._meter = _TokenMeter(llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)))
+        self._literal = LiteralContents(llama)
+        if max_token_bytes is None:
+            max_token_bytes = _longest_token_bytes(llama_cpp, vocab, int(llama.n_vocab()))
+        self._max_token_bytes = max_token_bytes
+        self._llama = llama
+        return self
+
+    def sibling(self, llama: Any) -> LlamaEngine:
+        """An engine like this one serving another slot `llama` of the same model."""
+        return LlamaEngine(self.model_path, self.kwargs).adopt(llama, self._max_token_bytes)
+
+    @property
+    def llama(self) -> Any:
+        return self._llama
+
+    def slot(self, index: int) -> Engine:
+        return self
+
+    def raise_if_cancelled(self) -> None:
+        """Raise GenerationCancelled if the request now being served has been cancelled."""
+        assert self._meter is not None, "model not loaded"
+        self._meter.cancel.raise_if_cancelled()
 
     def warm_up(self) -> None:
         """Decode one multi-token batch, as llama-server does before it accepts requests."""
@@ -220,7 +247,7 @@ class LlamaEngine:
             message = f"The chat template rejected the messages: {exc}"
             raise invalid_request(message, "messages") from exc
         except ValueError as exc:
-            error = _context_error(exc)
+            error = _context_error(exc, int(self._llama.n_ctx()))
             if error is None:
                 raise
             raise error from exc

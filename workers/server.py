@@ -22,6 +22,7 @@ from workers.engine import (
     EmbeddingResult,
     EmbeddingsDisabled,
     Engine,
+    Model,
     RawChunk,
     StreamItem,
     Usage,
@@ -78,12 +79,13 @@ def _shaped(shape: Shaper) -> Writer:
 
 
 class Worker:
-    """One model behind `concurrency` slots, each with its own engine thread (llama: one)."""
+    """One model behind `concurrency` slots, each with its own engine thread and the engine
+    that serves it (`model.slot(i)`: a batching llama model has one per slot)."""
 
     def __init__(
         self,
         model: str,
-        engine: Engine,
+        engine: Model,
         path: str | None,
         concurrency: int = 1,
         phase_fd: int | None = None,
@@ -92,21 +94,21 @@ class Worker:
         self.model = model
         self.engine = engine
         self.embedding_policy = embedding_policy or EmbeddingPolicy()
-        self._free = [EngineThread(f"engine-{i}") for i in range(concurrency)]
-        self.thread = self._free[0]  # loads the model
+        self._free = [(EngineThread(f"engine-{i}"), i) for i in range(concurrency)]
+        self.thread = self._free[0][0]  # loads the model
         self.status = WorkerStatus(model, engine.kind, path, concurrency, phase_fd)
 
     @asynccontextmanager
     async def generation(
         self, request_id: str, endpoint: str
-    ) -> AsyncIterator[tuple[RequestRecord, EngineThread]]:
-        """A slot and its engine thread for one request, recorded in /status."""
+    ) -> AsyncIterator[tuple[RequestRecord, EngineThread, Engine]]:
+        """A slot, its engine thread and its engine for one request, recorded in /status."""
         async with self.status.generation(request_id, endpoint) as record:
-            thread = self._free.pop()  # the slot guarantees one is free
+            slot = self._free.pop()  # the semaphore guarantees one is free
             try:
-                yield record, thread
+                yield record, slot[0], self.engine.slot(slot[1])
             finally:
-                self._free.append(thread)
+                self._free.append(slot)
 
     async def load(self) -> bool:
         """Load the model, then warm it up: no request is served before both have passed."""
@@ -226,15 +228,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     params = parse_chat(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
-    async with worker.generation(_request_id(request), request.path) as (record, thread):
+    async with worker.generation(_request_id(request), request.path) as (record, thread, engine):
         if params.stream:
             shapers = _ChoiceShapers(partial(_chat_stream_shaper, worker.model, id_, created,
                                              params))  # fmt: skip
-            make = partial(_chat_generations, worker.engine, params, cancel)
+            make = partial(_chat_generations, engine, params, cancel)
             return await _sse(request, thread.stream(make, cancel), _shaped(shapers.shape), record)
 
         def run_all() -> list[RawChunk]:
-            return [worker.engine.chat(params, cancel) for _ in range(params.n)]
+            return [engine.chat(params, cancel) for _ in range(params.n)]
 
         raws = await thread.call(run_all, cancel)
         bodies = [shape_chat(raw, model=worker.model, id_=id_, top_logprobs=params.top_logprobs,
@@ -321,8 +323,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     params = parse_completion(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("cmpl"), int(time.time()), CancelToken()
-    engine = worker.engine
-    async with worker.generation(_request_id(request), request.path) as (record, thread):
+    async with worker.generation(_request_id(request), request.path) as (record, thread, engine):
         if params.stream:
             shaper = partial(_shape_completion_item, worker.model, id_, created, params)
             make = partial(_chain_prompts, engine, params, cancel)
@@ -382,8 +383,8 @@ async def embeddings(request: web.Request) -> web.Response:
     worker.require_ready()
     worker.embedding_policy.check_input(params.inputs)
     cancel = CancelToken()  # set if the client goes away: the engine stops between inputs
-    async with worker.generation(_request_id(request), request.path) as (_, thread):
-        result = await thread.call(partial(worker.engine.embed, params.inputs, cancel), cancel)
+    async with worker.generation(_request_id(request), request.path) as (_, thread, engine):
+        result = await thread.call(partial(engine.embed, params.inputs, cancel), cancel)
     fitted = worker.embedding_policy.fit(result.vectors, params.dimensions)
     result = EmbeddingResult(fitted, result.prompt_tokens)
     body = shape_embeddings(result, model=worker.model, encoding_format=params.encoding_format)
@@ -396,12 +397,12 @@ async def responses(request: web.Request) -> web.StreamResponse:
     params, meta = parse_response_request(await _json_body(request), worker.model)
     worker.require_ready()
     cancel = CancelToken()
-    async with worker.generation(_request_id(request), request.path) as (record, thread):
+    async with worker.generation(_request_id(request), request.path) as (record, thread, engine):
         if params.stream:
-            make = partial(worker.engine.chat_stream, params, cancel)
+            make = partial(engine.chat_stream, params, cancel)
             write = partial(_write_response_events, shaper=ResponseStream(meta))
             return await _sse(request, thread.stream(make, cancel), write, record)
-        raw = await thread.call(partial(worker.engine.chat, params, cancel), cancel)
+        raw = await thread.call(partial(engine.chat, params, cancel), cancel)
         answer, usage = chat_answer(raw), raw.get("usage") or {}
         counted = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         body = response_body(meta, answer_output(meta, answer), counted, answer.finish)

@@ -21,6 +21,7 @@ from workers.engine import (
     CancelToken,
     EmbeddingResult,
     EmbeddingsDisabled,
+    Engine,
     EngineInfo,
     RawChunk,
     StreamItem,
@@ -82,6 +83,9 @@ class StandinEngine:
         return EngineInfo(
             n_ctx=self.options.n_ctx, n_gpu_layers=0, embedding=self.options.embedding_dim > 0
         )
+
+    def slot(self, index: int) -> Engine:
+        return self  # one stand-in serves every slot: it holds no per-request state
 
     def warm_up(self) -> None:
         if self.options.crash_on_warmup:

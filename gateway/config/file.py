@@ -78,7 +78,7 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     engine: str = "llama"
     replicas: int = 1
-    capacity: int = 1  # requests one replica serves at once (a llama.cpp context: 1)
+    capacity: int = 1  # requests one replica serves at once (llama: slots batched in one context)
     gpus: tuple[str, ...] | None = None
     max_queue: int = 64
     queue_timeout: float = 30.0
@@ -302,10 +302,11 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
 
 def _parse_capacity(section: dict[str, Any], engine: str, where: str) -> int:
     capacity: int = checked(section, "capacity", positive, "a positive integer", where, 1)
-    if engine == "llama" and capacity != 1:
+    llama = section.get("llama")
+    if engine == "llama" and capacity > 1 and isinstance(llama, dict) and llama.get("embedding"):
         raise ConfigError(
-            f"{where}capacity: a llama.cpp worker serves one request at a time; "
-            "use replicas for parallelism"
+            f"{where}capacity: an embedding model serves one request at a time (slots batch "
+            "generation); use replicas for parallelism"
         )
     return capacity
 

@@ -75,7 +75,11 @@ def test_gpus_give_each_replica_its_devices(tmp_path: Path, gguf: Path) -> None:
         ([model(gpus=["x"])], {}, "models[0] (m).gpus: expected a list of GPU ids"),
         ([model(path="${NOT_SET_ANYWHERE}/a.gguf")], {}, "NOT_SET_ANYWHERE is not set"),
         ([model(engine="vllm")], {}, "models[0] (m).engine: expected llama or standin"),
-        ([model(capacity=2)], {}, "models[0] (m).capacity: a llama.cpp worker serves one"),
+        (
+            [model(capacity=2, llama={"embedding": True})],
+            {},
+            "models[0] (m).capacity: an embedding model serves one",
+        ),
         ([{"path": "tiny.gguf"}], {}, "models[0].name: expected a non-empty string"),
         ([], {}, "models: expected a non-empty list"),
         ([model()], {"server": {"port": 70000}}, "server.port: expected a port number"),

@@ -21,14 +21,22 @@ LLAMA = {"n_ctx": 512, "n_threads": 1, "seed": 7}
 NO_EOS = {"2": -100}
 
 
-def llama_worker(name: str, path: Path, **llama: Any) -> WorkerProcess:
+def llama_worker(name: str, path: Path, slots: int = 1, **llama: Any) -> WorkerProcess:
     options = json.dumps({**LLAMA, **llama})
-    return WorkerProcess(name, "--model-path", str(path), "--llama-json", options)
+    return WorkerProcess(name, "--model-path", str(path), "--llama-json", options,
+                         "--concurrency", str(slots))  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=[1, 4], ids=["1-slot", "4-slots"])
+def slots(request: pytest.FixtureRequest) -> int:
+    """Every generation test runs on a single-slot worker and on a batching one."""
+    slots: int = request.param
+    return slots
 
 
 @pytest.fixture(scope="module")
-def smol() -> Iterator[WorkerProcess]:
-    with llama_worker("smol", SMOLLM2) as w:
+def smol(slots: int) -> Iterator[WorkerProcess]:
+    with llama_worker("smol", SMOLLM2, slots) as w:
         w.wait_ready()
         yield w
 
@@ -45,22 +53,22 @@ def smol_embed() -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture(scope="module")
-def smol_logprobs() -> Iterator[WorkerProcess]:
-    with llama_worker("smol-logprobs", SMOLLM2, logits_all=True) as w:
+def smol_logprobs(slots: int) -> Iterator[WorkerProcess]:
+    with llama_worker("smol-logprobs", SMOLLM2, slots, logits_all=True) as w:
         w.wait_ready()
         yield w
 
 
 @pytest.fixture(scope="module")
-def smol_tools() -> Iterator[WorkerProcess]:
-    with llama_worker("smol-tools", SMOLLM2, chat_format="chatml-function-calling") as w:
+def smol_tools(slots: int) -> Iterator[WorkerProcess]:
+    with llama_worker("smol-tools", SMOLLM2, slots, chat_format="chatml-function-calling") as w:
         w.wait_ready()
         yield w
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Iterator[WorkerProcess]:
-    with llama_worker("gemma", GEMMA3) as w:
+def gemma(slots: int) -> Iterator[WorkerProcess]:
+    with llama_worker("gemma", GEMMA3, slots) as w:
         w.wait_ready()
         yield w
 
@@ -108,6 +116,7 @@ def prompt_tokens(worker: WorkerProcess, content: str, **extra: Any) -> int:
 
 
 @pytest.mark.parametrize("fixture", ["smol", "smol_tools"])
+@pytest.mark.usefixtures("slots")  # getfixturevalue cannot pick a parametrized fixture's value
 def test_markup_in_a_message_is_text_not_control_tokens(
     request: pytest.FixtureRequest, fixture: str
 ) -> None:
@@ -481,6 +490,7 @@ TWO_TOOLS = [
 
 
 @pytest.mark.parametrize("fixture", ["smol", "smol_tools"])
+@pytest.mark.usefixtures("slots")  # getfixturevalue cannot pick a parametrized fixture's value
 def test_required_with_two_tools_calls_one_of_them(
     fixture: str, request: pytest.FixtureRequest
 ) -> None:

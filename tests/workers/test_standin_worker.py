@@ -509,13 +509,13 @@ def test_a_standin_with_concurrency_serves_requests_at_once() -> None:
         assert max(r["started"] for r in records) < min(r["finished"] for r in records)
 
 
-def test_a_llama_worker_refuses_concurrency() -> None:
+def test_an_embedding_llama_worker_refuses_concurrency() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "--model-name", "x", "--port", "1",
-         "--model-path", "x.gguf", "--concurrency", "2"],
+         "--model-path", "x.gguf", "--concurrency", "2", "--llama-json", '{"embedding": true}'],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 2 and "--concurrency must be 1 for llama" in result.stderr
+    assert result.returncode == 2 and "--concurrency must be 1 for an embedding" in result.stderr
 
 
 def test_embedding_policy_dimensions_and_token_ids_end_to_end() -> None:

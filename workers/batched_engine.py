@@ -1,0 +1,63 @@
+"""A llama engine with N slots over one copy of the weights: continuous batching.
+
+One `llama_cpp.Llama` loads the model; its context is replaced by one that holds N sequences
+(`n_ctx` tokens per slot, one unified KV buffer of N x n_ctx cells) and is owned by a
+`BatchDecoder`. Each slot is a `LlamaEngine` (the single-slot engine, unchanged) over a
+`SlotLlama`: the worker gives each of its N engine threads one slot, and the decoder batches
+whatever the slots ask it to decode. Embeddings stay on single-slot workers (the config says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from workers.engine import Engine, EngineInfo
+from workers.llama_engine import LlamaEngine, llama_kwargs
+
+__all__ = ["BatchedLlamaEngine"]
+
+_DEFAULT_N_CTX = 512  # llama-cpp-python's own default, per slot here
+
+
+class BatchedLlamaEngine:
+    kind = "llama"
+
+    def __init__(self, model_path: str, kwargs: dict[str, Any], slots: int) -> None:
+        self.model_path = model_path
+        self.kwargs = llama_kwargs(kwargs)
+        self.n_slots = slots
+        self._slots: list[LlamaEngine] = []
+        self._base: Any = None  # owns the model and the context: freed with it
+
+    def load(self) -> EngineInfo:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        from workers.batch_decoder import BatchDecoder
+        from workers.slot_llama import SlotLlama
+
+        base = llama_cpp.Llama(model_path=self.model_path, **self.kwargs)
+        n_ctx = int(base.n_ctx())
+        params = base.context_params
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * self.n_slots, self.n_slots, True
+        shared = _internals.LlamaContext(model=base._model, params=params, verbose=base.verbose)
+        base._ctx.close()  # type: ignore[no-untyped-call]  # the one-sequence context it made: the shared one replaces it
+        base._ctx = base._stack.enter_context(contextlib.closing(shared))
+        self._base = base
+        decoder = BatchDecoder(shared.ctx, int(base.n_batch), int(base.n_vocab()), self.n_slots)
+        first = LlamaEngine(self.model_path, self.kwargs)
+        self._slots = [first.adopt(SlotLlama.of(base, decoder, 0, n_ctx))]
+        for seq in range(1, self.n_slots):
+            slot = first.sibling(SlotLlama.of(base, decoder, seq, n_ctx))
+            self._slots.append(slot)
+        for engine in self._slots:
+            engine.llama.check_cancelled = engine.raise_if_cancelled
+        return EngineInfo(n_ctx=n_ctx, n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)),
+                          embedding=False)  # fmt: skip
+
+    def warm_up(self) -> None:
+        self._slots[0].warm_up()
+
+    def slot(self, index: int) -> Engine:
+        return self._slots[index]
