@@ -1,7 +1,7 @@
 """A llama engine with N slots over one copy of the weights: continuous batching.
 
 One `llama_cpp.Llama` loads the model; its context is replaced by one that holds N sequences
-(`n_ctx` tokens per slot, one unified KV buffer of N x n_ctx cells) and is owned by a
+(`n_ctx` tokens per slot: N x n_ctx KV cells, split per slot or unified) and is owned by a
 `BatchDecoder`. Each slot is a `LlamaEngine` (the single-slot engine, unchanged) over a
 `SlotLlama`: the worker gives each of its N engine threads one slot, and the decoder batches
 whatever the slots ask it to decode. Embeddings stay on single-slot workers (the config says so).
@@ -17,15 +17,16 @@ from workers.llama_engine import LlamaEngine, llama_kwargs
 
 __all__ = ["BatchedLlamaEngine"]
 
-_DEFAULT_N_CTX = 512  # llama-cpp-python's own default, per slot here
-
-
 class BatchedLlamaEngine:
     kind = "llama"
 
     def __init__(self, model_path: str, kwargs: dict[str, Any], slots: int) -> None:
         self.model_path = model_path
         self.kwargs = llama_kwargs(kwargs)
+        # Split (the default): each slot's KV cells are its own, so a greedy answer is the
+        # same beside other requests as alone. Unified: one buffer, faster at many slots, but
+        # where a sequence's cells lie changes the logits' last bits (README, BENCHMARKS.md).
+        self.kv_unified = bool(kwargs.get("kv_unified", False))
         self.n_slots = slots
         self._slots: list[LlamaEngine] = []
         self._base: Any = None  # owns the model and the context: freed with it
@@ -39,11 +40,7 @@ class BatchedLlamaEngine:
 
         base = llama_cpp.Llama(model_path=self.model_path, **self.kwargs)
         n_ctx = int(base.n_ctx())
-        params = base.context_params
-        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * self.n_slots, self.n_slots, True
-        shared = _internals.LlamaContext(model=base._model, params=params, verbose=base.verbose)
-        base._ctx.close()  # type: ignore[no-untyped-call]  # the one-sequence context it made: the shared one replaces it
-        base._ctx = base._stack.enter_context(contextlib.closing(shared))
+        shared = self._share_context(base, _internals)
         self._base = base
         decoder = BatchDecoder(shared.ctx, int(base.n_batch), int(base.n_vocab()), self.n_slots)
         first = LlamaEngine(self.model_path, self.kwargs)
@@ -55,6 +52,16 @@ class BatchedLlamaEngine:
             engine.llama.check_cancelled = engine.raise_if_cancelled
         return EngineInfo(n_ctx=n_ctx, n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)),
                           embedding=False)  # fmt: skip
+
+    def _share_context(self, base: Any, internals: Any) -> Any:
+        """Replace `base`'s one-sequence context with one of N sequences, owned like it."""
+        params = base.context_params
+        params.n_ctx, params.n_seq_max = int(base.n_ctx()) * self.n_slots, self.n_slots
+        params.kv_unified = self.kv_unified
+        shared = internals.LlamaContext(model=base._model, params=params, verbose=base.verbose)
+        base._ctx.close()
+        base._ctx = base._stack.enter_context(contextlib.closing(shared))
+        return shared
 
     def warm_up(self) -> None:
         self._slots[0].warm_up()

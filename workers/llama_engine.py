@@ -60,6 +60,7 @@ _NO_LOGITS_ALL = (
 def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
     """Defaults a worker needs that llama's own defaults get wrong for many replicas."""
     kwargs = dict(given)
+    kwargs.pop("kv_unified", None)  # ours (workers.batched_engine), not a Llama argument
     kwargs.setdefault("verbose", False)
     # Otherwise prompt processing uses every core even with n_threads=1 (see llama-cpp notes).
     if "n_threads" in kwargs:

@@ -58,8 +58,9 @@ class WorkerStatus:
         self.requests_served = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_LIMIT)
         self._running: dict[str, asyncio.Event] = {}  # request id -> set when it has ended
-        # A llama context is not re-entrant: one slot. Only a stand-in may have more.
+        self.capacity = concurrency  # slots: requests served at once
         self.slots = asyncio.Semaphore(concurrency)
+        self.busy = 0  # slots serving a request now
 
     def mark_loaded(self, info: EngineInfo, load_seconds: float) -> None:
         self.info = info
@@ -96,6 +97,8 @@ class WorkerStatus:
             "n_gpu_layers": self.info.n_gpu_layers,
             "n_ctx": self.info.n_ctx,
             "embedding": self.info.embedding,
+            "capacity": self.capacity,
+            "slots_busy": self.busy,
             "requests_served": self.requests_served,
             "load_seconds": self.load_seconds,
             "loaded_at": self.loaded_at,
@@ -134,6 +137,7 @@ class WorkerStatus:
         async with self.slots:
             record = RequestRecord(request_id, endpoint, started=time.time())
             self.recent.append(record)
+            self.busy += 1
             try:
                 yield record
             except (asyncio.CancelledError, GenerationCancelled, ConnectionError):
@@ -146,6 +150,7 @@ class WorkerStatus:
                 record.outcome = record.outcome or "ok"
             finally:
                 record.finished = time.time()
+                self.busy -= 1
                 self.requests_served += 1
                 log(
                     f"{endpoint} id={request_id} {record.outcome} "

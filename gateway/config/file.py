@@ -131,6 +131,7 @@ LLAMA_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
         "pooling_type": (lambda v: is_int(v) and -1 <= v <= 4, "an integer from -1 to 4"),
         "flash_attn": (boolean, "true or false"),
         "offload_kqv": (boolean, "true or false"),
+        "kv_unified": (boolean, "true or false"),  # the worker's, for capacity > 1 (README)
         "use_mmap": (boolean, "true or false"),
         "use_mlock": (boolean, "true or false"),
         "chat_format": (nonempty_str, "a chat format name"),

@@ -63,8 +63,7 @@ def worker_command(
         command += ["--llama-json", json.dumps(llama_params(model))]
     else:
         command += ["--standin-json", json.dumps(dict(model.standin))]
-        command += ["--concurrency", str(model.capacity)]
-    return command
+    return [*command, "--concurrency", str(model.capacity)]
 
 
 def worker_env(model: ModelConfig, index: int, base: dict[str, str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.support import (
     assert_valid,
     assert_valid_completion_stream,
     pid_alive,
+    running_gateway,
     sse_data,
     wait_until,
 )
@@ -278,6 +280,28 @@ def test_two_requests_run_at_once_on_two_replicas(
     (replica_a, a), (replica_b, b) = seen["parallel-a"], seen["parallel-b"]
     assert replica_a != replica_b
     assert a["started"] < b["finished"] and b["started"] < a["finished"], (a, b)
+
+
+def test_one_replica_with_capacity_two_serves_two_requests_at_once(tmp_path: Path) -> None:
+    config = {"models": [{"name": "s", "path": str(SMOLLM2), "capacity": 2,
+                          "llama": {**LLAMA, "n_threads": 2}}]}  # fmt: skip
+    with contextmanager(running_gateway)(config, tmp_path) as gateway:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+
+        def ask(request_id: str) -> str:
+            reply = client.chat.completions.create(
+                model="s", messages=HELLO, max_tokens=24, temperature=0,
+                extra_headers={"X-Request-Id": request_id},
+            )  # fmt: skip
+            return reply.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(ask, ["slot-a", "slot-b"]))
+        assert answers[0] == answers[1] != ""  # the same greedy answer from either slot
+        seen = records(gateway, "s")
+        (replica_a, a), (replica_b, b) = seen["slot-a"], seen["slot-b"]
+        assert replica_a == replica_b == 0 and len(gateway.workers()) == 1
+        assert a["started"] < b["finished"] and b["started"] < a["finished"], (a, b)
 
 
 def worker_facts(gateway: GatewayProcess) -> dict[tuple[str, int], tuple[int, float, int]]:
