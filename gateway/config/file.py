@@ -33,6 +33,7 @@ from .checks import (
 
 __all__ = [
     "LLAMA_PARAMS",
+    "WORKER_LLAMA_PARAMS",
     "AuthConfig",
     "ConfigError",
     "GatewayConfig",
@@ -114,6 +115,9 @@ class GatewayConfig:
 
 
 # The llama_cpp.Llama keyword arguments ops may set, each with what a valid value is.
+# llama options the worker reads itself rather than passing to llama_cpp.Llama: the KV layout of
+# a batching worker's slots (capacity > 1), llama.cpp's `kv_unified` context parameter.
+WORKER_LLAMA_PARAMS = frozenset({"kv_unified"})
 LLAMA_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
     {
         "n_ctx": (positive, "a positive integer"),
@@ -131,7 +135,7 @@ LLAMA_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
         "pooling_type": (lambda v: is_int(v) and -1 <= v <= 4, "an integer from -1 to 4"),
         "flash_attn": (boolean, "true or false"),
         "offload_kqv": (boolean, "true or false"),
-        "kv_unified": (boolean, "true or false"),  # the worker's, for capacity > 1 (README)
+        "kv_unified": (boolean, "true or false"),  # one of WORKER_LLAMA_PARAMS
         "use_mmap": (boolean, "true or false"),
         "use_mlock": (boolean, "true or false"),
         "chat_format": (nonempty_str, "a chat format name"),

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from llama_cpp import Llama
 
-from gateway.config.file import LLAMA_PARAMS, STANDIN_PARAMS, ConfigError, load_config, parse_config
+from gateway.config.file import (
+    LLAMA_PARAMS,
+    STANDIN_PARAMS,
+    WORKER_LLAMA_PARAMS,
+    ConfigError,
+    load_config,
+    parse_config,
+)
 from workers.standin import StandinOptions
 
 
@@ -132,8 +139,9 @@ def test_standin_models_need_no_file(tmp_path: Path) -> None:
 
 
 def test_every_llama_key_is_a_llama_cpp_argument() -> None:
-    accepted = set(inspect.signature(Llama.__init__).parameters)
+    accepted = set(inspect.signature(Llama.__init__).parameters) | WORKER_LLAMA_PARAMS
     assert set(LLAMA_PARAMS) <= accepted, set(LLAMA_PARAMS) - accepted
+    assert not WORKER_LLAMA_PARAMS & set(inspect.signature(Llama.__init__).parameters)
 
 
 def test_the_standin_keys_are_the_standin_options() -> None:
