@@ -77,5 +77,6 @@ typecheck: $(INSTALLED)
 bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	PYTHON=$(PYTHON) bench/setup_litellm.sh
+	PYTHON=$(PYTHON) bench/setup_llama_server.sh
 	$(PY) -m bench.run
 	$(PY) -m bench.report

@@ -6,6 +6,7 @@ aiohttp suffices here: client overhead is microseconds against model time.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 
@@ -13,7 +14,16 @@ import aiohttp
 
 from .procs import WORKER_SECRET
 
-__all__ = ["Answer", "ask", "closed_clients", "prompt", "session"]
+__all__ = [
+    "Answer",
+    "Streamed",
+    "ask",
+    "closed_clients",
+    "closed_streams",
+    "prompt",
+    "session",
+    "story",
+]
 
 _TOPICS = [
     "the sea",
@@ -42,6 +52,11 @@ _TOPICS = [
 def prompt(i: int, salt: str) -> str:
     """Distinct prompts (so llama.cpp's prefix cache cannot answer from a previous request)."""
     return f"[{salt}-{i}] Write one short sentence about {_TOPICS[i % len(_TOPICS)]}."
+
+
+def story(i: int, salt: str) -> str:
+    """A distinct text that base and instruct models alike continue for many tokens."""
+    return f"Story {salt}-{i}: a long tale about {_TOPICS[i % len(_TOPICS)]}. Once upon a time,"
 
 
 @dataclass
@@ -89,6 +104,54 @@ async def closed_clients(
         i = 0
         while time.monotonic() - began < seconds:
             answers.append(await ask(http, base, model, prompt(c * 1000 + i, salt), max_tokens))
+            i += 1
+
+    async with session() as http:
+        await asyncio.gather(*(client(c, http) for c in range(clients)))
+    return answers, max(a.end for a in answers) - began
+
+
+@dataclass
+class Streamed:
+    status: int
+    ttft: float  # seconds to the first text
+    completion_tokens: int
+    end: float
+
+
+async def ask_stream(
+    http: aiohttp.ClientSession, base: str, model: str, text: str, max_tokens: int
+) -> Streamed:
+    """A streamed /v1/completions (base and instruct models alike); tokens from the usage
+    chunk, or one per text chunk where a server sends no usage."""
+    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    began, first, chunks, usage = time.monotonic(), 0.0, 0, None
+    async with http.post(base + "/v1/completions", json=body) as resp:
+        async for line in resp.content:
+            if not line.startswith(b"data: {"):
+                continue
+            data = json.loads(line[6:])
+            usage = data.get("usage") or usage
+            if any(choice.get("text") for choice in data.get("choices") or []):
+                first = first or time.monotonic() - began
+                chunks += 1
+    tokens = int(usage.get("completion_tokens", chunks)) if usage else chunks
+    return Streamed(resp.status, first, tokens if resp.ok else 0, time.monotonic())
+
+
+async def closed_streams(
+    base: str, model: str, clients: int, seconds: float, max_tokens: int, salt: str
+) -> tuple[list[Streamed], float]:
+    """As closed_clients, streamed: each answer's time to first token and its tokens."""
+    began = time.monotonic()
+    answers: list[Streamed] = []
+
+    async def client(c: int, http: aiohttp.ClientSession) -> None:
+        i = 0
+        while time.monotonic() - began < seconds:
+            text = story(c * 1000 + i, salt)
+            answers.append(await ask_stream(http, base, model, text, max_tokens))
             i += 1
 
     async with session() as http:

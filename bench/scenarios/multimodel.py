@@ -10,7 +10,7 @@ from typing import Any
 
 from ..common import Result, pin_self, round_order, target_cells
 from ..llm_client import Answer, ask, prompt, session
-from ..peers import start_llama_server
+from ..peers import start_llama_cpp_server
 from ..procs import gateway_workers, start_gateway
 from ..stats import Spread, percentile, spread
 from .models import GEMMA, SMOLLM, gateway_model, server_model
@@ -43,7 +43,7 @@ async def multimodel() -> Result:
     servers = [server_model(SMOLLM, THREADS), server_model(GEMMA, THREADS)]
     gateway = start_gateway("multimodel", models, cpus=None)
     try:
-        peer = start_llama_server("llama-server-multimodel", servers)
+        peer = start_llama_cpp_server("llama-server-multimodel", servers)
         try:
             workers = {w["model"]: str(w["url"]) for w in gateway_workers(gateway)}
             bases = {

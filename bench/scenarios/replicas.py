@@ -7,7 +7,7 @@ from typing import Any
 
 from ..common import Result, pin_self, round_order, target_cells
 from ..llm_client import closed_clients
-from ..peers import start_llama_server
+from ..peers import start_llama_cpp_server
 from ..procs import Proc, start_gateway
 from ..stats import Spread, spread
 from .models import SMOLLM, gateway_model, server_model
@@ -23,7 +23,9 @@ async def replicas() -> Result:
     with contextlib.ExitStack() as stack:
         one = _enter(stack, start_gateway("replicas-1", [gateway_model(SMOLLM, 1, 2)], None))
         two = _enter(stack, start_gateway("replicas-2", [gateway_model(SMOLLM, 2, 1)], None))
-        peer = _enter(stack, start_llama_server("llama-server-smollm2", [server_model(SMOLLM, 2)]))
+        peer = _enter(
+            stack, start_llama_cpp_server("llama-server-smollm2", [server_model(SMOLLM, 2)])
+        )
         bases = {
             "gateway, 1 replica x 2 threads": one.url,
             "gateway, 2 replicas x 1 thread": two.url,
