@@ -41,7 +41,7 @@ def plan_step(remaining: list[int], budget: int) -> list[int]:
     return plan
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: each is one request's decode
 class _Work:
     seq: int
     tokens: list[int]
@@ -100,16 +100,14 @@ class BatchDecoder:
         with self._lock:
             return bool(self._llama_cpp.llama_memory_seq_rm(self._memory, seq, p0, p1))
 
-    def release(self, seq: int) -> None:
-        """Sequence `seq` has finished its request: no step needs to wait for it."""
-        with self._changed:
-            self._expected.discard(seq)
-            self._changed.notify_all()
-
     def _withdraw(self, work: _Work) -> None:
         # What a step in progress still writes for it is dropped with it; the KV cells it
         # leaves are trimmed (under the lock) by the slot's next `eval`.
-        self._finish_all([work], None)
+        with self._changed:
+            if work in self._pending:
+                self._pending.remove(work)
+            work.done.set()
+            self._changed.notify_all()
 
     # The decoder thread
 
@@ -132,22 +130,26 @@ class BatchDecoder:
         plan = plan_step([len(w.tokens) - w.sent for w in works], self.n_batch)
         planned = [(w, n) for w, n in zip(works, plan, strict=True) if n > 0]
         outputs = self._fill(planned)
-        began = time.monotonic()
-        with self._lock:
-            status = self._llama_cpp.llama_decode(self.ctx, self._batch)
-        took = time.monotonic() - began
-        self._gather_seconds = max(GATHER_MIN_SECONDS, GATHER_SHARE * took)
+        status = self._decode()
         if status != 0:  # fails the requests in this batch, not the decoder
             failed = RuntimeError(f"llama_decode returned {status}")
-            return self._finish_all([work for work, _ in planned], failed)
+            self._finish_all([work for work, _ in planned], failed)
+            return
         finished = []
         for (work, count), rows in zip(planned, outputs, strict=True):
             work.rows += [self._logits(i) for i in rows]
             work.sent += count
             if work.sent == len(work.tokens):
                 finished.append(work)
-        self._expected = {w.seq for w in finished}
         self._finish_all(finished, None)
+
+    def _decode(self) -> int:
+        began = time.monotonic()
+        with self._lock:
+            status = int(self._llama_cpp.llama_decode(self.ctx, self._batch))
+        took = time.monotonic() - began
+        self._gather_seconds = max(GATHER_MIN_SECONDS, GATHER_SHARE * took)
+        return status
 
     def _fill(self, planned: list[tuple[_Work, int]]) -> list[list[int]]:
         """Put the planned tokens in the batch; for each request, the rows whose logits it gets."""
@@ -172,6 +174,8 @@ class BatchDecoder:
 
     def _finish_all(self, works: list[_Work], error: BaseException | None) -> None:
         with self._changed:
+            if error is None:  # a step's finished requests: their slots come back next
+                self._expected = {work.seq for work in works}
             for work in works:
                 if work in self._pending:
                     self._pending.remove(work)

@@ -17,6 +17,7 @@ from workers.llama_engine import LlamaEngine, llama_kwargs
 
 __all__ = ["BatchedLlamaEngine"]
 
+
 class BatchedLlamaEngine:
     kind = "llama"
 

@@ -20,6 +20,7 @@ __all__ = ["batching"]
 CLIENTS, SECONDS, MAX_TOKENS, SLOTS = (1, 2, 4, 8), 10.0, 64, 8
 PINNING = "nothing pinned; every target has 2 threads in all (ggml threads spin: never narrower)"
 SLOTS_8, SLOTS_4X2, TODAY = "(a) 1 x capacity 8", "(a') 2 x capacity 4", "(b) 2 x capacity 1"
+UNIFIED = "(a) 1 x capacity 8, kv_unified"
 LLAMA_SERVER, LLAMA_CPP_SERVER = "(c) llama-server -np 8", "(d) llama_cpp.server"
 
 
@@ -40,12 +41,16 @@ async def batching() -> Result:
 def _targets(model: tuple[str, Path]) -> dict[str, Callable[[], Proc]]:
     name = model[0]
 
-    def gateway(replicas: int, capacity: int, threads: int) -> Callable[[], Proc]:
+    def gateway(
+        replicas: int, capacity: int, threads: int, unified: bool = False
+    ) -> Callable[[], Proc]:
         config = {**gateway_model(model, replicas, threads), "capacity": capacity}
-        return lambda: start_gateway(f"batching-{name}-{replicas}x{capacity}", [config], None)
+        config["llama"] = {**config["llama"], "kv_unified": unified}
+        label = f"batching-{name}-{replicas}x{capacity}{'-unified' if unified else ''}"
+        return lambda: start_gateway(label, [config], None)
 
-    targets = {SLOTS_8: gateway(1, SLOTS, 2), SLOTS_4X2: gateway(2, SLOTS // 2, 1),
-               TODAY: gateway(2, 1, 1)}  # fmt: skip
+    targets = {SLOTS_8: gateway(1, SLOTS, 2), UNIFIED: gateway(1, SLOTS, 2, unified=True),
+               SLOTS_4X2: gateway(2, SLOTS // 2, 1), TODAY: gateway(2, 1, 1)}  # fmt: skip
     if LLAMA_SERVER_BIN.exists():
         targets[LLAMA_SERVER] = lambda: start_llama_server(f"llama-server-{name}", model, SLOTS, 2)
     targets[LLAMA_CPP_SERVER] = lambda: start_llama_cpp_server(
@@ -104,7 +109,7 @@ def _rate(res: Result, model: str, target: str, clients: int) -> float:
 def _verdict(res: Result) -> None:
     for model, wanted in ((SMOLLM[0], 1.8), (GEMMA[0], 2.5)):
         today = _rate(res, model, TODAY, 8)
-        best = max(_rate(res, model, SLOTS_8, 8), _rate(res, model, SLOTS_4X2, 8))
+        best = max(_rate(res, model, name, 8) for name in (SLOTS_8, UNIFIED, SLOTS_4X2))
         res.goal(f"{model}, 8 clients: slots >= {wanted}x (b) today's replicas",
                  f"{best / today:.2f}x", best / today >= wanted)  # fmt: skip
         peer = _rate(res, model, LLAMA_SERVER, 8)
@@ -116,5 +121,6 @@ def _verdict(res: Result) -> None:
         f"0, a distinct prompt each time) for {SECONDS:g} s per target and client count; "
         "tokens/s = completion tokens / window; TTFT = time to the first text; RSS = the "
         "target's process tree at the end of its run. Every target has 2 threads in all: "
-        "(a) 1 replica x 8 slots x 2 threads, (a') and (b) 2 replicas x 1 thread, (c) and (d) 2."
+        "(a) 1 replica x 8 slots x 2 threads (split KV, the default, or unified), (a') and (b) 2 "
+        "replicas x 1 thread, (c) and (d) 2."
     )
