@@ -9,7 +9,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -51,6 +51,7 @@ from workers.shaping import (
     sse_event,
     usage_chunk,
 )
+from workers.slot_choice import pick_slot
 from workers.status import RequestRecord, WorkerStatus
 from workers.usage_report import USAGE_HEADER, usage_comment, usage_header
 
@@ -96,17 +97,24 @@ class Worker:
         self.embedding_policy = embedding_policy or EmbeddingPolicy()
         self._free = [(EngineThread(f"engine-{i}"), i) for i in range(concurrency)]
         self.thread = self._free[0][0]  # loads the model
+        self._last_text: dict[int, str] = {}  # each slot's last request input
         self.status = WorkerStatus(model, engine.kind, path, concurrency, phase_fd)
 
     @asynccontextmanager
     async def generation(
-        self, request_id: str, endpoint: str
+        self, request_id: str, endpoint: str, text: str = ""
     ) -> AsyncIterator[tuple[RequestRecord, EngineThread, Engine]]:
-        """A slot, its engine thread and its engine for one request, recorded in /status."""
+        """A slot, its engine thread and its engine for one request, recorded in /status.
+        `text` is the request's input: the slot whose last input began the same way is
+        preferred, its KV cache holding that beginning (workers.slot_choice)."""
         async with self.status.generation(request_id, endpoint) as record:
-            slot = self._free.pop()  # the semaphore guarantees one is free
+            # The semaphore guarantees a free slot.
+            index = pick_slot([i for _, i in self._free], self._last_text, text)
+            slot = next(entry for entry in self._free if entry[1] == index)
+            self._free.remove(slot)
+            self._last_text[index], record.slot = text, index
             try:
-                yield record, slot[0], self.engine.slot(slot[1])
+                yield record, slot[0], self.engine.slot(index)
             finally:
                 self._free.append(slot)
 
@@ -198,6 +206,18 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _slot(
+    request: web.Request, text: str = ""
+) -> AbstractAsyncContextManager[tuple[RequestRecord, EngineThread, Engine]]:
+    """A slot for this request (Worker.generation), chosen by its input `text`."""
+    return request.app[WORKER_KEY].generation(_request_id(request), request.path, text)
+
+
+def _input_text(value: Any) -> str:
+    """A request's input as one string, to compare with a slot's last (workers.slot_choice)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def _request_id(request: web.Request) -> str:
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     request["request_id"] = request_id
@@ -228,7 +248,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     params = parse_chat(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
-    async with worker.generation(_request_id(request), request.path) as (record, thread, engine):
+    async with _slot(request, _input_text(params.messages)) as (record, thread, engine):
         if params.stream:
             shapers = _ChoiceShapers(partial(_chat_stream_shaper, worker.model, id_, created,
                                              params))  # fmt: skip
@@ -323,7 +343,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     params = parse_completion(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("cmpl"), int(time.time()), CancelToken()
-    async with worker.generation(_request_id(request), request.path) as (record, thread, engine):
+    async with _slot(request, _input_text(params.prompts)) as (record, thread, engine):
         if params.stream:
             shaper = partial(_shape_completion_item, worker.model, id_, created, params)
             make = partial(_chain_prompts, engine, params, cancel)
@@ -383,7 +403,7 @@ async def embeddings(request: web.Request) -> web.Response:
     worker.require_ready()
     worker.embedding_policy.check_input(params.inputs)
     cancel = CancelToken()  # set if the client goes away: the engine stops between inputs
-    async with worker.generation(_request_id(request), request.path) as (_, thread, engine):
+    async with _slot(request) as (_, thread, engine):
         result = await thread.call(partial(engine.embed, params.inputs, cancel), cancel)
     fitted = worker.embedding_policy.fit(result.vectors, params.dimensions)
     result = EmbeddingResult(fitted, result.prompt_tokens)
@@ -397,7 +417,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     params, meta = parse_response_request(await _json_body(request), worker.model)
     worker.require_ready()
     cancel = CancelToken()
-    async with worker.generation(_request_id(request), request.path) as (record, thread, engine):
+    async with _slot(request, _input_text(params.messages)) as (record, thread, engine):
         if params.stream:
             make = partial(engine.chat_stream, params, cancel)
             write = partial(_write_response_events, shaper=ResponseStream(meta))

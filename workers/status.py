@@ -27,6 +27,7 @@ class RequestRecord:
     started: float
     finished: float | None = None
     outcome: str | None = None  # "ok" | "cancelled" | "error"; null while running
+    slot: int | None = None  # which of the worker's slots served it
 
 
 class WorkerStatus:

@@ -125,6 +125,35 @@ def test_greedy_answers_are_the_same_alone_and_beside_three_others(
         text: str = answer["choices"][0]["message"]["content"]
         return text
 
+    # How much of a prompt a slot has cached changes how it is split into batches, and that
+    # alone can flip a greedy choice between two close tokens (as in llama-server). So first
+    # each prompt is cached in a slot of its own; alone or together, each then goes back to
+    # its slot and reads the same cached prefix: only the batching differs.
+    for prompt in PROMPTS:
+        ask(prompt)
     alone = [ask(prompt) for prompt in PROMPTS]
     together = run_together([lambda p=p: ask(p) for p in PROMPTS])
     assert together == alone
+
+
+def test_a_conversation_s_next_turn_goes_back_to_the_slot_that_holds_its_beginning(
+    batching: WorkerProcess,
+) -> None:
+    def ask(messages: list[dict[str, str]], request_id: str) -> tuple[str, int]:
+        body = {"messages": messages, "max_tokens": 8, "temperature": 0}
+        headers = {"X-Request-Id": request_id}
+        answer = batching.client.post("/v1/chat/completions", json=body, headers=headers)
+        slot: int = record(batching, request_id)["slot"]
+        return answer.json()["choices"][0]["message"]["content"], slot
+
+    first = [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}]
+    reply, slot = ask(first, "turn-1")
+    # Two unrelated requests take two other slots; the fourth slot has now waited longest, so
+    # least-recently-used alone would send the next turn there, away from its cached beginning.
+    others = {
+        ask([{"role": "user", "content": p}], f"other-{i}")[1] for i, p in enumerate(PROMPTS[:2])
+    }
+    assert slot not in others
+    follow_up = [*first, {"role": "assistant", "content": reply},
+                 {"role": "user", "content": "And then?"}]  # fmt: skip
+    assert ask(follow_up, "turn-2")[1] == slot
