@@ -68,11 +68,12 @@ class Answer:
     end: float
 
 
-def session() -> aiohttp.ClientSession:
+def session(keep_alive: bool = True) -> aiohttp.ClientSession:
     # The worker secret on every request: "direct" calls workers, which require it.
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=300),
         headers={"Authorization": f"Bearer {WORKER_SECRET}"},
+        connector=aiohttp.TCPConnector(force_close=not keep_alive),
     )
 
 
@@ -106,7 +107,9 @@ async def closed_clients(
             answers.append(await ask(http, base, model, prompt(c * 1000 + i, salt), max_tokens))
             i += 1
 
-    async with session() as http:
+    # A connection per stream: llama-server closes a kept-alive one after a stream, and a POST
+    # is not retried; against model time, connecting to loopback costs nothing.
+    async with session(keep_alive=False) as http:
         await asyncio.gather(*(client(c, http) for c in range(clients)))
     return answers, max(a.end for a in answers) - began
 
@@ -154,6 +157,8 @@ async def closed_streams(
             answers.append(await ask_stream(http, base, model, text, max_tokens))
             i += 1
 
-    async with session() as http:
+    # A connection per stream: llama-server closes a kept-alive one after a stream, and a POST
+    # is not retried; against model time, connecting to loopback costs nothing.
+    async with session(keep_alive=False) as http:
         await asyncio.gather(*(client(c, http) for c in range(clients)))
     return answers, max(a.end for a in answers) - began

