@@ -24,10 +24,11 @@ class BatchedLlamaEngine:
     def __init__(self, model_path: str, kwargs: dict[str, Any], slots: int) -> None:
         self.model_path = model_path
         self.kwargs = llama_kwargs(kwargs)
-        # Split (the default): each slot's KV cells are its own, so a greedy answer is the
-        # same beside other requests as alone. Unified: one buffer, faster at many slots, but
-        # where a sequence's cells lie changes the logits' last bits (README, BENCHMARKS.md).
-        self.kv_unified = bool(kwargs.get("kv_unified", False))
+        # Unified (the default): one KV buffer for all slots, measured much faster at 4-8 busy
+        # slots (BENCHMARKS.md, scenario 9), but where a sequence's cells lie changes its
+        # logits' last bits. Split: each slot's cells are its own, and a greedy answer is the
+        # same beside other requests as alone (README, "Slots").
+        self.kv_unified = bool(kwargs.get("kv_unified", True))
         self.n_slots = slots
         self._slots: list[LlamaEngine] = []
         self._base: Any = None  # owns the model and the context: freed with it

@@ -19,7 +19,11 @@ __all__ = ["batching"]
 
 CLIENTS, SECONDS, MAX_TOKENS, SLOTS = (1, 2, 4, 8), 10.0, 64, 8
 PINNING = "nothing pinned; every target has 2 threads in all (ggml threads spin: never narrower)"
-SLOTS_8, SLOTS_4X2, TODAY = "(a) 1 x capacity 8", "(a') 2 x capacity 4", "(b) 2 x capacity 1"
+SLOTS_8, SLOTS_4X2, TODAY = (
+    "(a) 1 x capacity 8, split KV",
+    "(a') 2 x capacity 4",
+    "(b) 2 x capacity 1",
+)
 UNIFIED = "(a) 1 x capacity 8, kv_unified"
 LLAMA_SERVER, LLAMA_CPP_SERVER = "(c) llama-server -np 8", "(d) llama_cpp.server"
 
@@ -49,7 +53,7 @@ def _targets(model: tuple[str, Path]) -> dict[str, Callable[[], Proc]]:
         label = f"batching-{name}-{replicas}x{capacity}{'-unified' if unified else ''}"
         return lambda: start_gateway(label, [config], None)
 
-    targets = {SLOTS_8: gateway(1, SLOTS, 2), UNIFIED: gateway(1, SLOTS, 2, unified=True),
+    targets = {SLOTS_8: gateway(1, SLOTS, 2, unified=False), UNIFIED: gateway(1, SLOTS, 2),
                SLOTS_4X2: gateway(2, SLOTS // 2, 1), TODAY: gateway(2, 1, 1)}  # fmt: skip
     if LLAMA_SERVER_BIN.exists():
         targets[LLAMA_SERVER] = lambda: start_llama_server(f"llama-server-{name}", model, SLOTS, 2)
@@ -121,6 +125,6 @@ def _verdict(res: Result) -> None:
         f"0, a distinct prompt each time) for {SECONDS:g} s per target and client count; "
         "tokens/s = completion tokens / window; TTFT = time to the first text; RSS = the "
         "target's process tree at the end of its run. Every target has 2 threads in all: "
-        "(a) 1 replica x 8 slots x 2 threads (split KV, the default, or unified), (a') and (b) 2 "
-        "replicas x 1 thread, (c) and (d) 2."
+        "(a) 1 replica x 8 slots x 2 threads (KV split per slot, or unified: the default), (a') "
+        "and (b) 2 replicas x 1 thread, (c) and (d) 2."
     )
