@@ -67,8 +67,17 @@ class BatchDecoder:
         self._pending: list[_Work] = []
         self._expected: set[int] = set()  # sequences of the last step, likely back soon
         self._gather_seconds = GATHER_MIN_SECONDS
+        # Written by the decoder thread only: how well the slots batch (worker /status).
+        self.steps, self.sequences, self.decoded, self.decode_seconds = 0, 0, 0, 0.0
         self._thread = threading.Thread(target=self._run, name="batch-decoder", daemon=True)
         self._thread.start()
+
+    def stats(self) -> dict[str, float]:
+        """Decode steps so far, the tokens they decoded, the mean number of slots (sequences)
+        in a step (near the busy slots' count when they batch well) and the time decoding."""
+        mean = self.sequences / self.steps if self.steps else 0.0
+        return {"steps": self.steps, "decoded_tokens": self.decoded, "mean_sequences": mean,
+                "decode_seconds": self.decode_seconds}  # fmt: skip
 
     # Called from the slots' threads
 
@@ -131,6 +140,8 @@ class BatchDecoder:
         planned = [(w, n) for w, n in zip(works, plan, strict=True) if n > 0]
         outputs = self._fill(planned)
         status = self._decode()
+        self.steps, self.sequences = self.steps + 1, self.sequences + len(planned)
+        self.decoded += self._batch.n_tokens
         if status != 0:  # fails the requests in this batch, not the decoder
             failed = RuntimeError(f"llama_decode returned {status}")
             self._finish_all([work for work, _ in planned], failed)
@@ -148,6 +159,7 @@ class BatchDecoder:
         with self._lock:
             status = int(self._llama_cpp.llama_decode(self.ctx, self._batch))
         took = time.monotonic() - began
+        self.decode_seconds += took
         self._gather_seconds = max(GATHER_MIN_SECONDS, GATHER_SHARE * took)
         return status
 

@@ -32,6 +32,7 @@ class BatchedLlamaEngine:
         self.n_slots = slots
         self._slots: list[LlamaEngine] = []
         self._base: Any = None  # owns the model and the context: freed with it
+        self._decoder: Any = None
 
     def load(self) -> EngineInfo:
         import llama_cpp
@@ -45,6 +46,7 @@ class BatchedLlamaEngine:
         shared = self._share_context(base, _internals)
         self._base = base
         decoder = BatchDecoder(shared.ctx, int(base.n_batch), int(base.n_vocab()), self.n_slots)
+        self._decoder = decoder
         first = LlamaEngine(self.model_path, self.kwargs)
         self._slots = [first.adopt(SlotLlama.of(base, decoder, 0, n_ctx))]
         for seq in range(1, self.n_slots):
@@ -70,3 +72,9 @@ class BatchedLlamaEngine:
 
     def slot(self, index: int) -> Engine:
         return self._slots[index]
+
+    def batching(self) -> dict[str, float] | None:
+        if self._decoder is None:  # not loaded yet
+            return None
+        stats: dict[str, float] = self._decoder.stats()
+        return stats

@@ -219,3 +219,7 @@ class Model(Protocol):
     def slot(self, index: int) -> Engine:
         """The engine serving slot `index`: itself, unless each slot has its own (batching)."""
         ...
+
+    def batching(self) -> dict[str, float] | None:
+        """How the slots have batched (workers.batch_decoder), or None: no batching."""
+        ...

@@ -200,6 +200,9 @@ class LlamaEngine:
     def slot(self, index: int) -> Engine:
         return self
 
+    def batching(self) -> dict[str, float] | None:
+        return None  # one sequence: nothing batched
+
     def raise_if_cancelled(self) -> None:
         """Raise GenerationCancelled if the request now being served has been cancelled."""
         assert self._meter is not None, "model not loaded"

@@ -230,7 +230,8 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[WORKER_KEY].status.body())
+    worker = request.app[WORKER_KEY]
+    return web.json_response({**worker.status.body(), "batching": worker.engine.batching()})
 
 
 async def request_done(request: web.Request) -> web.Response:

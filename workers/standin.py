@@ -87,6 +87,9 @@ class StandinEngine:
     def slot(self, index: int) -> Engine:
         return self  # one stand-in serves every slot: it holds no per-request state
 
+    def batching(self) -> dict[str, float] | None:
+        return None  # one request at a time, or (a stand-in) no model to batch
+
     def warm_up(self) -> None:
         if self.options.crash_on_warmup:
             _crash()

@@ -45,6 +45,8 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
 def test_status_reports_four_slots(batching: WorkerProcess) -> None:
     body = batching.status()
     assert (body["capacity"], body["slots_busy"], body["n_ctx"]) == (4, 0, 512)
+    assert set(body["batching"]) == {"steps", "decoded_tokens", "mean_sequences",
+                                     "decode_seconds"}  # fmt: skip
 
 
 def test_four_concurrent_streams_with_different_settings_each_get_what_they_asked_for(
@@ -80,6 +82,7 @@ def test_four_concurrent_streams_with_different_settings_each_get_what_they_aske
             assert_valid("CreateChatCompletionStreamResponse", chunk)
     json_answer, stopped, long_one, called = streams
     assert json.loads(streamed_text(json_answer))["colour"] in colours
+    assert batching.status()["batching"]["mean_sequences"] > 2  # the four decoded together
     assert (
         "." not in streamed_text(stopped) and stopped[-2]["choices"][0]["finish_reason"] == "stop"
     )

@@ -24,7 +24,7 @@ from tests.workers.support import WorkerProcess, assert_valid_completion_chunk
 USER = [{"role": "user", "content": "hello there"}]
 STATUS_KEYS = {
     "state", "model", "engine", "path", "pid", "device", "n_gpu_layers", "n_ctx", "embedding",
-    "capacity", "slots_busy",
+    "capacity", "slots_busy", "batching",
     "requests_served", "load_seconds", "loaded_at", "started_at", "error", "recent",
 }  # fmt: skip
 
