@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -98,18 +100,38 @@ async def closed_clients(
     base: str, model: str, clients: int, seconds: float, max_tokens: int, salt: str
 ) -> tuple[list[Answer], float]:
     """`clients` loops asking one after another until `seconds` pass; returns answers, window."""
+
+    def once(http: aiohttp.ClientSession, n: int) -> Awaitable[Answer]:
+        return ask(http, base, model, prompt(n, salt), max_tokens)
+
+    return await _closed_loop(clients, seconds, once, keep_alive=True)
+
+
+class _Ended(Protocol):
+    end: float
+
+
+T = TypeVar("T", bound=_Ended)
+
+
+async def _closed_loop(
+    clients: int,
+    seconds: float,
+    once: Callable[[aiohttp.ClientSession, int], Awaitable[T]],
+    keep_alive: bool,
+) -> tuple[list[T], float]:
+    """`clients` loops, each calling `once` (with its n-th request's number) until `seconds`
+    pass; the results and the window up to the last one's end."""
     began = time.monotonic()
-    answers: list[Answer] = []
+    answers: list[T] = []
 
     async def client(c: int, http: aiohttp.ClientSession) -> None:
         i = 0
         while time.monotonic() - began < seconds:
-            answers.append(await ask(http, base, model, prompt(c * 1000 + i, salt), max_tokens))
+            answers.append(await once(http, c * 1000 + i))
             i += 1
 
-    # A connection per stream: llama-server closes a kept-alive one after a stream, and a POST
-    # is not retried; against model time, connecting to loopback costs nothing.
-    async with session(keep_alive=False) as http:
+    async with session(keep_alive) as http:
         await asyncio.gather(*(client(c, http) for c in range(clients)))
     return answers, max(a.end for a in answers) - began
 
@@ -147,18 +169,10 @@ async def closed_streams(
     base: str, model: str, clients: int, seconds: float, max_tokens: int, salt: str
 ) -> tuple[list[Streamed], float]:
     """As closed_clients, streamed: each answer's time to first token and its tokens."""
-    began = time.monotonic()
-    answers: list[Streamed] = []
 
-    async def client(c: int, http: aiohttp.ClientSession) -> None:
-        i = 0
-        while time.monotonic() - began < seconds:
-            text = story(c * 1000 + i, salt)
-            answers.append(await ask_stream(http, base, model, text, max_tokens))
-            i += 1
+    def once(http: aiohttp.ClientSession, n: int) -> Awaitable[Streamed]:
+        return ask_stream(http, base, model, story(n, salt), max_tokens)
 
     # A connection per stream: llama-server closes a kept-alive one after a stream, and a POST
     # is not retried; against model time, connecting to loopback costs nothing.
-    async with session(keep_alive=False) as http:
-        await asyncio.gather(*(client(c, http) for c in range(clients)))
-    return answers, max(a.end for a in answers) - began
+    return await _closed_loop(clients, seconds, once, keep_alive=False)

@@ -88,7 +88,7 @@ class BatchDecoder:
         n_past: int,
         all_logits: bool,
         check_cancelled: Callable[[], None],
-    ) -> np.ndarray:
+    ) -> list[np.ndarray]:
         """Decode `tokens` at positions `n_past`...; the logits of the last (or of every) one."""
         work = _Work(seq, tokens, n_past, all_logits)
         with self._changed:
@@ -102,7 +102,7 @@ class BatchDecoder:
                 raise
         if work.error is not None:
             raise work.error
-        return np.stack(work.rows)
+        return work.rows
 
     def remove(self, seq: int, p0: int, p1: int) -> bool:
         """Forget sequence `seq`'s KV cache from position p0 to p1 (-1: to the end)."""

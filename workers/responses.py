@@ -107,8 +107,9 @@ class ResponseStream:
         self.meta = meta
         self._sequence = 0
         self._items: list[dict[str, Any]] = []  # output items in the order they opened
-        self._text: list[str] | None = None  # the message's text, once it has opened
-        self._calls: dict[int, dict[str, Any]] = {}  # a chat tool-call index -> its item
+        self._text: list[str] = []  # the message's text
+        self._at: dict[str, Any] = {}  # where the message is (event fields), once it opened
+        self._calls: dict[int, int] = {}  # a chat tool-call index -> its output index
         self._finish: str | None = None
 
     def opening(self) -> list[dict[str, Any]]:
@@ -135,19 +136,17 @@ class ResponseStream:
         return [*events, self._event(f"response.{done['status']}", response=done)]
 
     def _text_delta(self, delta: str) -> list[dict[str, Any]]:
-        events = self._open_message() if self._text is None else []
-        assert self._text is not None
+        events = [] if self._at else self._open_message()
         self._text.append(delta)
-        at = self._at_text()
-        return [*events, self._event("response.output_text.delta", **at, delta=delta, logprobs=[])]
+        event = self._event("response.output_text.delta", **self._at, delta=delta, logprobs=[])
+        return [*events, event]
 
     def _open_message(self) -> list[dict[str, Any]]:
-        self._text = []
         self._items.append(_message(self.meta, None, "in_progress"))
-        return [
-            self._added(len(self._items) - 1),
-            self._event("response.content_part.added", **self._at_text(), part=_part("")),
-        ]
+        index = len(self._items) - 1
+        self._at = {"output_index": index, "content_index": 0, "item_id": self.meta.message_id}
+        return [self._added(index),
+                self._event("response.content_part.added", **self._at, part=_part(""))]  # fmt: skip
 
     def _call_delta(self, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
         function, index = raw.get("function") or {}, raw.get("index", 0)
@@ -155,15 +154,14 @@ class ResponseStream:
         if index not in self._calls:  # llama repeats id and name in every delta: use the first
             item = {**_call_item(raw.get("id"), {"name": function.get("name")}),
                     "status": "in_progress"}  # fmt: skip
-            self._calls[index] = item
             self._items.append(item)
-            events.append(self._added(len(self._items) - 1))
-        item, piece = self._calls[index], function.get("arguments") or ""
+            self._calls[index] = len(self._items) - 1
+            events.append(self._added(self._calls[index]))
+        at, piece = self._calls[index], function.get("arguments") or ""
         if piece:
-            item["arguments"] += piece
+            self._items[at]["arguments"] += piece
             events.append(self._event("response.function_call_arguments.delta", delta=piece,
-                                      output_index=self._items.index(item),
-                                      item_id=item["id"]))  # fmt: skip
+                                      output_index=at, item_id=self._items[at]["id"]))  # fmt: skip
         return events
 
     def _closed(self, index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,15 +170,11 @@ class ResponseStream:
                                   item_id=item["id"], name=item["name"],
                                   arguments=item["arguments"])]  # fmt: skip
         else:
-            text, at = "".join(self._text or []), self._at_text()
+            text = "".join(self._text)
             item["content"] = [part := _part(text)]
-            events = [self._event("response.output_text.done", **at, text=text, logprobs=[]),
-                      self._event("response.content_part.done", **at, part=part)]  # fmt: skip
+            events = [self._event("response.output_text.done", **self._at, text=text, logprobs=[]),
+                      self._event("response.content_part.done", **self._at, part=part)]  # fmt: skip
         return [*events, self._event("response.output_item.done", output_index=index, item=item)]
-
-    def _at_text(self) -> dict[str, Any]:
-        index = next(i for i, item in enumerate(self._items) if item["type"] == "message")
-        return {"output_index": index, "content_index": 0, "item_id": self.meta.message_id}
 
     def _added(self, index: int) -> dict[str, Any]:
         item = dict(self._items[index])  # as it stood when it opened

@@ -51,7 +51,7 @@ from workers.shaping import (
     sse_event,
     usage_chunk,
 )
-from workers.slot_choice import pick_slot
+from workers.slot_choice import input_text, pick_slot
 from workers.status import RequestRecord, WorkerStatus
 from workers.usage_report import USAGE_HEADER, usage_comment, usage_header
 
@@ -95,28 +95,29 @@ class Worker:
         self.model = model
         self.engine = engine
         self.embedding_policy = embedding_policy or EmbeddingPolicy()
-        self._free = [(EngineThread(f"engine-{i}"), i) for i in range(concurrency)]
-        self.thread = self._free[0][0]  # loads the model
+        self._threads = [EngineThread(f"engine-{i}") for i in range(concurrency)]
+        self._free = list(range(concurrency))  # slots, the least recently used first
+        self.thread = self._threads[0]  # loads the model
         self._last_text: dict[int, str] = {}  # each slot's last request input
         self.status = WorkerStatus(model, engine.kind, path, concurrency, phase_fd)
 
     @asynccontextmanager
     async def generation(
-        self, request_id: str, endpoint: str, text: str = ""
+        self, request_id: str, endpoint: str, given: Any = None
     ) -> AsyncIterator[tuple[RequestRecord, EngineThread, Engine]]:
         """A slot, its engine thread and its engine for one request, recorded in /status.
-        `text` is the request's input: the slot whose last input began the same way is
+        `given` is the request's input: the slot whose last input began the same way is
         preferred, its KV cache holding that beginning (workers.slot_choice)."""
         async with self.status.generation(request_id, endpoint) as record:
-            # The semaphore guarantees a free slot.
-            index = pick_slot([i for _, i in self._free], self._last_text, text)
-            slot = next(entry for entry in self._free if entry[1] == index)
-            self._free.remove(slot)
+            # One slot has nothing to choose: its input is not even written out.
+            text = input_text(given) if self.status.capacity > 1 else ""
+            index = pick_slot(self._free, self._last_text, text)  # the semaphore left one
+            self._free.remove(index)
             self._last_text[index], record.slot = text, index
             try:
-                yield record, slot[0], self.engine.slot(index)
+                yield record, self._threads[index], self.engine.slot(index)
             finally:
-                self._free.append(slot)
+                self._free.append(index)
 
     async def load(self) -> bool:
         """Load the model, then warm it up: no request is served before both have passed."""
@@ -207,15 +208,10 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _slot(
-    request: web.Request, text: str = ""
+    request: web.Request, given: Any = None
 ) -> AbstractAsyncContextManager[tuple[RequestRecord, EngineThread, Engine]]:
-    """A slot for this request (Worker.generation), chosen by its input `text`."""
-    return request.app[WORKER_KEY].generation(_request_id(request), request.path, text)
-
-
-def _input_text(value: Any) -> str:
-    """A request's input as one string, to compare with a slot's last (workers.slot_choice)."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """A slot for this request (Worker.generation), chosen by its input."""
+    return request.app[WORKER_KEY].generation(_request_id(request), request.path, given)
 
 
 def _request_id(request: web.Request) -> str:
@@ -249,7 +245,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     params = parse_chat(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
-    async with _slot(request, _input_text(params.messages)) as (record, thread, engine):
+    async with _slot(request, params.messages) as (record, thread, engine):
         if params.stream:
             shapers = _ChoiceShapers(partial(_chat_stream_shaper, worker.model, id_, created,
                                              params))  # fmt: skip
@@ -344,7 +340,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     params = parse_completion(await _json_body(request))
     worker.require_ready()
     id_, created, cancel = new_id("cmpl"), int(time.time()), CancelToken()
-    async with _slot(request, _input_text(params.prompts)) as (record, thread, engine):
+    async with _slot(request, params.prompts) as (record, thread, engine):
         if params.stream:
             shaper = partial(_shape_completion_item, worker.model, id_, created, params)
             make = partial(_chain_prompts, engine, params, cancel)
@@ -418,7 +414,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     params, meta = parse_response_request(await _json_body(request), worker.model)
     worker.require_ready()
     cancel = CancelToken()
-    async with _slot(request, _input_text(params.messages)) as (record, thread, engine):
+    async with _slot(request, params.messages) as (record, thread, engine):
         if params.stream:
             make = partial(engine.chat_stream, params, cancel)
             write = partial(_write_response_events, shaper=ResponseStream(meta))

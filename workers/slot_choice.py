@@ -7,9 +7,11 @@ renders to a shared token prefix). Pure: the worker keeps the texts and applies 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["SIMILARITY", "pick_slot", "shared_length"]
+__all__ = ["SIMILARITY", "input_text", "pick_slot", "shared_length"]
 
 
 SIMILARITY = 0.5  # the share of a slot's last text a request must begin with to reuse it
@@ -40,3 +42,8 @@ def shared_length(a: str, b: str) -> int:
         else:
             high = middle - 1
     return low
+
+
+def input_text(given: Any) -> str:
+    """A request's input (a prompt, prompts or messages) as one string to compare."""
+    return given if isinstance(given, str) else json.dumps(given, ensure_ascii=False)
