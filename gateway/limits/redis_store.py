@@ -190,6 +190,9 @@ class RedisLimits:
         self._usage: UsageTable = {}  # not yet written to Redis
         self._flusher: asyncio.Task[None] | None = None
         self._owed: dict[str, _Owed] = {}  # by key name: what ended requests give back
+        # slots a settle is sending now, by key name: a check meanwhile frees them too, since
+        # it may reach Redis first (ZREM of a request's own member is safe to repeat)
+        self._settling: dict[str, list[str]] = {}
         self._settler: asyncio.Task[None] | None = None
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
@@ -199,9 +202,10 @@ class RedisLimits:
         slot = with_slot and key.max_concurrent is not None
         member = self._member + request_id if slot else ""
         owed = self._owed.pop(key.name, None) or _Owed()
+        freed = owed.slots + self._settling.get(key.name, [])
         args: list[int | float | str] = [key.rpm or 0, key.tpm or 0, key.max_concurrent or 0,
                                          reserve, member, self._config.lease_seconds,
-                                         owed.tokens, *owed.slots]  # fmt: skip
+                                         owed.tokens, *freed]  # fmt: skip
         try:
             answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=args))
         except BaseException:
@@ -269,11 +273,16 @@ class RedisLimits:
         owed, self._owed = self._owed, {}
         if not owed:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for name, debt in owed.items():
-            await self._finish_script(keys=_keys(name)[1:], client=pipe,
-                                      args=[debt.tpm, debt.tokens, *debt.slots])  # fmt: skip
-        if await self._call(pipe.execute, quiet=True) is None:
+        self._settling = {name: debt.slots for name, debt in owed.items() if debt.slots}
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, debt in owed.items():
+                await self._finish_script(keys=_keys(name)[1:], client=pipe,
+                                          args=[debt.tpm, debt.tokens, *debt.slots])  # fmt: skip
+            sent = await self._call(pipe.execute, quiet=True)
+        finally:
+            self._settling = {}
+        if sent is None:
             for name, debt in owed.items():  # Redis is away: kept for later
                 self._owe(name, debt)
 

@@ -3,6 +3,7 @@ that a killed gateway gives back, and Redis stopped and started under load."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,6 +18,8 @@ import httpx
 import pytest
 import redis
 
+from gateway.config.file import KeyConfig, RedisConfig
+from gateway.limits.redis_store import RedisLimits
 from tests.support import (
     CHAT,
     GatewayProcess,
@@ -165,3 +168,34 @@ def test_an_ended_request_s_slot_is_free_at_once_here_and_soon_everywhere(
     assert post(pair[1], CAPPED).status_code == 200
     with redis.Redis.from_url(SHARED_REDIS) as client:
         assert wait_until(lambda: client.zcard("llmgw:{capped}:slots") == 0, 2)
+
+
+async def test_a_slot_whose_release_is_on_its_way_is_free_to_the_next_check() -> None:
+    # The settle's ZREM and the next admit travel on separate connections: whichever reaches
+    # Redis first, the next request must find the slot free (CI once saw a 429 here).
+    limits = RedisLimits(RedisConfig(url=SHARED_REDIS, lease_seconds=LEASE))
+    key = KeyConfig("settling", b"\0" * 32, max_concurrent=1)
+    sent, release = asyncio.Event(), asyncio.Event()
+    call = limits._call
+
+    async def settle_held_back(command: Any, quiet: bool = False) -> Any:
+        if quiet:  # the settle: its answer comes only after the next check's
+            sent.set()
+            await release.wait()
+        return await call(command, quiet)
+
+    limits._call = settle_held_back  # type: ignore[method-assign]
+    try:
+        limits.finish(await limits.admit(key, "first", "m", 0, 0, with_slot=True), None)
+        settling = asyncio.get_running_loop().create_task(limits._settle())
+        await sent.wait()
+        second = await limits.admit(key, "second", "m", 0, 0, with_slot=True)
+        assert second.slot
+        release.set()
+        await settling
+        limits.finish(second, None)
+    finally:
+        release.set()
+        await limits.close()
+    with redis.Redis.from_url(SHARED_REDIS) as client:
+        assert client.zcard("llmgw:{settling}:slots") == 0
