@@ -230,6 +230,13 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({**worker.status.body(), "batching": worker.engine.batching()})
 
 
+async def health(request: web.Request) -> web.Response:
+    """llama-server's health check: 200 once the model is loaded, 503 with the reason before
+    (and after a failed load). What a gateway that has this worker as an upstream checks."""
+    request.app[WORKER_KEY].require_ready()
+    return web.json_response({"status": "ok"})
+
+
 async def request_done(request: web.Request) -> web.Response:
     """`{"done": bool}` once the request has ended, or after `timeout` seconds (default 60)."""
     try:
@@ -551,6 +558,7 @@ def build_app(worker: Worker, secret: str | None = None) -> web.Application:
     app[WORKER_KEY] = worker
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/status", status)
+    app.router.add_get("/health", health)
     app.router.add_get("/requests/{id}/done", request_done)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

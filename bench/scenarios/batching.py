@@ -3,7 +3,11 @@ llama.cpp's own llama-server and llama-cpp-python's server, on SmolLM2 and Gemma
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import sys
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +15,9 @@ from typing import Any
 from ..common import Result, pin_self, round_order
 from ..llm_client import Streamed, closed_streams
 from ..peers import LLAMA_SERVER_BIN, start_llama_cpp_server, start_llama_server
-from ..procs import Proc, rss_kib, start_gateway
+from ..procs import ROOT, Proc, rss_kib, start_gateway
 from ..stats import percentile
-from .models import GEMMA, SMOLLM, gateway_model, server_model
+from .models import GEMMA, N_CTX, SMOLLM, gateway_model, server_model
 
 __all__ = ["batching"]
 
@@ -26,6 +30,7 @@ SLOTS_8, SLOTS_4X2, TODAY = (
 )
 UNIFIED = "(a) 1 x capacity 8, kv_unified"
 LLAMA_SERVER, LLAMA_CPP_SERVER = "(c) llama-server -np 8", "(d) llama_cpp.server"
+RAW = "(r) llama_decode alone, no HTTP"  # the ceiling: bench/raw_decode.py
 
 
 async def batching() -> Result:
@@ -36,7 +41,7 @@ async def batching() -> Result:
     for model in (SMOLLM, GEMMA):
         with contextlib.ExitStack() as stack:
             targets = {name: _enter(stack, make()) for name, make in _targets(model).items()}
-            rows = await _measure(model[0], targets)
+            rows = await _measure(model, targets)
         res.rows += rows
     _verdict(res)
     return res
@@ -68,17 +73,36 @@ def _enter(stack: contextlib.ExitStack, proc: Proc) -> Proc:
     return proc
 
 
-async def _measure(model: str, targets: dict[str, Proc]) -> list[dict[str, Any]]:
-    """Each client count in turn, the targets interleaved (rotated each time)."""
-    rows = []
+async def _measure(model: tuple[str, Path], targets: dict[str, Proc]) -> list[dict[str, Any]]:
+    """Each client count in turn, the targets and the raw ceiling interleaved (rotated)."""
+    rows, name_ = [], model[0]
     for turn, clients in enumerate(CLIENTS):
-        for name in round_order(list(targets), turn):
-            salt = f"{model}{clients}{name[:4]}"
+        for name in round_order([*targets, RAW], turn):
+            if name == RAW:
+                rows.append(await _raw_row(model, clients))
+                continue
+            salt = f"{name_}{clients}{name[:4]}"
             answers, window = await closed_streams(
-                targets[name].url, model, clients, SECONDS, MAX_TOKENS, salt
+                targets[name].url, name_, clients, SECONDS, MAX_TOKENS, salt
             )
-            rows.append(_row(model, name, clients, answers, window, _tree_rss(targets[name].pid)))
+            rows.append(_row(name_, name, clients, answers, window, _tree_rss(targets[name].pid)))
     return rows
+
+
+async def _raw_row(model: tuple[str, Path], clients: int) -> dict[str, Any]:
+    """The same work on llama.cpp's batch API alone, one sequence per client (its own process)."""
+    command = [sys.executable, "-m", "bench.raw_decode", str(model[1]), "--sequences",
+               str(clients), "--seconds", str(SECONDS), "--max-tokens", str(MAX_TOKENS),
+               "--threads", "2", "--n-ctx", str(N_CTX)]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=PIPE, stderr=DEVNULL)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.raw_decode failed (exit {proc.returncode})")
+    measured = json.loads(out.decode().strip().splitlines()[-1])
+    nan = float("nan")
+    return {"model": model[0], "target": RAW, "clients": clients,
+            "tokens/s": measured["tokens/s"], "ttft p50 ms": nan, "ttft p99 ms": nan,
+            "errors": 0, "rss MiB": nan}  # fmt: skip
 
 
 def _row(model: str, name: str, clients: int, answers: list[Streamed], window: float,
@@ -120,6 +144,11 @@ def _verdict(res: Result) -> None:
         if peer == peer:  # measured (llama-server built: bench/setup_llama_server.sh)
             res.goal(f"{model}, 8 clients: slots >= 0.9x llama-server's tokens/s",
                      f"{best / peer:.2f}x", best / peer >= 0.9)  # fmt: skip
+        raw = _rate(res, model, RAW, 8)
+        res.notes.append(
+            f"{model}, 8 clients: the ceiling (r) is {raw / today:.2f}x (b); the slots reach "
+            f"{best / raw:.2f}x of it, llama-server {peer / raw:.2f}x."
+        )
     res.notes.append(
         f"Closed loop: each client streams /v1/completions (max_tokens {MAX_TOKENS}, temperature "
         f"0, a distinct prompt each time) for {SECONDS:g} s per target and client count; "

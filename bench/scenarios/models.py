@@ -6,7 +6,7 @@ from typing import Any
 
 from ..procs import ROOT
 
-__all__ = ["GEMMA", "SMOLLM", "gateway_model", "server_model"]
+__all__ = ["GEMMA", "N_CTX", "SMOLLM", "gateway_model", "server_model"]
 
 SMOLLM = ("smollm2", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = ("gemma3-270m", ROOT / "models" / "gemma-3-270m-q4_k_m.gguf")

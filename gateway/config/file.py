@@ -30,6 +30,7 @@ from .checks import (
     reject_unknown,
     shown,
 )
+from .upstreams import UpstreamConfig, parse_upstreams
 
 __all__ = [
     "LLAMA_PARAMS",
@@ -42,6 +43,7 @@ __all__ = [
     "ModelConfig",
     "RedisConfig",
     "ServerConfig",
+    "UpstreamConfig",
     "load_config",
     "parse_config",
 ]
@@ -90,6 +92,7 @@ class ModelConfig:
     standin: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     matryoshka: bool = False  # its embeddings may be shortened (`dimensions`)
     accept_token_ids: bool = False  # token-id input to /v1/embeddings is its own ids
+    upstreams: tuple[UpstreamConfig, ...] = ()  # remote replicas, beside the local ones
 
     def device(self, index: int) -> str | None:
         """The CUDA_VISIBLE_DEVICES value of replica `index`, or None for CPU."""
@@ -173,7 +176,7 @@ _SERVER_KEYS = {
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
-    "matryoshka", "accept_token_ids",
+    "matryoshka", "accept_token_ids", "upstreams",
 }  # fmt: skip
 
 
@@ -278,12 +281,13 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
     reject_unknown(section, _MODEL_KEYS, where)
     engine = checked(section, "engine", lambda v: v in ("llama", "standin"), "llama or standin",
                   where, "llama")  # fmt: skip
-    replicas = checked(section, "replicas", positive, "a positive integer", where, 1)
+    upstreams = parse_upstreams(section.get("upstreams", []), where)
+    replicas = _parse_replicas(section, bool(upstreams), where)
     return ModelConfig(
         capacity=_parse_capacity(section, engine, where),
         name=name,
         aliases=_parse_aliases(section.get("aliases", []), where),
-        path=_parse_path(section.get("path"), engine, where, base_dir),
+        path=_parse_path(section.get("path"), engine if replicas else "remote", where, base_dir),
         engine=engine,
         replicas=replicas,
         gpus=_parse_gpus(section.get("gpus"), replicas, where),
@@ -302,7 +306,17 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
         accept_token_ids=checked(
             section, "accept_token_ids", boolean, "true or false", where, False
         ),
+        upstreams=upstreams,
     )
+
+
+def _parse_replicas(section: dict[str, Any], remote: bool, where: str) -> int:
+    """Local replicas: at least one, or none where the model has upstreams to serve it (the
+    default there unless it names a `path` to load)."""
+    if remote:
+        default = 1 if "path" in section else 0
+        return int(checked(section, "replicas", non_negative, "an integer >= 0", where, default))
+    return int(checked(section, "replicas", positive, "a positive integer", where, 1))
 
 
 def _parse_capacity(section: dict[str, Any], engine: str, where: str) -> int:
@@ -323,7 +337,7 @@ def _parse_aliases(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def _parse_path(raw: Any, engine: str, where: str, base_dir: Path) -> Path | None:
-    if raw is None and engine == "standin":
+    if raw is None and engine in ("standin", "remote"):  # remote: no local replica loads it
         return None
     if not nonempty_str(raw):
         raise ConfigError(f"{where}path: expected the path of a GGUF file")

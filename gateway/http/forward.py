@@ -18,7 +18,7 @@ from ..config.file import ModelConfig
 from ..errors import GatewayError, UpstreamFailed, error_body
 from ..limits.local import Ticket
 from ..observe.metrics import Marks, Metrics, marks
-from ..pool.proxy import SSE_HEADERS, ClientGone, Relay, until_disconnect
+from ..pool.proxy import SSE_HEADERS, ClientGone, Relay, renamed, until_disconnect
 from ..pool.scheduler import Lease
 from ..state import Gateway
 
@@ -87,8 +87,10 @@ class Forward:
         request_id = self.ticket.request_id
         noted = marks(self.scope)
         noted.replica, noted.upstream_started = replica.index, time.perf_counter()
-        sent = proxy.send(replica.url + self.path, replica.auth, self.body, request_id,
-                          model.first_token_timeout)  # fmt: skip
+        url, body = replica.api + self.path.removeprefix("/v1"), self.body
+        if replica.upstream_model is not None:  # the model has another name there
+            body = renamed(body, replica.upstream_model)
+        sent = proxy.send(url, replica.auth, body, request_id, model.first_token_timeout)
         try:
             return await until_disconnect(self.receive, sent)
         except UpstreamFailed as exc:

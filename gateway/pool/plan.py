@@ -22,9 +22,11 @@ class ModelChange:
     model: ModelConfig  # the new entry
     old_replicas: int
     roll: bool  # worker settings changed: replace the running replicas one at a time
+    upstreams: bool = False  # its upstreams (or their numbering after the local slots) changed
 
     def describe(self) -> str:
         parts = ["worker settings changed: rolling replicas"] if self.roll else []
+        parts += ["upstreams changed: replacing the remote replicas"] if self.upstreams else []
         if self.model.replicas != self.old_replicas:
             parts.append(f"replicas {self.old_replicas} -> {self.model.replicas}")
         return f"changed {self.model.name}: " + ("; ".join(parts) or "queue/timeouts/aliases")
@@ -96,4 +98,7 @@ def _key_changes(old: AuthConfig, new: AuthConfig) -> tuple[str, ...]:
 
 def _change(old: ModelConfig, new: ModelConfig) -> ModelChange:
     roll = any(getattr(old, key) != getattr(new, key) for key in _WORKER_FIELDS)
-    return ModelChange(model=new, old_replicas=old.replicas, roll=roll)
+    # Remote replicas are numbered after the local slots: a new count renumbers them.
+    moved = (old.upstreams, old.replicas) != (new.upstreams, new.replicas)
+    upstreams = moved and bool(old.upstreams or new.upstreams)
+    return ModelChange(model=new, old_replicas=old.replicas, roll=roll, upstreams=upstreams)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,9 @@ from ..errors import UpstreamFailed, UpstreamTimeout, error_body
 from ..observe.metrics import Marks, marks
 from .scheduler import Lease
 
-__all__ = ["SSE_HEADERS", "ClientGone", "Proxy", "Relay", "sse_events", "until_disconnect"]
+__all__ = [
+    "SSE_HEADERS", "ClientGone", "Proxy", "Relay", "renamed", "sse_events", "until_disconnect",
+]  # fmt: skip
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.proxy")
@@ -70,8 +73,9 @@ class Proxy:
         headers arrive. A worker sends its headers with the first token (streams) or the whole
         answer."""
         assert self._session is not None, "Proxy.start() was not awaited"
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id,
-                   "Authorization": auth}  # fmt: skip
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if auth:  # a remote server may want none
+            headers["Authorization"] = auth
         try:
             async with asyncio.timeout(first_byte_timeout):
                 return await self._session.post(url, data=body, headers=headers)
@@ -88,6 +92,9 @@ class Proxy:
         For a request whose answer was not read to its end (the client left, or a timeout):
         the worker may still be computing it (a template, a prompt evaluation: nothing stops
         those midway), and a replica shown free meanwhile would take the next request."""
+        if not lease.replica.reports_ends:  # a remote server: no way to know; free it now
+            lease.release()
+            return
         wait = self._release_later(lease, request_id, timeout)
         task = asyncio.get_running_loop().create_task(wait)
         self._waits.add(task)  # the loop keeps only a weak reference to a task
@@ -108,6 +115,13 @@ class Proxy:
             pass  # the worker is gone or hung: the supervisor deals with it
         finally:
             lease.release()
+
+
+def renamed(body: bytes, model: str) -> bytes:
+    """A request `body` (a JSON object, checked on arrival) naming `model` instead."""
+    fields = json.loads(body)
+    fields["model"] = model
+    return json.dumps(fields, ensure_ascii=False).encode()
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.file import UpstreamConfig
 from .lifecycle import ReplicaState, StateChange, check_transition
 
 __all__ = ["Registry", "Replica", "ReplicaState"]
@@ -27,14 +28,19 @@ _IN_ROTATION = (S.READY, S.BUSY)
 
 @dataclass(eq=False)
 class Replica:
-    """One place requests for a model can go; the scheduler and proxy need only `url`."""
+    """One place requests for a model can go: a local worker process or a remote server. The
+    scheduler and proxy need only `api`, `auth`, `upstream_model` and `reports_ends`."""
 
     model: str
     index: int
     device: str
     capacity: int = 1
     state: ReplicaState = ReplicaState.STARTING  # written by Registry._move only
-    url: str = ""
+    kind: str = "local"  # "local": a worker process of ours; "remote": a server elsewhere
+    url: str = ""  # the server's root: http://127.0.0.1:PORT
+    api: str = ""  # its OpenAI base URL: the root's /v1 for a worker; as configured for a remote
+    upstream_model: str | None = None  # the model's name there, where it is not ours
+    reports_ends: bool = True  # it serves /requests/ID/done (our workers do)
     pid: int | None = None
     port: int | None = None
     in_flight: int = 0
@@ -57,7 +63,9 @@ class Replica:
             "replica": self.index,
             "pid": self.pid,
             "port": self.port,
+            "kind": self.kind,
             "url": self.url or None,
+            "api": self.api or None,
             "state": self.state.value,
             "state_since": self.state_since,
             "device": self.device,
@@ -91,8 +99,17 @@ class Registry:
         del self._by_model[model]
 
     def add_replica(self, model: str, index: int, device: str, capacity: int = 1) -> Replica:
-        """A new replica in slot `index` (during a rolling reload two may share a slot)."""
+        """A new local replica in slot `index` (during a rolling reload two may share a slot)."""
         replica = Replica(model, index, device, capacity)
+        self._by_model[model].append(replica)
+        return replica
+
+    def add_remote(self, model: str, index: int, upstream: UpstreamConfig) -> Replica:
+        """A new remote replica: `upstream`, known as replica `index` of `model`."""
+        auth = f"Bearer {upstream.api_key}" if upstream.api_key else ""
+        replica = Replica(model, index, "remote", upstream.capacity, kind="remote",
+                          url=upstream.root, api=upstream.url, auth=auth,
+                          upstream_model=upstream.upstream_model, reports_ends=False)  # fmt: skip
         self._by_model[model].append(replica)
         return replica
 
@@ -134,6 +151,7 @@ class Registry:
     def mark_starting(self, replica: Replica, pid: int, port: int, secret: str = "") -> None:
         replica.pid, replica.port = pid, port
         replica.url = f"http://127.0.0.1:{port}"
+        replica.api = replica.url + "/v1"
         replica.auth = f"Bearer {secret}"
         if replica.state is not S.DRAINING:
             self._move(replica, S.STARTING)
@@ -146,6 +164,18 @@ class Registry:
             replica.load_seconds = replica.loaded_at - replica.state_since
         replica.error = None
         self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
+
+    def mark_answering(self, replica: Replica) -> None:
+        """A remote replica passed a health check: ready if it was starting, else healthy."""
+        if replica.state is S.STARTING:
+            self.mark_ready(replica)
+        else:
+            self.mark_healthy(replica)
+
+    def note_unreachable(self, replica: Replica, reason: str) -> None:
+        """A remote replica failed a health check (`reason`), too few in a row to eject it, or
+        while it is starting: shown, no move."""
+        replica.error = reason
 
     def mark_exited(self, replica: Replica, error: str | None, how: str | None) -> None:
         """The worker process is gone (`how`: its exit code or signal, None if it never ran);

@@ -137,17 +137,19 @@ class Reloader:
             raise ReloadError("; ".join(str(e) for e in failed))
 
     async def _resize(self, change: ModelChange) -> None:
-        model = change.model
-        running = sorted(self._gateway.registry.replicas(model.name), key=lambda r: r.index)
+        model, supervisor = change.model, self._gateway.supervisor
+        if change.upstreams:
+            await supervisor.replace_upstreams(model)
+        running = supervisor.local(model.name)
         if change.roll:
             for old in [r for r in running if r.index < model.replicas]:
                 await self._replace(model, old)
         for old in reversed([r for r in running if r.index >= model.replicas]):
             await self._retire(old)
-        taken = {r.index for r in self._gateway.registry.replicas(model.name)}
+        taken = {r.index for r in supervisor.local(model.name)}
         for index in range(model.replicas):
             if index not in taken:
-                self._gateway.supervisor.start_replica(model, index)
+                supervisor.start_replica(model, index)
 
     async def _replace(self, model: ModelConfig, old: Replica) -> None:
         """Start the new worker for `old`'s slot; once it is ready, retire `old`."""

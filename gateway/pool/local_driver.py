@@ -1,0 +1,139 @@
+"""The local-process replica driver: one worker process per replica, restarted when it exits.
+
+It spawns the worker (gateway/pool/launch.py), waits for its ready line, watches its `/status`
+meanwhile, and starts a new one after an exit, with backoff after failed starts. What it sees
+it reports to the registry, the owner of replica state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import aiohttp
+
+from ..config.file import HealthConfig, ModelConfig
+from .launch import describe_exit, spawn
+from .registry import Registry, Replica
+
+__all__ = ["LocalDriver", "restart_delay"]
+
+log = logging.getLogger("gateway.supervisor")
+
+_FAILED_EXIT_WAIT = 3.0
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before the next start after `failures` starts in a row that never became ready."""
+    return float(min(30.0, 0.5 * 2**failures))
+
+
+class LocalDriver:
+    """Runs each local replica's worker process; `health` is read at every check."""
+
+    kind = "local"
+
+    def __init__(self, registry: Registry, health: HealthConfig,
+                 session: aiohttp.ClientSession) -> None:  # fmt: skip
+        self.health = health
+        self._registry = registry
+        self._session = session
+        self._procs: dict[Replica, asyncio.subprocess.Process] = {}
+
+    async def run(self, model: ModelConfig, replica: Replica) -> None:
+        """Keep a worker running for `replica` until cancelled."""
+        failures = 0
+        while True:
+            try:
+                became_ready = await self._run_once(model, replica)
+            except Exception as exc:  # no port, no file descriptors, no fork: try again later
+                log.exception("%s[%d]: could not start a worker", model.name, replica.index)
+                self._registry.mark_exited(replica, f"could not start the worker: {exc}", None)
+                became_ready = False
+            failures = 0 if became_ready else failures + 1
+            await asyncio.sleep(restart_delay(failures))
+
+    async def stop(self, replicas: list[Replica], grace: float) -> None:
+        """Stop the workers of `replicas` (their `run` already cancelled): SIGTERM, then
+        SIGKILL after `grace`."""
+        procs = [self._procs.pop(r) for r in replicas if r in self._procs]
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        await asyncio.gather(*(_reap(proc, grace) for proc in procs))
+
+    async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
+        """Run one worker process to its end; return whether it ever became ready."""
+        launch = await spawn(model, replica.index)
+        proc = launch.proc
+        self._procs[replica] = proc
+        self._registry.mark_starting(replica, proc.pid, launch.port, launch.secret)
+        log.info("%s[%d]: started worker pid %d on port %d", model.name, replica.index,
+                 proc.pid, launch.port)  # fmt: skip
+        try:
+            error = await launch.until_ready(model.startup_timeout)
+            if error is None:
+                self._registry.mark_ready(replica)  # the registry logs the change
+                await self._watch(replica, proc)
+            else:
+                await _reap(proc, _FAILED_EXIT_WAIT)
+        finally:
+            launch.close()  # cancelled: the process stays in _procs, for `stop`
+        self._procs.pop(replica, None)
+        how = describe_exit(proc.returncode)
+        log.warning("%s[%d]: worker pid %d exited (%s)%s", model.name, replica.index, proc.pid,
+                    how, f": {error}" if error else "")  # fmt: skip
+        self._registry.mark_exited(replica, error, how)
+        return error is None
+
+    async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> int:
+        """Wait for the worker to exit, checking its status meanwhile.
+
+        A worker that fails a check leaves rotation at once, comes back when a check passes,
+        and is killed (then restarted) after `health.failures` failed checks in a row.
+        """
+        exited = asyncio.ensure_future(proc.wait())
+        failures = 0
+        while not (await asyncio.wait((exited,), timeout=self.health.interval))[0]:
+            if await self._answers(replica):
+                failures = 0
+                self._registry.mark_healthy(replica)
+                continue
+            failures += 1
+            self._registry.mark_unhealthy(replica, f"{failures} status checks failed in a row")
+            if failures >= self.health.failures:
+                log.warning("%s[%d]: worker pid %d stopped answering; killing it",
+                            replica.model, replica.index, proc.pid)  # fmt: skip
+                _signal(proc, signal.SIGKILL)
+        return exited.result()
+
+    async def _answers(self, replica: Replica) -> bool:
+        """Whether the worker's /status answers within the health timeout."""
+        timeout = aiohttp.ClientTimeout(total=self.health.timeout)
+        headers = {"Authorization": replica.auth}
+        try:
+            async with self._session.get(
+                replica.url + "/status", headers=headers, timeout=timeout
+            ) as resp:
+                resp.raise_for_status()
+                await resp.json()
+                return True
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+
+
+async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+        return
+    _signal(proc, signal.SIGKILL)
+    await proc.wait()
+
+
+def _signal(proc: asyncio.subprocess.Process, signum: int) -> None:
+    # os.kill, not proc.kill(): that may reap a just-dead child first and confuse the watcher.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
