@@ -30,13 +30,14 @@ from .checks import (
     reject_unknown,
     shown,
 )
-from .upstreams import UpstreamConfig, parse_upstreams
+from .upstreams import DnsUpstream, Upstream, UpstreamConfig, parse_upstreams
 
 __all__ = [
     "LLAMA_PARAMS",
     "WORKER_LLAMA_PARAMS",
     "AuthConfig",
     "ConfigError",
+    "DnsUpstream",
     "GatewayConfig",
     "HealthConfig",
     "KeyConfig",
@@ -92,7 +93,7 @@ class ModelConfig:
     standin: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     matryoshka: bool = False  # its embeddings may be shortened (`dimensions`)
     accept_token_ids: bool = False  # token-id input to /v1/embeddings is its own ids
-    upstreams: tuple[UpstreamConfig, ...] = ()  # remote replicas, beside the local ones
+    upstreams: tuple[Upstream, ...] = ()  # remote replicas, beside the local ones
 
     def device(self, index: int) -> str | None:
         """The CUDA_VISIBLE_DEVICES value of replica `index`, or None for CPU."""
@@ -281,7 +282,7 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
     reject_unknown(section, _MODEL_KEYS, where)
     engine = checked(section, "engine", lambda v: v in ("llama", "standin"), "llama or standin",
                   where, "llama")  # fmt: skip
-    upstreams = parse_upstreams(section.get("upstreams", []), where)
+    upstreams = parse_upstreams(section.get("upstreams", []), where, base_dir)
     replicas = _parse_replicas(section, bool(upstreams), where)
     return ModelConfig(
         capacity=_parse_capacity(section, engine, where),

@@ -114,7 +114,10 @@ class Registry:
         return replica
 
     def remove_replica(self, replica: Replica) -> None:
-        self._by_model[replica.model].remove(replica)
+        """Forget `replica` (already forgotten, or its model removed: nothing to do)."""
+        replicas = self._by_model.get(replica.model, [])
+        if replica in replicas:
+            replicas.remove(replica)
 
     def on_change(self, listener: Listener) -> None:
         """Call `listener(change)` after every state change of any replica."""

@@ -123,7 +123,7 @@ class Reloader:
         for change in plan.change:
             gateway.scheduler.set_policy(change.model.name, policy(change.model))
         gateway.set_config(new)  # from here, removed names 404 and added names queue
-        gateway.supervisor.set_health(new.health)
+        gateway.supervisor.apply_settings(new)
         results = await asyncio.gather(
             *(self._resize(change) for change in plan.change),
             *(self._remove(name) for name in plan.remove),
@@ -166,17 +166,13 @@ class Reloader:
         await self._retire(old)
 
     async def _retire(self, replica: Replica) -> None:
-        """Drain a replica (no new requests; those in flight finish), then stop its worker."""
-        registry = self._gateway.registry
-        registry.mark_draining(replica)
-        await registry.until(lambda: replica.in_flight == 0, self._drain_timeout())
-        await self._gateway.supervisor.stop_replica(replica)
+        await self._gateway.supervisor.retire(replica)
 
     async def _remove(self, name: str) -> None:
         """Serve what is already queued for a removed model, then retire its replicas."""
         gateway = self._gateway
         await self._until(lambda: gateway.scheduler.queued(name) == 0, self._drain_timeout())
-        await asyncio.gather(*(self._retire(r) for r in list(gateway.registry.replicas(name))))
+        await gateway.supervisor.retire_model(name)
         gateway.scheduler.remove_model(name)
         gateway.registry.remove_model(name)
 

@@ -2,8 +2,10 @@
 
 A local replica is a worker process (gateway/pool/local_driver.py), a remote one a server
 elsewhere that is health-checked (gateway/pool/remote_driver.py); the supervisor runs one task
-per replica in the driver of its kind, and stops them. Nothing past it asks which kind a
-replica is: the drivers report to the registry, the one owner of replica state.
+per replica in the driver of its kind, and stops them. A `dns:` upstream is a set of remote
+replicas that follows what its name resolves to (gateway/pool/discovery.py): an address that
+appears is added, one that vanishes drains and leaves. Nothing past the supervisor asks which
+kind a replica is: the drivers report to the registry, the one owner of replica state.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 
 import aiohttp
 
-from ..config.file import GatewayConfig, HealthConfig, ModelConfig, UpstreamConfig
+from ..config.file import DnsUpstream, GatewayConfig, ModelConfig
+from .discovery import resolve
 from .local_driver import LocalDriver, restart_delay
 from .registry import Registry, Replica
 from .remote_driver import RemoteDriver
@@ -30,6 +33,9 @@ class Supervisor:
         self._tasks: dict[Replica, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._drivers: dict[str, LocalDriver | RemoteDriver] = {}
+        self._discovery: dict[str, list[asyncio.Task[None]]] = {}  # by model: DNS watchers
+        self._retiring: set[asyncio.Task[None]] = set()  # replicas that left DNS, draining
+        self._drain_timeout = config.server.drain_timeout  # for a replica that left DNS
 
     async def start(self) -> None:
         """Register every replica and start them all at once; does not wait for them."""
@@ -41,10 +47,11 @@ class Supervisor:
         for model in self._models:
             self.start_model(model)
 
-    def set_health(self, health: HealthConfig) -> None:
-        self._health = health
+    def apply_settings(self, config: GatewayConfig) -> None:
+        """A reload's health checks and drain timeout, from now on."""
+        self._health, self._drain_timeout = config.health, config.server.drain_timeout
         for driver in self._drivers.values():
-            driver.health = health
+            driver.health = config.health
 
     def start_model(self, model: ModelConfig) -> None:
         self._registry.add_model(model.name)
@@ -58,10 +65,50 @@ class Supervisor:
         replica = self._registry.add_replica(model.name, index, device, model.capacity)
         return self._run(model, replica)
 
-    def start_upstreams(self, model: ModelConfig) -> list[Replica]:
-        """Register `model`'s remote replicas (numbered after its local slots) and check them."""
-        return [self._run(model, self._registry.add_remote(model.name, index, upstream))
-                for index, upstream in _numbered(model)]  # fmt: skip
+    def start_upstreams(self, model: ModelConfig) -> None:
+        """Register `model`'s remote replicas (numbered after its local slots) and check them;
+        follow its DNS names."""
+        for index, upstream in enumerate(model.upstreams, start=model.replicas):
+            if isinstance(upstream, DnsUpstream):
+                watch = asyncio.create_task(self._follow(model, upstream))
+                self._discovery.setdefault(model.name, []).append(watch)
+            else:
+                self._run(model, self._registry.add_remote(model.name, index, upstream))
+
+    async def _follow(self, model: ModelConfig, entry: DnsUpstream) -> None:
+        """Keep one replica per address `entry`'s name resolves to, until cancelled."""
+        held: dict[str, Replica] = {}
+        while True:
+            found = await resolve(entry)
+            for address in set() if found is None else found - set(held):
+                upstream, index = entry.at(address), self._free_index(model)
+                held[address] = self._run(model, self._registry.add_remote(model.name, index,
+                                                                           upstream))  # fmt: skip
+            for address in set() if found is None else set(held) - found:
+                retiring = asyncio.create_task(self.retire(held.pop(address)))
+                self._retiring.add(retiring)
+                retiring.add_done_callback(self._retiring.discard)
+            await asyncio.sleep(entry.resolve_every)
+
+    def _free_index(self, model: ModelConfig) -> int:
+        """The first replica number past the local slots and static upstreams that is free."""
+        taken = {r.index for r in self._registry.replicas(model.name)}
+        index = model.replicas + len(model.upstreams)
+        while index in taken:
+            index += 1
+        return index
+
+    async def retire_model(self, model: str) -> None:
+        """Stop following `model`'s DNS names; retire all its replicas."""
+        await self._stop_following(model)
+        await asyncio.gather(*(self.retire(r) for r in list(self._registry.replicas(model))))
+
+    async def retire(self, replica: Replica) -> None:
+        """Drain `replica` (no new requests; those in flight finish, up to the drain timeout),
+        then stop it."""
+        self._registry.mark_draining(replica)
+        await self._registry.until(lambda: replica.in_flight == 0, self._drain_timeout)
+        await self.stop_replica(replica)
 
     def local(self, model: str) -> list[Replica]:
         """`model`'s replicas in local slots (worker processes), by slot."""
@@ -72,6 +119,7 @@ class Supervisor:
         """Check `model`'s new upstreams, then forget the old ones (requests on them finish:
         nothing of theirs runs here)."""
         old = [r for r in self._registry.replicas(model.name) if r.kind == "remote"]
+        await self._stop_following(model.name)
         self.start_upstreams(model)
         await asyncio.gather(*(self.stop_replica(replica) for replica in old))
 
@@ -82,9 +130,17 @@ class Supervisor:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop every replica; SIGKILL the workers left after `grace`."""
+        for name in list(self._discovery):
+            await self._stop_following(name)
         await self._stop(list(self._tasks), grace)
         if self._session is not None:
             await self._session.close()
+
+    async def _stop_following(self, model: str) -> None:
+        watchers = self._discovery.pop(model, [])
+        for watch in watchers:
+            watch.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
 
     def _run(self, model: ModelConfig, replica: Replica) -> Replica:
         driver = self._drivers[replica.kind]
@@ -99,8 +155,3 @@ class Supervisor:
         await asyncio.gather(*(driver.stop(replicas, grace) for driver in self._drivers.values()))
         for replica in replicas:
             self._registry.mark_stopped(replica)
-
-
-def _numbered(model: ModelConfig) -> list[tuple[int, UpstreamConfig]]:
-    """Each upstream with its replica number: after the local replicas' slots."""
-    return [(model.replicas + i, upstream) for i, upstream in enumerate(model.upstreams)]

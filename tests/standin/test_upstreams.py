@@ -8,6 +8,7 @@ server under a path prefix of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -39,23 +40,24 @@ NODE_KEY = "node-key-0123456789abcdef"
 class RemoteWorker:
     """`llm-gateway worker` on its own port, as on another host, requiring NODE_KEY."""
 
-    def __init__(self, name: str, **standin_options: Any) -> None:
-        self.port, self.name = free_port(), name
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int | None = None,
+                 **standin_options: Any) -> None:  # fmt: skip
+        self.host, self.port, self.name = host, port or free_port(), name
         self.options = {"token_delay": 0.01, "tokens": 8, **standin_options}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> RemoteWorker:
         command = [sys.executable, "-m", "gateway", "worker", "--model-name", self.name,
                    "--engine", "standin", "--standin-json", json.dumps(self.options),
-                   "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+                   "--host", self.host, "--port", str(self.port)]  # fmt: skip
         env = {**os.environ, SECRET_ENV: NODE_KEY}
         self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
-        health = f"http://127.0.0.1:{self.port}/health"
+        health = f"http://{self.host}:{self.port}/health"
         auth = {"Authorization": f"Bearer {NODE_KEY}"}
         assert wait_until(lambda: _status(health, auth) == 200, 30), "remote worker not ready"
         return self
@@ -80,6 +82,9 @@ def remote() -> Iterator[RemoteWorker]:
         yield worker
     finally:
         worker.kill()
+
+
+gateway_of = contextlib.contextmanager(running_gateway)
 
 
 def upstream(url: str, **fields: Any) -> dict[str, Any]:
@@ -184,7 +189,7 @@ def test_the_url_s_path_the_upstream_s_name_and_its_key_are_what_is_sent(
     monkeypatch.setenv("NODE_KEY", NODE_KEY)
     url = f"http://127.0.0.1:{recorder.port}/openai/v1"
     config = {"models": [{"name": "ours", "upstreams": [upstream(url, upstream_model="theirs")]}]}
-    for gateway in running_gateway(config, tmp_path):
+    with gateway_of(config, tmp_path) as gateway:
         assert chat(gateway, "ours") == "recorded"
     checks = [s for s in recorder.seen if "body" not in s]
     sent = [s for s in recorder.seen if "body" in s]
@@ -194,3 +199,36 @@ def test_the_url_s_path_the_upstream_s_name_and_its_key_are_what_is_sent(
     assert sent[0]["auth"] == f"Bearer {NODE_KEY}"
     assert sent[0]["body"]["model"] == "theirs"  # only that field is rewritten
     assert sent[0]["body"]["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_a_dns_name_s_addresses_are_the_replicas_and_follow_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two "pods" on the same port at two loopback addresses, as a headless Service's records.
+    port = free_port()
+    pods = [RemoteWorker(f"pod{i}", host=f"127.0.0.{i}", port=port).start() for i in (2, 3)]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 workers.test\n127.0.0.3 workers.test  # both pods\n")
+    monkeypatch.setenv("NODE_KEY", NODE_KEY)
+    entry = {"dns": f"workers.test:{port}", "resolve_every": 0.2, "hosts_file": str(hosts),
+             "api_key_env": "NODE_KEY", "capacity": 2}  # fmt: skip
+    config = {"models": [{"name": "m", "upstreams": [entry]}]}
+    try:
+        with gateway_of(config, tmp_path) as gateway:
+
+            def apis() -> set[str]:
+                return {w["api"] for w in gateway.workers() if w["state"] == "ready"}
+
+            both = {f"http://127.0.0.{i}:{port}/v1" for i in (2, 3)}
+            assert wait_until(lambda: apis() == both, 10)
+            with ThreadPoolExecutor(4) as pool:
+                assert all(pool.map(lambda _: chat(gateway), range(8)))
+            hosts.write_text("127.0.0.2 workers.test\n")  # a pod went away: drains and leaves
+            assert wait_until(lambda: [w["api"] for w in gateway.workers()]
+                              == [f"http://127.0.0.2:{port}/v1"], 10)  # fmt: skip
+            assert chat(gateway)
+            hosts.write_text("127.0.0.2 workers.test\n127.0.0.3 workers.test\n")  # it is back
+            assert wait_until(lambda: apis() == both, 10)
+    finally:
+        for pod in pods:
+            pod.kill()
