@@ -146,7 +146,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
 
     configure(log_level, log_format)
     logging.getLogger("gateway").info("listening on %s port %d", *sock.getsockname()[:2])
-    app = create_app(config, source)
+    app = create_app(config, source, port=sock.getsockname()[1])
     gateway = app.state.gateway
     # Metrics off and the request log silenced: nothing to record, so no middleware at all.
     recorded = config.server.metrics or REQUEST_LOG.isEnabledFor(logging.INFO)

@@ -543,7 +543,9 @@ def _requires_secret(secret: str) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = request.headers.get("Authorization", "").encode("latin-1", errors="replace")
-        if not hmac.compare_digest(sent, expected):
+        # /health says only whether the model is loaded: open, as llama-server's, so that a
+        # Kubernetes probe or a load balancer needs no secret.
+        if request.path != "/health" and not hmac.compare_digest(sent, expected):
             body = error_body("This worker serves only its gateway.", "invalid_request_error",
                               None, "invalid_api_key")  # fmt: skip
             return _json_error(401, body)

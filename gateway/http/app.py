@@ -16,10 +16,11 @@ from litestar.exceptions import HTTPException
 
 from ..config.file import GatewayConfig
 from ..errors import GatewayError, error_body
+from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
 from ..pool.proxy import ClientGone
 from ..pool.reloader import Reloader
-from ..state import build_gateway
+from ..state import Gateway, build_gateway
 from .routes import ROUTES
 
 __all__ = ["create_app"]
@@ -31,16 +32,18 @@ _HTTP_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error",
                      413: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
 
 
-def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
-    """The app serving `config`; `source` is the file a reload reads again."""
+def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0) -> Litestar:
+    """The app serving `config` on `port`; `source` is the file a reload reads again."""
     gateway = build_gateway(config, source)
     reloader = Reloader(gateway)
     metrics = Metrics(gateway) if config.server.metrics else None
+    gateways = Gateways(config.redis.url, port, lambda: _facts(gateway))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await gateway.proxy.start()
         await gateway.supervisor.start()
+        await gateways.start()
         watcher = asyncio.create_task(reloader.watch())
         # What start-up allocated lives as long as the process: keep the collector off it,
         # so its full passes (pauses on the relay path) walk only per-request garbage.
@@ -49,13 +52,16 @@ def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
             yield
         finally:
             watcher.cancel()
+            await gateways.close()
             await gateway.supervisor.stop()
             await gateway.proxy.close()
             await gateway.limits.close()
 
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"gateway": gateway, "reloader": reloader, "metrics": metrics}),
+        state=State(
+            {"gateway": gateway, "reloader": reloader, "metrics": metrics, "gateways": gateways}
+        ),
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -67,6 +73,15 @@ def create_app(config: GatewayConfig, source: Path | None = None) -> Litestar:
         openapi_config=None,
         logging_config=None,  # the CLI configures logging once, for gateway and uvicorn alike
     )
+
+
+def _facts(gateway: Gateway) -> dict[str, Any]:
+    """What a gateway's heartbeat says of its state now."""
+    replicas = list(gateway.registry)
+    return {"models": sorted(m.name for m in gateway.config.models),
+            "replicas_ready": sum(r.state in ("ready", "busy") for r in replicas),
+            "in_flight": sum(r.in_flight for r in replicas),
+            "queued": gateway.scheduler.queued_total(), "draining": gateway.draining}  # fmt: skip
 
 
 def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Response[bytes]:

@@ -22,6 +22,7 @@ from ..errors import (
     error_body,
 )
 from ..limits.local import estimate_tokens
+from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
 from ..pool.proxy import ClientGone
 from ..pool.reloader import Reloader
@@ -277,6 +278,14 @@ async def admin_usage(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": await gateway.limits.usage()}
 
 
+@get("/admin/gateways")
+async def admin_gateways(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The gateways alive on this Redis (heartbeats), this one first; without Redis, this one."""
+    _admin(request)
+    gateways: Gateways = request.app.state.gateways
+    return {"object": "list", "data": await gateways.alive()}
+
+
 def _reloader(request: Request[Any, Any, Any]) -> Reloader:
     reloader: Reloader = request.app.state.reloader
     return reloader
@@ -305,4 +314,4 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
           health, ready, metrics, admin_workers, admin_usage, admin_reload,
-          admin_config]  # fmt: skip
+          admin_config, admin_gateways]  # fmt: skip

@@ -109,7 +109,8 @@ def test_wrong_api_key_is_401(gateway: GatewayProcess) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/v1/models"), ("GET", "/v1/models/fast"), ("GET", "/admin/workers"),
-     ("GET", "/admin/config"), ("POST", "/admin/reload"), ("POST", "/v1/embeddings")],
+     ("GET", "/admin/config"), ("POST", "/admin/reload"), ("POST", "/v1/embeddings"),
+     ("GET", "/admin/gateways")],
 )  # fmt: skip
 def test_every_api_and_admin_route_needs_the_key(
     gateway: GatewayProcess, method: str, path: str
@@ -255,6 +256,14 @@ def test_admin_workers_shows_a_full_replica_busy_and_since_when(
     running.join()
     after = slow_replica()
     assert after["state"] == "ready" and idle_since < busy_since < after["state_since"]
+
+
+def test_without_redis_the_gateways_alive_are_this_one(
+    gateway: GatewayProcess, client: httpx.Client
+) -> None:
+    (me,) = client.get("/admin/gateways").json()["data"]
+    assert me["port"] == gateway.port and me["pid"] == gateway.proc.pid  # type: ignore[union-attr]
+    assert me["version"] and me["draining"] is False and "error" not in me
 
 
 def test_waiting_past_queue_timeout_is_503(gateway: GatewayProcess, client: httpx.Client) -> None:

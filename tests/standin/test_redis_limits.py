@@ -199,3 +199,27 @@ async def test_a_slot_whose_release_is_on_its_way_is_free_to_the_next_check() ->
         await limits.close()
     with redis.Redis.from_url(SHARED_REDIS) as client:
         assert client.zcard("llmgw:{settling}:slots") == 0
+
+
+def test_every_gateway_on_the_redis_is_listed_and_one_that_stops_leaves(
+    pair: list[GatewayProcess], tmp_path: Path
+) -> None:
+    third = GatewayProcess(config(SHARED_REDIS), tmp_path, api_key=ADMIN).start()
+
+    def listed(gateway: GatewayProcess) -> list[dict[str, Any]]:
+        with gateway.client() as admin:
+            rows: list[dict[str, Any]] = admin.get("/admin/gateways").json()["data"]
+            return rows
+
+    try:
+        ports = [g.port for g in (*pair, third)]
+        # (a gateway SIGKILLed by an earlier test leaves when its heartbeat expires: <= 15 s)
+        assert wait_until(lambda: sorted(r["port"] for r in listed(pair[0])) == sorted(ports), 20)
+        mine = listed(third)
+        assert mine[0]["port"] == third.port and mine[0]["pid"] == third.proc.pid  # itself first
+        assert mine[0]["models"] == ["m", "slow"] and mine[0]["replicas_ready"] == 2
+        with redis.Redis.from_url(SHARED_REDIS) as client:  # one that dies leaves with its TTL
+            assert 0 < client.ttl(f"llmgw:gateway:{mine[0]['id']}") <= 15
+    finally:
+        third.stop()
+    assert sorted(r["port"] for r in listed(pair[0])) == sorted(g.port for g in pair)
