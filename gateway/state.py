@@ -69,7 +69,7 @@ class Gateway:
 
 def policy(model: ModelConfig) -> QueuePolicy:
     """The queue limits a model's entry sets."""
-    return QueuePolicy(model.max_queue, model.queue_timeout)
+    return QueuePolicy(model.max_queue, model.queue_timeout, model.routing == "prefix_affinity")
 
 
 def build_gateway(config: GatewayConfig, source: Path | None = None) -> Gateway:

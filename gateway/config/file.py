@@ -94,6 +94,7 @@ class ModelConfig:
     matryoshka: bool = False  # its embeddings may be shortened (`dimensions`)
     accept_token_ids: bool = False  # token-id input to /v1/embeddings is its own ids
     upstreams: tuple[Upstream, ...] = ()  # remote replicas, beside the local ones
+    routing: str = "least_busy"  # or "prefix_affinity": to the replica holding the prompt's prefix
 
     def device(self, index: int) -> str | None:
         """The CUDA_VISIBLE_DEVICES value of replica `index`, or None for CPU."""
@@ -169,6 +170,8 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
     }
 )
 
+ROUTINGS = ("least_busy", "prefix_affinity")
+
 _SERVER_KEYS = {
     "host", "port", "max_body_bytes", "drain_timeout", "header_timeout",
     "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
@@ -177,7 +180,7 @@ _SERVER_KEYS = {
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
-    "matryoshka", "accept_token_ids", "upstreams",
+    "matryoshka", "accept_token_ids", "upstreams", "routing",
 }  # fmt: skip
 
 
@@ -308,6 +311,14 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
             section, "accept_token_ids", boolean, "true or false", where, False
         ),
         upstreams=upstreams,
+        routing=checked(
+            section,
+            "routing",
+            lambda v: v in ROUTINGS,
+            "least_busy or prefix_affinity",
+            where,
+            "least_busy",
+        ),
     )
 
 

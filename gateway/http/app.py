@@ -18,6 +18,7 @@ from ..config.file import GatewayConfig
 from ..errors import GatewayError, error_body
 from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
+from ..pool.affinity_sync import AffinitySync
 from ..pool.proxy import ClientGone
 from ..pool.reloader import Reloader
 from ..state import Gateway, build_gateway
@@ -38,12 +39,18 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
     reloader = Reloader(gateway)
     metrics = Metrics(gateway) if config.server.metrics else None
     gateways = Gateways(config.redis.url, port, lambda: _facts(gateway))
+    sync = None if config.redis.url is None else AffinitySync(config.redis.url,
+                                                              gateway.scheduler.table)  # fmt: skip
+    if sync is not None:
+        gateway.scheduler.share = sync.shared
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await gateway.proxy.start()
         await gateway.supervisor.start()
         await gateways.start()
+        if sync is not None:
+            sync.start()
         watcher = asyncio.create_task(reloader.watch())
         # What start-up allocated lives as long as the process: keep the collector off it,
         # so its full passes (pauses on the relay path) walk only per-request garbage.
@@ -53,6 +60,8 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
         finally:
             watcher.cancel()
             await gateways.close()
+            if sync is not None:
+                await sync.close()
             await gateway.supervisor.stop()
             await gateway.proxy.close()
             await gateway.limits.close()

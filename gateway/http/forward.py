@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,6 +39,7 @@ class Forward:
     body: bytes
     scope: Scope
     receive: Receive
+    prefix: Sequence[bytes] = ()  # the prompt's block hashes, for an affinity model
 
     async def answer(self, stream: bool, lease: Lease | None) -> ASGIApp:
         """The Relay of the worker's answer on `lease`, or once one is got; for a stream that
@@ -60,7 +62,7 @@ class Forward:
 
         began = time.perf_counter()
         lease = await self.gateway.scheduler.acquire(self.model.name, self.ticket.key,
-                                                     queued=queued)  # fmt: skip
+                                                     queued=queued, prefix=self.prefix)  # fmt: skip
         noted.queue_wait = time.perf_counter() - began
         return lease
 
@@ -77,7 +79,7 @@ class Forward:
         except UpstreamFailed:
             # Nothing has reached the client: retry once on another replica, ahead of the queue.
             acquired = self.gateway.scheduler.acquire(self.model.name, self.ticket.key,
-                                                      first=True)  # fmt: skip
+                                                      first=True, prefix=self.prefix)  # fmt: skip
             lease = await until_disconnect(self.receive, acquired)
             return self._relay(await self._send(lease), lease, started)
 

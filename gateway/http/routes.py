@@ -24,6 +24,7 @@ from ..errors import (
 from ..limits.local import estimate_tokens
 from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
+from ..pool.affinity import prefix_hashes, prompt_text
 from ..pool.proxy import ClientGone
 from ..pool.reloader import Reloader
 from ..state import Gateway
@@ -152,6 +153,12 @@ def _route_fields(body: bytes) -> _RouteFields:
         raise InvalidRequest("Request body is nested too deeply.") from exc
 
 
+def _prefix(body: bytes) -> list[bytes]:
+    """The prompt's block hashes (the body is valid JSON: its route fields were read)."""
+    fields = msgspec.json.decode(body)
+    return prefix_hashes(prompt_text(fields)) if isinstance(fields, dict) else []
+
+
 async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool) -> ASGIApp:
     gateway, caller = _caller(request)
     if gateway.draining:
@@ -173,7 +180,8 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     scheduler = gateway.scheduler
     running = scheduler.running(caller)
     # A replica first, if one is free: its concurrency slot then comes in the limits' one check.
-    lease = scheduler.try_acquire(model.name, caller)
+    prefix = _prefix(body) if model.routing == "prefix_affinity" else ()
+    lease = scheduler.try_acquire(model.name, caller, prefix)
     try:
         ticket = await gateway.limits.admit(caller, request_id, model.name, reserve, running,
                                             with_slot=lease is not None)  # fmt: skip
@@ -181,7 +189,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
         if lease is not None:
             lease.release()
         raise
-    forward = Forward(gateway, ticket, model, path, body, request.scope, request.receive)
+    forward = Forward(gateway, ticket, model, path, body, request.scope, request.receive, prefix)
     try:
         return await forward.answer(bool(fields.stream), lease)
     except BaseException as exc:

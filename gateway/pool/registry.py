@@ -54,6 +54,12 @@ class Replica:
     auth: str = field(default="", repr=False)  # the Authorization its worker requires
 
     @property
+    def shared(self) -> bool:
+        """Whether every gateway reaches it at the same `api` (a remote server; a worker's
+        loopback address is its own gateway's alone)."""
+        return self.kind == "remote"
+
+    @property
     def free(self) -> bool:
         return self.state is ReplicaState.READY and self.in_flight < self.capacity
 

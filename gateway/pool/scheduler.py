@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..config.file import KeyConfig
 from ..errors import QueueFull, QueueTimeout, Unavailable
+from .affinity import PrefixTable
 from .fair_queue import FairQueue
 from .lifecycle import StateChange
 from .registry import Registry, Replica, ReplicaState
@@ -27,6 +28,7 @@ __all__ = ["Lease", "QueuePolicy", "Scheduler", "pick_replica"]
 class QueuePolicy:
     max_queue: int
     queue_timeout: float
+    affinity: bool = False  # route by prompt prefix (gateway/pool/affinity.py), else least busy
 
 
 def pick_replica(replicas: Sequence[Replica]) -> Replica | None:
@@ -54,6 +56,7 @@ class Lease:
 
 
 Waiter = asyncio.Future[Lease]
+Prefix = Sequence[bytes]  # a prompt's chained block hashes (gateway/pool/affinity.py)
 
 
 class Scheduler:
@@ -65,6 +68,11 @@ class Scheduler:
         self._queues: dict[str, FairQueue[Waiter]] = {m: FairQueue() for m in policies}
         self._running: dict[str, int] = {}  # requests in flight by key name
         self._keys: dict[str, KeyConfig] = {}  # the keys of queued requests, by name
+        self._prefixes: dict[Waiter, Prefix] = {}  # queued requests' prompt blocks (affinity)
+        self.table = PrefixTable()  # the blocks each replica was sent (affinity models)
+        # Told of what is recorded for a replica every gateway reaches at the same address (the
+        # affinity sync, with Redis): (its api, the blocks).
+        self.share: Callable[[str, Prefix], None] | None = None
         registry.on_change(self._on_change)
 
     def set_policy(self, model: str, policy: QueuePolicy) -> None:
@@ -90,25 +98,26 @@ class Scheduler:
     def queued_total(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    def try_acquire(self, model: str, key: KeyConfig) -> Lease | None:
+    def try_acquire(self, model: str, key: KeyConfig, prefix: Prefix = ()) -> Lease | None:
         """A lease at once if a replica is free, nobody is queued and `key` may start another
-        request; else None."""
+        request; else None. `prefix`: the prompt's block hashes, for an affinity model."""
         queue = self._queues.get(model)
         if queue is None:
             raise Unavailable(f"Model '{model}' was removed from the config.", retry_after=1)
         if queue or not self._may_start(key):
             return None
-        replica = pick_replica(self._registry.replicas(model))
-        return None if replica is None else self._lease(replica, key)
+        replica = self._pick(model, prefix)
+        return None if replica is None else self._lease(replica, key, prefix)
 
     async def acquire(self, model: str, key: KeyConfig, first: bool = False,
-                      queued: Callable[[int], None] | None = None) -> Lease:  # fmt: skip
+                      queued: Callable[[int], None] | None = None,
+                      prefix: Prefix = ()) -> Lease:  # fmt: skip
         """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable.
 
         `first` puts the request ahead of every other (a retry keeps its place in line).
         `queued` is told how many requests were ahead when it had to wait.
         """
-        lease = self.try_acquire(model, key)
+        lease = self.try_acquire(model, key, prefix)
         if lease is not None:
             return lease
         queue = self._queues[model]
@@ -116,6 +125,8 @@ class Scheduler:
             self._check_admission(model, queue)
         waiter: Waiter = asyncio.get_running_loop().create_future()
         self._keys[key.name] = key
+        if prefix:
+            self._prefixes[waiter] = prefix
         ahead = queue.push(key.name, key.weight, waiter, first)
         self._dispatch(model)
         if queued is not None and not waiter.done():
@@ -144,7 +155,17 @@ class Scheduler:
         if lease.key.max_concurrent is not None and self._queues.get(replica.model):
             self._dispatch(replica.model)  # the key may start a waiting request now
 
-    def _lease(self, replica: Replica, key: KeyConfig) -> Lease:
+    def _pick(self, model: str, prefix: Prefix) -> Replica | None:
+        """The replica a request of `model` goes to now, if one is free."""
+        if not self._policies[model].affinity:
+            return pick_replica(self._registry.replicas(model))
+        return self.table.pick([r for r in self._registry.replicas(model) if r.free], prefix)
+
+    def _lease(self, replica: Replica, key: KeyConfig, prefix: Prefix = ()) -> Lease:
+        if prefix:  # it will hold this prompt's blocks
+            self.table.record(replica.api, prefix)
+            if self.share is not None and replica.shared:
+                self.share(replica.api, prefix)
         self._registry.begin(replica)
         self._running[key.name] = self._running.get(key.name, 0) + 1
         return Lease(self, replica, key)
@@ -178,6 +199,7 @@ class Scheduler:
     def _abandon(self, queue: FairQueue[Waiter], waiter: Waiter) -> None:
         """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""
         queue.remove(waiter)
+        self._prefixes.pop(waiter, None)
         if not waiter.done():
             waiter.cancel()
         elif not waiter.cancelled() and waiter.exception() is None:
@@ -193,15 +215,17 @@ class Scheduler:
         if queue and (unavailable := self._unavailable(model)) is not None:
             self._fail_all(queue, unavailable)
         while queue:
-            replica = pick_replica(self._registry.replicas(model))
-            if replica is None:
-                return
+            if pick_replica(self._registry.replicas(model)) is None:
+                return  # none free
             served = queue.pop(lambda name: self._may_start(self._keys[name]))
             if served is None:
                 return  # every waiting key is at its max_concurrent
             name, waiter = served
+            prefix = self._prefixes.pop(waiter, ())
+            replica = self._pick(model, prefix)
+            assert replica is not None  # one is free, and both ways of picking take a free one
             if not waiter.done():  # cancelled, its task not yet run to leave the queue
-                waiter.set_result(self._lease(replica, self._keys[name]))
+                waiter.set_result(self._lease(replica, self._keys[name], prefix))
 
     @staticmethod
     def _fail_all(queue: FairQueue[Waiter], error: Unavailable) -> None:

@@ -20,6 +20,8 @@ import redis
 
 from gateway.config.file import KeyConfig, RedisConfig
 from gateway.limits.redis_store import RedisLimits
+from gateway.pool.affinity import PrefixTable, prefix_hashes
+from gateway.pool.affinity_sync import AffinitySync
 from tests.support import (
     CHAT,
     GatewayProcess,
@@ -223,3 +225,22 @@ def test_every_gateway_on_the_redis_is_listed_and_one_that_stops_leaves(
     finally:
         third.stop()
     assert sorted(r["port"] for r in listed(pair[0])) == sorted(g.port for g in pair)
+
+
+async def test_what_one_gateway_sends_a_remote_replica_the_others_learn() -> None:
+    tables = [PrefixTable(), PrefixTable()]
+    syncs = [AffinitySync(SHARED_REDIS, table) for table in tables]
+    for sync in syncs:
+        sync.start()
+    try:
+        conversation = prefix_hashes("a conversation so far " * 100)
+        await asyncio.sleep(0.3)  # both subscribed
+        syncs[0].shared("http://10.0.0.5:9000/v1", conversation)
+        async with asyncio.timeout(5):
+            while not tables[1].matched("http://10.0.0.5:9000/v1", conversation):
+                await asyncio.sleep(0.02)
+        assert tables[1].matched("http://10.0.0.5:9000/v1", conversation) == len(conversation)
+        assert tables[0].matched("http://10.0.0.5:9000/v1", conversation) == 0  # not its echo
+    finally:
+        for sync in syncs:
+            await sync.close()
