@@ -1,10 +1,10 @@
 """`python -m bench.run [scenario ...]`: run scenarios, print their tables, write their JSON.
 
 Scenarios (by name or number): 1 latency, 2 throughput, 3 streaming, 4 multimodel, 5 replicas,
-6 peer, 7 footprint, 8 limits, 9 batching. No argument runs them all. Scenarios 1-3 include
-LiteLLM's proxy when bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6 divides
-our figures by its, from the latest results of 1-3 (the same run under `make bench`). Scenario 9
-includes llama.cpp's llama-server when bench/setup_llama_server.sh has built it.
+6 peer, 7 footprint, 8 limits, 9 batching, 10 affinity. No argument runs them all. Scenarios 1-3
+include LiteLLM's proxy when bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6
+divides our figures by its, from the latest results of 1-3 (the same run under `make bench`).
+Scenario 9 includes llama.cpp's llama-server when bench/setup_llama_server.sh has built it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import uvloop
 
 from .common import RESULTS, Result, print_table
 from .procs import COMMANDS, rss_kib
+from .scenarios.affinity import affinity
 from .scenarios.batching import batching
 from .scenarios.footprint import footprint
 from .scenarios.latency import latency
@@ -35,7 +36,7 @@ from .stack import standin_stack
 __all__ = ["SCENARIOS", "main"]
 
 SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint",
-             "limits", "batching"]  # fmt: skip
+             "limits", "batching", "affinity"]  # fmt: skip
 STANDIN = {"token_delay": 0.0, "tokens": 200}
 CAPACITY = 256  # one stand-in replica serving up to 256 requests at once
 
@@ -89,6 +90,7 @@ _STEPS: dict[str, Step] = {
     "footprint": lambda _: footprint(),
     "limits": lambda _: limits(),
     "batching": lambda _: batching(),
+    "affinity": lambda _: affinity(),
 }
 
 
