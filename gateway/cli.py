@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from .config.auth import check_exposure, hash_key
-from .config.file import ConfigError, GatewayConfig, KeyConfig, ModelConfig, load_config
+from .config.file import (
+    ConfigError,
+    DnsUpstream,
+    GatewayConfig,
+    KeyConfig,
+    ModelConfig,
+    load_config,
+)
+from .config.upstreams import Upstream
 from .pool.launch import llama_params
 
 __all__ = ["main"]
@@ -118,7 +126,22 @@ def _describe_model(model: ModelConfig) -> list[str]:
         f"    params: {json.dumps(params, sort_keys=True)}",
     ]
     lines += [f"    replica {i}: device {model.device(i) or 'cpu'}" for i in range(model.replicas)]
+    lines += [f"    upstream: {_describe_upstream(u)}" for u in model.upstreams]
+    if model.routing != "least_busy":
+        lines.append(f"    routing: {model.routing}")
     return lines
+
+
+def _describe_upstream(upstream: Upstream) -> str:
+    """An upstream as check-config shows it (its key's variable, never the key)."""
+    if isinstance(upstream, DnsUpstream):
+        where = f"every address of {upstream.host} on port {upstream.port}{upstream.path}"
+        upstream = upstream.template
+    else:
+        where = upstream.url
+    key, name = upstream.api_key_env, upstream.upstream_model
+    return (f"{where}, capacity {upstream.capacity}" + (f", key from ${key}" if key else "")
+            + (f", model {name}" if name else ""))  # fmt: skip
 
 
 def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | None,
