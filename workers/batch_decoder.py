@@ -25,7 +25,8 @@ import numpy as np
 __all__ = ["BatchDecoder", "plan_step"]
 
 # How long a step waits for the previous step's slots to come back with their next token: a
-# share of the last decode's time (a slot that misses a step waits a whole step), at least 2 ms.
+# share of the last generation step's time (a slot that misses a step waits a whole step), at
+# least 2 ms. A slot whose request ended leaves the wait at once (`leave`).
 GATHER_SHARE, GATHER_MIN_SECONDS = 0.5, 0.002
 
 
@@ -104,6 +105,12 @@ class BatchDecoder:
             raise work.error
         return work.rows
 
+    def leave(self, seq: int) -> None:
+        """Sequence `seq`'s request has ended: the next step need not wait for it."""
+        with self._changed:
+            self._expected.discard(seq)
+            self._changed.notify_all()
+
     def remove(self, seq: int, p0: int, p1: int) -> bool:
         """Forget sequence `seq`'s KV cache from position p0 to p1 (-1: to the end)."""
         with self._lock:
@@ -139,7 +146,7 @@ class BatchDecoder:
         plan = plan_step([len(w.tokens) - w.sent for w in works], self.n_batch)
         planned = [(w, n) for w, n in zip(works, plan, strict=True) if n > 0]
         outputs = self._fill(planned)
-        status = self._decode()
+        status = self._decode(generating=self._batch.n_tokens == len(planned))
         self.steps, self.sequences = self.steps + 1, self.sequences + len(planned)
         self.decoded += self._batch.n_tokens
         if status != 0:  # fails the requests in this batch, not the decoder
@@ -154,13 +161,15 @@ class BatchDecoder:
                 finished.append(work)
         self._finish_all(finished, None)
 
-    def _decode(self) -> int:
+    def _decode(self, generating: bool) -> int:
+        """Decode the batch; `generating`: one token per sequence, no prompt in it."""
         began = time.monotonic()
         with self._lock:
             status = int(self._llama_cpp.llama_decode(self.ctx, self._batch))
         took = time.monotonic() - began
         self.decode_seconds += took
-        self._gather_seconds = max(GATHER_MIN_SECONDS, GATHER_SHARE * took)
+        if generating:  # the pace slots come back at; a prompt's long step is not it
+            self._gather_seconds = max(GATHER_MIN_SECONDS, GATHER_SHARE * took)
         return status
 
     def _fill(self, planned: list[tuple[_Work, int]]) -> list[list[int]]:

@@ -24,11 +24,13 @@ class BatchedLlamaEngine:
     def __init__(self, model_path: str, kwargs: dict[str, Any], slots: int) -> None:
         self.model_path = model_path
         self.kwargs = llama_kwargs(kwargs)
-        # Unified (the default): one KV buffer for all slots, measured much faster at 4-8 busy
-        # slots (BENCHMARKS.md, scenario 9), but where a sequence's cells lie changes its
-        # logits' last bits. Split: each slot's cells are its own, and a greedy answer is the
-        # same beside other requests as alone (README, "Slots").
-        self.kv_unified = bool(kwargs.get("kv_unified", True))
+        # Split (the default): each slot's cells are its own, so a decode attends over its own
+        # sequence only, and a greedy answer is the same beside other requests as alone.
+        # Unified: one buffer, and every decode attends over every slot's cells, the caches
+        # idle slots keep included (a lone request beside 7 idle slots holding 1,500 tokens
+        # each: 22 tok/s against 99 split); and where a sequence's cells lie changes its
+        # logits' last bits (README, "Slots").
+        self.kv_unified = bool(kwargs.get("kv_unified", False))
         self.n_slots = slots
         self._slots: list[LlamaEngine] = []
         self._base: Any = None  # owns the model and the context: freed with it

@@ -18,7 +18,7 @@ prefix with the next prompt this slot gets, as llama-server's slots do.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, cast
 
 import llama_cpp
@@ -121,6 +121,14 @@ class SlotLlama(Llama):
             self.scores[0, :] = rows[-1]
         self.n_tokens += count
         self._requires_eval = False
+
+    def generate(self, *args: Any, **kwargs: Any) -> Generator[int, Sequence[int] | None, None]:
+        """`Llama.generate`; when it ends (the request's generation is over), the decoder stops
+        waiting for this slot's next token."""
+        try:
+            yield from super().generate(*args, **kwargs)
+        finally:
+            self._slot.decoder.leave(self._slot.seq)
 
     def sample(self, *args: Any, idx: int | None = None, **kwargs: Any) -> int:
         """`Llama.sample` over this slot's logits (the row of position `idx`, else the last)."""

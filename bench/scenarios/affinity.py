@@ -1,11 +1,13 @@
 """Scenario 10: multi-turn conversations over 2 replicas of SmolLM2, prefix-affinity routing
 against least-busy, same run: time to first token of the turns after the first, and throughput.
 
-Each client holds a conversation: a long system prompt, then turns that re-send everything
-before them (as chat clients do), answered with a few tokens. The replicas have 4 slots each,
-and a worker gives a request the slot whose last prompt it extends, so a replica holds up to 4
-conversations' KV caches: a turn that reaches the replica of its previous turn evaluates only
-the new message.
+8 conversations, each a long system prompt of its own and then turns that re-send everything
+before them (as chat clients do), answered with a few tokens; 4 clients take the next turn of a
+conversation at random (users coming back to their chats). The replicas have 4 slots each, and a
+worker gives a request the slot whose last prompt it extends, so the 2 replicas can hold all 8
+conversations' KV caches, 4 each: a turn that reaches the replica of its previous turn evaluates
+only the new message; one that reaches the other replica evaluates it all and evicts another
+conversation there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +30,7 @@ from .models import SMOLLM, gateway_model
 
 __all__ = ["affinity"]
 
-CLIENTS, CONVERSATIONS, TURNS, MAX_TOKENS = 8, 2, 5, 8
+CONVERSATIONS, CLIENTS, TURNS, MAX_TOKENS = 8, 4, 6, 8
 ROUNDS = 2  # each mode runs this many times, alternating
 SYSTEM = (
     "You are a patient assistant for a hardware shop. Answer in one short sentence. "
@@ -67,9 +70,11 @@ def _start(stack: contextlib.ExitStack, mode: str) -> Proc:
 
 async def _measure(proc: Proc, mode: str, round_: int) -> dict[str, Any]:
     began = time.monotonic()
+    chats = [_Chat(f"{mode}{round_}-{c}") for c in range(CONVERSATIONS)]
+    picker = random.Random(round_)  # the same order of turns for both modes
     async with session(keep_alive=True) as http:
-        runs = await asyncio.gather(*(_client(http, proc.url, f"{mode}{round_}-{c}")
-                                      for c in range(CLIENTS)), return_exceptions=True)  # fmt: skip
+        runs = await asyncio.gather(*(_client(http, proc.url, chats, picker)
+                                      for _ in range(CLIENTS)), return_exceptions=True)  # fmt: skip
     window = time.monotonic() - began
     turns = [t for run in runs if isinstance(run, list) for t in run]
     firsts = [t.ttft for t in turns if t.turn == 0]
@@ -82,21 +87,33 @@ async def _measure(proc: Proc, mode: str, round_: int) -> dict[str, Any]:
             "errors": sum(isinstance(run, BaseException) for run in runs)}  # fmt: skip
 
 
-async def _client(http: aiohttp.ClientSession, base: str, who: str) -> list[Turn]:
+class _Chat:
+    """One conversation: its messages so far, and whether a turn of it is in flight."""
+
+    def __init__(self, who: str) -> None:
+        self.who, self.busy, self.turns = who, False, 0
+        self.messages = [{"role": "system", "content": f"[{who}] {SYSTEM}"}]
+
+
+async def _client(http: aiohttp.ClientSession, base: str, chats: list[_Chat],
+                  picker: random.Random) -> list[Turn]:  # fmt: skip
+    """Take the next turn of a conversation at random (none in flight twice) until all are
+    done: more conversations than clients, as users who come back to their chats."""
     turns = []
-    for conversation in range(CONVERSATIONS):
-        messages = [{"role": "system", "content": f"[{who}-{conversation}] {SYSTEM}"}]
-        for turn in range(TURNS):
-            messages.append({"role": "user", "content": _question(who, conversation, turn)})
-            answer, done = await _ask(http, base, messages)
-            messages.append({"role": "assistant", "content": answer})
-            turns.append(Turn(turn, done.ttft, done.tokens))
+    while idle := [c for c in chats if not c.busy and c.turns < TURNS]:
+        chat = picker.choice(idle)
+        chat.busy = True
+        chat.messages.append({"role": "user", "content": _question(chat.who, chat.turns)})
+        answer, done = await _ask(http, base, chat.messages)
+        chat.messages.append({"role": "assistant", "content": answer})
+        turns.append(Turn(chat.turns, done.ttft, done.tokens))
+        chat.turns, chat.busy = chat.turns + 1, False
     return turns
 
 
-def _question(who: str, conversation: int, turn: int) -> str:
+def _question(who: str, turn: int) -> str:
     return (
-        f"Customer {who}, visit {conversation}, question {turn}: which drill suits "
+        f"Customer {who}, question {turn}: which drill suits "
         f"brick walls, and what bits should I buy for {turn + 3} mm anchors?"
     )
 
@@ -132,8 +149,9 @@ def _verdict(res: Result) -> None:
     res.goal("throughput: affinity no worse (>= 0.95x least-busy's tokens/s)",
              f"{rate_on / rate_off:.2f}x", rate_on / rate_off >= 0.95)  # fmt: skip
     res.notes.append(
-        f"{CLIENTS} clients, each {CONVERSATIONS} conversations of {TURNS} turns in a row "
-        f"(a ~{len(SYSTEM) // 4}-token system prompt unique to the conversation, then each turn "
+        f"{CONVERSATIONS} conversations of {TURNS} turns, {CLIENTS} clients taking the next "
+        f"turn of an idle conversation at random (the same order for both modes; a "
+        f"~{len(SYSTEM) // 4}-token system prompt unique to the conversation, then each turn "
         f"re-sends the history; max_tokens {MAX_TOKENS}, temperature 0, streamed). Both "
         "gateways run at once (idle while the other is measured), modes alternate each round; "
         "ratios are of the means over rounds. SmolLM2, 2 replicas x capacity 4 x 1 thread."

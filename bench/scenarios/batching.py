@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from ..common import Result, pin_self, round_order
 from ..llm_client import Streamed, closed_streams
 from ..peers import LLAMA_SERVER_BIN, start_llama_cpp_server, start_llama_server
@@ -134,6 +136,12 @@ def _rate(res: Result, model: str, target: str, clients: int) -> float:
     return float(found[0]["tokens/s"]) if found else float("nan")
 
 
+def _ggml_version(folder: Path) -> str:
+    """The ggml release a llama.cpp build in `folder` links (its library's file name)."""
+    names = sorted(p.name for p in folder.glob("libggml-base.so.*.*.*"))
+    return names[-1].removeprefix("libggml-base.so.") if names else "unknown"
+
+
 def _verdict(res: Result) -> None:
     for model, wanted in ((SMOLLM[0], 1.8), (GEMMA[0], 2.5)):
         today = _rate(res, model, TODAY, 8)
@@ -145,9 +153,13 @@ def _verdict(res: Result) -> None:
             res.goal(f"{model}, 8 clients: slots >= 0.9x llama-server's tokens/s",
                      f"{best / peer:.2f}x", best / peer >= 0.9)  # fmt: skip
         raw = _rate(res, model, RAW, 8)
+        alone = _rate(res, model, LLAMA_SERVER, 1) / _rate(res, model, RAW, 1)
         res.notes.append(
             f"{model}, 8 clients: the ceiling (r) is {raw / today:.2f}x (b); the slots reach "
-            f"{best / raw:.2f}x of it, llama-server {peer / raw:.2f}x."
+            f"{best / raw:.2f}x of it, llama-server {peer / raw:.2f}x. At 1 client llama-server "
+            f"decodes {alone:.2f}x as fast as (r): its own, newer llama.cpp (ggml "
+            f"{_ggml_version(LLAMA_SERVER_BIN.parent)} against llama-cpp-python's "
+            f"{_ggml_version(Path(llama_cpp.__file__).parent / 'lib')})."
         )
     res.notes.append(
         f"Closed loop: each client streams /v1/completions (max_tokens {MAX_TOKENS}, temperature "

@@ -14,7 +14,7 @@ import asyncio
 
 import aiohttp
 
-from ..config.file import DnsUpstream, GatewayConfig, ModelConfig
+from ..config.file import DnsUpstream, GatewayConfig, ModelConfig, UpstreamConfig
 from .discovery import resolve
 from .local_driver import LocalDriver, restart_delay
 from .registry import Registry, Replica
@@ -73,22 +73,29 @@ class Supervisor:
                 watch = asyncio.create_task(self._follow(model, upstream))
                 self._discovery.setdefault(model.name, []).append(watch)
             else:
-                self._run(model, self._registry.add_remote(model.name, index, upstream))
+                self._add_remote(model, index, upstream)
+
+    def _add_remote(self, model: ModelConfig, index: int, upstream: UpstreamConfig) -> Replica:
+        return self._run(model, self._registry.add_remote(model.name, index, upstream))
 
     async def _follow(self, model: ModelConfig, entry: DnsUpstream) -> None:
         """Keep one replica per address `entry`'s name resolves to, until cancelled."""
         held: dict[str, Replica] = {}
         while True:
             found = await resolve(entry)
-            for address in set() if found is None else found - set(held):
-                upstream, index = entry.at(address), self._free_index(model)
-                held[address] = self._run(model, self._registry.add_remote(model.name, index,
-                                                                           upstream))  # fmt: skip
-            for address in set() if found is None else set(held) - found:
-                retiring = asyncio.create_task(self.retire(held.pop(address)))
-                self._retiring.add(retiring)
-                retiring.add_done_callback(self._retiring.discard)
+            if found is not None:  # None: the lookup failed; keep what is there
+                for address in found - held.keys():
+                    held[address] = self._add_remote(model, self._free_index(model),
+                                                     entry.at(address))  # fmt: skip
+                for address in held.keys() - found:
+                    self._retire_later(held.pop(address))
             await asyncio.sleep(entry.resolve_every)
+
+    def _retire_later(self, replica: Replica) -> None:
+        """Retire `replica` in the background (its drain may take a while)."""
+        retiring = asyncio.create_task(self.retire(replica))
+        self._retiring.add(retiring)  # the loop keeps only a weak reference to a task
+        retiring.add_done_callback(self._retiring.discard)
 
     def _free_index(self, model: ModelConfig) -> int:
         """The first replica number past the local slots and static upstreams that is free."""
