@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.file import ConfigError, GatewayConfig, parse_config
+from gateway.config.file import ConfigError, DnsUpstream, GatewayConfig, parse_config
 from gateway.pool.plan import plan_reload
 
 
@@ -44,7 +44,7 @@ def test_a_trailing_slash_is_dropped_and_any_path_kept() -> None:
         ({"capacity": 0}, r"upstreams\[0\]\.capacity: expected a positive integer"),
         ({"api_key_env": "NOT_SET_ANYWHERE"}, r"api_key_env: environment variable NOT_SET_AN"),
         ({"upstream_model": ""}, r"upstreams\[0\]\.upstream_model: expected a model name"),
-        ({"dns": "x.svc:9000"}, r"upstreams\[0\]\.dns: unknown key"),
+        ({"dns": "x.svc:9000"}, r"upstreams\[0\]\.url: unknown key"),  # one or the other
     ],
 )
 def test_a_bad_upstream_names_its_key(fields: dict[str, Any], message: str) -> None:
@@ -75,3 +75,30 @@ def test_a_reload_replaces_remote_replicas_only_when_they_change() -> None:
     assert "upstreams changed: replacing the remote replicas" in change.describe()
     more_local = parse({**remote(), "engine": "standin", "replicas": 2})  # renumbers them
     assert plan_reload(old, more_local).change[0].upstreams
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dns": "workers.svc"}, r"upstreams\[0\]\.dns: expected NAME:PORT"),
+        ({"dns": "workers.svc:0"}, r"upstreams\[0\]\.dns: expected NAME:PORT"),
+        ({"dns": "w:9000", "path": "v1"}, r"upstreams\[0\]\.path: expected a URL path"),
+        ({"dns": "w:9000", "resolve_every": 0}, r"upstreams\[0\]\.resolve_every: expected"),
+    ],
+)
+def test_a_bad_dns_entry_names_its_key(entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse({"name": "m", "upstreams": [entry]})
+
+
+def test_a_dns_entry_makes_one_upstream_per_address(tmp_path: Path) -> None:
+    entry = {"dns": "workers.svc:9000", "capacity": 2, "upstream_model": "q",
+             "hosts_file": "hosts"}  # fmt: skip
+    (model,) = parse_config({"models": [{"name": "m", "upstreams": [entry]}]},
+                            base_dir=tmp_path).models  # fmt: skip
+    (dns,) = model.upstreams
+    assert isinstance(dns, DnsUpstream) and dns.hosts_file == tmp_path / "hosts"
+    assert (dns.host, dns.port, dns.path, dns.resolve_every) == ("workers.svc", 9000, "/v1", 5.0)
+    there = dns.at("10.1.2.3")
+    assert (there.url, there.capacity, there.upstream_model) == ("http://10.1.2.3:9000/v1", 2, "q")
+    assert dns.at("fd00::7").url == "http://[fd00::7]:9000/v1"
