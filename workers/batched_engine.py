@@ -28,8 +28,8 @@ class BatchedLlamaEngine:
         # sequence only, and a greedy answer is the same beside other requests as alone.
         # Unified: one buffer, and every decode attends over every slot's cells, the caches
         # idle slots keep included (a lone request beside 7 idle slots holding 1,500 tokens
-        # each: 22 tok/s against 99 split); and where a sequence's cells lie changes its
-        # logits' last bits (README, "Slots").
+        # each: 22 tok/s against 99 split, `python -m bench.idle_caches`); and where a
+        # sequence's cells lie changes its logits' last bits (README, "Slots").
         self.kv_unified = bool(kwargs.get("kv_unified", False))
         self.n_slots = slots
         self._slots: list[LlamaEngine] = []
