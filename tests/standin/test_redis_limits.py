@@ -228,19 +228,26 @@ def test_every_gateway_on_the_redis_is_listed_and_one_that_stops_leaves(
 
 
 async def test_what_one_gateway_sends_a_remote_replica_the_others_learn() -> None:
-    tables = [PrefixTable(), PrefixTable()]
+    redis.Redis.from_url(SHARED_REDIS).delete("llmgw:affinity:http://10.0.0.5:9000/v1")
+    tables = [PrefixTable(), PrefixTable(), PrefixTable()]
     syncs = [AffinitySync(SHARED_REDIS, table) for table in tables]
-    for sync in syncs:
+    api = "http://10.0.0.5:9000/v1"
+
+    async def until_matched(table: PrefixTable, hashes: list[bytes]) -> None:
+        async with asyncio.timeout(5):
+            while table.matched(api, hashes) < len(hashes):
+                await asyncio.sleep(0.02)
+
+    for sync in syncs[:2]:
         sync.start()
     try:
         conversation = prefix_hashes("a conversation so far " * 100)
         await asyncio.sleep(0.3)  # both subscribed
-        syncs[0].shared("http://10.0.0.5:9000/v1", conversation)
-        async with asyncio.timeout(5):
-            while not tables[1].matched("http://10.0.0.5:9000/v1", conversation):
-                await asyncio.sleep(0.02)
-        assert tables[1].matched("http://10.0.0.5:9000/v1", conversation) == len(conversation)
-        assert tables[0].matched("http://10.0.0.5:9000/v1", conversation) == 0  # not its echo
+        syncs[0].shared(api, conversation)
+        await until_matched(tables[1], conversation)  # as it happens
+        assert tables[0].matched(api, conversation) == 0  # not its own echo
+        syncs[2].start()  # a gateway that starts later loads what was kept in Redis
+        await until_matched(tables[2], conversation)
     finally:
         for sync in syncs:
             await sync.close()
