@@ -118,10 +118,10 @@ class PrefixTable:
         if not free:
             return None
         if not hashes:
-            return min(free, key=lambda r: r.in_flight)
+            return min(free, key=lambda r: r.in_flight / r.capacity)
         return max(free, key=lambda r: self._score(r, hashes))
 
     def _score(self, replica: Candidate, hashes: Sequence[bytes]) -> tuple[float, int]:
         share = self.matched(replica.api, hashes) / len(hashes)
         load = replica.in_flight / replica.capacity
-        return share - LOAD_WEIGHT * load, -replica.in_flight
+        return share - LOAD_WEIGHT * load, -load

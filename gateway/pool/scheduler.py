@@ -32,9 +32,10 @@ class QueuePolicy:
 
 
 def pick_replica(replicas: Sequence[Replica]) -> Replica | None:
-    """The free replica with the fewest requests in flight (lowest index on ties)."""
+    """The free replica least loaded for its size: in flight / capacity (a remote server with 8
+    slots and 2 requests is less busy than a local worker with 2 and 1), lowest index on ties."""
     free = [r for r in replicas if r.free]
-    return min(free, key=lambda r: r.in_flight) if free else None
+    return min(free, key=lambda r: r.in_flight / r.capacity) if free else None
 
 
 class Lease:

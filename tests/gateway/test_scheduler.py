@@ -26,6 +26,11 @@ def test_pick_prefers_the_least_loaded_ready_replica() -> None:
     assert pick_replica(replicas) is replicas[1]
 
 
+def test_pick_weighs_load_by_capacity() -> None:
+    replicas = [replica(0, in_flight=1, capacity=2), replica(1, in_flight=2, capacity=8)]
+    assert pick_replica(replicas) is replicas[1]  # a quarter full against half
+
+
 def test_pick_skips_busy_and_unready_replicas() -> None:
     replicas = [replica(0, in_flight=1), replica(1, ReplicaState.STARTING), replica(2)]
     assert pick_replica(replicas) is replicas[2]
