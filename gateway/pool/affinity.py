@@ -121,7 +121,7 @@ class PrefixTable:
             return min(free, key=lambda r: r.in_flight / r.capacity)
         return max(free, key=lambda r: self._score(r, hashes))
 
-    def _score(self, replica: Candidate, hashes: Sequence[bytes]) -> tuple[float, int]:
+    def _score(self, replica: Candidate, hashes: Sequence[bytes]) -> tuple[float, float]:
         share = self.matched(replica.api, hashes) / len(hashes)
         load = replica.in_flight / replica.capacity
         return share - LOAD_WEIGHT * load, -load
