@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
+    "BLOCKS_PER_REPLICA",
     "BLOCK_CHARS",
     "LOAD_WEIGHT",
     "PrefixTable",
