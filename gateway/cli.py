@@ -22,7 +22,7 @@ from .config.file import (
     load_config,
 )
 from .config.upstreams import Upstream
-from .pool.launch import llama_params
+from .replicas.launch import llama_params
 
 __all__ = ["main"]
 

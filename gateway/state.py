@@ -12,9 +12,9 @@ from .errors import ModelNotFound
 from .limits.local import Limits, LocalLimits
 from .limits.redis_store import RedisLimits
 from .pool.proxy import Proxy
-from .pool.registry import Registry
 from .pool.scheduler import QueuePolicy, Scheduler
-from .pool.supervisor import Supervisor
+from .replicas.registry import Registry
+from .replicas.supervisor import Supervisor
 
 __all__ = ["Gateway", "build_gateway", "policy"]
 

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from workers.engine import Usage
 
 from ..errors import GatewayError
-from ..pool.lifecycle import ReplicaState
+from ..replicas.lifecycle import ReplicaState
 from .logs import log_request
 
 if TYPE_CHECKING:

@@ -1,2 +1,2 @@
-"""The pool of replicas: starting and watching workers, their states, the fair queue and the
-scheduler, the relay to a worker, hot reload."""
+"""Serving requests on the replicas: the fair queue and the scheduler (least busy or prefix
+affinity), the relay to a replica, and hot reload."""

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.file import ConfigError, GatewayConfig, ModelConfig, load_config
+from ..replicas.registry import Replica, ReplicaState
 from ..state import Gateway, policy
 from .plan import ModelChange, ReloadPlan, plan_reload
-from .registry import Replica, ReplicaState
 
 __all__ = ["ReloadError", "ReloadOutcome", "Reloader"]
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from ..config.file import KeyConfig
 from ..errors import QueueFull, QueueTimeout, Unavailable
+from ..replicas.lifecycle import StateChange
+from ..replicas.registry import Registry, Replica, ReplicaState
 from .affinity import PrefixTable
 from .fair_queue import FairQueue
-from .lifecycle import StateChange
-from .registry import Registry, Replica, ReplicaState
 
 __all__ = ["Lease", "QueuePolicy", "Scheduler", "pick_replica"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from gateway.http.auth import ANONYMOUS
 from gateway.pool.affinity import BLOCK_CHARS, PrefixTable, prefix_hashes, prompt_text
-from gateway.pool.registry import Registry
 from gateway.pool.scheduler import QueuePolicy, Scheduler
+from gateway.replicas.registry import Registry
 
 SYSTEM = {"role": "system", "content": "You are terse. " * 40}
 

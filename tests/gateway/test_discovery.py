@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.pool.discovery import hosts_entries
+from gateway.replicas.discovery import hosts_entries
 
 HOSTS = """
 127.0.0.1   localhost

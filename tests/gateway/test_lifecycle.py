@@ -7,14 +7,14 @@ import itertools
 
 import pytest
 
-from gateway.pool.lifecycle import (
+from gateway.replicas.lifecycle import (
     TRANSITIONS,
     IllegalTransition,
     ReplicaState,
     StateChange,
     check_transition,
 )
-from gateway.pool.registry import Registry, Replica
+from gateway.replicas.registry import Registry, Replica
 
 S = ReplicaState
 

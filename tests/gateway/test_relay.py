@@ -13,8 +13,8 @@ from aiohttp import web
 from gateway.http.auth import ANONYMOUS
 from gateway.observe.metrics import MARKS_KEY, Marks
 from gateway.pool.proxy import Proxy, Relay
-from gateway.pool.registry import Registry
 from gateway.pool.scheduler import QueuePolicy, Scheduler
+from gateway.replicas.registry import Registry
 from workers.engine import Usage
 
 _CHUNK = b'data: {"choices":[{"delta":{"content":"a: usage 1 2"}}]}\n\n'

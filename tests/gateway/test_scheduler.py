@@ -10,8 +10,8 @@ import pytest
 from gateway.config.file import KeyConfig
 from gateway.errors import QueueFull, QueueTimeout, Unavailable
 from gateway.http.auth import ANONYMOUS
-from gateway.pool.registry import Registry, Replica, ReplicaState
 from gateway.pool.scheduler import Lease, QueuePolicy, Scheduler, pick_replica
+from gateway.replicas.registry import Registry, Replica, ReplicaState
 
 KEY = ANONYMOUS
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from gateway.config.file import ModelConfig
-from gateway.pool.launch import (
+from gateway.replicas.launch import (
     crash_reason,
     describe_exit,
     llama_params,
@@ -15,7 +15,7 @@ from gateway.pool.launch import (
     worker_env,
     worker_secret,
 )
-from gateway.pool.supervisor import restart_delay
+from gateway.replicas.supervisor import restart_delay
 from workers.server import SECRET_ENV
 
 

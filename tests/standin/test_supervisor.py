@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import gateway.pool.local_driver
+import gateway.replicas.local_driver
 from gateway.config.file import ModelConfig, parse_config
-from gateway.pool.launch import Launch
-from gateway.pool.registry import Registry, ReplicaState
-from gateway.pool.supervisor import Supervisor
+from gateway.replicas.launch import Launch
+from gateway.replicas.registry import Registry, ReplicaState
+from gateway.replicas.supervisor import Supervisor
 from tests.support import standin
 
 
@@ -27,7 +27,7 @@ async def until(predicate: Callable[[], object], timeout: float) -> None:
 async def test_a_failed_spawn_is_logged_shown_and_retried_with_backoff(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_spawn = gateway.pool.local_driver.spawn
+    real_spawn = gateway.replicas.local_driver.spawn
     attempts = 0
 
     async def spawn_once_out_of_fds(model: ModelConfig, index: int) -> Launch:
@@ -37,7 +37,7 @@ async def test_a_failed_spawn_is_logged_shown_and_retried_with_backoff(
             raise OSError(errno.EMFILE, "Too many open files")
         return await real_spawn(model, index)
 
-    monkeypatch.setattr(gateway.pool.local_driver, "spawn", spawn_once_out_of_fds)
+    monkeypatch.setattr(gateway.replicas.local_driver, "spawn", spawn_once_out_of_fds)
     config = parse_config({"models": [standin("m")]}, base_dir=Path.cwd())
     registry = Registry()
     supervisor = Supervisor(config, registry)

@@ -1,9 +1,9 @@
 """The supervisor: keeps every replica of every model running, through its replica driver.
 
-A local replica is a worker process (gateway/pool/local_driver.py), a remote one a server
-elsewhere that is health-checked (gateway/pool/remote_driver.py); the supervisor runs one task
+A local replica is a worker process (gateway/replicas/local_driver.py), a remote one a server
+elsewhere that is health-checked (gateway/replicas/remote_driver.py); the supervisor runs one task
 per replica in the driver of its kind, and stops them. A `dns:` upstream is a set of remote
-replicas that follows what its name resolves to (gateway/pool/discovery.py): an address that
+replicas that follows what its name resolves to (gateway/replicas/discovery.py): an address that
 appears is added, one that vanishes drains and leaves. Nothing past the supervisor asks which
 kind a replica is: the drivers report to the registry, the one owner of replica state.
 """

@@ -1,6 +1,6 @@
 """The local-process replica driver: one worker process per replica, restarted when it exits.
 
-It spawns the worker (gateway/pool/launch.py), waits for its ready line, watches its `/status`
+It spawns the worker (gateway/replicas/launch.py), waits for its ready line, watches its `/status`
 meanwhile, and starts a new one after an exit, with backoff after failed starts. What it sees
 it reports to the registry, the owner of replica state.
 """

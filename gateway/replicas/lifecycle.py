@@ -10,7 +10,7 @@
     any of the above ──> stopped
     ready, busy, unhealthy ──> starting   its worker exited; a new one is starting
 
-Pure: the registry (gateway/pool/registry.py) is the one owner that applies moves, through
+Pure: the registry (gateway/replicas/registry.py) is the one owner that applies moves, through
 `check_transition`, and tells its subscribers with a `StateChange`.
 """
 
