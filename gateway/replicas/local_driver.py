@@ -16,6 +16,7 @@ import signal
 import aiohttp
 
 from ..config.file import HealthConfig, ModelConfig
+from .driver import Driver
 from .launch import describe_exit, spawn
 from .registry import Registry, Replica
 
@@ -31,16 +32,14 @@ def restart_delay(failures: int) -> float:
     return float(min(30.0, 0.5 * 2**failures))
 
 
-class LocalDriver:
-    """Runs each local replica's worker process; `health` is read at every check."""
+class LocalDriver(Driver):
+    """Runs each local replica's worker process."""
 
     kind = "local"
 
     def __init__(self, registry: Registry, health: HealthConfig,
                  session: aiohttp.ClientSession) -> None:  # fmt: skip
-        self.health = health
-        self._registry = registry
-        self._session = session
+        super().__init__(registry, health, session)
         self._procs: dict[Replica, asyncio.subprocess.Process] = {}
 
     async def run(self, model: ModelConfig, replica: Replica) -> None:

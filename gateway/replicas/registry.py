@@ -1,8 +1,8 @@
 """The registry: every replica's state, load and health, and the one owner of their changes.
 
 Every state change goes through `Registry._move`, checked against the lifecycle table
-(gateway/replicas/lifecycle.py) and told to subscribers (`on_change`): the scheduler's capacity signal,
-the log, later metrics. The supervisor asks for lifecycle moves (starting, ready, failed,
+(gateway/replicas/lifecycle.py) and told to subscribers (`on_change`): the scheduler's capacity
+signal, the log, later metrics. The supervisor asks for lifecycle moves (starting, ready, failed,
 exited), the scheduler for load (begin, end: ready <-> busy) and health after a failed request,
 the reloader for draining. Everyone else reads snapshots, or waits with `until`.
 """

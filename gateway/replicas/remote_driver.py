@@ -15,22 +15,19 @@ import logging
 
 import aiohttp
 
-from ..config.file import HealthConfig, ModelConfig
-from .registry import Registry, Replica
+from ..config.file import ModelConfig
+from .driver import Driver
+from .registry import Replica
 
 __all__ = ["RemoteDriver"]
 
 log = logging.getLogger("gateway.supervisor")
 
 
-class RemoteDriver:
-    kind = "remote"
+class RemoteDriver(Driver):
+    """Checks each remote replica; starts nothing."""
 
-    def __init__(self, registry: Registry, health: HealthConfig,
-                 session: aiohttp.ClientSession) -> None:  # fmt: skip
-        self.health = health
-        self._registry = registry
-        self._session = session
+    kind = "remote"
 
     async def run(self, model: ModelConfig, replica: Replica) -> None:
         """Check `replica` until cancelled, moving it in and out of rotation."""

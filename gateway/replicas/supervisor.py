@@ -16,6 +16,7 @@ import aiohttp
 
 from ..config.file import DnsUpstream, GatewayConfig, ModelConfig, UpstreamConfig
 from .discovery import resolve
+from .driver import Driver
 from .local_driver import LocalDriver, restart_delay
 from .registry import Registry, Replica
 from .remote_driver import RemoteDriver
@@ -32,7 +33,7 @@ class Supervisor:
         self._registry = registry
         self._tasks: dict[Replica, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._drivers: dict[str, LocalDriver | RemoteDriver] = {}
+        self._drivers: dict[str, Driver] = {}
         self._discovery: dict[str, list[asyncio.Task[None]]] = {}  # by model: DNS watchers
         self._retiring: set[asyncio.Task[None]] = set()  # replicas that left DNS, draining
         self._drain_timeout = config.server.drain_timeout  # for a replica that left DNS
