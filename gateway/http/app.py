@@ -86,10 +86,11 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
 
 def _facts(gateway: Gateway) -> dict[str, Any]:
     """What a gateway's heartbeat says of its state now."""
-    replicas = list(gateway.registry)
+    registry = gateway.registry
     return {"models": sorted(m.name for m in gateway.config.models),
-            "replicas_ready": sum(r.state in ("ready", "busy") for r in replicas),
-            "in_flight": sum(r.in_flight for r in replicas),
+            "replicas_ready": sum(registry.model_status(m)["ready_replicas"]
+                                  for m in registry.models()),
+            "in_flight": sum(r.in_flight for r in registry),
             "queued": gateway.scheduler.queued_total(), "draining": gateway.draining}  # fmt: skip
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
+import msgspec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from workers.engine import Usage
@@ -119,9 +119,9 @@ class Proxy:
 
 def renamed(body: bytes, model: str) -> bytes:
     """A request `body` (a JSON object, checked on arrival) naming `model` instead."""
-    fields = json.loads(body)
+    fields = msgspec.json.decode(body)
     fields["model"] = model
-    return json.dumps(fields, ensure_ascii=False).encode()
+    return msgspec.json.encode(fields)
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -216,8 +216,8 @@ class Scheduler:
         if queue and (unavailable := self._unavailable(model)) is not None:
             self._fail_all(queue, unavailable)
         while queue:
-            if pick_replica(self._registry.replicas(model)) is None:
-                return  # none free
+            if not any(r.free for r in self._registry.replicas(model)):
+                return
             served = queue.pop(lambda name: self._may_start(self._keys[name]))
             if served is None:
                 return  # every waiting key is at its max_concurrent

@@ -3,6 +3,8 @@ remote servers) and reports what it sees of them to the registry, the owner of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 
 from ..config.file import HealthConfig, ModelConfig
@@ -12,15 +14,20 @@ __all__ = ["Driver"]
 
 
 class Driver:
-    """Runs replicas of one `kind`; `health` (how they are checked) is read at every check."""
+    """Runs replicas of one `kind`; how they are checked is read from `health()` at every
+    check (the supervisor owns it: a reload changes it there)."""
 
     kind = ""
 
-    def __init__(self, registry: Registry, health: HealthConfig,
+    def __init__(self, registry: Registry, health: Callable[[], HealthConfig],
                  session: aiohttp.ClientSession) -> None:  # fmt: skip
-        self.health = health
+        self._health = health
         self._registry = registry
         self._session = session  # for health checks: each sets its own timeout
+
+    @property
+    def health(self) -> HealthConfig:
+        return self._health()
 
     async def run(self, model: ModelConfig, replica: Replica) -> None:
         """Keep `replica` serving until cancelled: start it if it is ours to start, check it,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import aiohttp
 
@@ -37,7 +38,7 @@ class LocalDriver(Driver):
 
     kind = "local"
 
-    def __init__(self, registry: Registry, health: HealthConfig,
+    def __init__(self, registry: Registry, health: Callable[[], HealthConfig],
                  session: aiohttp.ClientSession) -> None:  # fmt: skip
         super().__init__(registry, health, session)
         self._procs: dict[Replica, asyncio.subprocess.Process] = {}

@@ -47,9 +47,9 @@ class RemoteDriver(Driver):
 
     def _fail(self, replica: Replica, failures: int, reason: str) -> None:
         why = f"{failures} health checks failed in a row ({reason})"
+        self._registry.note_unreachable(replica, why)
         if failures >= self.health.failures:
             self._registry.mark_unhealthy(replica, why)
-        self._registry.note_unreachable(replica, why)
 
     async def _check(self, replica: Replica) -> str | None:
         """None if the server answers its health check; otherwise what went wrong."""

@@ -14,14 +14,14 @@ import asyncio
 
 import aiohttp
 
-from ..config.file import DnsUpstream, GatewayConfig, ModelConfig, UpstreamConfig
+from ..config.file import DnsUpstream, GatewayConfig, HealthConfig, ModelConfig, UpstreamConfig
 from .discovery import resolve
 from .driver import Driver
-from .local_driver import LocalDriver, restart_delay
+from .local_driver import LocalDriver
 from .registry import Registry, Replica
 from .remote_driver import RemoteDriver
 
-__all__ = ["Supervisor", "restart_delay"]
+__all__ = ["Supervisor"]
 
 
 class Supervisor:
@@ -42,17 +42,19 @@ class Supervisor:
         """Register every replica and start them all at once; does not wait for them."""
         self._session = aiohttp.ClientSession()  # every check sets its own timeout
         self._drivers = {
-            "local": LocalDriver(self._registry, self._health, self._session),
-            "remote": RemoteDriver(self._registry, self._health, self._session),
+            "local": LocalDriver(self._registry, self._current_health, self._session),
+            "remote": RemoteDriver(self._registry, self._current_health, self._session),
         }
         for model in self._models:
             self.start_model(model)
 
+    def _current_health(self) -> HealthConfig:
+        """What the drivers check replicas by: this config fact's one owner is here."""
+        return self._health
+
     def apply_settings(self, config: GatewayConfig) -> None:
         """A reload's health checks and drain timeout, from now on."""
         self._health, self._drain_timeout = config.health, config.server.drain_timeout
-        for driver in self._drivers.values():
-            driver.health = config.health
 
     def start_model(self, model: ModelConfig) -> None:
         self._registry.add_model(model.name)

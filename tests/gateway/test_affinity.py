@@ -88,14 +88,19 @@ def test_each_replica_keeps_only_its_latest_blocks() -> None:
     assert table.matched("a", new) == 0
 
 
-async def test_the_scheduler_sends_a_conversation_back_where_it_was_served() -> None:
+def affinity_scheduler() -> Scheduler:
+    """Two ready replicas of model "m" (each at its own address), routed by prefix."""
     registry = Registry()
     registry.add_model("m")
     for index in range(2):
         replica = registry.add_replica("m", index, "cpu")
         registry.mark_starting(replica, pid=1, port=9000 + index)
         registry.mark_ready(replica)
-    scheduler = Scheduler(registry, {"m": QueuePolicy(8, 5.0, affinity=True)})
+    return Scheduler(registry, {"m": QueuePolicy(8, 5.0, affinity=True)})
+
+
+async def test_the_scheduler_sends_a_conversation_back_where_it_was_served() -> None:
+    scheduler = affinity_scheduler()
     other = scheduler.try_acquire("m", ANONYMOUS)  # replica 0 busy: the conversation starts on 1
     assert other is not None and other.replica.index == 0
     first = await scheduler.acquire("m", ANONYMOUS, prefix=prefix_hashes(prompt_text(
@@ -115,13 +120,7 @@ async def test_the_scheduler_sends_a_conversation_back_where_it_was_served() -> 
 
 
 async def test_a_queued_request_s_prefix_is_recorded_where_it_was_dispatched() -> None:
-    registry = Registry()
-    registry.add_model("m")
-    for index in range(2):
-        replica = registry.add_replica("m", index, "cpu")
-        registry.mark_starting(replica, pid=1, port=9100 + index)
-        registry.mark_ready(replica)
-    scheduler = Scheduler(registry, {"m": QueuePolicy(8, 5.0, affinity=True)})
+    scheduler = affinity_scheduler()
     held = [scheduler.try_acquire("m", ANONYMOUS) for _ in range(2)]
     assert [lease.replica.index for lease in held if lease] == [0, 1]
     conversation = prefix_hashes(prompt_text({"messages": turns(2)}))

@@ -15,7 +15,7 @@ from gateway.replicas.launch import (
     worker_env,
     worker_secret,
 )
-from gateway.replicas.supervisor import restart_delay
+from gateway.replicas.local_driver import restart_delay
 from workers.server import SECRET_ENV
 
 
