@@ -21,7 +21,11 @@ from .config.file import (
     ModelConfig,
     load_config,
 )
+from .config.scaling import show_size
 from .config.upstreams import Upstream
+from .pool.scaler import floor_plan
+from .replicas.devices import budgets
+from .replicas.footprint import needs
 from .replicas.launch import llama_params
 
 __all__ = ["main"]
@@ -43,8 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
+    device_budgets = budgets(config)
+    placement = floor_plan(config, device_budgets)
     if options.command == "check-config":
-        print(describe_plan(config, options.config))
+        print(describe_plan(config, options.config, device_budgets, placement))
+    unfit = [f"{label}: {where}" for label, where in placement if where.startswith("cannot")]
+    if unfit:
+        print("invalid config: the min replicas do not fit the memory budgets:\n  "
+              + "\n  ".join(unfit), file=sys.stderr)  # fmt: skip
+        return 2
+    if options.command == "check-config":
         return 0
     return _serve(config, Path(options.config), options.host, options.port, options.log_level,
                   options.log_format)  # fmt: skip
@@ -84,14 +96,21 @@ def keygen(name: str) -> str:
     ])  # fmt: skip
 
 
-def describe_plan(config: GatewayConfig, source: str) -> str:
-    """A human-readable plan: each model, its replicas, their devices and params."""
+def describe_plan(config: GatewayConfig, source: str, device_budgets: dict[str, int],
+                  placement: list[tuple[str, str]]) -> str:  # fmt: skip
+    """A human-readable plan: each model, its replicas, their devices and params; the memory
+    budgets and where the `min` replicas go."""
     replicas = sum(m.replicas for m in config.models)
     lines = [f"{source}: valid; {len(config.models)} models, {replicas} replicas; "
              f"serving on {config.server.host}:{config.server.port}"]  # fmt: skip
     for model in config.models:
         lines += _describe_model(model)
     lines += _describe_access(config)
+    lines.append(
+        "memory budgets: "
+        + ", ".join(f"{device} {show_size(size)}" for device, size in device_budgets.items())
+    )
+    lines += [f"- {label} on {where}" for label, where in placement]
     return "\n".join(lines)
 
 
@@ -125,11 +144,22 @@ def _describe_model(model: ModelConfig) -> list[str]:
         f"    queue: max {model.max_queue}, timeout {model.queue_timeout:g} s",
         f"    params: {json.dumps(params, sort_keys=True)}",
     ]
-    lines += [f"    replica {i}: device {model.device(i) or 'cpu'}" for i in range(model.replicas)]
+    lines += [_describe_slot(model, i) for i in range(model.replicas)]
+    if model.on_demand:
+        ttl = "never" if model.idle_ttl is None else f"{model.idle_ttl:g} s"
+        lines.append(f"    on demand: min {model.floor}, max {model.replicas}; idle stop after "
+                     f"{ttl}; another replica when {model.scale_up_queue} wait")  # fmt: skip
     lines += [f"    upstream: {_describe_upstream(u)}" for u in model.upstreams]
     if model.routing != "least_busy":
         lines.append(f"    routing: {model.routing}")
     return lines
+
+
+def _describe_slot(model: ModelConfig, index: int) -> str:
+    device = "auto" if model.gpus_auto else model.device(index) or "cpu"
+    need = needs(model, "cpu" if device in ("auto", "cpu") else device)
+    memory = ", ".join(f"{d} {show_size(size)}" for d, size in need.items()) or "none counted"
+    return f"    replica {index}: device {device}; memory estimate {memory}"
 
 
 def _describe_upstream(upstream: Upstream) -> str:

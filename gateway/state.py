@@ -12,6 +12,7 @@ from .errors import ModelNotFound
 from .limits.local import Limits, LocalLimits
 from .limits.redis_store import RedisLimits
 from .pool.proxy import Proxy
+from .pool.scaler import Scaler
 from .pool.scheduler import QueuePolicy, Scheduler
 from .replicas.registry import Registry
 from .replicas.supervisor import Supervisor
@@ -35,6 +36,8 @@ class Gateway:
     def __post_init__(self) -> None:
         self.by_name: dict[str, ModelConfig] = self.config.model_by_name()
         self.draining = False
+        # Replicas above each model's min, on demand: reads the running config through here.
+        self.scaler = Scaler(lambda: self.config, self.registry, self.scheduler, self.supervisor)
 
     def begin_drain(self) -> None:
         """Refuse new requests from now on; those queued or in flight go on."""
@@ -61,6 +64,11 @@ class Gateway:
         if model is None or (caller.models is not None and not caller.allows(model.names)):
             raise ModelNotFound(name, self.visible(caller))
         return model
+
+    def model_status(self, name: str) -> dict[str, object]:
+        """A model's readiness (its `min` replicas count) and load state, by its name."""
+        model = self.by_name.get(name)
+        return self.registry.model_status(name, on_demand=model is not None and not model.floor)
 
     def visible(self, caller: KeyConfig) -> list[str]:
         """The names and aliases `caller` may use."""

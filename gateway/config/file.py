@@ -30,6 +30,14 @@ from .checks import (
     reject_unknown,
     shown,
 )
+from .scaling import (
+    ReplicaRange,
+    ScalingConfig,
+    parse_budgets,
+    parse_replica_range,
+    parse_scaling,
+    parse_size,
+)
 from .upstreams import DnsUpstream, Upstream, UpstreamConfig, parse_upstreams
 
 __all__ = [
@@ -43,6 +51,8 @@ __all__ = [
     "KeyConfig",
     "ModelConfig",
     "RedisConfig",
+    "ReplicaRange",
+    "ScalingConfig",
     "ServerConfig",
     "UpstreamConfig",
     "load_config",
@@ -81,9 +91,14 @@ class ModelConfig:
     path: Path | None
     aliases: tuple[str, ...] = ()
     engine: str = "llama"
-    replicas: int = 1
+    replicas: int = 1  # local replica slots: the most it runs (`replicas.max`)
     capacity: int = 1  # requests one replica serves at once (llama: slots batched in one context)
-    gpus: tuple[str, ...] | None = None
+    gpus: tuple[str, ...] | None = None  # one per slot; None: CPU, or placed (`gpus_auto`)
+    min_replicas: int | None = None  # always running (`replicas.min`); None: all `replicas`
+    idle_ttl: float | None = None  # seconds unused before a replica above min stops
+    scale_up_queue: int = 1  # requests waiting that start another replica, up to the max
+    gpus_auto: bool = False  # each new replica on the GPU with the most free memory budget
+    memory: int | None = None  # bytes a replica needs, where set; else estimated from the GGUF
     max_queue: int = 64
     queue_timeout: float = 30.0
     startup_timeout: float = 300.0
@@ -97,8 +112,19 @@ class ModelConfig:
     routing: str = "least_busy"  # or "prefix_affinity": to the replica holding the prompt's prefix
 
     def device(self, index: int) -> str | None:
-        """The CUDA_VISIBLE_DEVICES value of replica `index`, or None for CPU."""
+        """The CUDA_VISIBLE_DEVICES value configured for slot `index`; None: CPU, or placed when
+        it starts (`gpus: auto`)."""
         return None if self.gpus is None else self.gpus[index]
+
+    @property
+    def floor(self) -> int:
+        """The local replicas always running."""
+        return self.replicas if self.min_replicas is None else self.min_replicas
+
+    @property
+    def on_demand(self) -> bool:
+        """Whether its replica count moves (between `floor` and `replicas`)."""
+        return self.floor < self.replicas
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -113,6 +139,8 @@ class GatewayConfig:
     watch: bool = False  # reload when the file changes
     auth: AuthConfig = field(default_factory=AuthConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    memory: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # budgets
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def model_by_name(self) -> dict[str, ModelConfig]:
         """Every name and alias mapped to its model."""
@@ -177,10 +205,12 @@ _SERVER_KEYS = {
     "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
     "metrics_auth",
 }  # fmt: skip
+_TOP_KEYS = {"server", "models", "health", "watch", "auth", "redis", "memory", "scaling"}
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
-    "matryoshka", "accept_token_ids", "upstreams", "routing",
+    "matryoshka", "accept_token_ids", "upstreams", "routing", "idle_ttl", "scale_up_queue",
+    "memory",
 }  # fmt: skip
 
 
@@ -206,7 +236,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     """Validate an already-decoded config document."""
     top = mapping(raw, "config file")
-    reject_unknown(top, {"server", "models", "health", "watch", "auth", "redis"}, "")
+    reject_unknown(top, _TOP_KEYS, "")
     server = _parse_server(top.get("server", {}))
     auth = parse_auth(top.get("auth", {}))
     check_exposure(auth, server.host)
@@ -221,7 +251,9 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     _reject_duplicate_names(models)
     watch = checked(top, "watch", boolean, "true or false", "", False)
     return GatewayConfig(server=server, models=models, health=health, watch=watch, auth=auth,
-                         redis=parse_redis(top.get("redis", {})))  # fmt: skip
+                         redis=parse_redis(top.get("redis", {})),
+                         memory=parse_budgets(top.get("memory", {})),
+                         scaling=parse_scaling(top.get("scaling", {})))  # fmt: skip
 
 
 def _parse_health(raw: Any) -> HealthConfig:
@@ -286,7 +318,9 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
     engine = checked(section, "engine", lambda v: v in ("llama", "standin"), "llama or standin",
                   where, "llama")  # fmt: skip
     upstreams = parse_upstreams(section.get("upstreams", []), where, base_dir)
-    replicas = _parse_replicas(section, bool(upstreams), where)
+    span = parse_replica_range(section, bool(upstreams), where)
+    replicas = span.max
+    auto = section.get("gpus") == "auto"
     return ModelConfig(
         capacity=_parse_capacity(section, engine, where),
         name=name,
@@ -294,7 +328,12 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
         path=_parse_path(section.get("path"), engine if replicas else "remote", where, base_dir),
         engine=engine,
         replicas=replicas,
-        gpus=_parse_gpus(section.get("gpus"), replicas, where),
+        gpus=None if auto else _parse_gpus(section.get("gpus"), replicas, where),
+        gpus_auto=auto,
+        min_replicas=span.min,
+        idle_ttl=_optional_seconds(section, "idle_ttl", where),
+        scale_up_queue=checked(section, "scale_up_queue", positive, "a positive integer", where, 1),
+        memory=None if "memory" not in section else parse_size(section["memory"], where + "memory"),
         max_queue=checked(section, "max_queue", non_negative, "an integer >= 0", where, 64),
         queue_timeout=float(checked(section, "queue_timeout", pos_num, "seconds > 0", where, 30)),
         startup_timeout=float(
@@ -322,13 +361,9 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
     )
 
 
-def _parse_replicas(section: dict[str, Any], remote: bool, where: str) -> int:
-    """Local replicas: at least one, or none where the model has upstreams to serve it (the
-    default there unless it names a `path` to load)."""
-    if remote:
-        default = 1 if "path" in section else 0
-        return int(checked(section, "replicas", non_negative, "an integer >= 0", where, default))
-    return int(checked(section, "replicas", positive, "a positive integer", where, 1))
+def _optional_seconds(section: dict[str, Any], key: str, where: str) -> float | None:
+    value = checked(section, key, lambda v: v is None or pos_num(v), "seconds > 0", where, None)
+    return None if value is None else float(value)
 
 
 def _parse_capacity(section: dict[str, Any], engine: str, where: str) -> int:
@@ -365,7 +400,8 @@ def _parse_gpus(raw: Any, replicas: int, where: str) -> tuple[str, ...] | None:
         return None
     if not isinstance(raw, list) or not all(_gpu_spec(g) for g in raw):
         raise ConfigError(
-            f'{where}gpus: expected a list of GPU ids, one per replica, like [0, 1] or ["0,1", "2"]'
+            f"{where}gpus: expected auto, or a list of GPU ids, one per replica, like [0, 1] "
+            'or ["0,1", "2"]'
         )
     if len(raw) != replicas:
         raise ConfigError(f"{where}gpus: has {len(raw)} entries but replicas is {replicas}")

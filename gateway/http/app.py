@@ -48,6 +48,7 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await gateway.proxy.start()
         await gateway.supervisor.start()
+        gateway.scaler.start()
         await gateways.start()
         if sync is not None:
             sync.start()
@@ -62,6 +63,7 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
             await gateways.close()
             if sync is not None:
                 await sync.close()
+            await gateway.scaler.stop()
             await gateway.supervisor.stop()
             await gateway.proxy.close()
             await gateway.limits.close()

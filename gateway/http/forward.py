@@ -158,16 +158,23 @@ class QueuedStream:
         in_line = asyncio.ensure_future(entered.wait())
         try:
             await asyncio.wait((waiting, in_line), return_when=asyncio.FIRST_COMPLETED)
-            comment = f": queued position={marks(forward.scope).queue_position}\n\n".encode()
+            place = f" position={marks(forward.scope).queue_position}"
             while not waiting.done():
+                comment = f": queued{place}{self._loading()}\n\n".encode()
                 await send({"type": "http.response.body", "body": comment, "more_body": True})
                 await asyncio.wait((waiting,), timeout=QUEUED_KEEPALIVE)
-                comment = b": queued\n\n"
+                place = ""
         finally:
             in_line.cancel()
             if not waiting.done():
                 waiting.cancel()
         return waiting.result()
+
+    def _loading(self) -> str:
+        """ " loading" while no replica of the model serves: one is starting (or, on demand, is
+        about to)."""
+        gateway, model = self._forward.gateway, self._forward.model.name
+        return "" if gateway.registry.load_state(model) == "loaded" else " loading"
 
     @staticmethod
     async def _fail(scope: Scope, send: Send, exc: GatewayError) -> None:

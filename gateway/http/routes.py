@@ -219,14 +219,18 @@ async def embeddings(request: Request[Any, Any, Any]) -> ASGIApp:
     return await _forward(request, "/v1/embeddings", can_stream=False)
 
 
-def _model_entry(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway"}
+def _model_entry(gateway: Gateway, name: str) -> dict[str, Any]:
+    """OpenAI's model object, with where it stands here (llama.cpp's router says it so):
+    `status.value` loaded, loading or unloaded (on demand, no replica running)."""
+    state = gateway.registry.load_state(gateway.by_name[name].name)
+    return {"id": name, "object": "model", "created": gateway.started_at,
+            "owned_by": "llm-gateway", "status": {"value": state}}  # fmt: skip
 
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     gateway, caller = _caller(request)
-    data = [_model_entry(name, gateway.started_at) for name in gateway.visible(caller)]
+    data = [_model_entry(gateway, name) for name in gateway.visible(caller)]
     return {"object": "list", "data": data}
 
 
@@ -235,7 +239,7 @@ async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> dict
     gateway, caller = _caller(request)
     name = model_id.lstrip("/")
     gateway.resolve(name, caller)
-    return _model_entry(name, gateway.started_at)
+    return _model_entry(gateway, name)
 
 
 @get("/health")
@@ -249,7 +253,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Readiness: every model has at least one ready replica and the gateway is not draining."""
     gateway = _state(request)
     registry = gateway.registry
-    models = {model: registry.model_status(model) for model in registry.models()}
+    models = {model: gateway.model_status(model) for model in registry.models()}
     all_ready = all(status["ready"] for status in models.values()) and not gateway.draining
     state = "draining" if gateway.draining else "ready" if all_ready else "not_ready"
     body = {"status": state, "models": models}

@@ -9,8 +9,8 @@ from ..config.file import AuthConfig, GatewayConfig, ModelConfig
 __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 
 # What a worker process is started with: changing any of these replaces its replicas.
-_WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus", "capacity", "matryoshka",
-                  "accept_token_ids")  # fmt: skip
+_WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus", "gpus_auto", "capacity",
+                  "matryoshka", "accept_token_ids")  # fmt: skip
 # What only a new process can apply: the listening socket, the metrics middleware.
 _RESTART_FIELDS = ("host", "port", "metrics")
 

@@ -147,7 +147,7 @@ class Reloader:
         for old in reversed([r for r in running if r.index >= model.replicas]):
             await self._retire(old)
         taken = {r.index for r in supervisor.local(model.name)}
-        for index in range(model.replicas):
+        for index in range(model.floor):  # above its min, the scaler starts what demand asks
             if index not in taken:
                 supervisor.start_replica(model, index)
 

@@ -74,6 +74,8 @@ class Scheduler:
         # Told of what is recorded for a replica every gateway reaches at the same address (the
         # affinity sync, with Redis): (its api, the blocks).
         self.share: Callable[[str, Prefix], None] | None = None
+        # Told of each request that has to wait, by model (the scaler may start a replica).
+        self.demand: Callable[[str], None] | None = None
         registry.on_change(self._on_change)
 
     def set_policy(self, model: str, policy: QueuePolicy) -> None:
@@ -91,6 +93,11 @@ class Scheduler:
 
     def queued(self, model: str) -> int:
         return len(self._queues[model])
+
+    def refuse(self, model: str, error: Unavailable) -> None:
+        """Answer every request waiting for `model` with `error` (its replica cannot start)."""
+        if (queue := self._queues.get(model)) is not None:
+            self._fail_all(queue, error)
 
     def running(self, key: KeyConfig) -> int:
         """The key's requests holding a replica now."""
@@ -130,6 +137,8 @@ class Scheduler:
             self._prefixes[waiter] = prefix
         ahead = queue.push(key.name, key.weight, waiter, first)
         self._dispatch(model)
+        if self.demand is not None and not waiter.done():
+            self.demand(model)
         if queued is not None and not waiter.done():
             queued(ahead)
         lease = None

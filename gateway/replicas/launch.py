@@ -40,15 +40,22 @@ _NATIVE_CRASHES = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
 CPU_BUILDS_HINT = 'see README "CPU builds"'
 
 
-def llama_params(model: ModelConfig) -> dict[str, Any]:
-    """The Llama kwargs a replica gets: a replica pinned to GPUs offloads every layer by default."""
+def llama_params(model: ModelConfig, device: str = "cpu") -> dict[str, Any]:
+    """The Llama kwargs a replica on `device` gets: one on CUDA GPUs offloads every layer by
+    default, one without none unless told (`n_gpu_layers` with Metal, on a Mac)."""
     params = dict(model.llama)
-    params.setdefault("n_gpu_layers", -1 if model.gpus else 0)
+    params.setdefault("n_gpu_layers", 0 if device == "cpu" else -1)
     return params
 
 
 def worker_command(
-    model: ModelConfig, port: int, parent_pid: int, phase_fd: int | None = None, *, replica: int
+    model: ModelConfig,
+    port: int,
+    parent_pid: int,
+    phase_fd: int | None = None,
+    *,
+    replica: int,
+    device: str = "cpu",
 ) -> list[str]:
     command = [sys.executable, "-m", "workers", "--model-name", model.name,
                "--replica", str(replica), "--host", "127.0.0.1", "--port", str(port),
@@ -60,15 +67,16 @@ def worker_command(
     command += ["--matryoshka"] if model.matryoshka else []
     command += ["--accept-token-ids"] if model.accept_token_ids else []
     if model.engine == "llama":
-        command += ["--llama-json", json.dumps(llama_params(model))]
+        command += ["--llama-json", json.dumps(llama_params(model, device))]
     else:
         command += ["--standin-json", json.dumps(dict(model.standin))]
     return [*command, "--concurrency", str(model.capacity)]
 
 
-def worker_env(model: ModelConfig, index: int, base: dict[str, str]) -> dict[str, str]:
-    """The worker's environment: CPU replicas see no GPU at all, so a CUDA build cannot grab one."""
-    return {**base, "CUDA_VISIBLE_DEVICES": model.device(index) or ""}
+def worker_env(device: str, base: dict[str, str]) -> dict[str, str]:
+    """The worker's environment on `device` ("cpu", or GPU ids as CUDA_VISIBLE_DEVICES lists
+    them): CPU replicas see no GPU at all, so a CUDA build cannot grab one."""
+    return {**base, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else device}
 
 
 def free_port() -> int:
@@ -138,14 +146,14 @@ class Launch:
         self._transport.close()
 
 
-async def spawn(model: ModelConfig, index: int) -> Launch:
-    """Start a worker for replica `index` of `model` on a fresh loopback port."""
+async def spawn(model: ModelConfig, index: int, device: str = "cpu") -> Launch:
+    """Start a worker for replica `index` of `model` on `device`, on a fresh loopback port."""
     port, secret = free_port(), worker_secret(os.environ)
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *worker_command(model, port, os.getpid(), write_fd, replica=index),
-            env={**worker_env(model, index, dict(os.environ)), SECRET_ENV: secret},
+            *worker_command(model, port, os.getpid(), write_fd, replica=index, device=device),
+            env={**worker_env(device, dict(os.environ)), SECRET_ENV: secret},
             stdin=asyncio.subprocess.DEVNULL,
             pass_fds=(write_fd,),
             # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop

@@ -66,7 +66,7 @@ class LocalDriver(Driver):
 
     async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
         """Run one worker process to its end; return whether it ever became ready."""
-        launch = await spawn(model, replica.index)
+        launch = await spawn(model, replica.index, replica.device)
         proc = launch.proc
         self._procs[replica] = proc
         self._registry.mark_starting(replica, proc.pid, launch.port, launch.secret)

@@ -51,6 +51,7 @@ class Replica:
     error: str | None = None  # why it last failed (load, start, requests or status checks)
     last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
     state_since: float = field(default_factory=time.time)  # when it entered its state
+    last_used: float = field(default_factory=time.monotonic)  # a request began or ended; ready
     auth: str = field(default="", repr=False)  # the Authorization its worker requires
 
     @property
@@ -172,6 +173,7 @@ class Registry:
         if replica.state is S.STARTING:
             replica.load_seconds = replica.loaded_at - replica.state_since
         replica.error = None
+        replica.last_used = time.monotonic()
         self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
 
     def mark_answering(self, replica: Replica) -> None:
@@ -222,12 +224,14 @@ class Registry:
 
     def begin(self, replica: Replica) -> None:
         replica.in_flight += 1
+        replica.last_used = time.monotonic()
         if replica.state is S.READY and replica.in_flight >= replica.capacity:
             self._move(replica, S.BUSY)
 
     def end(self, replica: Replica) -> None:
         replica.in_flight -= 1
         replica.requests_served += 1
+        replica.last_used = time.monotonic()
         if replica.state is S.BUSY and replica.in_flight < replica.capacity:
             self._move(replica, S.READY)
         elif replica.state is S.DRAINING and not replica.in_flight:
@@ -237,12 +241,22 @@ class Registry:
         """Whether any replica has a request in flight."""
         return any(replica.in_flight for replica in self)
 
-    def model_status(self, model: str) -> dict[str, Any]:
+    def model_status(self, model: str, on_demand: bool = False) -> dict[str, Any]:
+        """Whether `model` serves now; one loaded on demand (no replica always running) is
+        ready while it has no replica at all."""
         replicas = self._by_model[model]
         ready = sum(r.state in _IN_ROTATION for r in replicas)
         errors = sorted({r.error for r in replicas if r.error})
-        return {"ready": ready > 0, "ready_replicas": ready, "replicas": len(replicas),
-                "errors": errors}  # fmt: skip
+        return {"ready": ready > 0 or (on_demand and not replicas), "ready_replicas": ready,
+                "replicas": len(replicas), "errors": errors,
+                "state": self.load_state(model)}  # fmt: skip
+
+    def load_state(self, model: str) -> str:
+        """ "loaded" (a replica serves), "loading" (one is starting) or "unloaded" (none)."""
+        states = {r.state for r in self._by_model[model]}
+        if states & set(_IN_ROTATION):
+            return "loaded"
+        return "loading" if S.STARTING in states else "unloaded"
 
     def _move(self, replica: Replica, new: ReplicaState, reason: str | None = None) -> None:
         """The one place a replica's state changes: checked, stamped, told."""

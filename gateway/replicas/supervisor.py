@@ -11,6 +11,7 @@ kind a replica is: the drivers report to the registry, the one owner of replica 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 
@@ -37,6 +38,8 @@ class Supervisor:
         self._discovery: dict[str, list[asyncio.Task[None]]] = {}  # by model: DNS watchers
         self._retiring: set[asyncio.Task[None]] = set()  # replicas that left DNS, draining
         self._drain_timeout = config.server.drain_timeout  # for a replica that left DNS
+        # Where a local replica started by `start_model` runs (the scaler places by memory).
+        self.placer: Callable[[ModelConfig, int], str] = _configured_device
 
     async def start(self) -> None:
         """Register every replica and start them all at once; does not wait for them."""
@@ -57,14 +60,16 @@ class Supervisor:
         self._health, self._drain_timeout = config.health, config.server.drain_timeout
 
     def start_model(self, model: ModelConfig) -> None:
+        """Register a model; start its `min` local replicas and its upstreams."""
         self._registry.add_model(model.name)
-        for index in range(model.replicas):
+        for index in range(model.floor):
             self.start_replica(model, index)
         self.start_upstreams(model)
 
-    def start_replica(self, model: ModelConfig, index: int) -> Replica:
-        """Register a local replica in slot `index` and keep a worker running for it."""
-        device = model.device(index) or "cpu"
+    def start_replica(self, model: ModelConfig, index: int, device: str | None = None) -> Replica:
+        """Register a local replica in slot `index` on `device` (by default where `placer`
+        puts it) and keep a worker running for it."""
+        device = device or self.placer(model, index)
         replica = self._registry.add_replica(model.name, index, device, model.capacity)
         return self._run(model, replica)
 
@@ -165,3 +170,7 @@ class Supervisor:
         await asyncio.gather(*(driver.stop(replicas, grace) for driver in self._drivers.values()))
         for replica in replicas:
             self._registry.mark_stopped(replica)
+
+
+def _configured_device(model: ModelConfig, index: int) -> str:
+    return model.device(index) or "cpu"

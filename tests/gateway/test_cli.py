@@ -27,7 +27,9 @@ def test_a_bad_key_is_named_without_a_traceback(tmp_path: Path) -> None:
     config.write_text("models:\n  - {name: m, engine: standin, replicas: -1}\n")
     result = check_config(config)
     assert result.returncode == 2
-    assert "models[0] (m).replicas: expected a positive integer, got -1" in result.stderr
+    assert "models[0] (m).replicas: expected a positive integer or {min: N, max: M}, got -1" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

@@ -79,7 +79,7 @@ def test_gpus_give_each_replica_its_devices(tmp_path: Path, gguf: Path) -> None:
         ([model(llama={"n_ctx": "big"})], {}, "models[0] (m).llama.n_ctx: expected a positive"),
         ([model(llama={"n_ctxx": 512})], {}, "models[0] (m).llama.n_ctxx: unknown key"),
         ([model(replicas=2, gpus=[0])], {}, "models[0] (m).gpus: has 1 entries but replicas is 2"),
-        ([model(gpus=["x"])], {}, "models[0] (m).gpus: expected a list of GPU ids"),
+        ([model(gpus=["x"])], {}, "models[0] (m).gpus: expected auto, or a list of GPU ids"),
         ([model(path="${NOT_SET_ANYWHERE}/a.gguf")], {}, "NOT_SET_ANYWHERE is not set"),
         ([model(engine="vllm")], {}, "models[0] (m).engine: expected llama or standin"),
         (

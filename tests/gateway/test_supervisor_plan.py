@@ -23,19 +23,19 @@ def model(**kw: object) -> ModelConfig:
     return ModelConfig(name="m", path=Path("/models/m.gguf"), **kw)  # type: ignore[arg-type]
 
 
-def test_replica_i_is_pinned_to_gpus_i() -> None:
-    m = model(replicas=2, gpus=("0", "2,3"))
-    assert worker_env(m, 0, {})["CUDA_VISIBLE_DEVICES"] == "0"
-    assert worker_env(m, 1, {})["CUDA_VISIBLE_DEVICES"] == "2,3"
+def test_a_replica_sees_only_its_devices_gpus() -> None:
+    assert worker_env("0", {})["CUDA_VISIBLE_DEVICES"] == "0"
+    assert worker_env("2,3", {"CUDA_VISIBLE_DEVICES": "0"})["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
 def test_cpu_replicas_see_no_gpu() -> None:
-    assert worker_env(model(), 0, {"CUDA_VISIBLE_DEVICES": "0"})["CUDA_VISIBLE_DEVICES"] == ""
+    assert worker_env("cpu", {"CUDA_VISIBLE_DEVICES": "0"})["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_gpu_replicas_offload_all_layers_unless_told_otherwise() -> None:
-    assert llama_params(model(gpus=("0",)))["n_gpu_layers"] == -1
-    assert llama_params(model(gpus=("0",), llama={"n_gpu_layers": 10}))["n_gpu_layers"] == 10
+    assert llama_params(model(gpus=("0",)), "0")["n_gpu_layers"] == -1
+    assert llama_params(model(gpus=("0",), llama={"n_gpu_layers": 10}), "0")["n_gpu_layers"] == 10
+    assert llama_params(model(llama={"n_gpu_layers": -1}))["n_gpu_layers"] == -1  # Metal
     assert llama_params(model())["n_gpu_layers"] == 0
 
 

@@ -1,0 +1,222 @@
+"""The scaler: moves each model's local replica count between its `min` and `max`.
+
+A request that has to wait tells the scaler (`demand`); when as many wait as the model's
+`scale_up_queue` (or any, where it has no replica), another replica starts on the device placement
+picks (gateway/pool/placement.py), after evicting what must leave for it. Each second it also
+stops replicas above `min` that served nothing for `idle_ttl`, and retries the starts that waited
+for memory. It decides from the registry's and the scheduler's state; the supervisor does the
+starting and stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from ..config.file import GatewayConfig, ModelConfig
+from ..errors import Unavailable
+from ..replicas.devices import budgets
+from ..replicas.footprint import needs
+from ..replicas.registry import Registry, Replica, ReplicaState
+from ..replicas.supervisor import Supervisor
+from .placement import Refuse, Resident, Start, Wait, plan_start, rank_devices
+from .scheduler import Scheduler
+
+__all__ = ["Scaler", "floor_plan"]
+
+log = logging.getLogger("gateway.scaler")
+S = ReplicaState
+TICK = 1.0  # seconds between idle checks and retries of starts that waited for memory
+_GONE = (S.DRAINING, S.STOPPED)
+
+
+class Scaler:
+    """Starts replicas on demand, evicts for them, stops idle ones."""
+
+    def __init__(self, config: Callable[[], GatewayConfig], registry: Registry,
+                 scheduler: Scheduler, supervisor: Supervisor) -> None:  # fmt: skip
+        self._config, self._registry = config, registry
+        self._scheduler, self._supervisor = scheduler, supervisor
+        self._budgets: tuple[GatewayConfig, dict[str, int]] | None = None
+        self._acting: set[str] = set()  # models with a start (and its evictions) under way
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        supervisor.placer = self.place
+        scheduler.demand = self.demand
+
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *([self._ticker] if self._ticker else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def budgets(self) -> dict[str, int]:
+        """Each device's memory budget under the running config (read once per config)."""
+        config = self._config()
+        if self._budgets is None or self._budgets[0] is not config:
+            self._budgets = (config, budgets(config))
+        return self._budgets[1]
+
+    def place(self, model: ModelConfig, index: int) -> str:
+        """The device of a replica started outside demand (a model's `min`): placed with what
+        runs now, evicting nothing."""
+        candidates = self._candidates(model, index)
+        label, fit = f"{model.name}[{index}]", functools.partial(needs, model)
+        decision = plan_start(label, candidates, fit, self.budgets(), self.residents())
+        return decision.device if isinstance(decision, Start) else candidates[0]
+
+    def demand(self, model: str) -> None:
+        """A request for `model` is waiting: start a replica if that is due."""
+        if model in self._acting:
+            return
+        task = asyncio.create_task(self._consider(model))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def residents(self) -> list[Resident]:
+        """Every local replica holding memory, as placement sees it."""
+        models = {m.name: m for m in self._config().models}
+        return [r for name in self._registry.models()
+                for r in self._residents_of(models.get(name), name)]  # fmt: skip
+
+    def _residents_of(self, model: ModelConfig | None, name: str) -> list[Resident]:
+        local = [r for r in self._supervisor.local(name) if r.state is not S.STOPPED]
+        queued = self._scheduler.queued(name) if name in self._config_names() else 0
+        floor = model.floor if model is not None else 0
+        now, residency = time.time(), self._config().scaling.min_residency
+        return [
+            Resident(
+                label=f"{name}[{r.index}]", model=name, device=r.device,
+                usage=needs(model, r.device) if model is not None and not _failing(r) else {},
+                last_used=r.last_used, pinned=rank < floor or r.state is S.DRAINING,
+                idle=r.in_flight == 0 and not queued and r.state is S.READY,
+                settled=r.loaded_at is not None and now - r.loaded_at >= residency, ref=r,
+            )
+            for rank, r in enumerate(sorted(local, key=lambda r: -r.last_used))
+        ]  # fmt: skip
+
+    def _config_names(self) -> set[str]:
+        return {m.name for m in self._config().models}
+
+    def _candidates(self, model: ModelConfig, index: int) -> list[str]:
+        if not model.gpus_auto:
+            return [model.device(index) or "cpu"]
+        gpus = [d for d in self.budgets() if d != "cpu"]
+        if not gpus:
+            return ["cpu"]  # `gpus: auto` on a machine without GPUs: the CPU
+        return rank_devices(gpus, self.budgets(), self.residents(), model.name)
+
+    async def _consider(self, name: str) -> None:
+        model = next((m for m in self._config().models if m.name == name), None)
+        if model is None or not self._due(model):
+            return
+        self._acting.add(name)
+        try:
+            await self._scale_up(model)
+        except Exception:
+            log.exception("%s: could not start a replica on demand", name)
+        finally:
+            self._acting.discard(name)
+
+    def _due(self, model: ModelConfig) -> bool:
+        """Whether `model` should get another replica now."""
+        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        queued = self._scheduler.queued(model.name)
+        if not queued or len(live) >= model.replicas:
+            return False
+        if not live:
+            return True
+        return queued >= model.scale_up_queue and not any(r.state is S.STARTING for r in live)
+
+    async def _scale_up(self, model: ModelConfig) -> None:
+        index = self._free_slot(model)
+        label = f"{model.name}[{index}]"
+        residents = self.residents()
+        decision = plan_start(
+            label,
+            self._candidates(model, index),
+            functools.partial(needs, model),
+            self.budgets(),
+            residents,
+        )
+        if isinstance(decision, Wait):
+            log.debug("%s", decision.reason)
+        elif isinstance(decision, Refuse):
+            log.warning("%s", decision.reason)
+            self._scheduler.refuse(model.name, Unavailable(
+                decision.reason, retry_after=10, code="insufficient_memory"))  # fmt: skip
+        else:
+            await self._evict(decision.evict)
+            log.info("%s: starting on %s (%d waiting)", label, decision.device,
+                     self._scheduler.queued(model.name))  # fmt: skip
+            self._supervisor.start_replica(model, index, decision.device)
+
+    async def _evict(self, leaving: Sequence[Resident]) -> None:
+        for resident in leaving:
+            log.info("%s: evicted (least recently used) to make room", resident.label)
+        await asyncio.gather(*(self._supervisor.retire(r.ref) for r in leaving))
+
+    def _free_slot(self, model: ModelConfig) -> int:
+        taken = {r.index for r in self._supervisor.local(model.name) if r.state not in _GONE}
+        return next(i for i in range(model.replicas) if i not in taken)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            for model in self._config().models:
+                if self._scheduler.queued(model.name):
+                    self.demand(model.name)
+                elif model.idle_ttl is not None:
+                    await self._stop_idle(model, model.idle_ttl)
+
+    async def _stop_idle(self, model: ModelConfig, ttl: float) -> None:
+        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        surplus = len(live) - model.floor
+        now = time.monotonic()
+        idle = [r for r in live if r.state is S.READY and not r.in_flight
+                and now - r.last_used >= ttl]  # fmt: skip
+        for replica in sorted(idle, key=lambda r: r.last_used)[: max(surplus, 0)]:
+            log.info("%s[%d]: idle for %g s; stopping", model.name, replica.index, ttl)
+            await self._supervisor.retire(replica)
+
+
+def _failing(replica: Replica) -> bool:
+    """A replica whose worker could not start holds no model in memory."""
+    return replica.state is S.FAILED or (replica.state is S.STARTING and replica.error is not None)
+
+
+def floor_plan(config: GatewayConfig, device_budgets: dict[str, int]) -> list[tuple[str, str]]:
+    """Where each model's `min` replicas go, in config order: (replica, device or why it cannot
+    start). Raises nothing: `check-config` prints it, `serve` refuses a config it cannot fit."""
+    residents: list[Resident] = []
+    placed: list[tuple[str, str]] = []
+    for model in config.models:
+        for index in range(model.floor):
+            label = f"{model.name}[{index}]"
+            devices = ([model.device(index) or "cpu"] if not model.gpus_auto else
+                       rank_devices([d for d in device_budgets if d != "cpu"] or ["cpu"],
+                                    device_budgets, residents, model.name))  # fmt: skip
+            fit = functools.partial(needs, model)
+            decision = plan_start(label, devices, fit, device_budgets, residents)
+            if isinstance(decision, Start):
+                residents.append(
+                    Resident(
+                        label,
+                        model.name,
+                        decision.device,
+                        needs(model, decision.device),
+                        0.0,
+                        pinned=True,
+                    )
+                )
+                placed.append((label, decision.device))
+            else:
+                placed.append((label, f"cannot start: {decision.reason}"))
+    return placed

@@ -1,0 +1,161 @@
+"""How much memory one replica needs, and on which devices, estimated before it loads.
+
+Weights are the GGUF file's size; the KV cache comes from its metadata (layers, KV heads, key and
+value sizes) times the context the replica gets (n_ctx per slot x slots) and the cache type
+(`type_k`/`type_v`, f16 by default); llama.cpp's compute buffers and the worker process add a
+measured overhead. With `n_gpu_layers` of a model's layers offloaded, that share of weights and
+cache is on the replica's GPUs (split evenly across them), the rest in RAM.
+
+The header is read with the `gguf` package's type tables, but by a reader that skips array
+contents: `gguf.GGUFReader` builds every tokenizer entry (262,144 of them for Gemma 3) and takes
+seconds per file, where this takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from ..config.file import ModelConfig
+from .launch import llama_params
+
+__all__ = ["Footprint", "estimate", "gguf_metadata", "needs"]
+
+# Fitted to the demo models' resident memory after a 300-token prompt (README "On-demand
+# replicas": within 2-8% above it): a worker process (Python, aiohttp, llama.cpp's library),
+# and llama.cpp's compute and output buffers, which grow with the vocabulary.
+PROCESS_BYTES = 96 << 20
+COMPUTE_BYTES = 16 << 20
+COMPUTE_BYTES_PER_TOKEN = 192  # per vocabulary entry
+DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
+
+_SCALARS = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """One replica's memory: what moves to its GPUs with offloaded layers, and what stays."""
+
+    weights: int
+    kv_cache: int
+    compute: int  # llama.cpp's compute and output buffers
+    gpu_share: float  # the fraction of layers offloaded: 0 on CPU, 1 with every layer
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + PROCESS_BYTES
+
+    def split(self, device: str) -> dict[str, int]:
+        """Bytes per budget: "cpu" and each GPU id in `device` ("0", "0,1"; "cpu" for none)."""
+        gpus = [] if device == "cpu" else device.split(",")
+        share = self.gpu_share if gpus else 0.0
+        layered = self.weights + self.kv_cache
+        on_gpus = int(layered * share) + (self.compute if gpus and share else 0)
+        result = {"cpu": self.total - on_gpus}
+        for gpu in gpus:
+            result[gpu] = result.get(gpu, 0) + on_gpus // len(gpus)
+        return result
+
+
+def needs(model: ModelConfig, device: str) -> dict[str, int]:
+    """Bytes one replica of `model` on `device` takes from each device's budget."""
+    if model.memory is not None:  # set by hand: on its GPUs (split evenly), else in RAM
+        gpus = [] if device == "cpu" else device.split(",")
+        return {gpu: model.memory // len(gpus) for gpu in gpus} or {"cpu": model.memory}
+    if model.engine != "llama" or model.path is None:
+        return {}  # a stand-in loads nothing; a remote replica's memory is elsewhere
+    return estimate(model, on_gpu=device != "cpu").split(device)
+
+
+def estimate(model: ModelConfig, on_gpu: bool) -> Footprint:
+    """`model`'s footprint per replica, from its GGUF file and llama settings."""
+    assert model.path is not None
+    try:
+        meta = gguf_metadata(model.path)
+    except (OSError, ValueError, struct.error):  # not a GGUF we can read: its weights alone
+        meta = {}
+    params = {**llama_params(model), **({} if on_gpu else {"n_gpu_layers": 0})}
+    layers = int(_arch(meta, "block_count", 1))
+    offloaded = int(params.get("n_gpu_layers", 0))
+    share = 1.0 if offloaded < 0 else min(offloaded, layers) / layers
+    n_ctx = int(params.get("n_ctx", DEFAULT_N_CTX)) or int(_arch(meta, "context_length", 2048))
+    cells = n_ctx * model.capacity  # a batching worker's slots each have n_ctx
+    vocab = int(meta.get("tokenizer.ggml.tokens", 0))
+    return Footprint(model.path.stat().st_size, _kv_bytes(meta, params, layers, cells),
+                     COMPUTE_BYTES + vocab * COMPUTE_BYTES_PER_TOKEN, share)  # fmt: skip
+
+
+def _kv_bytes(meta: Mapping[str, Any], params: Mapping[str, Any], layers: int, cells: int) -> int:
+    heads = int(_arch(meta, "attention.head_count", 1))
+    kv_heads = int(_arch(meta, "attention.head_count_kv", heads))
+    head_size = int(_arch(meta, "embedding_length", heads)) // heads
+    key = int(_arch(meta, "attention.key_length", head_size))
+    value = int(_arch(meta, "attention.value_length", head_size))
+    per_cell = kv_heads * (key * _type_bytes(params.get("type_k")) +
+                           value * _type_bytes(params.get("type_v")))  # fmt: skip
+    return int(layers * cells * per_cell)
+
+
+def _type_bytes(ggml_type: int | None) -> float:
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(1 if ggml_type is None else ggml_type)]
+    return size / block
+
+
+def _arch(meta: Mapping[str, Any], key: str, default: Any) -> Any:
+    return meta.get(f"{meta.get('general.architecture', 'llama')}.{key}", default)
+
+
+@functools.lru_cache(maxsize=64)
+def gguf_metadata(path: Path) -> Mapping[str, Any]:
+    """A GGUF file's header key/values: scalars as they are, an array as its largest number
+    (a per-layer head count) or, for strings, its length."""
+    with path.open("rb") as file:
+        magic, _version, _tensors, count = struct.unpack("<4sIQQ", file.read(24))
+        if magic != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        return dict(_read_kv(file) for _ in range(count))
+
+
+def _read_kv(file: BinaryIO) -> tuple[str, Any]:
+    key = _read_str(file)
+    (kind,) = struct.unpack("<I", file.read(4))
+    return key, _read_value(file, GGUFValueType(kind))
+
+
+def _read_value(file: BinaryIO, kind: GGUFValueType) -> Any:
+    if kind is GGUFValueType.STRING:
+        return _read_str(file)
+    if kind is GGUFValueType.ARRAY:
+        (inner,), (length,) = struct.unpack("<I", file.read(4)), struct.unpack("<Q", file.read(8))
+        return _read_array(file, GGUFValueType(inner), length)
+    fmt = _SCALARS[kind]
+    return struct.unpack(fmt, file.read(struct.calcsize(fmt)))[0]
+
+
+def _read_array(file: BinaryIO, inner: GGUFValueType, length: int) -> Any:
+    if inner is GGUFValueType.STRING:
+        for _ in range(length):
+            (size,) = struct.unpack("<Q", file.read(8))
+            file.seek(size, 1)
+        return length
+    if inner is GGUFValueType.ARRAY:  # none in the models we know: read through it
+        return max((_read_value(file, inner) for _ in range(length)), default=0)
+    fmt = _SCALARS[inner]
+    values = struct.unpack(f"<{length}{fmt[1]}", file.read(length * struct.calcsize(fmt)))
+    return max(values, default=0) if length <= 4096 else length
+
+
+def _read_str(file: BinaryIO) -> str:
+    (size,) = struct.unpack("<Q", file.read(8))
+    return file.read(size).decode("utf-8", errors="replace")
