@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +71,12 @@ def build_parser(prog: str = "python -m workers") -> argparse.ArgumentParser:
         help="take token-id input to /v1/embeddings as this model's own ids (else 400)",
     )
     parser.add_argument(
+        "--listen-fd",
+        type=int,
+        help="serve on this inherited listening socket (bound to --host:--port by the gateway, "
+        "so no other process can take the port between its choice and the worker's start)",
+    )
+    parser.add_argument(
         "--phase-fd",
         type=int,
         help="write each lifecycle change (loading, warming_up, ready, "
@@ -95,7 +102,8 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Model:
     return LlamaEngine(args.model_path, args.llama_json)
 
 
-async def serve(worker: Worker, host: str, port: int, secret: str | None = None) -> int:
+async def serve(worker: Worker, host: str, port: int, secret: str | None = None,
+                listen_fd: int | None = None) -> int:  # fmt: skip
     runner = web.AppRunner(
         build_app(worker, secret),
         handler_cancellation=True,  # a client that goes away cancels its handler
@@ -103,7 +111,10 @@ async def serve(worker: Worker, host: str, port: int, secret: str | None = None)
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    if listen_fd is None:
+        await web.TCPSite(runner, host, port).start()
+    else:
+        await web.SockSite(runner, socket.socket(fileno=listen_fd)).start()
     log(f"listening on http://{host}:{port}")
     loop = asyncio.get_running_loop()
     exit_code: asyncio.Future[int] = loop.create_future()
@@ -144,6 +155,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m workers") -> int:
         worker_holder.append(
             Worker(args.model_name, engine, path, args.concurrency, args.phase_fd, policy)
         )
-        return await serve(worker_holder[0], args.host, args.port, secret)
+        return await serve(worker_holder[0], args.host, args.port, secret, args.listen_fd)
 
     return asyncio.run(run())

@@ -27,7 +27,7 @@ __all__ = [
     "Launch",
     "crash_reason",
     "describe_exit",
-    "free_port",
+    "listening_socket",
     "llama_params",
     "spawn",
     "worker_command",
@@ -56,12 +56,15 @@ def worker_command(
     *,
     replica: int,
     device: str = "cpu",
+    listen_fd: int | None = None,
 ) -> list[str]:
     command = [sys.executable, "-m", "workers", "--model-name", model.name,
                "--replica", str(replica), "--host", "127.0.0.1", "--port", str(port),
                "--engine", model.engine, "--parent-pid", str(parent_pid)]  # fmt: skip
     if phase_fd is not None:
         command += ["--phase-fd", str(phase_fd)]
+    if listen_fd is not None:
+        command += ["--listen-fd", str(listen_fd)]
     if model.path is not None:
         command += ["--model-path", str(model.path)]
     command += ["--matryoshka"] if model.matryoshka else []
@@ -79,11 +82,18 @@ def worker_env(device: str, base: dict[str, str]) -> dict[str, str]:
     return {**base, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else device}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def listening_socket() -> socket.socket:
+    """A loopback socket on a free port, listening: handed to a worker, it keeps the port
+    from the moment it is chosen (a port merely found free may be taken by any connect()
+    before the worker binds it)."""
+    sock = socket.socket()
+    try:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def worker_secret(environ: Mapping[str, str]) -> str:
@@ -148,14 +158,17 @@ class Launch:
 
 async def spawn(model: ModelConfig, index: int, device: str = "cpu") -> Launch:
     """Start a worker for replica `index` of `model` on `device`, on a fresh loopback port."""
-    port, secret = free_port(), worker_secret(os.environ)
+    sock, secret = listening_socket(), worker_secret(os.environ)
+    port: int = sock.getsockname()[1]
     read_fd, write_fd = os.pipe()
+    command = worker_command(model, port, os.getpid(), write_fd, replica=index, device=device,
+                             listen_fd=sock.fileno())  # fmt: skip
     try:
         proc = await asyncio.create_subprocess_exec(
-            *worker_command(model, port, os.getpid(), write_fd, replica=index, device=device),
+            *command,
             env={**worker_env(device, dict(os.environ)), SECRET_ENV: secret},
             stdin=asyncio.subprocess.DEVNULL,
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd, sock.fileno()),
             # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop
             # a worker mid-request; the gateway drains, then stops its workers itself.
             start_new_session=True,
@@ -165,6 +178,7 @@ async def spawn(model: ModelConfig, index: int, device: str = "cpu") -> Launch:
         raise
     finally:
         os.close(write_fd)  # the worker holds the only write end: its exit ends the pipe
+        sock.close()  # the worker holds the socket now
     reader = asyncio.StreamReader()
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)

@@ -214,7 +214,9 @@ def test_a_worker_that_crashes_on_a_request_is_restarted_and_its_caller_gets_a_c
     assert response.status_code in (502, 503), response.text
     assert wait_until(lambda: replicas_of(gateway, "segv-request")[0]["state"] == "ready", 10)
     (after,) = replicas_of(gateway, "segv-request")
-    assert after["restarts"] > before["restarts"] and after["last_exit"] == "SIGSEGV, signal 11"
+    assert after["restarts"] > before["restarts"] and after["last_exit"] == "SIGSEGV, signal 11", (
+        gateway.log()
+    )
     assert "segv-request[0]: worker pid" in gateway.log_path.read_text()
     assert re.search(r"segv-request\[0\]: worker pid \d+ exited \(SIGSEGV, signal 11\)",
                      gateway.log_path.read_text())  # fmt: skip
