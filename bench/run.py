@@ -1,9 +1,10 @@
 """`python -m bench.run [scenario ...]`: run scenarios, print their tables, write their JSON.
 
 Scenarios (by name or number): 1 latency, 2 throughput, 3 streaming, 4 multimodel, 5 replicas,
-6 peer, 7 footprint, 8 limits, 9 batching, 10 affinity. No argument runs them all. Scenarios 1-3
-include LiteLLM's proxy when bench/setup_litellm.sh has set it up (unless --no-peer); scenario 6
-divides our figures by its, from the latest results of 1-3 (the same run under `make bench`).
+6 peer, 7 footprint, 8 limits, 9 batching, 10 affinity, 11 on_demand. No argument runs them
+all. Scenarios 1-3 include LiteLLM's proxy when bench/setup_litellm.sh has set it up (unless
+--no-peer); scenario 6 divides our figures by its, from the latest results of 1-3 (the same run
+under `make bench`).
 Scenario 9 includes llama.cpp's llama-server when bench/setup_llama_server.sh has built it.
 """
 
@@ -27,6 +28,7 @@ from .scenarios.footprint import footprint
 from .scenarios.latency import latency
 from .scenarios.limits import limits
 from .scenarios.multimodel import multimodel
+from .scenarios.on_demand import on_demand
 from .scenarios.peer import peer
 from .scenarios.replicas import replicas
 from .scenarios.streaming import streaming
@@ -36,7 +38,7 @@ from .stack import standin_stack
 __all__ = ["SCENARIOS", "main"]
 
 SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint",
-             "limits", "batching", "affinity"]  # fmt: skip
+             "limits", "batching", "affinity", "on_demand"]  # fmt: skip
 STANDIN = {"token_delay": 0.0, "tokens": 200}
 CAPACITY = 256  # one stand-in replica serving up to 256 requests at once
 
@@ -91,6 +93,7 @@ _STEPS: dict[str, Step] = {
     "limits": lambda _: limits(),
     "batching": lambda _: batching(),
     "affinity": lambda _: affinity(),
+    "on_demand": lambda _: on_demand(),
 }
 
 

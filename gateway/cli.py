@@ -157,7 +157,7 @@ def _describe_model(model: ModelConfig) -> list[str]:
 
 def _describe_slot(model: ModelConfig, index: int) -> str:
     device = "auto" if model.gpus_auto else model.device(index) or "cpu"
-    need = needs(model, "cpu" if device in ("auto", "cpu") else device)
+    need = needs(model, "GPU" if device == "auto" else device)  # auto: on whichever GPU
     memory = ", ".join(f"{d} {show_size(size)}" for d, size in need.items()) or "none counted"
     return f"    replica {index}: device {device}; memory estimate {memory}"
 

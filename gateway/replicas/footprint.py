@@ -85,7 +85,8 @@ def estimate(model: ModelConfig, on_gpu: bool) -> Footprint:
         meta = gguf_metadata(model.path)
     except (OSError, ValueError, struct.error):  # not a GGUF we can read: its weights alone
         meta = {}
-    params = {**llama_params(model), **({} if on_gpu else {"n_gpu_layers": 0})}
+    params = llama_params(model, "GPU" if on_gpu else "cpu")
+    params["n_gpu_layers"] = params["n_gpu_layers"] if on_gpu else 0  # Metal: RAM all the same
     layers = int(_arch(meta, "block_count", 1))
     offloaded = int(params.get("n_gpu_layers", 0))
     share = 1.0 if offloaded < 0 else min(offloaded, layers) / layers

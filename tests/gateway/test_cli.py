@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import GEMMA3, REPO, SMOLLM2
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -52,3 +52,39 @@ def test_the_plan_shows_upstreams_by_their_key_s_variable_never_the_key(tmp_path
         result.stdout
     )
     assert "routing: prefix_affinity" in result.stdout and str(Path.home()) not in result.stdout
+
+
+def test_the_plan_shows_each_replicas_memory_estimate_and_where_the_min_replicas_go(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"memory: {{cpu: 2GiB, 0: 1GiB, 1: 1GiB}}\nmodels:\n"
+        f"  - {{name: smol, path: {SMOLLM2}, llama: {{n_ctx: 2048}}}}\n"
+        f"  - name: gemma\n    path: {GEMMA3}\n    gpus: auto\n"
+        "    replicas: {min: 2, max: 3}\n    idle_ttl: 600\n"
+    )
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    # SmolLM2 Q4_1 at n_ctx 2048: 93 MiB of weights, 45 MiB of KV cache, buffers and process.
+    assert "replica 0: device cpu; memory estimate cpu 259.8 MiB" in result.stdout
+    # Gemma's layers, KV cache and buffers on the GPU it gets; the process in RAM.
+    assert "replica 2: device auto; memory estimate cpu 96.0 MiB, GPU 314.4 MiB" in result.stdout
+    assert "on demand: min 2, max 3; idle stop after 600 s; another replica when 1 wait" in (
+        result.stdout
+    )
+    assert "memory budgets: cpu 2.00 GiB, 0 1.00 GiB, 1 1.00 GiB" in result.stdout
+    assert "- smol[0] on cpu\n- gemma[0] on 0\n- gemma[1] on 1" in result.stdout
+
+
+def test_a_config_whose_min_replicas_cannot_fit_is_refused_naming_them(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"memory: {{cpu: 600MiB}}\nmodels:\n  - {{name: smol, path: {SMOLLM2}, replicas: 1}}\n"
+        f"  - {{name: gemma, path: {GEMMA3}, replicas: 1}}\n"
+    )
+    result = check_config(config)
+    assert result.returncode == 2
+    assert "the min replicas do not fit the memory budgets" in result.stderr
+    assert "gemma[0]: cannot start: not enough memory to start gemma[0] on cpu" in result.stderr
+    assert "held by smol[0]" in result.stderr and "(min)" in result.stderr
