@@ -51,7 +51,9 @@ class ReplicaRange:
 class ScalingConfig:
     # A replica loaded this recently is not evicted: under mixed traffic for more models than
     # fit, swapping on every request would spend all the time loading (llama-swap issue 612).
-    min_residency: float = 5.0
+    # None ("auto"): as long as the replica took to load, so a swap wastes at most half the
+    # time (the ski-rental bound), and a model that loads in a second is not held for five.
+    min_residency: float | None = None
 
 
 def parse_size(value: Any, where: str) -> int:
@@ -90,8 +92,9 @@ def parse_budgets(raw: Any) -> Mapping[str, int]:
 def parse_scaling(raw: Any) -> ScalingConfig:
     section = mapping(raw, "scaling")
     reject_unknown(section, {"min_residency"}, "scaling.")
-    residency = checked(section, "min_residency", non_neg_num, "seconds >= 0", "scaling.", 5.0)
-    return ScalingConfig(min_residency=float(residency))
+    residency = checked(section, "min_residency", lambda v: v == "auto" or non_neg_num(v),
+                        "auto or seconds >= 0", "scaling.", "auto")  # fmt: skip
+    return ScalingConfig(min_residency=None if residency == "auto" else float(residency))
 
 
 def parse_replica_range(section: dict[str, Any], remote: bool, where: str) -> ReplicaRange:

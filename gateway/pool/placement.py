@@ -32,12 +32,12 @@ class Resident:
     last_used: float  # when it last finished a request (or started), for least-recently-used
     pinned: bool = False  # one of its model's `min` replicas: never evicted
     idle: bool = True  # nothing in flight and nothing queued for its model
-    settled: bool = True  # loaded long enough ago to be evicted (thrash guard)
+    settles_in: float = 0.0  # seconds until it has been loaded long enough to be evicted
     ref: Any = field(default=None, compare=False)  # what the caller knows it by (its Replica)
 
     @property
     def evictable(self) -> bool:
-        return not self.pinned and self.idle and self.settled
+        return not self.pinned and self.idle and self.settles_in <= 0
 
 
 @dataclass(frozen=True)

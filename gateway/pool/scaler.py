@@ -21,6 +21,7 @@ from ..config.file import GatewayConfig, ModelConfig
 from ..errors import Unavailable
 from ..replicas.devices import budgets
 from ..replicas.footprint import needs
+from ..replicas.lifecycle import StateChange
 from ..replicas.registry import Registry, Replica, ReplicaState
 from ..replicas.supervisor import Supervisor
 from .placement import Refuse, Resident, Start, Wait, plan_start, rank_devices
@@ -43,10 +44,12 @@ class Scaler:
         self._scheduler, self._supervisor = scheduler, supervisor
         self._budgets: tuple[GatewayConfig, dict[str, int]] | None = None
         self._acting: set[str] = set()  # models with a start (and its evictions) under way
+        self._waiting: set[str] = set()  # models whose start waits for memory to be evictable
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         supervisor.placer = self.place
         scheduler.demand = self.demand
+        registry.on_change(self._on_change)
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick())
@@ -74,8 +77,8 @@ class Scaler:
 
     def demand(self, model: str) -> None:
         """A request for `model` is waiting: start a replica if that is due."""
-        if model in self._acting:
-            return
+        if model in self._acting or self._ticker is None or self._ticker.done():
+            return  # busy with it already; or not started, or stopped
         task = asyncio.create_task(self._consider(model))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -90,17 +93,24 @@ class Scaler:
         local = [r for r in self._supervisor.local(name) if r.state is not S.STOPPED]
         queued = self._scheduler.queued(name) if name in self._config_names() else 0
         floor = model.floor if model is not None else 0
-        now, residency = time.time(), self._config().scaling.min_residency
         return [
             Resident(
                 label=f"{name}[{r.index}]", model=name, device=r.device,
                 usage=needs(model, r.device) if model is not None and not _failing(r) else {},
                 last_used=r.last_used, pinned=rank < floor or r.state is S.DRAINING,
                 idle=r.in_flight == 0 and not queued and r.state is S.READY,
-                settled=r.loaded_at is not None and now - r.loaded_at >= residency, ref=r,
+                settles_in=self._settles_in(r), ref=r,
             )
             for rank, r in enumerate(sorted(local, key=lambda r: -r.last_used))
         ]  # fmt: skip
+
+    def _settles_in(self, replica: Replica) -> float:
+        """Seconds until `replica` has been loaded for its minimum residency (inf: loading)."""
+        if replica.loaded_at is None:
+            return float("inf")
+        fixed = self._config().scaling.min_residency
+        residency = fixed if fixed is not None else replica.load_seconds or 0.0
+        return replica.loaded_at + residency - time.time()
 
     def _config_names(self) -> set[str]:
         return {m.name for m in self._config().models}
@@ -114,8 +124,11 @@ class Scaler:
         return rank_devices(gpus, self.budgets(), self.residents(), model.name)
 
     async def _consider(self, name: str) -> None:
+        if name in self._acting:  # another task got here first (both were asked at once)
+            return
         model = next((m for m in self._config().models if m.name == name), None)
         if model is None or not self._due(model):
+            self._waiting.discard(name)  # nothing waits for it any more
             return
         self._acting.add(name)
         try:
@@ -136,6 +149,7 @@ class Scaler:
         return queued >= model.scale_up_queue and not any(r.state is S.STARTING for r in live)
 
     async def _scale_up(self, model: ModelConfig) -> None:
+        self._waiting.discard(model.name)
         index = self._free_slot(model)
         label = f"{model.name}[{index}]"
         residents = self.residents()
@@ -148,6 +162,7 @@ class Scaler:
         )
         if isinstance(decision, Wait):
             log.debug("%s", decision.reason)
+            self._retry_when_settled(model.name, residents)
         elif isinstance(decision, Refuse):
             log.warning("%s", decision.reason)
             self._scheduler.refuse(model.name, Unavailable(
@@ -157,6 +172,21 @@ class Scaler:
             log.info("%s: starting on %s (%d waiting)", label, decision.device,
                      self._scheduler.queued(model.name))  # fmt: skip
             self._supervisor.start_replica(model, index, decision.device)
+
+    def _retry_when_settled(self, model: str, residents: Sequence[Resident]) -> None:
+        """Look again when the next replica in the way may be evicted: as its residency ends
+        (the tick would be up to a second late), or as one goes idle (`_on_change`)."""
+        self._waiting.add(model)
+        soonest = min((r.settles_in for r in residents if 0 < r.settles_in < float("inf")),
+                      default=None)  # fmt: skip
+        if soonest is not None:
+            asyncio.get_running_loop().call_later(soonest, self.demand, model)
+
+    def _on_change(self, change: StateChange) -> None:
+        # A replica free again, or gone: memory a waiting start wanted may be had now.
+        if change.new in (S.READY, S.STOPPED) and self._waiting:
+            for model in list(self._waiting):
+                self.demand(model)
 
     async def _evict(self, leaving: Sequence[Resident]) -> None:
         for resident in leaving:

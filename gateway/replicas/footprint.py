@@ -6,26 +6,25 @@ value sizes) times the context the replica gets (n_ctx per slot x slots) and the
 measured overhead. With `n_gpu_layers` of a model's layers offloaded, that share of weights and
 cache is on the replica's GPUs (split evenly across them), the rest in RAM.
 
-The header is read with the `gguf` package's type tables, but by a reader that skips array
-contents: `gguf.GGUFReader` builds every tokenizer entry (262,144 of them for Gemma 3) and takes
-seconds per file, where this takes milliseconds.
+The header is read by workers/gguf_header.py (milliseconds, where `gguf.GGUFReader` takes
+seconds); the cache types' sizes come from the `gguf` package's tables.
 """
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from workers.gguf_header import Strings, gguf_metadata
 
 from ..config.file import ModelConfig
 from .launch import llama_params
 
-__all__ = ["Footprint", "estimate", "gguf_metadata", "needs"]
+__all__ = ["Footprint", "estimate", "needs"]
 
 # Fitted to the demo models' resident memory after a 300-token prompt (README "On-demand
 # replicas": within 2-8% above it): a worker process (Python, aiohttp, llama.cpp's library),
@@ -34,13 +33,6 @@ PROCESS_BYTES = 96 << 20
 COMPUTE_BYTES = 16 << 20
 COMPUTE_BYTES_PER_TOKEN = 192  # per vocabulary entry
 DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
-
-_SCALARS = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,7 +84,8 @@ def estimate(model: ModelConfig, on_gpu: bool) -> Footprint:
     share = 1.0 if offloaded < 0 else min(offloaded, layers) / layers
     n_ctx = int(params.get("n_ctx", DEFAULT_N_CTX)) or int(_arch(meta, "context_length", 2048))
     cells = n_ctx * model.capacity  # a batching worker's slots each have n_ctx
-    vocab = int(meta.get("tokenizer.ggml.tokens", 0))
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = tokens.entries if isinstance(tokens, Strings) else 0
     return Footprint(model.path.stat().st_size, _kv_bytes(meta, params, layers, cells),
                      COMPUTE_BYTES + vocab * COMPUTE_BYTES_PER_TOKEN, share)  # fmt: skip
 
@@ -115,48 +108,3 @@ def _type_bytes(ggml_type: int | None) -> float:
 
 def _arch(meta: Mapping[str, Any], key: str, default: Any) -> Any:
     return meta.get(f"{meta.get('general.architecture', 'llama')}.{key}", default)
-
-
-@functools.lru_cache(maxsize=64)
-def gguf_metadata(path: Path) -> Mapping[str, Any]:
-    """A GGUF file's header key/values: scalars as they are, an array as its largest number
-    (a per-layer head count) or, for strings, its length."""
-    with path.open("rb") as file:
-        magic, _version, _tensors, count = struct.unpack("<4sIQQ", file.read(24))
-        if magic != b"GGUF":
-            raise ValueError(f"{path}: not a GGUF file")
-        return dict(_read_kv(file) for _ in range(count))
-
-
-def _read_kv(file: BinaryIO) -> tuple[str, Any]:
-    key = _read_str(file)
-    (kind,) = struct.unpack("<I", file.read(4))
-    return key, _read_value(file, GGUFValueType(kind))
-
-
-def _read_value(file: BinaryIO, kind: GGUFValueType) -> Any:
-    if kind is GGUFValueType.STRING:
-        return _read_str(file)
-    if kind is GGUFValueType.ARRAY:
-        (inner,), (length,) = struct.unpack("<I", file.read(4)), struct.unpack("<Q", file.read(8))
-        return _read_array(file, GGUFValueType(inner), length)
-    fmt = _SCALARS[kind]
-    return struct.unpack(fmt, file.read(struct.calcsize(fmt)))[0]
-
-
-def _read_array(file: BinaryIO, inner: GGUFValueType, length: int) -> Any:
-    if inner is GGUFValueType.STRING:
-        for _ in range(length):
-            (size,) = struct.unpack("<Q", file.read(8))
-            file.seek(size, 1)
-        return length
-    if inner is GGUFValueType.ARRAY:  # none in the models we know: read through it
-        return max((_read_value(file, inner) for _ in range(length)), default=0)
-    fmt = _SCALARS[inner]
-    values = struct.unpack(f"<{length}{fmt[1]}", file.read(length * struct.calcsize(fmt)))
-    return max(values, default=0) if length <= 4096 else length
-
-
-def _read_str(file: BinaryIO) -> str:
-    (size,) = struct.unpack("<Q", file.read(8))
-    return file.read(size).decode("utf-8", errors="replace")

@@ -38,6 +38,7 @@ def test_memory_budgets_and_scaling_settings() -> None:
     config = parse(standin(), memory={"cpu": "16GiB", 0: "24GB"}, scaling={"min_residency": 2})
     assert dict(config.memory) == {"cpu": 16 << 30, "0": 24 * 10**9}
     assert config.scaling.min_residency == 2.0
+    assert parse(standin()).scaling.min_residency is None  # auto: each replica's load time
 
 
 @pytest.mark.parametrize(
@@ -60,6 +61,7 @@ def test_memory_budgets_and_scaling_settings() -> None:
         (standin(), {"memory": {"gpu0": "1GiB"}}, "memory.gpu0: expected cpu or a GPU id"),
         (standin(), {"memory": {"cpu": "12 parsecs"}}, "memory.cpu: expected a size"),
         (standin(), {"scaling": {"min_residence": 1}}, "scaling.min_residence: unknown key"),
+        (standin(), {"scaling": {"min_residency": -1}}, "min_residency: expected auto or seconds"),
     ],
 )
 def test_bad_values_name_their_key(model: dict[str, Any], top: dict[str, Any],

@@ -12,10 +12,10 @@ from gateway.replicas.footprint import (
     COMPUTE_BYTES_PER_TOKEN,
     PROCESS_BYTES,
     estimate,
-    gguf_metadata,
     needs,
 )
 from tests.support import GEMMA3, SMOLLM2
+from workers.gguf_header import Strings, gguf_metadata
 
 MiB = 1 << 20
 
@@ -33,7 +33,7 @@ def test_the_header_is_read_without_the_tokenizer_in_milliseconds() -> None:
     assert time.perf_counter() - began < 1.0  # gguf.GGUFReader takes seconds on this file
     assert meta["general.architecture"] == "gemma3"
     assert (meta["gemma3.block_count"], meta["gemma3.attention.head_count_kv"]) == (18, 1)
-    assert meta["tokenizer.ggml.tokens"] == 262144  # an array: its length
+    assert meta["tokenizer.ggml.tokens"] == Strings(262144, 48)  # strings: count and longest
 
 
 def test_the_kv_cache_follows_layers_heads_context_slots_and_cache_type() -> None:

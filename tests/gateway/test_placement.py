@@ -41,7 +41,7 @@ def test_as_many_are_evicted_as_it_takes_and_no_more() -> None:
 def test_busy_or_just_loaded_replicas_are_waited_for_not_evicted() -> None:
     budgets = {"cpu": 100 * MIB}
     for holder in (resident("a[0]", 100, last_used=1.0, idle=False),
-                   resident("a[0]", 100, last_used=1.0, settled=False)):  # fmt: skip
+                   resident("a[0]", 100, last_used=1.0, settles_in=2.0)):  # fmt: skip
         assert isinstance(plan_start("b[0]", ["cpu"], need(60), budgets, [holder]), Wait)
 
 
