@@ -1,8 +1,12 @@
-"""Entry point: `python -m workers --model-name NAME --port PORT ...`."""
+"""Entry point: `python -m workers --model-name NAME --port PORT ...`, or `--standby`."""
 
 import sys
 
-from workers.cli import main
-
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--standby"]:
+        from workers.standby import main as standby
+
+        sys.exit(standby())
+    from workers.cli import main
+
     sys.exit(main())

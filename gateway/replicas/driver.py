@@ -37,3 +37,6 @@ class Driver:
     async def stop(self, replicas: list[Replica], grace: float) -> None:
         """End what runs `replicas` (their `run` already cancelled), within `grace` seconds."""
         raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release what the driver holds beside its replicas (the gateway is stopping)."""

@@ -9,6 +9,7 @@ broken CPU build of llama.cpp looks like (see README "CPU builds").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ from ..config.file import ModelConfig
 
 __all__ = [
     "Launch",
+    "Spare",
     "crash_reason",
     "describe_exit",
     "listening_socket",
@@ -156,18 +158,80 @@ class Launch:
         self._transport.close()
 
 
-async def spawn(model: ModelConfig, index: int, device: str = "cpu") -> Launch:
-    """Start a worker for replica `index` of `model` on `device`, on a fresh loopback port."""
+async def spawn(model: ModelConfig, index: int, device: str = "cpu",
+                spare: Spare | None = None) -> Launch:  # fmt: skip
+    """Start a worker for replica `index` of `model` on `device`, on a fresh loopback port; on
+    the CPU, by handing `spare` its arguments where one is given and alive."""
+    if spare is not None and device == "cpu" and spare.alive:
+        return await spare.assign(model, index)
     sock, secret = listening_socket(), worker_secret(os.environ)
     port: int = sock.getsockname()[1]
     read_fd, write_fd = os.pipe()
     command = worker_command(model, port, os.getpid(), write_fd, replica=index, device=device,
                              listen_fd=sock.fileno())  # fmt: skip
+    env = {**worker_env(device, dict(os.environ)), SECRET_ENV: secret}
+    proc = await _start(command, env, sock, read_fd, write_fd, asyncio.subprocess.DEVNULL)
+    return Launch(proc, port, secret, *await _phase_reader(read_fd))
+
+
+class Spare:
+    """A worker process started ahead of need (workers/standby.py): its imports done, its port
+    bound, it waits for a replica's arguments on stdin. CPU replicas only."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, fds: tuple[int, int],
+                 phases: tuple[asyncio.StreamReader, asyncio.BaseTransport]) -> None:  # fmt: skip
+        self.proc, self.port, self._fds, self._phases = proc, port, fds, phases
+
+    @classmethod
+    async def start(cls) -> Spare:
+        sock = listening_socket()
+        port: int = sock.getsockname()[1]
+        read_fd, write_fd = os.pipe()
+        fds = (write_fd, sock.fileno())  # their numbers in the worker, for its arguments later
+        command = [sys.executable, "-m", "workers", "--standby"]
+        env = worker_env("cpu", dict(os.environ))
+        proc = await _start(command, env, sock, read_fd, write_fd, asyncio.subprocess.PIPE)
+        return cls(proc, port, fds, await _phase_reader(read_fd))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def assign(self, model: ModelConfig, index: int) -> Launch:
+        """Make it replica `index` of `model`: it loads the model from here on."""
+        secret = worker_secret(os.environ)
+        command = worker_command(model, self.port, os.getpid(), self._fds[0], replica=index,
+                                 listen_fd=self._fds[1])  # fmt: skip
+        argv = command[3:]  # what follows `python -m workers`
+        order = {"argv": argv, "env": {SECRET_ENV: secret}}
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(order).encode() + b"\n")
+        await self.proc.stdin.drain()
+        self.proc.stdin.close()
+        return Launch(self.proc, self.port, secret, *self._phases)
+
+    async def close(self) -> None:
+        """Not needed after all: closing its stdin ends it."""
+        self._phases[1].close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), 5)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        await self.proc.wait()
+
+
+async def _start(command: list[str], env: dict[str, str], sock: socket.socket, read_fd: int,
+                 write_fd: int, stdin: int) -> asyncio.subprocess.Process:  # fmt: skip
+    """Start a worker process holding `sock` and the write end of its phase pipe (only it: its
+    exit ends the pipe); this process keeps the read end."""
     try:
-        proc = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             *command,
-            env={**worker_env(device, dict(os.environ)), SECRET_ENV: secret},
-            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
+            stdin=stdin,
             pass_fds=(write_fd, sock.fileno()),
             # Its own session: a Ctrl-C or a signal to the gateway's process group must not stop
             # a worker mid-request; the gateway drains, then stops its workers itself.
@@ -177,10 +241,13 @@ async def spawn(model: ModelConfig, index: int, device: str = "cpu") -> Launch:
         os.close(read_fd)
         raise
     finally:
-        os.close(write_fd)  # the worker holds the only write end: its exit ends the pipe
-        sock.close()  # the worker holds the socket now
+        os.close(write_fd)
+        sock.close()
+
+
+async def _phase_reader(read_fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     reader = asyncio.StreamReader()
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
     )
-    return Launch(proc, port, secret, reader, transport)
+    return reader, transport

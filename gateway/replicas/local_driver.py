@@ -18,7 +18,7 @@ import aiohttp
 
 from ..config.file import HealthConfig, ModelConfig
 from .driver import Driver
-from .launch import describe_exit, spawn
+from .launch import Spare, describe_exit, spawn
 from .registry import Registry, Replica
 
 __all__ = ["LocalDriver", "restart_delay"]
@@ -42,6 +42,30 @@ class LocalDriver(Driver):
                  session: aiohttp.ClientSession) -> None:  # fmt: skip
         super().__init__(registry, health, session)
         self._procs: dict[Replica, asyncio.subprocess.Process] = {}
+        # With replicas loaded on demand, one worker process waits ready-imported for the next
+        # CPU replica: its half-second start is then off the waiting requests' path.
+        self.keep_spare = False
+        self._spare: Spare | None = None
+        self._refill: asyncio.Task[None] | None = None
+
+    def prepare(self) -> None:
+        """Start a spare worker process if one is wanted and none is there or starting."""
+        wanted = self.keep_spare and (self._spare is None or not self._spare.alive)
+        if wanted and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._start_spare())
+
+    async def _start_spare(self) -> None:
+        try:
+            self._spare = await Spare.start()
+        except Exception:  # no spare: replicas start the slow way
+            log.exception("could not start a spare worker process")
+
+    async def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.close()
 
     async def run(self, model: ModelConfig, replica: Replica) -> None:
         """Keep a worker running for `replica` until cancelled."""
@@ -66,7 +90,10 @@ class LocalDriver(Driver):
 
     async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
         """Run one worker process to its end; return whether it ever became ready."""
-        launch = await spawn(model, replica.index, replica.device)
+        spare, self._spare = self._spare, None
+        launch = await spawn(model, replica.index, replica.device, spare)
+        if spare is not None and launch.proc is not spare.proc:
+            self._spare = spare  # not taken (a GPU replica): keep it for the next
         proc = launch.proc
         self._procs[replica] = proc
         self._registry.mark_starting(replica, proc.pid, launch.port, launch.secret)
@@ -74,6 +101,7 @@ class LocalDriver(Driver):
                  proc.pid, launch.port)  # fmt: skip
         try:
             error = await launch.until_ready(model.startup_timeout)
+            self.prepare()  # the next spare, once this one's load no longer needs the CPU
             if error is None:
                 self._registry.mark_ready(replica)  # the registry logs the change
                 await self._watch(replica, proc)

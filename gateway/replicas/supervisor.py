@@ -44,20 +44,27 @@ class Supervisor:
     async def start(self) -> None:
         """Register every replica and start them all at once; does not wait for them."""
         self._session = aiohttp.ClientSession()  # every check sets its own timeout
+        local = LocalDriver(self._registry, self._current_health, self._session)
+        local.keep_spare = any(model.on_demand for model in self._models)
         self._drivers = {
-            "local": LocalDriver(self._registry, self._current_health, self._session),
+            "local": local,
             "remote": RemoteDriver(self._registry, self._current_health, self._session),
         }
         for model in self._models:
             self.start_model(model)
+        local.prepare()
 
     def _current_health(self) -> HealthConfig:
         """What the drivers check replicas by: this config fact's one owner is here."""
         return self._health
 
     def apply_settings(self, config: GatewayConfig) -> None:
-        """A reload's health checks and drain timeout, from now on."""
+        """A reload's health checks, drain timeout and spare worker, from now on."""
         self._health, self._drain_timeout = config.health, config.server.drain_timeout
+        local = self._drivers.get("local")
+        if isinstance(local, LocalDriver):
+            local.keep_spare = any(model.on_demand for model in config.models)
+            local.prepare()
 
     def start_model(self, model: ModelConfig) -> None:
         """Register a model; start its `min` local replicas and its upstreams."""
@@ -148,6 +155,7 @@ class Supervisor:
         for name in list(self._discovery):
             await self._stop_following(name)
         await self._stop(list(self._tasks), grace)
+        await asyncio.gather(*(driver.close() for driver in self._drivers.values()))
         if self._session is not None:
             await self._session.close()
 

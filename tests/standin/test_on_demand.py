@@ -4,6 +4,7 @@ nothing fits, scale-up on queue depth, and placement across (budgeted) GPUs."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -186,3 +187,34 @@ def test_gpus_auto_spreads_a_models_replicas_over_the_gpus_with_most_free_memory
     assert devices == {("big", 0): "1", ("spread", 0): "0", ("spread", 1): "1"}
     (status,) = [gateway.worker_status("spread", 1)]
     assert status["device"] == "1"  # what the worker was given: CUDA_VISIBLE_DEVICES=1
+
+
+def spares(gateway: GatewayProcess) -> list[int]:
+    """The gateway's standby worker processes (`python -m workers --standby`) still waiting
+    (one that became a replica keeps its command line)."""
+    assert gateway.proc is not None
+    replicas = {w["pid"] for w in live(gateway)}
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if (
+                b"--standby" in cmdline
+                and ppid == gateway.proc.pid
+                and int(entry.name) not in replicas
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_replica_loaded_on_demand_starts_in_a_spare_worker_already_imported(
+    start: Any,
+) -> None:
+    gateway = start(config(on_demand("lazy")))
+    assert wait_until(lambda: len(spares(gateway)) == 1, 10)
+    (spare,) = spares(gateway)
+    assert chat(gateway, "lazy").status_code == 200
+    (replica,) = live(gateway, "lazy")
+    assert replica["pid"] == spare  # the spare became the replica
+    assert wait_until(lambda: len(spares(gateway)) == 1 and spares(gateway) != [spare], 10)

@@ -12,7 +12,7 @@ import pytest
 
 import gateway.replicas.local_driver
 from gateway.config.file import ModelConfig, parse_config
-from gateway.replicas.launch import Launch
+from gateway.replicas.launch import Launch, Spare
 from gateway.replicas.registry import Registry, ReplicaState
 from gateway.replicas.supervisor import Supervisor
 from tests.support import standin
@@ -30,12 +30,14 @@ async def test_a_failed_spawn_is_logged_shown_and_retried_with_backoff(
     real_spawn = gateway.replicas.local_driver.spawn
     attempts = 0
 
-    async def spawn_once_out_of_fds(model: ModelConfig, index: int, device: str) -> Launch:
+    async def spawn_once_out_of_fds(
+        model: ModelConfig, index: int, device: str, spare: Spare | None
+    ) -> Launch:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
             raise OSError(errno.EMFILE, "Too many open files")
-        return await real_spawn(model, index, device)
+        return await real_spawn(model, index, device, spare)
 
     monkeypatch.setattr(gateway.replicas.local_driver, "spawn", spawn_once_out_of_fds)
     config = parse_config({"models": [standin("m")]}, base_dir=Path.cwd())
