@@ -11,6 +11,7 @@ kind a replica is: the drivers report to the registry, the one owner of replica 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import aiohttp
@@ -31,6 +32,7 @@ class Supervisor:
     def __init__(self, config: GatewayConfig, registry: Registry):
         self._health = config.health
         self._models = config.models
+        self._keep_spare = _wants_spare(config)
         self._registry = registry
         self._tasks: dict[Replica, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -45,7 +47,7 @@ class Supervisor:
         """Register every replica and start them all at once; does not wait for them."""
         self._session = aiohttp.ClientSession()  # every check sets its own timeout
         local = LocalDriver(self._registry, self._current_health, self._session)
-        local.keep_spare = any(model.on_demand for model in self._models)
+        local.keep_spare = self._keep_spare
         self._drivers = {
             "local": local,
             "remote": RemoteDriver(self._registry, self._current_health, self._session),
@@ -63,7 +65,7 @@ class Supervisor:
         self._health, self._drain_timeout = config.health, config.server.drain_timeout
         local = self._drivers.get("local")
         if isinstance(local, LocalDriver):
-            local.keep_spare = any(model.on_demand for model in config.models)
+            local.keep_spare = _wants_spare(config)
             local.prepare()
 
     def start_model(self, model: ModelConfig) -> None:
@@ -182,3 +184,9 @@ class Supervisor:
 
 def _configured_device(model: ModelConfig, index: int) -> str:
     return model.device(index) or "cpu"
+
+
+def _wants_spare(config: GatewayConfig) -> bool:
+    """A spare worker process, for replicas loaded on demand (where the setting allows one)."""
+    on_demand = any(model.on_demand for model in config.models)
+    return on_demand and config.scaling.keeps_spare(os.cpu_count())

@@ -39,6 +39,9 @@ def test_memory_budgets_and_scaling_settings() -> None:
     assert dict(config.memory) == {"cpu": 16 << 30, "0": 24 * 10**9}
     assert config.scaling.min_residency == 2.0
     assert parse(standin()).scaling.min_residency is None  # auto: each replica's load time
+    auto = parse(standin()).scaling
+    assert (auto.keeps_spare(2), auto.keeps_spare(16)) == (False, True)  # auto: spare CPUs only
+    assert parse(standin(), scaling={"spare_worker": True}).scaling.keeps_spare(2)
 
 
 @pytest.mark.parametrize(
@@ -62,6 +65,7 @@ def test_memory_budgets_and_scaling_settings() -> None:
         (standin(), {"memory": {"cpu": "12 parsecs"}}, "memory.cpu: expected a size"),
         (standin(), {"scaling": {"min_residence": 1}}, "scaling.min_residence: unknown key"),
         (standin(), {"scaling": {"min_residency": -1}}, "min_residency: expected auto or seconds"),
+        (standin(), {"scaling": {"spare_worker": "yes"}}, "spare_worker: expected auto, true or"),
     ],
 )
 def test_bad_values_name_their_key(model: dict[str, Any], top: dict[str, Any],

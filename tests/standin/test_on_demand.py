@@ -36,9 +36,9 @@ def on_demand(
 
 
 def config(*models: dict[str, Any], budget: str = "250MiB", residency: float = 0,
-           **top: Any) -> dict[str, Any]:  # fmt: skip
+           spare: bool = False, **top: Any) -> dict[str, Any]:  # fmt: skip
     return {"models": list(models), "memory": {"cpu": budget},
-            "scaling": {"min_residency": residency}, **top}  # fmt: skip
+            "scaling": {"min_residency": residency, "spare_worker": spare}, **top}  # fmt: skip
 
 
 @pytest.fixture
@@ -211,7 +211,7 @@ def spares(gateway: GatewayProcess) -> list[int]:
 def test_a_replica_loaded_on_demand_starts_in_a_spare_worker_already_imported(
     start: Any,
 ) -> None:
-    gateway = start(config(on_demand("lazy")))
+    gateway = start(config(on_demand("lazy"), spare=True))
     assert wait_until(lambda: len(spares(gateway)) == 1, 10)
     (spare,) = spares(gateway)
     assert chat(gateway, "lazy").status_code == 200
