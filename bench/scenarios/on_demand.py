@@ -107,6 +107,8 @@ def _verdict(res: Result) -> None:
         f"{REQUESTS} sequential chat requests per pattern and round (max_tokens {MAX_TOKENS}, "
         f"temperature 0, distinct prompts), {ROUNDS} rounds, targets in rotating order; the "
         f"on-demand gateway has memory.cpu {BUDGET} (any two of the three models fit), "
-        "scaling.min_residency at its default (5 s), and keeps what it loaded across rounds. "
-        "llama_cpp.server holds one model at a time; the always-on gateway all three."
+        "scaling at its defaults (min_residency auto: a replica's own load time; on 2 CPUs no "
+        "spare worker), and keeps what it loaded across rounds. llama_cpp.server holds one model "
+        "at a time and swaps it in its own process; the gateway starts a worker process for each "
+        "load (~0.5 s of interpreter and imports before the model's own load)."
     )
