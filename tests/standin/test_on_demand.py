@@ -160,7 +160,7 @@ def test_a_replica_loaded_just_now_is_not_evicted_until_min_residency(start: Any
 
 
 def test_more_waiting_than_scale_up_queue_starts_another_replica(start: Any) -> None:
-    slow = {"token_delay": 0.2, "tokens": 10}
+    slow = {"token_delay": 0.2, "tokens": 20}  # 4 s each: the first outlasts the checks below
     gateway = start(config(on_demand("hot", low=1, high=2, scale_up_queue=2, options=slow)))
     threads = [threading.Thread(target=chat, args=(gateway, "hot")) for _ in range(2)]
     for thread in threads:
