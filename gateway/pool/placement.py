@@ -33,11 +33,12 @@ class Resident:
     pinned: bool = False  # one of its model's `min` replicas: never evicted
     idle: bool = True  # nothing in flight and nothing queued for its model
     settles_in: float = 0.0  # seconds until it has been loaded long enough to be evicted
+    leaving: bool = False  # draining already: its memory is freed soon, it cannot go twice
     ref: Any = field(default=None, compare=False)  # what the caller knows it by (its Replica)
 
     @property
     def evictable(self) -> bool:
-        return not self.pinned and self.idle and self.settles_in <= 0
+        return _preemptible(self) and self.idle
 
 
 @dataclass(frozen=True)
@@ -79,19 +80,31 @@ def rank_devices(devices: Iterable[str], budgets: Mapping[str, int],
 
 
 def plan_start(label: str, candidates: Sequence[str], need_on: Callable[[str], Need],
-               budgets: Mapping[str, int], residents: Sequence[Resident]) -> Decision:  # fmt: skip
-    """Where replica `label` starts, among `candidates` in order of preference."""
+               budgets: Mapping[str, int], residents: Sequence[Resident],
+               preempt: bool = False) -> Decision:  # fmt: skip
+    """Where replica `label` starts, among `candidates` in order of preference. `preempt`: it
+    has waited long enough that replicas in use may be evicted for it too (drained first), once
+    they have been loaded their minimum time, so a busy model cannot starve a waiting one."""
     for device in candidates:
         if _fits(need_on(device), budgets, used(residents)):
             return Start(device)
+    may_go = _preemptible if preempt else _evictable
     for device in candidates:
-        evict = _evictions(need_on(device), budgets, residents, lambda r: r.evictable)
+        evict = _evictions(need_on(device), budgets, residents, may_go)
         if evict is not None:
             return Start(device, evict)
     for device in candidates:
         if _evictions(need_on(device), budgets, residents, lambda r: not r.pinned) is not None:
             return Wait(f"{label} waits for memory held by replicas in use or just loaded")
     return Refuse(_refusal(label, candidates[0], need_on(candidates[0]), budgets, residents))
+
+
+def _evictable(resident: Resident) -> bool:
+    return resident.evictable
+
+
+def _preemptible(resident: Resident) -> bool:
+    return not resident.pinned and not resident.leaving and resident.settles_in <= 0
 
 
 def _fits(need: Need, budgets: Mapping[str, int], taken: Mapping[str, int]) -> bool:

@@ -32,6 +32,7 @@ __all__ = ["Scaler", "floor_plan"]
 log = logging.getLogger("gateway.scaler")
 S = ReplicaState
 TICK = 1.0  # seconds between idle checks and retries of starts that waited for memory
+PATIENCE = 2.0  # seconds a start waits for replicas in use (min_residency: auto) before preempting
 _GONE = (S.DRAINING, S.STOPPED)
 
 
@@ -45,6 +46,7 @@ class Scaler:
         self._budgets: tuple[GatewayConfig, dict[str, int]] | None = None
         self._acting: set[str] = set()  # models with a start (and its evictions) under way
         self._waiting: set[str] = set()  # models whose start waits for memory to be evictable
+        self._waiting_since: dict[str, float] = {}  # since when (monotonic), for preemption
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         supervisor.placer = self.place
@@ -90,18 +92,20 @@ class Scaler:
                 for r in self._residents_of(models.get(name), name)]  # fmt: skip
 
     def _residents_of(self, model: ModelConfig | None, name: str) -> list[Resident]:
-        local = [r for r in self._supervisor.local(name) if r.state is not S.STOPPED]
+        local = sorted((r for r in self._supervisor.local(name) if r.state is not S.STOPPED),
+                       key=lambda r: -r.last_used)  # fmt: skip
         queued = self._scheduler.queued(name) if name in self._config_names() else 0
-        floor = model.floor if model is not None else 0
+        staying = [r for r in local if r.state is not S.DRAINING]
+        pinned = set(staying[: model.floor if model is not None else 0])  # the most recent
         return [
             Resident(
                 label=f"{name}[{r.index}]", model=name, device=r.device,
                 usage=needs(model, r.device) if model is not None and not _failing(r) else {},
-                last_used=r.last_used, pinned=rank < floor or r.state is S.DRAINING,
+                last_used=r.last_used, pinned=r in pinned, leaving=r.state is S.DRAINING,
                 idle=r.in_flight == 0 and not queued and r.state is S.READY,
                 settles_in=self._settles_in(r), ref=r,
             )
-            for rank, r in enumerate(sorted(local, key=lambda r: -r.last_used))
+            for r in local
         ]  # fmt: skip
 
     def _settles_in(self, replica: Replica) -> float:
@@ -129,6 +133,7 @@ class Scaler:
         model = next((m for m in self._config().models if m.name == name), None)
         if model is None or not self._due(model):
             self._waiting.discard(name)  # nothing waits for it any more
+            self._waiting_since.pop(name, None)
             return
         self._acting.add(name)
         try:
@@ -153,13 +158,12 @@ class Scaler:
         index = self._free_slot(model)
         label = f"{model.name}[{index}]"
         residents = self.residents()
-        decision = plan_start(
-            label,
-            self._candidates(model, index),
-            functools.partial(needs, model),
-            self.budgets(),
-            residents,
-        )
+        waited = time.monotonic() - self._waiting_since.setdefault(model.name, time.monotonic())
+        decision = plan_start(label, self._candidates(model, index),
+                              functools.partial(needs, model), self.budgets(), residents,
+                              preempt=waited >= self._patience())  # fmt: skip
+        if not isinstance(decision, Wait):
+            del self._waiting_since[model.name]
         if isinstance(decision, Wait):
             log.debug("%s", decision.reason)
             self._retry_when_settled(model.name, residents)
@@ -173,14 +177,22 @@ class Scaler:
                      self._scheduler.queued(model.name))  # fmt: skip
             self._supervisor.start_replica(model, index, decision.device)
 
+    def _patience(self) -> float:
+        """How long a start waits for replicas in use before it evicts them anyway (drained)."""
+        residency = self._config().scaling.min_residency
+        return PATIENCE if residency is None else max(residency, 1.0)
+
     def _retry_when_settled(self, model: str, residents: Sequence[Resident]) -> None:
         """Look again when the next replica in the way may be evicted: as its residency ends
-        (the tick would be up to a second late), or as one goes idle (`_on_change`)."""
+        or the wait runs out of patience (the tick would be up to a second late), or as one
+        goes idle (`_on_change`)."""
         self._waiting.add(model)
+        patience = self._waiting_since[model] + self._patience() - time.monotonic()
         soonest = min((r.settles_in for r in residents if 0 < r.settles_in < float("inf")),
-                      default=None)  # fmt: skip
-        if soonest is not None:
-            asyncio.get_running_loop().call_later(soonest, self.demand, model)
+                      default=patience)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        for delay in {d for d in (soonest, patience) if d > 0}:
+            loop.call_later(delay, self.demand, model)
 
     def _on_change(self, change: StateChange) -> None:
         # A replica free again, or gone: memory a waiting start wanted may be had now.
@@ -189,15 +201,18 @@ class Scaler:
                 self.demand(model)
 
     async def _evict(self, leaving: Sequence[Resident]) -> None:
-        """Retire `leaving` (idle: their drain is at once); return as they leave rotation. Their
-        processes exit meanwhile (~0.15 s), while the new one starts (it imports before it
-        allocates the model)."""
+        """Retire `leaving`; return once they have no request in flight (at once for idle ones;
+        a preempted one finishes what it serves). Their processes exit meanwhile (~0.15 s),
+        while the new one starts (it imports before it allocates the model)."""
+        replicas = [resident.ref for resident in leaving]
         for resident in leaving:
-            log.info("%s: evicted (least recently used) to make room", resident.label)
+            how = "least recently used" if resident.idle else "in use, preempted after a wait"
+            log.info("%s: evicted (%s) to make room", resident.label, how)
             task = asyncio.create_task(self._supervisor.retire(resident.ref))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        await asyncio.sleep(0)  # each retire marks its replica draining before the start
+        drain = self._config().server.drain_timeout
+        await self._registry.until(lambda: not any(r.in_flight for r in replicas), drain)
 
     def _free_slot(self, model: ModelConfig) -> int:
         taken = {r.index for r in self._supervisor.local(model.name) if r.state not in _GONE}

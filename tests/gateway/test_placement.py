@@ -77,3 +77,21 @@ def test_auto_placement_spreads_a_models_replicas_then_prefers_free_memory() -> 
     residents = [resident("m[0]", 10, "0", last_used=0.0), resident("x[0]", 30, "1", last_used=0.0)]
     assert rank_devices(budgets, budgets, residents, "m") == ["1", "2", "0"]
     assert rank_devices(budgets, budgets, residents, "other") == ["0", "1", "2"]
+
+
+def test_after_a_long_wait_replicas_in_use_are_preempted_but_never_min_or_unsettled_ones() -> None:
+    budgets = {"cpu": 100 * MIB}
+    busy = resident("a[0]", 100, last_used=1.0, idle=False)
+    assert isinstance(plan_start("b[0]", ["cpu"], need(60), budgets, [busy]), Wait)
+    assert plan_start("b[0]", ["cpu"], need(60), budgets, [busy], preempt=True) == Start(
+        "cpu", (busy,))  # fmt: skip
+    for kept in (resident("a[0]", 100, last_used=1.0, idle=False, settles_in=1.0),
+                 resident("a[0]", 100, last_used=1.0, idle=False, pinned=True)):  # fmt: skip
+        assert not isinstance(plan_start("b[0]", ["cpu"], need(60), budgets, [kept], True), Start)
+
+
+def test_a_replica_already_leaving_is_waited_for_not_evicted_twice() -> None:
+    leaving = resident("a[0]", 100, last_used=1.0, leaving=True)
+    for preempt in (False, True):
+        decision = plan_start("b[0]", ["cpu"], need(60), {"cpu": 100 * MIB}, [leaving], preempt)
+        assert isinstance(decision, Wait)

@@ -218,3 +218,33 @@ def test_a_replica_loaded_on_demand_starts_in_a_spare_worker_already_imported(
     (replica,) = live(gateway, "lazy")
     assert replica["pid"] == spare  # the spare became the replica
     assert wait_until(lambda: len(spares(gateway)) == 1 and spares(gateway) != [spare], 10)
+
+
+def test_a_model_kept_busy_does_not_starve_one_waiting_for_its_memory(start: Any) -> None:
+    busy = {"token_delay": 0.1, "tokens": 5}  # 0.5 s a request
+    gateway = start(config(on_demand("a", options=busy), on_demand("b"), budget="150MiB",
+                           residency=1))  # fmt: skip
+    assert chat(gateway, "a").status_code == 200
+    stop = threading.Event()
+    served: list[int] = []
+
+    def keep_a_busy() -> None:  # two clients: a always has a request in flight or queued
+        while not stop.is_set():
+            served.append(chat(gateway, "a").status_code)
+
+    clients = [threading.Thread(target=keep_a_busy) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1.5)
+        began = time.monotonic()
+        response = chat(gateway, "b")
+        waited = time.monotonic() - began
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    assert response.status_code == 200, response.text
+    assert waited < 10, waited  # preempted after ~1 s of patience, not the 30 s queue timeout
+    assert "a[0]: evicted (in use, preempted after a wait)" in gateway.log_path.read_text()
+    assert set(served) == {200}  # a's requests were served before and after, none failed
