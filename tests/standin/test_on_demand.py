@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.support import (
     CHAT,
@@ -248,3 +249,19 @@ def test_a_model_kept_busy_does_not_starve_one_waiting_for_its_memory(start: Any
     assert waited < 10, waited  # preempted after ~1 s of patience, not the 30 s queue timeout
     assert "a[0]: evicted (in use, preempted after a wait)" in gateway.log_path.read_text()
     assert set(served) == {200}  # a's requests were served before and after, none failed
+
+
+def test_a_reload_adds_an_on_demand_model_and_a_smaller_budget_applies_to_the_next_start(
+    start: Any,
+) -> None:
+    first = config(on_demand("a"))
+    gateway = start(first)
+    assert chat(gateway, "a").status_code == 200
+    second = config(on_demand("a"), on_demand("b"), budget="150MiB")
+    gateway.config_path.write_text(yaml.safe_dump(second))
+    with gateway.client() as client:
+        reload = client.post("/admin/reload")
+    assert reload.status_code == 200 and "added b (1 replicas)" in reload.json()["changes"]
+    assert live(gateway, "b") == [] and status_of(gateway, "b") == "unloaded"
+    assert chat(gateway, "b").status_code == 200  # loaded on demand, a evicted: 150 MiB
+    assert [w["model"] for w in live(gateway)] == ["b"]
