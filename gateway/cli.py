@@ -201,10 +201,12 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     logging.getLogger("gateway").info("listening on %s port %d", *sock.getsockname()[:2])
     app = create_app(config, source, port=sock.getsockname()[1])
     gateway = app.state.gateway
-    # Metrics off and the request log silenced: nothing to record, so no middleware at all.
+    # Metrics off and the request log silenced: nothing to record, so no middleware at all (and
+    # /admin/requests and /admin/stats stay empty).
     recorded = config.server.metrics or REQUEST_LOG.isEnabledFor(logging.INFO)
+    middleware = MetricsMiddleware(app, app.state.metrics, app.state.recent) if recorded else app
     server_config = uvicorn.Config(
-        RequestIds(MetricsMiddleware(app, app.state.metrics) if recorded else app),
+        RequestIds(middleware),
         http=edge_protocol(config, lambda: gateway.config.server),
         log_level=log_level,
         log_config=None,  # uvicorn's lines through our handler, JSON included

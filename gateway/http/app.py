@@ -18,6 +18,7 @@ from ..config.file import GatewayConfig
 from ..errors import GatewayError, error_body
 from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
+from ..observe.recent import Recent
 from ..pool.affinity_sync import AffinitySync
 from ..pool.proxy import ClientGone
 from ..pool.reloader import Reloader
@@ -38,6 +39,7 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
     gateway = build_gateway(config, source)
     reloader = Reloader(gateway)
     metrics = Metrics(gateway) if config.server.metrics else None
+    recent = Recent()
     gateways = Gateways(config.redis.url, port, lambda: _facts(gateway))
     sync = None if config.redis.url is None else AffinitySync(config.redis.url,
                                                               gateway.scheduler.table)  # fmt: skip
@@ -53,6 +55,7 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
         if sync is not None:
             sync.start()
         watcher = asyncio.create_task(reloader.watch())
+        sampler = asyncio.create_task(_sample_queues(recent, gateway))
         # What start-up allocated lives as long as the process: keep the collector off it,
         # so its full passes (pauses on the relay path) walk only per-request garbage.
         gc.freeze()
@@ -60,6 +63,7 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
             yield
         finally:
             watcher.cancel()
+            sampler.cancel()
             await gateways.close()
             if sync is not None:
                 await sync.close()
@@ -71,7 +75,13 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
     return Litestar(
         route_handlers=ROUTES,
         state=State(
-            {"gateway": gateway, "reloader": reloader, "metrics": metrics, "gateways": gateways}
+            {
+                "gateway": gateway,
+                "reloader": reloader,
+                "metrics": metrics,
+                "gateways": gateways,
+                "recent": recent,
+            }
         ),
         lifespan=[lifespan],
         exception_handlers={
@@ -84,6 +94,13 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
         openapi_config=None,
         logging_config=None,  # the CLI configures logging once, for gateway and uvicorn alike
     )
+
+
+async def _sample_queues(recent: Recent, gateway: Gateway) -> None:
+    """The queue depth once a second, for /admin/stats."""
+    while True:
+        recent.sample(gateway.scheduler.queued_total())
+        await asyncio.sleep(1.0)
 
 
 def _facts(gateway: Gateway) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from ..errors import (
 from ..limits.local import estimate_tokens
 from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
+from ..observe.recent import Recent
 from ..pool.affinity import prefix_hashes, prompt_text
 from ..pool.proxy import ClientGone
 from ..pool.reloader import Reloader
@@ -282,6 +283,22 @@ async def admin_workers(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": workers, "queued": queued}
 
 
+@get("/admin/requests")
+async def admin_requests(request: Request[Any, Any, Any], limit: int = 50) -> dict[str, Any]:
+    """The last requests (up to 200), newest first, as the request log has them."""
+    _admin(request)
+    recent: Recent = request.app.state.recent
+    return {"object": "list", "data": recent.requests(max(0, min(limit, 200)))}
+
+
+@get("/admin/stats")
+async def admin_stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Per-second requests, errors, mean TTFT and queue depth of the last ten minutes."""
+    _admin(request)
+    recent: Recent = request.app.state.recent
+    return {"object": "list", "data": recent.series()}
+
+
 @get("/admin/usage")
 async def admin_usage(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """Requests and prompt/completion tokens by key, model and day (UTC), from the store the
@@ -326,4 +343,4 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
           health, ready, metrics, admin_workers, admin_usage, admin_reload,
-          admin_config, admin_gateways]  # fmt: skip
+          admin_config, admin_gateways, admin_requests, admin_stats]  # fmt: skip

@@ -26,6 +26,7 @@ from workers.engine import Usage
 from ..errors import GatewayError
 from ..replicas.lifecycle import ReplicaState
 from .logs import log_request
+from .recent import Recent
 
 if TYPE_CHECKING:
     from ..state import Gateway
@@ -164,9 +165,11 @@ class _KeySeries:
 class MetricsMiddleware:
     """Counts and times every answer of the OpenAI endpoints; passes anything else through."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None,
+                 recent: Recent | None = None) -> None:  # fmt: skip
         self.app = app
         self.metrics = metrics
+        self.recent = recent  # the last requests, for /admin/requests and /admin/stats
         # Bounded like the labels: configured models x endpoints (x status codes).
         self._cache: dict[tuple[str, str], _Series] = {}
         self._counters: dict[tuple[str, str, int, str], Any] = {}
@@ -200,7 +203,10 @@ class MetricsMiddleware:
                 first_event: float) -> None:  # fmt: skip
         now = time.perf_counter()
         ttft = first_event - started if first_event > 0 else None
-        log_request(_request_record(noted, endpoint, status, now - started, ttft))
+        record = _request_record(noted, endpoint, status, now - started, ttft)
+        log_request(record)
+        if self.recent is not None:
+            self.recent.add(record)
         if self.metrics is None:
             return  # server.metrics: false; the request log only
         series = self._series(noted.model, endpoint)
