@@ -10,12 +10,13 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.types import ASGIApp, Receive
 
-from ..config.file import KeyConfig, ServerConfig
+from ..config.file import KeyConfig, ModelConfig, ServerConfig
 from ..errors import (
     BodyTooLarge,
     Forbidden,
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
     RequestTimeout,
     Unauthorized,
     Unavailable,
@@ -334,6 +335,43 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(body), media_type=_JSON)
 
 
+@post("/admin/models/{name:str}/load", status_code=200)
+async def admin_load(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    """Start one more replica of a model now (up to its max), evicting for it as demand would."""
+    gateway = _admin(request)
+    model = _configured(gateway, name)
+    return {"model": model.name, "started": await gateway.scaler.load(model)}
+
+
+@post("/admin/models/{name:str}/unload", status_code=200)
+async def admin_unload(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    """Stop a model's replicas above its min, each once it has finished what it serves."""
+    gateway = _admin(request)
+    model = _configured(gateway, name)
+    return {"model": model.name, "stopped": await gateway.scaler.unload(model)}
+
+
+@post("/admin/workers/{name:str}/{index:int}/restart", status_code=200)
+async def admin_restart(request: Request[Any, Any, Any], name: str, index: int) -> dict[str, Any]:
+    """Drain one local replica, stop its worker and start a new one in its slot."""
+    gateway = _admin(request)
+    model = _configured(gateway, name)
+    replica = next((r for r in gateway.supervisor.local(model.name) if r.index == index
+                    and r.state.value not in ("draining", "stopped")), None)  # fmt: skip
+    if replica is None:
+        raise InvalidRequest(f"Model '{model.name}' has no running local replica {index}.")
+    await gateway.supervisor.retire(replica)
+    gateway.supervisor.start_replica(model, index)
+    return {"model": model.name, "restarted": replica.describe_name()}
+
+
+def _configured(gateway: Gateway, name: str) -> ModelConfig:
+    model = gateway.by_name.get(name)
+    if model is None:
+        raise ModelNotFound(name, list(gateway.by_name))
+    return model
+
+
 @get("/admin/config")
 async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The running config's version and models, and how the last reload went."""
@@ -343,4 +381,5 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
           health, ready, metrics, admin_workers, admin_usage, admin_reload,
-          admin_config, admin_gateways, admin_requests, admin_stats]  # fmt: skip
+          admin_config, admin_gateways, admin_requests, admin_stats, admin_load, admin_unload,
+          admin_restart]  # fmt: skip

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..config.file import GatewayConfig, ModelConfig
-from ..errors import Unavailable
+from ..errors import InvalidRequest, Unavailable
 from ..replicas.devices import budgets
 from ..replicas.footprint import needs
 from ..replicas.lifecycle import StateChange
@@ -84,6 +84,36 @@ class Scaler:
         task = asyncio.create_task(self._consider(model))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def load(self, model: ModelConfig) -> str:
+        """Start one more replica of `model` now (an admin's ask), evicting for it as demand
+        would; the label of the replica started. Raises InvalidRequest at its max, and
+        Unavailable (insufficient_memory) where it cannot fit now."""
+        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        if len(live) >= model.replicas or model.name in self._acting:
+            raise InvalidRequest(
+                f"Model '{model.name}' runs {len(live)} of at most {model.replicas} replicas, "
+                "or is starting one already."
+            )
+        self._acting.add(model.name)
+        try:
+            index = self._free_slot(model)
+            decision = plan_start(f"{model.name}[{index}]", self._candidates(model, index),
+                                  functools.partial(needs, model), self.budgets(),
+                                  self.residents())  # fmt: skip
+            if not isinstance(decision, Start):
+                raise Unavailable(decision.reason, retry_after=10, code="insufficient_memory")
+            await self._evict(decision.evict)
+            return self._supervisor.start_replica(model, index, decision.device).describe_name()
+        finally:
+            self._acting.discard(model.name)
+
+    async def unload(self, model: ModelConfig) -> list[str]:
+        """Stop `model`'s replicas above its `min` (each finishes what it serves first)."""
+        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        leaving = sorted(live, key=lambda r: r.last_used)[: max(len(live) - model.floor, 0)]
+        await asyncio.gather(*(self._supervisor.retire(r) for r in leaving))
+        return [r.describe_name() for r in leaving]
 
     def residents(self) -> list[Resident]:
         """Every local replica holding memory, as placement sees it."""

@@ -64,6 +64,10 @@ class Replica:
     def free(self) -> bool:
         return self.state is ReplicaState.READY and self.in_flight < self.capacity
 
+    def describe_name(self) -> str:
+        """ "smollm2[0]", as logs and admin answers name it."""
+        return f"{self.model}[{self.index}]"
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.model,

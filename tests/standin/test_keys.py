@@ -80,6 +80,8 @@ def test_the_official_client_works_with_a_key_and_azure_s_header_too(
                                               ("GET", "/admin/config"),
                                               ("GET", "/admin/requests"),
                                               ("GET", "/admin/stats"),
+                                              ("POST", "/admin/models/x/unload"),
+                                              ("POST", "/admin/workers/x/0/restart"),
                                               ("POST", "/admin/reload")])  # fmt: skip
 def test_admin_routes_need_an_admin_key(gateway: GatewayProcess, method: str, path: str) -> None:
     assert_error(httpx.request(method, gateway.url + path), 401, "invalid_api_key")

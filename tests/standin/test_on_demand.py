@@ -265,3 +265,26 @@ def test_a_reload_adds_an_on_demand_model_and_a_smaller_budget_applies_to_the_ne
     assert live(gateway, "b") == [] and status_of(gateway, "b") == "unloaded"
     assert chat(gateway, "b").status_code == 200  # loaded on demand, a evicted: 150 MiB
     assert [w["model"] for w in live(gateway)] == ["b"]
+
+
+def test_an_admin_loads_and_unloads_a_model_and_restarts_a_replica(start: Any) -> None:
+    gateway = start(config(on_demand("a"), on_demand("b"), on_demand("fixed", low=1),
+                           budget="250MiB"))  # fmt: skip
+    with gateway.client() as client:
+        loaded = client.post("/admin/models/a/load")
+        assert loaded.status_code == 200 and loaded.json() == {"model": "a", "started": "a[0]"}
+        assert wait_until(lambda: status_of(gateway, "a") == "loaded", 10)
+        assert_error(client.post("/admin/models/a/load"), 400)  # at its max already
+        assert_error(client.post("/admin/models/nope/load"), 404, "model_not_found")
+        # b needs a's memory (fixed's replica is its min): a is evicted for it.
+        assert client.post("/admin/models/b/load").json()["started"] == "b[0]"
+        assert wait_until(lambda: sorted(w["model"] for w in live(gateway)) == ["b", "fixed"], 10)
+        unloaded = client.post("/admin/models/b/unload").json()
+        assert unloaded == {"model": "b", "stopped": ["b[0]"]} and not live(gateway, "b")
+        assert client.post("/admin/models/fixed/unload").json()["stopped"] == []  # its min stays
+        (before,) = live(gateway, "fixed")
+        restarted = client.post("/admin/workers/fixed/0/restart").json()
+        assert restarted == {"model": "fixed", "restarted": "fixed[0]"}
+        assert wait_until(lambda: [w["state"] for w in live(gateway, "fixed")] == ["ready"], 10)
+        assert live(gateway, "fixed")[0]["pid"] != before["pid"]
+        assert_error(client.post("/admin/workers/fixed/7/restart"), 400)
