@@ -33,6 +33,7 @@ from ..state import Gateway
 from .auth import ANONYMOUS, identify, is_loopback, presented_key
 from .forward import Forward
 from .request_ids import request_id as request_id_of
+from .ui import UI, VERSION
 
 __all__ = ["ROUTES"]
 
@@ -294,10 +295,27 @@ async def admin_requests(request: Request[Any, Any, Any], limit: int = 50) -> di
 
 @get("/admin/stats")
 async def admin_stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Per-second requests, errors, mean TTFT and queue depth of the last ten minutes."""
-    _admin(request)
+    """Per-second requests, errors, mean TTFT and queue depth of the last ten minutes; the
+    gateway's start, version and config version."""
+    gateway = _admin(request)
     recent: Recent = request.app.state.recent
-    return {"object": "list", "data": recent.series()}
+    version = _reloader(request).status()["version"]
+    return {"object": "list", "data": recent.series(), "started_at": gateway.started_at,
+            "version": VERSION, "config_version": version}  # fmt: skip
+
+
+@get("/ui", media_type="text/html")
+async def status_page() -> bytes:
+    """The status page (gateway/http/ui/): open, like the probes; its data needs the admin key."""
+    return UI["index.html"]
+
+
+@get("/ui/{name:str}")
+async def status_page_file(name: str) -> Response[bytes]:
+    if name not in UI or name == "index.html":
+        raise NotFoundException(f"No file {name} in the status page.")
+    kind = "text/css" if name.endswith(".css") else "text/javascript"
+    return Response(UI[name], media_type=kind)
 
 
 @get("/admin/usage")
@@ -382,4 +400,4 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
           health, ready, metrics, admin_workers, admin_usage, admin_reload,
           admin_config, admin_gateways, admin_requests, admin_stats, admin_load, admin_unload,
-          admin_restart]  # fmt: skip
+          admin_restart, status_page, status_page_file]  # fmt: skip

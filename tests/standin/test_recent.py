@@ -4,6 +4,7 @@ status page shows of the last requests and the last minutes."""
 from __future__ import annotations
 
 import threading
+from importlib import metadata
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,3 +50,23 @@ def test_the_last_requests_and_the_last_seconds_show_what_happened(
     assert sum(s["requests"] for s in seconds) == 3 and max(s["queued"] for s in seconds) >= 1
     assert any(s["ttft_ms"] is not None for s in seconds)
     assert admin(gateway, "/admin/requests?limit=1") == requests[:1]
+
+
+def test_the_status_page_and_its_files_are_served_and_point_at_the_admin_data(
+    gateway: GatewayProcess,
+) -> None:
+    with gateway.client() as client:
+        page = client.get("/ui")
+        script = client.get("/ui/app.js")
+        style = client.get("/ui/style.css")
+        missing = client.get("/ui/nope.js")
+        stats = client.get("/admin/stats").json()
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/ui/app.js"></script>' in page.text and "/ui/style.css" in page.text
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert style.headers["content-type"].startswith("text/css")
+    for path in ("/admin/workers", "/admin/requests", "/admin/stats", "/admin/reload"):
+        assert path in script.text  # the page's data: each endpoint tested on its own above
+    assert "sessionStorage" in script.text and "localStorage" not in script.text
+    assert missing.status_code == 404
+    assert stats["version"] == metadata.version("llm-gateway") and stats["config_version"] == 1
