@@ -4,8 +4,8 @@ status page shows of the last requests and the last minutes."""
 from __future__ import annotations
 
 import threading
-from importlib import metadata
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import pytest
