@@ -11,7 +11,7 @@ MODELS := models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
 LLAMA_AMX ?= 0
 export LLAMA_AMX LLAMA_CMAKE_ARGS LLAMA_REBUILD
 
-.PHONY: setup serve test lint typecheck llama llama-check prometheus redis
+.PHONY: setup serve test lint typecheck llama llama-check prometheus redis chromium
 
 setup: $(INSTALLED) llama $(MODELS) llama-check
 
@@ -52,6 +52,14 @@ prometheus:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
 	  { echo "prometheus is missing: apt-get install prometheus (as root)" >&2; exit 1; }
 
+# The status page's browser tests drive Debian's Chromium (Playwright's own downloads are not
+# used), installed when missing (as root).
+chromium:
+	@command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
+	  { echo "chromium is missing: apt-get install chromium (as root)" >&2; exit 1; }
+
 # The Redis-backed limits are tested on a real Redis at 127.0.0.1:6379: started when none answers.
 redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
@@ -62,7 +70,7 @@ redis:
 	    for i in $$(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done; } || \
 	  { echo "no Redis on 127.0.0.1:6379 and none could be started (apt-get install redis-server)" >&2; exit 1; }
 
-test: setup prometheus redis
+test: setup prometheus redis chromium
 	$(PY) -m pytest
 
 lint: $(INSTALLED)

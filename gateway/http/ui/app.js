@@ -60,13 +60,19 @@ function drawReplicas(workers) {
   }
 }
 
-function drawModels(models, queued) {
+function meanWait(model, requests) {
+  const waits = requests.filter((r) => r.model === model).map((r) => r.queue_wait_ms);
+  return waits.length ? (waits.reduce((a, b) => a + b, 0) / waits.length).toFixed(1) : "";
+}
+
+function drawModels(models, queued, requests) {
   const body = $("models").tBodies[0];
   body.replaceChildren();
   for (const m of models.data) {
     if (!(m.id in queued)) continue;  // an alias: its model has its own row
     const row = body.insertRow();
-    [m.id, m.status ? m.status.value : "", queued[m.id]].forEach((v) => cell(row, v));
+    [m.id, m.status ? m.status.value : "", queued[m.id], meanWait(m.id, requests.data)]
+      .forEach((v) => cell(row, v));
     const actions = cell(row, "");
     button(actions, "Load", `/admin/models/${m.id}/load`);
     button(actions, "Unload", `/admin/models/${m.id}/unload`);
@@ -129,7 +135,7 @@ async function refresh() {
       call("/admin/workers"), call("/v1/models"), call("/admin/requests?limit=25"),
       call("/admin/stats")]);
     drawReplicas(workers);
-    drawModels(models, workers.queued);
+    drawModels(models, workers.queued, requests);
     drawRequests(requests);
     drawStats(stats);
     $("problem").hidden = true;
