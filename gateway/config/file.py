@@ -31,7 +31,6 @@ from .checks import (
     shown,
 )
 from .scaling import (
-    ReplicaRange,
     ScalingConfig,
     parse_budgets,
     parse_replica_range,
@@ -51,7 +50,6 @@ __all__ = [
     "KeyConfig",
     "ModelConfig",
     "RedisConfig",
-    "ReplicaRange",
     "ScalingConfig",
     "ServerConfig",
     "UpstreamConfig",

@@ -16,7 +16,16 @@ from typing import Any
 
 from ..config.scaling import show_size
 
-__all__ = ["Refuse", "Resident", "Start", "Wait", "plan_start", "rank_devices", "used"]
+__all__ = [
+    "Decision",
+    "Refuse",
+    "Resident",
+    "Start",
+    "Wait",
+    "plan_start",
+    "rank_devices",
+    "used",
+]
 
 Need = Mapping[str, int]  # bytes per device
 

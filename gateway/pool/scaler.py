@@ -15,7 +15,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..config.file import GatewayConfig, ModelConfig
 from ..errors import InvalidRequest, Unavailable
@@ -24,10 +24,10 @@ from ..replicas.footprint import needs
 from ..replicas.lifecycle import StateChange
 from ..replicas.registry import Registry, Replica, ReplicaState
 from ..replicas.supervisor import Supervisor
-from .placement import Refuse, Resident, Start, Wait, plan_start, rank_devices
+from .placement import Decision, Refuse, Resident, Start, Wait, plan_start, rank_devices
 from .scheduler import Scheduler
 
-__all__ = ["Scaler", "floor_plan"]
+__all__ = ["Scaler", "candidates", "floor_plan"]
 
 log = logging.getLogger("gateway.scaler")
 S = ReplicaState
@@ -72,10 +72,11 @@ class Scaler:
     def place(self, model: ModelConfig, index: int) -> str:
         """The device of a replica started outside demand (a model's `min`): placed with what
         runs now, evicting nothing."""
-        candidates = self._candidates(model, index)
-        label, fit = f"{model.name}[{index}]", functools.partial(needs, model)
-        decision = plan_start(label, candidates, fit, self.budgets(), self.residents())
-        return decision.device if isinstance(decision, Start) else candidates[0]
+        residents = self.residents()
+        decision = self._plan(model, index, residents)
+        if isinstance(decision, Start) and not decision.evict:
+            return decision.device
+        return candidates(model, index, self.budgets(), residents)[0]  # over budget: still runs
 
     def demand(self, model: str) -> None:
         """A request for `model` is waiting: start a replica if that is due."""
@@ -89,7 +90,7 @@ class Scaler:
         """Start one more replica of `model` now (an admin's ask), evicting for it as demand
         would; the label of the replica started. Raises InvalidRequest at its max, and
         Unavailable (insufficient_memory) where it cannot fit now."""
-        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        live = self._live(model.name)
         if len(live) >= model.replicas or model.name in self._acting:
             raise InvalidRequest(
                 f"Model '{model.name}' runs {len(live)} of at most {model.replicas} replicas, "
@@ -98,9 +99,7 @@ class Scaler:
         self._acting.add(model.name)
         try:
             index = self._free_slot(model)
-            decision = plan_start(f"{model.name}[{index}]", self._candidates(model, index),
-                                  functools.partial(needs, model), self.budgets(),
-                                  self.residents())  # fmt: skip
+            decision = self._plan(model, index, self.residents())
             if not isinstance(decision, Start):
                 raise Unavailable(decision.reason, retry_after=10, code="insufficient_memory")
             await self._evict(decision.evict)
@@ -110,7 +109,7 @@ class Scaler:
 
     async def unload(self, model: ModelConfig) -> list[str]:
         """Stop `model`'s replicas above its `min` (each finishes what it serves first)."""
-        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        live = self._live(model.name)
         leaving = sorted(live, key=lambda r: r.last_used)[: max(len(live) - model.floor, 0)]
         await asyncio.gather(*(self._supervisor.retire(r) for r in leaving))
         return [r.describe_name() for r in leaving]
@@ -121,16 +120,28 @@ class Scaler:
         return [r for name in self._registry.models()
                 for r in self._residents_of(models.get(name), name)]  # fmt: skip
 
+    def _plan(self, model: ModelConfig, index: int, residents: list[Resident],
+              preempt: bool = False) -> Decision:  # fmt: skip
+        """Where replica `index` of `model` would start now, and what must leave for it."""
+        budgets = self.budgets()
+        return plan_start(f"{model.name}[{index}]", candidates(model, index, budgets, residents),
+                          functools.partial(needs, model), budgets, residents, preempt)  # fmt: skip
+
+    def _live(self, model: str) -> list[Replica]:
+        """`model`'s local replicas neither leaving nor gone."""
+        return [r for r in self._supervisor.local(model) if r.state not in _GONE]
+
     def _residents_of(self, model: ModelConfig | None, name: str) -> list[Resident]:
+        """`name`'s replicas (`model`: its entry, None once a reload removed it)."""
         local = sorted((r for r in self._supervisor.local(name) if r.state is not S.STOPPED),
                        key=lambda r: -r.last_used)  # fmt: skip
-        queued = self._scheduler.queued(name) if name in self._config_names() else 0
+        queued = self._scheduler.queued(name) if model is not None else 0
         staying = [r for r in local if r.state is not S.DRAINING]
         pinned = set(staying[: model.floor if model is not None else 0])  # the most recent
         return [
             Resident(
-                label=f"{name}[{r.index}]", model=name, device=r.device,
-                usage=needs(model, r.device) if model is not None and not _failing(r) else {},
+                label=r.describe_name(), model=name, device=r.device,
+                usage=needs(model, r.device) if model is not None and not r.failing else {},
                 last_used=r.last_used, pinned=r in pinned, leaving=r.state is S.DRAINING,
                 idle=r.in_flight == 0 and not queued and r.state is S.READY,
                 settles_in=self._settles_in(r), ref=r,
@@ -145,17 +156,6 @@ class Scaler:
         fixed = self._config().scaling.min_residency
         residency = fixed if fixed is not None else replica.load_seconds or 0.0
         return replica.loaded_at + residency - time.time()
-
-    def _config_names(self) -> set[str]:
-        return {m.name for m in self._config().models}
-
-    def _candidates(self, model: ModelConfig, index: int) -> list[str]:
-        if not model.gpus_auto:
-            return [model.device(index) or "cpu"]
-        gpus = [d for d in self.budgets() if d != "cpu"]
-        if not gpus:
-            return ["cpu"]  # `gpus: auto` on a machine without GPUs: the CPU
-        return rank_devices(gpus, self.budgets(), self.residents(), model.name)
 
     async def _consider(self, name: str) -> None:
         if name in self._acting:  # another task got here first (both were asked at once)
@@ -175,7 +175,7 @@ class Scaler:
 
     def _due(self, model: ModelConfig) -> bool:
         """Whether `model` should get another replica now."""
-        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        live = self._live(model.name)
         queued = self._scheduler.queued(model.name)
         if not queued or len(live) >= model.replicas:
             return False
@@ -186,12 +186,9 @@ class Scaler:
     async def _scale_up(self, model: ModelConfig) -> None:
         self._waiting.discard(model.name)
         index = self._free_slot(model)
-        label = f"{model.name}[{index}]"
         residents = self.residents()
         waited = time.monotonic() - self._waiting_since.setdefault(model.name, time.monotonic())
-        decision = plan_start(label, self._candidates(model, index),
-                              functools.partial(needs, model), self.budgets(), residents,
-                              preempt=waited >= self._patience())  # fmt: skip
+        decision = self._plan(model, index, residents, preempt=waited >= self._patience())
         if not isinstance(decision, Wait):
             del self._waiting_since[model.name]
         if isinstance(decision, Wait):
@@ -203,7 +200,7 @@ class Scaler:
                 decision.reason, retry_after=10, code="insufficient_memory"))  # fmt: skip
         else:
             await self._evict(decision.evict)
-            log.info("%s: starting on %s (%d waiting)", label, decision.device,
+            log.info("%s[%d]: starting on %s (%d waiting)", model.name, index, decision.device,
                      self._scheduler.queued(model.name))  # fmt: skip
             self._supervisor.start_replica(model, index, decision.device)
 
@@ -245,20 +242,22 @@ class Scaler:
         await self._registry.until(lambda: not any(r.in_flight for r in replicas), drain)
 
     def _free_slot(self, model: ModelConfig) -> int:
-        taken = {r.index for r in self._supervisor.local(model.name) if r.state not in _GONE}
+        taken = {r.index for r in self._live(model.name)}
         return next(i for i in range(model.replicas) if i not in taken)
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK)
             for model in self._config().models:
+                if not model.on_demand:
+                    continue  # a fixed pool: nothing to start or stop
                 if self._scheduler.queued(model.name):
                     self.demand(model.name)
                 elif model.idle_ttl is not None:
                     await self._stop_idle(model, model.idle_ttl)
 
     async def _stop_idle(self, model: ModelConfig, ttl: float) -> None:
-        live = [r for r in self._supervisor.local(model.name) if r.state not in _GONE]
+        live = self._live(model.name)
         surplus = len(live) - model.floor
         now = time.monotonic()
         idle = [r for r in live if r.state is S.READY and not r.in_flight
@@ -268,9 +267,14 @@ class Scaler:
             await self._supervisor.retire(replica)
 
 
-def _failing(replica: Replica) -> bool:
-    """A replica whose worker could not start holds no model in memory."""
-    return replica.state is S.FAILED or (replica.state is S.STARTING and replica.error is not None)
+def candidates(model: ModelConfig, index: int, budgets: Mapping[str, int],
+               residents: Sequence[Resident]) -> list[str]:  # fmt: skip
+    """The devices replica `index` of `model` may start on, best first: its configured one; with
+    `gpus: auto`, the GPUs with a budget ranked for it (the CPU on a machine without GPUs)."""
+    if not model.gpus_auto:
+        return [model.device(index) or "cpu"]
+    gpus = [device for device in budgets if device != "cpu"]
+    return rank_devices(gpus, budgets, residents, model.name) if gpus else ["cpu"]
 
 
 def floor_plan(config: GatewayConfig, device_budgets: dict[str, int]) -> list[tuple[str, str]]:
@@ -281,9 +285,7 @@ def floor_plan(config: GatewayConfig, device_budgets: dict[str, int]) -> list[tu
     for model in config.models:
         for index in range(model.floor):
             label = f"{model.name}[{index}]"
-            devices = ([model.device(index) or "cpu"] if not model.gpus_auto else
-                       rank_devices([d for d in device_budgets if d != "cpu"] or ["cpu"],
-                                    device_budgets, residents, model.name))  # fmt: skip
+            devices = candidates(model, index, device_budgets, residents)
             fit = functools.partial(needs, model)
             decision = plan_start(label, devices, fit, device_budgets, residents)
             if isinstance(decision, Start):

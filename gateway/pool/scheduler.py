@@ -29,6 +29,7 @@ class QueuePolicy:
     max_queue: int
     queue_timeout: float
     affinity: bool = False  # route by prompt prefix (gateway/pool/affinity.py), else least busy
+    scales: bool = False  # its replica count moves with demand: waiting requests are told
 
 
 def pick_replica(replicas: Sequence[Replica]) -> Replica | None:
@@ -137,7 +138,7 @@ class Scheduler:
             self._prefixes[waiter] = prefix
         ahead = queue.push(key.name, key.weight, waiter, first)
         self._dispatch(model)
-        if self.demand is not None and not waiter.done():
+        if self.demand is not None and self._policies[model].scales and not waiter.done():
             self.demand(model)
         if queued is not None and not waiter.done():
             queued(ahead)
@@ -200,7 +201,7 @@ class Scheduler:
         """A 503 when no replica of `model` can serve soon: every one failed, or is starting
         again after a failed start (its backoff and reload would outlast any queue timeout)."""
         replicas = self._registry.replicas(model)
-        if not replicas or not all(_failing(r) for r in replicas):
+        if not replicas or not all(r.failing for r in replicas):
             return None
         reasons = "; ".join(sorted({r.error or "unknown error" for r in replicas}))
         return Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
@@ -245,10 +246,3 @@ class Scheduler:
 
 
 _DISPATCH_ON = frozenset({ReplicaState.READY, ReplicaState.FAILED, ReplicaState.STARTING})
-
-
-def _failing(replica: Replica) -> bool:
-    state = replica.state
-    return state is ReplicaState.FAILED or (
-        state is ReplicaState.STARTING and replica.error is not None
-    )

@@ -39,19 +39,27 @@ class LocalDriver(Driver):
     kind = "local"
 
     def __init__(self, registry: Registry, health: Callable[[], HealthConfig],
-                 session: aiohttp.ClientSession) -> None:  # fmt: skip
+                 session: aiohttp.ClientSession,
+                 wants_spare: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
         super().__init__(registry, health, session)
         self._procs: dict[Replica, asyncio.subprocess.Process] = {}
         # With replicas loaded on demand, one worker process waits ready-imported for the next
-        # CPU replica: its half-second start is then off the waiting requests' path.
-        self.keep_spare = False
+        # CPU replica: its half-second start is then off the waiting requests' path. Whether
+        # one is wanted is read through `wants_spare` (the supervisor owns that setting).
+        self._wants_spare = wants_spare
         self._spare: Spare | None = None
         self._refill: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
-        """Start a spare worker process if one is wanted and none is there or starting."""
-        wanted = self.keep_spare and (self._spare is None or not self._spare.alive)
-        if wanted and (self._refill is None or self._refill.done()):
+        """Start a spare worker process if one is wanted and none is there or starting; end
+        the one there if none is wanted any more (a reload)."""
+        if self._refill is not None and not self._refill.done():
+            return
+        if not self._wants_spare():
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                self._refill = asyncio.create_task(spare.close())
+        elif self._spare is None or not self._spare.alive:
             self._refill = asyncio.create_task(self._start_spare())
 
     async def _start_spare(self) -> None:

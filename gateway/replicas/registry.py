@@ -64,6 +64,12 @@ class Replica:
     def free(self) -> bool:
         return self.state is ReplicaState.READY and self.in_flight < self.capacity
 
+    @property
+    def failing(self) -> bool:
+        """Its worker could not start: failed, or starting again after a failed start (so it
+        holds no model in memory, and will not serve soon)."""
+        return self.state is S.FAILED or (self.state is S.STARTING and self.error is not None)
+
     def describe_name(self) -> str:
         """ "smollm2[0]", as logs and admin answers name it."""
         return f"{self.model}[{self.index}]"

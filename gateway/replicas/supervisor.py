@@ -46,8 +46,8 @@ class Supervisor:
     async def start(self) -> None:
         """Register every replica and start them all at once; does not wait for them."""
         self._session = aiohttp.ClientSession()  # every check sets its own timeout
-        local = LocalDriver(self._registry, self._current_health, self._session)
-        local.keep_spare = self._keep_spare
+        local = LocalDriver(self._registry, self._current_health, self._session,
+                            lambda: self._keep_spare)  # fmt: skip
         self._drivers = {
             "local": local,
             "remote": RemoteDriver(self._registry, self._current_health, self._session),
@@ -63,9 +63,9 @@ class Supervisor:
     def apply_settings(self, config: GatewayConfig) -> None:
         """A reload's health checks, drain timeout and spare worker, from now on."""
         self._health, self._drain_timeout = config.health, config.server.drain_timeout
+        self._keep_spare = _wants_spare(config)
         local = self._drivers.get("local")
         if isinstance(local, LocalDriver):
-            local.keep_spare = _wants_spare(config)
             local.prepare()
 
     def start_model(self, model: ModelConfig) -> None:
