@@ -145,12 +145,20 @@ class Streamed:
 
 
 async def ask_stream(
-    http: aiohttp.ClientSession, base: str, model: str, text: str, max_tokens: int
+    http: aiohttp.ClientSession,
+    base: str,
+    model: str,
+    text: str,
+    max_tokens: int,
+    ignore_eos: bool = False,
 ) -> Streamed:
     """A streamed /v1/completions (base and instruct models alike); tokens from the usage
-    chunk, or one per text chunk where a server sends no usage."""
+    chunk, or one per text chunk where a server sends no usage. `ignore_eos` (llama-server's
+    and our workers' extension): every answer runs to max_tokens, equal work everywhere."""
     body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    if ignore_eos:
+        body["ignore_eos"] = True
     began, first, chunks, usage = time.monotonic(), 0.0, 0, None
     async with http.post(base + "/v1/completions", json=body) as resp:
         async for line in resp.content:
@@ -166,12 +174,18 @@ async def ask_stream(
 
 
 async def closed_streams(
-    base: str, model: str, clients: int, seconds: float, max_tokens: int, salt: str
+    base: str,
+    model: str,
+    clients: int,
+    seconds: float,
+    max_tokens: int,
+    salt: str,
+    ignore_eos: bool = False,
 ) -> tuple[list[Streamed], float]:
     """As closed_clients, streamed: each answer's time to first token and its tokens."""
 
     def once(http: aiohttp.ClientSession, n: int) -> Awaitable[Streamed]:
-        return ask_stream(http, base, model, story(n, salt), max_tokens)
+        return ask_stream(http, base, model, story(n, salt), max_tokens, ignore_eos)
 
     # A connection per stream: llama-server closes a kept-alive one after a stream, and a POST
     # is not retried; against model time, connecting to loopback costs nothing.

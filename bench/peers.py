@@ -81,13 +81,17 @@ def start_llama_cpp_server(name: str, models: list[dict[str, Any]]) -> Proc:
     return proc
 
 
-def start_llama_server(name: str, model: tuple[str, Path], slots: int, threads: int) -> Proc:
-    """llama.cpp's llama-server with `slots` parallel sequences of N_CTX tokens each."""
+def start_llama_server(
+    name: str, model: tuple[str, Path], slots: int, threads: int, n_ctx: int | None = None
+) -> Proc:
+    """llama.cpp's llama-server with `slots` parallel sequences of `n_ctx` (default N_CTX)
+    tokens each."""
     from .scenarios.models import N_CTX
 
     port = free_port()
     argv = [str(LLAMA_SERVER_BIN), "-m", str(model[1]), "--alias", model[0], "--host",
-            "127.0.0.1", "--port", str(port), "-np", str(slots), "-c", str(N_CTX * slots),
+            "127.0.0.1", "--port", str(port), "-np", str(slots), "-c",
+            str((n_ctx or N_CTX) * slots),
             "-t", str(threads), "-tb", str(threads), "--no-webui"]  # fmt: skip
     proc = start(name, argv, port, None)
     wait_http(proc, "/health", 120)

@@ -93,13 +93,13 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Model:
             parser.error(f"--standin-json: {exc}")
     if not args.model_path:
         parser.error("--model-path is required with --engine llama")
-    if args.concurrency > 1:  # slots batched over one copy of the weights
-        from workers.batched_engine import BatchedLlamaEngine
+    if args.llama_json.get("embedding"):  # a plain Llama: the engine loop generates
+        from workers.llama_engine import LlamaEngine
 
-        return BatchedLlamaEngine(args.model_path, args.llama_json, args.concurrency)
-    from workers.llama_engine import LlamaEngine
+        return LlamaEngine(args.model_path, args.llama_json)
+    from workers.loop.model import LoopLlamaModel  # its slots batched over one copy
 
-    return LlamaEngine(args.model_path, args.llama_json)
+    return LoopLlamaModel(args.model_path, args.llama_json, args.concurrency)
 
 
 async def serve(worker: Worker, host: str, port: int, secret: str | None = None,

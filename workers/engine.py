@@ -221,5 +221,5 @@ class Model(Protocol):
         ...
 
     def batching(self) -> dict[str, float] | None:
-        """How the slots have batched (workers.batch_decoder), or None: no batching."""
+        """How the slots have batched (workers.loop.engine_loop), or None: no batching."""
         ...

@@ -55,6 +55,7 @@ _MEAN_POOLING = 1
 # Decoded once before the worker says ready: several tokens, so one batch goes through the
 # matrix-multiply kernels that a broken CPU build crashes in (ggml's AMX path on some Xeons).
 WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, then runs far away."
+_NO_IGNORE_EOS = "ignore_eos is served by generation models, not by a model loaded for embeddings"
 _NO_LOGITS_ALL = (
     "This model was loaded without logits_all, which llama-cpp-python needs to compute "
     "logprobs: set `logits_all: true` in the model's llama options in config.yaml"
@@ -64,7 +65,7 @@ _NO_LOGITS_ALL = (
 def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
     """Defaults a worker needs that llama's own defaults get wrong for many replicas."""
     kwargs = dict(given)
-    kwargs.pop("kv_unified", None)  # ours (workers.batched_engine), not a Llama argument
+    kwargs.pop("kv_unified", None)  # ours (workers.loop.model), not a Llama argument
     kwargs.setdefault("verbose", False)
     # Otherwise prompt processing uses every core even with n_threads=1 (see llama-cpp notes).
     if "n_threads" in kwargs:
@@ -76,42 +77,51 @@ def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
 
 
 class _TokenMeter:
-    """Wraps `Llama.sample`: the one per-token call that every generation path goes through.
+    """One request's cancel token, context check, `ignore_eos` and token counts.
 
-    Why here: in 0.3.36 `create_chat_completion` takes no `stopping_criteria`, and an
-    exception raised inside a `logits_processor` is swallowed by ctypes (it runs as a C
-    sampler callback). `sample` is plain Python, so raising GenerationCancelled from it
-    stops streaming and non-streaming generation alike within one token, and leaves the
-    output of an uncancelled request exactly what llama would produce. It also counts
-    tokens, giving streams the exact usage llama reports for non-streaming calls.
-
-    It also wraps `Llama.generate`, which every path calls with the final prompt tokens
-    (after the chat template) before evaluating them: there a `max_tokens` that does not
-    fit beside the prompt is rejected as OpenAI does, where llama would silently clamp it.
+    A slot of the engine loop (workers.loop.slot) reads and reports to it directly. Over a
+    plain `Llama` (an embedding model that also chats) it wraps `Llama.sample`, the one
+    per-token call of every generation path there (in 0.3.36 `create_chat_completion` takes
+    no `stopping_criteria`, and an exception raised in a `logits_processor` is swallowed by
+    ctypes), so GenerationCancelled raised from it stops a generation within one token; and
+    `Llama.generate`, which every path calls with the final prompt tokens.
     """
 
-    def __init__(self, llama: Any, is_eog: Callable[[int], bool]) -> None:
+    def __init__(self, llama: Any, is_eog: Callable[[int], bool], wrap: bool) -> None:
         self._llama = llama
-        self._sample = llama.sample
-        self._generate = llama.generate
         self._is_eog = is_eog
         self.begin(CancelToken())
-        setattr(llama, "sample", self._metered_sample)  # noqa: B010 - instance override
-        setattr(llama, "generate", self._checked_generate)  # noqa: B010 - instance override
+        if wrap:
+            self._sample, self._generate = llama.sample, llama.generate
+            setattr(llama, "sample", self._metered_sample)  # noqa: B010 - instance override
+            setattr(llama, "generate", self._checked_generate)  # noqa: B010 - instance override
 
-    def begin(self, cancel: CancelToken, max_tokens: int | None = None) -> None:
+    def begin(
+        self, cancel: CancelToken, max_tokens: int | None = None, ignore_eos: bool = False
+    ) -> None:
         self.cancel = cancel
+        self.ignore_eos = ignore_eos
         self._max_tokens = max_tokens
         self._prompt_tokens: int | None = None
-        self._sampled = 0
+        self._completion = 0
         self._last_eog = False
 
-    def _checked_generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
-        # Only the request's first prompt: chatml-function-calling's follow-up completions
-        # extend it with text the model wrote, which is part of the completion.
+    def check_prompt(self, count: int) -> None:
+        """A `max_tokens` that does not fit beside the prompt is rejected as OpenAI does, where
+        llama would clamp it. Only the request's first prompt: chatml-function-calling's
+        follow-up completions extend it with text the model wrote, part of the completion."""
         if self._max_tokens is not None:
-            check_context(len(tokens), self._max_tokens, int(self._llama.n_ctx()))
+            check_context(count, self._max_tokens, int(self._llama.n_ctx()))
             self._max_tokens = None
+
+    def record(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """A generation's counts (the request's first prompt is its prompt)."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = prompt_tokens
+        self._completion += completion_tokens
+
+    def _checked_generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        self.check_prompt(len(tokens))
         return self._generate(tokens, *args, **kwargs)
 
     def _metered_sample(self, *args: Any, **kwargs: Any) -> int:
@@ -120,13 +130,13 @@ class _TokenMeter:
             # The first sample follows the prompt's evaluation: n_tokens is the prompt length.
             self._prompt_tokens = int(self._llama.n_tokens)
         token = int(self._sample(*args, **kwargs))
-        self._sampled += 1
+        self._completion += 1
         self._last_eog = self._is_eog(token)
         return token
 
     def usage(self) -> Usage:
         # An end-of-generation token is sampled but not part of the completion.
-        completion = self._sampled - (1 if self._last_eog else 0)
+        completion = self._completion - (1 if self._last_eog else 0)
         return Usage(self._prompt_tokens or 0, completion)
 
 
@@ -188,11 +198,16 @@ class LlamaEngine:
         )
 
     def adopt(self, llama: Any, max_token_bytes: int | None = None) -> LlamaEngine:
-        """Serve with this loaded `Llama` (or a slot of one: workers.batched_engine)."""
+        """Serve with this loaded `Llama` (or a slot of one: workers.loop.slot)."""
         import llama_cpp
 
         vocab = llama._model.vocab
-        self._meter = _TokenMeter(llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)))
+        looped = hasattr(llama, "meter")  # a slot of the engine loop (workers.loop.slot)
+        self._meter = _TokenMeter(
+            llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)), wrap=not looped
+        )
+        if looped:
+            llama.meter = self._meter
         self._literal = LiteralContents(llama)
         if max_token_bytes is None:
             max_token_bytes = _longest_token_bytes(self.model_path, llama_cpp, vocab,
@@ -245,14 +260,22 @@ class LlamaEngine:
         options: dict[str, Any] | None = None,
         prompt: Prompt | None = None,
         param: str = "messages",
+        ignore_eos: bool = False,
     ) -> _TokenMeter:
         assert self._meter is not None, "model not loaded"
         if options is not None:
             check_request_tokens(prompt, options, int(self._llama.n_vocab()), param)
-        if options is not None and wants_logprobs(options) and not self.kwargs.get("logits_all"):
+        # A slot of the engine loop reads each token's logprobs off its own batch row; a plain
+        # Llama (an embedding model) needs every position's logits kept for them.
+        looped = hasattr(self._llama, "meter")
+        plain_logprobs = options is not None and wants_logprobs(options) and not looped
+        if plain_logprobs and not self.kwargs.get("logits_all"):
             raise invalid_request(_NO_LOGITS_ALL, "logprobs")
+        if ignore_eos and not looped:
+            raise invalid_request(_NO_IGNORE_EOS, "ignore_eos")
         cancel.raise_if_cancelled()
-        self._meter.begin(cancel, None if options is None else options.get("max_tokens"))
+        max_tokens = None if options is None else options.get("max_tokens")
+        self._meter.begin(cancel, max_tokens, ignore_eos)
         return self._meter
 
     def _run(self, call: Callable[[], Any]) -> Any:
@@ -303,7 +326,7 @@ class LlamaEngine:
         return self._run(lambda: self._llama.create_chat_completion(messages=messages, **options))
 
     def chat(self, params: ChatParams, cancel: CancelToken) -> RawChunk:
-        self._begin(cancel, params.options)
+        self._begin(cancel, params.options, ignore_eos=params.ignore_eos)
         messages = self._messages(params)
         if params.options.get("tool_choice") == REQUIRED:
             return self._required_call(messages, params.options)
@@ -314,7 +337,7 @@ class LlamaEngine:
         return result
 
     def chat_stream(self, params: ChatParams, cancel: CancelToken) -> Iterator[StreamItem]:
-        meter = self._begin(cancel, params.options)
+        meter = self._begin(cancel, params.options, ignore_eos=params.ignore_eos)
         messages = self._messages(params)
         if params.options.get("tool_choice") == REQUIRED:
             return self._replayed(self._required_call(messages, params.options))
@@ -358,7 +381,7 @@ class LlamaEngine:
         self._literal.clear()  # a completion prompt is the client's own text, markup and all
         if isinstance(prompt, str):
             self._refuse_what_cannot_fit([prompt], markup=0)
-        return self._begin(cancel, params.options, prompt, "prompt")
+        return self._begin(cancel, params.options, prompt, "prompt", params.ignore_eos)
 
     def complete(self, prompt: Prompt, params: CompletionParams, cancel: CancelToken) -> RawChunk:
         self._begin_completion(prompt, params, cancel)

@@ -15,6 +15,7 @@ documents for that endpoint ("up to logprobs+1 elements").
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,12 +28,15 @@ __all__ = [
     "completion_logprobs",
     "parse_chat_logprobs",
     "parse_completion_logprobs",
+    "token_bytes",
     "wants_logprobs",
 ]
 
 MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's limits
 MAX_COMPLETION_LOGPROBS = 5
 _UNLIKELY = -9999.0  # OpenAI's stand-in for "too unlikely to say"
+_BYTES = "bytes:"
+_ESCAPED = re.compile(r"(?:\\x[0-9a-f]{2})+")
 
 
 def _bounded_int(value: Any, param: str, most: int) -> int:
@@ -74,9 +78,17 @@ def _number(value: Any) -> float:
     return number if math.isfinite(number) else _UNLIKELY
 
 
+def token_bytes(token: str) -> list[int]:
+    """A token's bytes: its text's, or those its `bytes:\\xNN...` name spells (a token that is
+    part of a character, named so by workers.loop.text.token_text as OpenAI names them)."""
+    if token.startswith(_BYTES) and _ESCAPED.fullmatch(token, len(_BYTES)):
+        return list(bytes.fromhex(token[len(_BYTES) :].replace("\\x", "")))
+    return list(token.encode())
+
+
 def _token(raw: Mapping[str, Any]) -> dict[str, Any]:
     token = str(raw.get("token") or "")
-    return {"token": token, "logprob": _number(raw.get("logprob")), "bytes": list(token.encode())}
+    return {"token": token, "logprob": _number(raw.get("logprob")), "bytes": token_bytes(token)}
 
 
 def _chat_token(raw: Any, top_n: int) -> dict[str, Any]:

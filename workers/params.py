@@ -63,6 +63,7 @@ class ChatParams:
     top_logprobs: int | None = None  # None: no logprobs requested
     legacy_functions: bool = False  # answer tool calls as `function_call` (see workers.tools)
     n: int = 1  # choices to generate, one after another
+    ignore_eos: bool = False  # generate to max_tokens past end tokens (llama-server's, vLLM's)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class CompletionParams:
     include_usage: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     n: int = 1  # choices per prompt
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def parse_chat(body: Mapping[str, Any]) -> ChatParams:
         top_logprobs,
         tools.legacy,
         _choices(body),
+        _ignore_eos(body),
     )
 
 
@@ -118,7 +121,14 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionParams:
     if len(prompts) * n > MAX_CHOICES:
         raise invalid_request(f"{len(prompts)} prompts x n={n} would be {len(prompts) * n} "
                               f"choices; at most {MAX_CHOICES} here", "n")  # fmt: skip
-    return CompletionParams(prompts, stream, include_usage, options, n)
+    return CompletionParams(prompts, stream, include_usage, options, n, _ignore_eos(body))
+
+
+def _ignore_eos(body: Mapping[str, Any]) -> bool:
+    """llama-server's and vLLM's extension: end tokens are banned, so the answer runs to
+    `max_tokens` (benchmarks need equal work from every server)."""
+    value = body.get("ignore_eos")
+    return False if value is None else bool(_require(value, bool, "ignore_eos", "a boolean"))
 
 
 def _choices(body: Mapping[str, Any]) -> int:

@@ -53,10 +53,9 @@ def smol_embed() -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture(scope="module")
-def smol_logprobs(slots: int) -> Iterator[WorkerProcess]:
-    with llama_worker("smol-logprobs", SMOLLM2, slots, logits_all=True) as w:
-        w.wait_ready()
-        yield w
+def smol_logprobs(smol: WorkerProcess) -> WorkerProcess:
+    """Logprobs need nothing of the model's options: each is read off its token's own row."""
+    return smol
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +354,7 @@ def test_bad_gguf_fails_and_exits_3(tmp_path: Path) -> None:
         assert w.proc.wait(10) == 3
 
 
-# Logprobs (need logits_all) and tool calls.
+# Logprobs and tool calls.
 
 # A 135M model's greedy choice hangs on the exact prompt: this one makes it call the tool.
 # (chatml-function-calling's template HTML-escapes contents, "What's" -> "What&#39;s"; contents
@@ -377,9 +376,12 @@ TOOLS = [
 CALL_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
 
 
-def test_logprobs_without_logits_all_is_400(smol: WorkerProcess) -> None:
+def test_logprobs_of_a_model_loaded_for_embeddings_need_logits_all(
+    smol_embed: WorkerProcess,
+) -> None:
+    # A plain Llama (no engine loop) keeps llama-cpp-python's rule.
     body = {"messages": USER, "max_tokens": 2, "logprobs": True}
-    response = smol.client.post("/v1/chat/completions", json=body)
+    response = smol_embed.client.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert "logits_all" in response.json()["error"]["message"]
 
@@ -527,3 +529,53 @@ def test_named_tool_call_with_the_gguf_template(smol: WorkerProcess) -> None:
     body = {"messages": WEATHER, "tools": TOOLS, "tool_choice": CALL_WEATHER, "max_tokens": 24}
     call = tool_call(smol.client.post("/v1/chat/completions", json=body).json())
     assert json.loads(call["function"]["arguments"])["city"]
+
+
+# Text is never lost or over-long (llama-cpp-python 0.3.36's own generation got these wrong).
+STARS = [{"role": "user", "content": "Say 🌟🌟"}]  # SmolLM2 answers in stars: 3 tokens each
+
+
+def test_a_stream_with_logprobs_keeps_characters_split_over_tokens(smol: WorkerProcess) -> None:
+    body = {"messages": STARS, "max_tokens": 9, "temperature": 0, "logprobs": True}
+    chunks = stream_chunks(smol, "/v1/chat/completions", body)
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    whole = smol.client.post("/v1/chat/completions", json=body).json()
+    assert "🌟" in streamed and streamed == whole["choices"][0]["message"]["content"]
+
+
+def test_chat_logprobs_give_each_token_its_own_bytes(smol: WorkerProcess) -> None:
+    body = {"messages": STARS, "max_tokens": 9, "temperature": 0, "logprobs": True,
+            "top_logprobs": 3}  # fmt: skip
+    answer = smol.client.post("/v1/chat/completions", json=body).json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    content = answer["choices"][0]["logprobs"]["content"]
+    assert all(token["bytes"] for token in content)
+    spelled = bytes(b for token in content for b in token["bytes"])
+    assert spelled.decode() == answer["choices"][0]["message"]["content"]
+    for token in content:  # three alternatives each, none merged into another
+        assert len({top["token"] for top in token["top_logprobs"]}) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_tokens_never_exceed_max_tokens(smol: WorkerProcess, stream: bool) -> None:
+    body = {"messages": STARS, "max_tokens": 4, "temperature": 0, "logprobs": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    if stream:
+        usage = stream_chunks(smol, "/v1/chat/completions", body)[-1]["usage"]
+    else:
+        usage = smol.client.post("/v1/chat/completions", json=body).json()["usage"]
+    assert usage["completion_tokens"] == 4
+
+
+def test_ignore_eos_generates_to_max_tokens(smol: WorkerProcess) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 40,
+            "temperature": 0}  # fmt: skip
+    ended = smol.client.post("/v1/chat/completions", json=body).json()
+    assert ended["usage"]["completion_tokens"] < 40  # it ends on its own...
+    ignored = smol.client.post("/v1/chat/completions", json={**body, "ignore_eos": True}).json()
+    assert ignored["usage"]["completion_tokens"] == 40  # ...unless told to go on
+    assert ignored["choices"][0]["finish_reason"] == "length"
+    bad = smol.client.post("/v1/chat/completions", json={**body, "ignore_eos": "yes"})
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "ignore_eos")

@@ -1,0 +1,74 @@
+"""Our engine loop in-process, on bench/raw_decode.py's workload: no HTTP, no gateway.
+
+N slots of one model copy (workers.loop.model, as a worker loads it), each driven by its own
+client thread through the slot's completion path (tokenizing, the sampler chain, text): a
+story prompt, then MAX_TOKENS tokens at temperature 0 with end tokens banned, back to back.
+Prints one JSON line: tokens/s and the loop's decode steps. Read against bench.raw_decode.
+
+    python -m bench.engine_alone MODEL.gguf --sequences 8 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+from workers.engine import CancelToken
+from workers.params import CompletionParams
+
+from .llm_client import story
+
+__all__ = ["measure"]
+
+
+def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads: int,
+            n_ctx: int) -> dict[str, float]:  # fmt: skip
+    from workers.loop.model import LoopLlamaModel
+
+    model = LoopLlamaModel(path, {"n_ctx": n_ctx, "n_threads": threads}, sequences)
+    model.load()
+    model.warm_up()
+    params = CompletionParams([], options={"max_tokens": max_tokens, "temperature": 0},
+                              ignore_eos=True)  # fmt: skip
+    generated = [0] * sequences
+    stop = threading.Event()
+
+    def client(slot: int) -> None:
+        engine, n = model.slot(slot), 0
+        while not stop.is_set():
+            answer = engine.complete(story(slot * 1000 + n, "engine"), params, CancelToken())
+            generated[slot] += int(answer["usage"]["completion_tokens"])
+            n += 1
+
+    clients = [threading.Thread(target=client, args=(s,), daemon=True) for s in range(sequences)]
+    began = time.perf_counter()
+    for thread in clients:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in clients:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    stats = model.batching() or {}
+    return {"sequences": sequences, "tokens/s": sum(generated) / elapsed,
+            "steps": stats.get("steps", 0),
+            "mean_sequences": stats.get("mean_sequences", 0)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--sequences", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-ctx", type=int, default=1024)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.model, args.sequences, args.seconds, args.max_tokens,
+                             args.threads, args.n_ctx)))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The engine loop: one thread owns the llama context and serves every slot of a model copy.
+
+Each turn it drops the jobs whose client went away, admits new ones into their slots (reusing
+the longest prefix the slot's KV cache holds), fills one batch (`plan_step`), decodes once and
+samples each job whose logits are ready on its own batch row, in C. The sampled token's bytes
+become text (`TextStream`), and what each job got in the step is delivered after every job has
+been sampled, so nothing the loop wakes runs beside its sampling. Jobs are submitted from any
+thread; the context, the slots' caches and the jobs' progress belong to this thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from workers.engine import GenerationCancelled
+from workers.loop.plan import plan_step
+from workers.loop.sampling import free_chain
+from workers.loop.text import TextStream, token_text
+
+__all__ = ["Delta", "EngineLoop", "Job", "TokenLogprob"]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability and the most likely alternatives at its place."""
+
+    text: str  # workers.loop.text.token_text: `bytes:\xNN` for part of a character
+    logprob: float
+    top: tuple[tuple[str, float], ...]  # the top N (text, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one step produced for one job: text, and the end of the job when it ended."""
+
+    text: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish: str | None = None  # "stop" | "length": the generation ended
+    completion_tokens: int = 0  # set with `finish`: tokens generated, an end token excluded
+    error: BaseException | None = None  # the job failed or was cancelled: nothing follows
+
+
+@dataclass(eq=False)  # compared by identity: each is one generation
+class Job:
+    seq: int  # the slot, and its sequence id in the shared context
+    prompt: list[int]
+    chain: Any  # its llama_sampler chain; the loop frees it when the job ends
+    deliver: Callable[[Delta], None]  # called on the loop's thread: must not block
+    max_tokens: int | None = None
+    stops: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; N: the token's and the top N
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    # Progress, written by the loop's thread only.
+    n_past: int = 0
+    pending: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    generated: int = 0
+    held: list[TokenLogprob] = field(default_factory=list)  # logprobs whose text waits
+    text: TextStream = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text = TextStream(self.stops)
+
+
+def _shared_prefix(cached: list[int], prompt: list[int]) -> int:
+    limit = min(len(cached), len(prompt))
+    for index in range(limit):
+        if cached[index] != prompt[index]:
+            return index
+    return limit
+
+
+class EngineLoop:
+    def __init__(self, ctx: Any, vocab: Any, n_batch: int, n_ctx: int, n_seq: int) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.ctx, self._vocab = ctx, vocab
+        self.n_batch, self.n_ctx = n_batch, n_ctx  # n_ctx: per slot
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._cached: list[list[int]] = [[] for _ in range(n_seq)]  # each slot's KV tokens
+        self._pieces: dict[int, bytes] = {}
+        self._buffer = ctypes.create_string_buffer(256)
+        self._inbox: list[Job] = []
+        self._changed = threading.Condition()
+        self._active: list[Job] = []
+        self._out: list[tuple[Job, Delta]] = []
+        # Written by the loop's thread only: how well the slots batch (worker /status).
+        self.steps, self.sequences, self.decoded, self.generated = 0, 0, 0, 0
+        self.decode_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._changed:
+            self._inbox.append(job)
+            self._changed.notify()
+
+    def forget(self, seq: int) -> None:
+        """Empty slot `seq`'s cache (after the warm-up: the next prompt starts from nothing)."""
+        self.submit(Job(seq, [], None, lambda _: None))
+
+    def stats(self) -> dict[str, float]:
+        """Decode steps so far, the tokens they decoded and generated, the mean number of slots
+        in a step (near the busy slots' count when they batch well), the time decoding."""
+        mean = self.sequences / self.steps if self.steps else 0.0
+        return {"steps": self.steps, "decoded_tokens": self.decoded,
+                "generated_tokens": self.generated, "mean_sequences": mean,
+                "decode_seconds": self.decode_seconds}  # fmt: skip
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens: none), kept once asked for."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            size = int(self._llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._buffer, len(self._buffer), 0, False))  # fmt: skip
+            if size < 0:  # a longer piece: its size, negated
+                buffer = ctypes.create_string_buffer(-size)
+                size = int(self._llama_cpp.llama_token_to_piece(
+                    self._vocab, token, buffer, -size, 0, False))  # fmt: skip
+                piece = buffer.raw[:size]
+            else:
+                piece = self._buffer.raw[:size]
+            self._pieces[token] = piece
+        return piece
+
+    # The loop's thread
+
+    def _run(self) -> None:
+        while True:
+            self._admit()
+            self._step()
+            self._flush()
+
+    def _admit(self) -> None:
+        with self._changed:
+            while not self._inbox and not self._active:
+                self._changed.wait()
+            arrived, self._inbox = self._inbox, []
+        for job in self._active[:]:
+            if job.abandoned.is_set():
+                self._end(job, Delta(error=GenerationCancelled()))
+        for job in arrived:
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        if job.abandoned.is_set() or not job.prompt:  # an empty prompt: forget the slot's cache
+            if not job.prompt:
+                self._llama_cpp.llama_memory_seq_rm(self._memory, job.seq, 0, -1)
+                self._cached[job.seq].clear()
+            self._end(job, Delta(error=GenerationCancelled()))
+            return
+        cached = self._cached[job.seq]
+        # One prompt token at least is decoded: its logits give the first sample.
+        keep = min(_shared_prefix(cached, job.prompt), len(job.prompt) - 1)
+        self._llama_cpp.llama_memory_seq_rm(self._memory, job.seq, keep, -1)
+        del cached[keep:]
+        job.n_past, job.pending = keep, job.prompt[keep:]
+        self._active.append(job)
+
+    def _step(self) -> None:
+        if not self._active:
+            return
+        planned = self._fill()
+        began = time.monotonic()
+        status = int(self._llama_cpp.llama_decode(self.ctx, self._batch))
+        self.decode_seconds += time.monotonic() - began
+        self.steps, self.sequences = self.steps + 1, self.sequences + len(planned)
+        self.decoded += int(self._batch.n_tokens)
+        if status != 0:  # fails the jobs in this batch, not the loop
+            for job, _, _ in planned:
+                self._end(job, Delta(error=RuntimeError(f"llama_decode returned {status}")))
+            return
+        for job, tokens, row in planned:
+            job.n_past += len(tokens)
+            self._cached[job.seq] += tokens
+            if row is not None:
+                self._sample(job, row)
+
+    def _fill(self) -> list[tuple[Job, list[int], int | None]]:
+        """Put the planned tokens in the batch; each job's tokens and the row it samples."""
+        jobs = self._active
+        plan = plan_step([len(j.pending) for j in jobs], self.n_batch,
+                         [j.next_token is not None for j in jobs])  # fmt: skip
+        batch, planned, i = self._batch, [], 0
+        for job, count in zip(jobs, plan, strict=True):
+            if count == 0:
+                continue
+            if job.next_token is not None:
+                tokens, job.next_token = [job.next_token], None
+            else:
+                tokens, job.pending = job.pending[:count], job.pending[count:]
+            for offset, token in enumerate(tokens):
+                batch.token[i + offset], batch.pos[i + offset] = token, job.n_past + offset
+                batch.seq_id[i + offset][0], batch.n_seq_id[i + offset] = job.seq, 1
+                batch.logits[i + offset] = False
+            i += len(tokens)
+            ready = not job.pending  # the prompt is all in: this row's logits give a token
+            batch.logits[i - 1] = ready
+            planned.append((job, tokens, i - 1 if ready else None))
+        batch.n_tokens = i
+        return planned
+
+    def _sample(self, job: Job, row: int) -> None:
+        token = int(self._llama_cpp.llama_sampler_sample(job.chain, self.ctx, row))
+        if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._end(job, self._last(job, "stop"))
+            return
+        job.generated += 1
+        self.generated += 1
+        if job.top_logprobs is not None:
+            job.held.append(self._logprob(row, token, job.top_logprobs))
+        text = job.text.push(self.piece(token))
+        if job.text.stopped:
+            self._end(job, self._last(job, "stop", text))
+        elif job.generated == job.max_tokens or job.n_past + 1 >= self.n_ctx:
+            self._end(job, self._last(job, "length", text))
+        else:
+            job.next_token = token
+            if text:
+                self._out.append((job, Delta(text, tuple(job.held))))
+                job.held.clear()
+
+    @staticmethod
+    def _last(job: Job, reason: str, text: str = "") -> Delta:
+        text += job.text.finish()
+        return Delta(text, tuple(job.held), reason, job.generated)
+
+    def _logprob(self, row: int, token: int, top_n: int) -> TokenLogprob:
+        pointer = self._llama_cpp.llama_get_logits_ith(self.ctx, row)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        total = peak + np.log(np.exp(logits - peak).sum())
+        best = np.argpartition(-logits, top_n)[:top_n] if top_n else np.array([], dtype=int)
+        best = best[np.argsort(-logits[best], kind="stable")]
+        top = tuple((token_text(self.piece(int(t))), float(logits[t] - total)) for t in best)
+        return TokenLogprob(token_text(self.piece(token)), float(logits[token] - total), top)
+
+    def _end(self, job: Job, last: Delta) -> None:
+        if job in self._active:
+            self._active.remove(job)
+        free_chain(job.chain)
+        job.chain = None
+        self._out.append((job, last))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        for job, delta in out:
+            job.deliver(delta)
