@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,6 +76,8 @@ class StandinEngine:
 
     def __init__(self, options: StandinOptions) -> None:
         self.options = options
+        self._lock = threading.Lock()  # the slots' threads count tokens together
+        self._tokens = 0
 
     def load(self) -> EngineInfo:
         time.sleep(self.options.load_seconds)
@@ -88,7 +91,13 @@ class StandinEngine:
         return self  # one stand-in serves every slot: it holds no per-request state
 
     def batching(self) -> dict[str, float] | None:
-        return None  # one request at a time, or (a stand-in) no model to batch
+        """The engine counters a llama worker reports (workers.loop.engine_loop), as if each
+        stand-in token were a decode step of one sequence: dashboards see them move."""
+        with self._lock:
+            steps, seconds = self._tokens, self._tokens * self.options.token_delay
+        return {"steps": steps, "sequences": steps, "decoded_tokens": steps,
+                "generated_tokens": steps, "mean_sequences": 1.0 if steps else 0.0,
+                "decode_seconds": seconds}  # fmt: skip
 
     def warm_up(self) -> None:
         if self.options.crash_on_warmup:
@@ -113,6 +122,8 @@ class StandinEngine:
                 os._exit(17)
             if self.options.crash_on_request:
                 _crash()
+            with self._lock:
+                self._tokens += 1
             yield f"tok{i}" if i == 0 else f" tok{i}"
 
     def _finish(self, produced: int, max_tokens: int | None) -> str:

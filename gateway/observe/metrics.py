@@ -306,6 +306,9 @@ class _PoolCollector(Collector):
             families["info"].add_metric([*labels, replica.device], 1)
             if replica.load_seconds is not None:
                 families["load"].add_metric(labels, replica.load_seconds)
+            for key, value in replica.engine.items():
+                if key in _ENGINE_COUNTERS:
+                    families[key].add_metric(labels, value)
         queued = GaugeMetricFamily("llm_gateway_queue_depth", "Requests waiting for a replica",
                                    labels=["model"])  # fmt: skip
         for model in registry.models():
@@ -313,9 +316,28 @@ class _PoolCollector(Collector):
         yield from (*families.values(), queued)
 
 
+# A worker's engine counters (its /status `batching`, read at each status check), exported per
+# replica: rate(sequences) / rate(steps) is the batch occupancy, rate(decode_seconds) /
+# rate(steps) the step time, rate(generated_tokens) the tokens/s of one model copy.
+_ENGINE_COUNTERS = {
+    "steps": ("llm_gateway_replica_decode_steps", "Decode steps its engine loop has run"),
+    "sequences": ("llm_gateway_replica_batch_sequences", "Slots served by its decode steps, "
+                  "summed (over steps: the batch occupancy)"),
+    "decoded_tokens": ("llm_gateway_replica_decoded_tokens", "Tokens its decode steps have "
+                       "evaluated, prompts included"),
+    "generated_tokens": ("llm_gateway_replica_generated_tokens", "Tokens its engine has "
+                         "generated"),
+    "decode_seconds": ("llm_gateway_replica_decode_seconds", "Time its engine has spent in "
+                       "llama_decode"),
+}  # fmt: skip
+
+
 def _replica_families() -> dict[str, Any]:
     replica = ["model", "replica"]
+    engine = {key: CounterMetricFamily(name, text, labels=replica)
+              for key, (name, text) in _ENGINE_COUNTERS.items()}  # fmt: skip
     return {
+        **engine,
         "state": GaugeMetricFamily("llm_gateway_replica_state", "1 for the state each replica "
                                    "is in, 0 for the others", labels=[*replica, "state"]),
         "in_flight": GaugeMetricFamily("llm_gateway_replica_in_flight", "Requests a replica "

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -154,10 +155,20 @@ class LocalDriver(Driver):
                 replica.url + "/status", headers=headers, timeout=timeout
             ) as resp:
                 resp.raise_for_status()
-                await resp.json()
-                return True
+                body = await resp.json()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
+        replica.engine = _engine_counters(body)
+        return True
+
+
+def _engine_counters(status: Any) -> dict[str, float]:
+    """The numbers of a worker's /status `batching` (absent for an embedding model)."""
+    counters = status.get("batching") if isinstance(status, dict) else None
+    if not isinstance(counters, dict):
+        return {}
+    return {key: float(value) for key, value in counters.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
 
 
 async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:

@@ -50,6 +50,9 @@ class Replica:
     load_seconds: float | None = None  # its last worker's start to ready (load and warm-up)
     error: str | None = None  # why it last failed (load, start, requests or status checks)
     last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
+    # Its worker's engine counters at the last status check (workers.loop.engine_loop: decode
+    # steps, sequences, decoded and generated tokens, decode seconds); empty for remote ones.
+    engine: dict[str, float] = field(default_factory=dict)
     state_since: float = field(default_factory=time.time)  # when it entered its state
     last_used: float = field(default_factory=time.monotonic)  # a request began or ended; ready
     auth: str = field(default="", repr=False)  # the Authorization its worker requires

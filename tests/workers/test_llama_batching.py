@@ -45,7 +45,7 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
 def test_status_reports_four_slots(batching: WorkerProcess) -> None:
     body = batching.status()
     assert (body["capacity"], body["slots_busy"], body["n_ctx"]) == (4, 0, 512)
-    assert set(body["batching"]) == {"steps", "decoded_tokens", "generated_tokens",
+    assert set(body["batching"]) == {"steps", "sequences", "decoded_tokens", "generated_tokens",
                                      "mean_sequences", "decode_seconds"}  # fmt: skip
 
 

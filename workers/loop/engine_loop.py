@@ -110,10 +110,11 @@ class EngineLoop:
         self.submit(Job(seq, [], None, lambda _: None))
 
     def stats(self) -> dict[str, float]:
-        """Decode steps so far, the tokens they decoded and generated, the mean number of slots
-        in a step (near the busy slots' count when they batch well), the time decoding."""
+        """Counters since the start: decode steps, the slots they served (`sequences`; over
+        `steps`, the mean batch occupancy, near the busy slots' count when they batch well), the
+        tokens decoded and generated, and the time decoding. The gateway exports them."""
         mean = self.sequences / self.steps if self.steps else 0.0
-        return {"steps": self.steps, "decoded_tokens": self.decoded,
+        return {"steps": self.steps, "sequences": self.sequences, "decoded_tokens": self.decoded,
                 "generated_tokens": self.generated, "mean_sequences": mean,
                 "decode_seconds": self.decode_seconds}  # fmt: skip
 
