@@ -24,10 +24,11 @@ __all__ = ["measure"]
 
 
 def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads: int,
-            n_ctx: int) -> dict[str, float]:  # fmt: skip
+            n_ctx: int, **llama: object) -> dict[str, float]:  # fmt: skip
     from workers.loop.model import LoopLlamaModel
 
-    model = LoopLlamaModel(path, {"n_ctx": n_ctx, "n_threads": threads}, sequences)
+    options = {"n_ctx": n_ctx, "n_threads": threads, **llama}
+    model = LoopLlamaModel(path, options, sequences)
     model.load()
     model.warm_up()
     params = CompletionParams([], options={"max_tokens": max_tokens, "temperature": 0},
@@ -54,7 +55,9 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
     stats = model.batching() or {}
     return {"sequences": sequences, "tokens/s": sum(generated) / elapsed,
             "steps": stats.get("steps", 0),
-            "mean_sequences": stats.get("mean_sequences", 0)}  # fmt: skip
+            "mean_sequences": stats.get("mean_sequences", 0),
+            "decode ms/step": 1e3 * stats.get("decode_seconds", 0) / max(stats.get("steps", 0), 1),
+            "ms/step": 1e3 * elapsed / max(stats.get("steps", 0), 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -65,9 +68,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--llama-json", type=json.loads, default={},
+                        help="more model options, e.g. kv_unified, flash_attn")  # fmt: skip
     args = parser.parse_args()
     print(json.dumps(measure(args.model, args.sequences, args.seconds, args.max_tokens,
-                             args.threads, args.n_ctx)))  # fmt: skip
+                             args.threads, args.n_ctx, **args.llama_json)))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -52,14 +52,16 @@ class _Sequence:
 
 
 def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads: int,
-            n_ctx: int) -> dict[str, float]:  # fmt: skip
+            n_ctx: int, unified: bool = True,
+            flash_attn: bool = False) -> dict[str, float]:  # fmt: skip
     import llama_cpp
     from llama_cpp import Llama, _internals
 
     base = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                  verbose=False)  # fmt: skip
     params = base.context_params
-    params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * sequences, sequences, True
+    params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * sequences, sequences, unified
+    params.flash_attn_type = 1 if flash_attn else 0
     ctx = _internals.LlamaContext(model=base._model, params=params, verbose=False)
     memory, n_vocab = llama_cpp.llama_get_memory(ctx.ctx), base.n_vocab()
     batch = _Batch(llama_cpp, ctx.ctx, int(base.n_batch), sequences)
@@ -101,9 +103,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--split", action="store_true", help="KV split per sequence")
+    parser.add_argument("--flash-attn", action="store_true")
     args = parser.parse_args()
     print(json.dumps(measure(args.model, args.sequences, args.seconds, args.max_tokens,
-                             args.threads, args.n_ctx)))  # fmt: skip
+                             args.threads, args.n_ctx, not args.split,
+                             args.flash_attn)))  # fmt: skip
 
 
 if __name__ == "__main__":

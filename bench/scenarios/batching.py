@@ -107,6 +107,8 @@ async def _in_process_row(model: tuple[str, Path], clients: int, name: str) -> d
     command = [sys.executable, "-m", module, str(model[1]), "--sequences", str(clients),
                "--seconds", str(SECONDS), "--max-tokens", str(MAX_TOKENS),
                "--threads", str(THREADS), "--n-ctx", str(N_CTX)]  # fmt: skip
+    if name == RAW:  # the engine's own settings: KV split per slot, flash attention
+        command += ["--split", "--flash-attn"]
     proc = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=PIPE, stderr=DEVNULL)
     out, _ = await proc.communicate()
     if proc.returncode != 0:

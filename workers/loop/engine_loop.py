@@ -193,7 +193,10 @@ class EngineLoop:
         plan = plan_step([len(j.pending) for j in jobs], self.n_batch,
                          [j.next_token is not None for j in jobs])  # fmt: skip
         batch, planned, i = self._batch, [], 0
-        for job, count in zip(jobs, plan, strict=True):
+        # In the batch, tokens lie in sequence order: with KV split per slot llama.cpp cuts a
+        # batch into micro-batches of equal share per sequence, and tokens out of that order
+        # cost it extra ones (SmolLM2, 8 slots: 65-72 ms a step instead of 33-46).
+        for job, count in sorted(zip(jobs, plan, strict=True), key=lambda pair: pair[0].seq):
             if count == 0:
                 continue
             if job.next_token is not None:
