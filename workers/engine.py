@@ -209,6 +209,9 @@ class Model(Protocol):
     """What a worker loads: a model and the engine of each of its slots."""
 
     kind: str
+    # True: its slots' calls wait on the event loop (workers.loop.green) and run there;
+    # False: each blocks, on a thread of the slot's own (workers.runner.EngineThread).
+    green: bool
 
     def load(self) -> EngineInfo: ...
 

@@ -177,6 +177,7 @@ def _longest_token_bytes(model_path: str, llama_cpp: Any, vocab: Any, n_vocab: i
 
 class LlamaEngine:
     kind = "llama"
+    green = False
 
     def __init__(self, model_path: str, kwargs: dict[str, Any]) -> None:
         self.model_path = model_path

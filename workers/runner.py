@@ -12,17 +12,39 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from workers.engine import CancelToken
 
-__all__ = ["EngineThread", "ThreadStream"]
+__all__ = ["EngineThread", "Runner", "SlotStream", "ThreadStream"]
 
 T = TypeVar("T")
 # Items an engine thread may produce ahead of the writer: a client that reads nothing pauses the
 # generation (and then ends it, via the gateway's idle timeout) instead of filling memory.
 STREAM_AHEAD = 64
 _Job = tuple[Callable[[], Any], Callable[[BaseException | None, Any], None]]
+
+
+class SlotStream(Protocol[T]):
+    """A generation's items, consumed on the event loop: `ThreadStream` or
+    `workers.loop.green.GreenStream`."""
+
+    def __aiter__(self) -> SlotStream[T]: ...
+
+    async def __anext__(self) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+class Runner(Protocol):
+    """Where a slot's engine calls run: `EngineThread` (a thread of its own) or
+    `workers.loop.green.GreenRunner` (on the event loop, for engines that wait there)."""
+
+    async def call(self, fn: Callable[[], T], cancel: CancelToken | None = None) -> T: ...
+
+    def stream(self, make: Callable[[], Iterator[T]], cancel: CancelToken) -> SlotStream[T]: ...
+
+    def stop(self) -> None: ...
 
 
 class _End:

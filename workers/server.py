@@ -29,6 +29,7 @@ from workers.engine import (
 )
 from workers.errors import ApiError, error_body, invalid_request
 from workers.logs import log
+from workers.loop.green import GreenRunner
 from workers.params import (
     ChatParams,
     CompletionParams,
@@ -39,7 +40,7 @@ from workers.params import (
 from workers.responses import ResponseStream, answer_output, chat_answer, response_body
 from workers.responses import sse as response_sse
 from workers.responses_request import parse_response_request
-from workers.runner import EngineThread, ThreadStream
+from workers.runner import EngineThread, Runner, SlotStream
 from workers.shaping import (
     SSE_DONE,
     ChatStreamShaper,
@@ -95,16 +96,22 @@ class Worker:
         self.model = model
         self.engine = engine
         self.embedding_policy = embedding_policy or EmbeddingPolicy()
-        self._threads = [EngineThread(f"engine-{i}") for i in range(concurrency)]
+        self._runners: list[Runner] = (
+            [GreenRunner() for _ in range(concurrency)]
+            if engine.green
+            else [EngineThread(f"engine-{i}") for i in range(concurrency)]
+        )
         self._free = list(range(concurrency))  # slots, the least recently used first
-        self.thread = self._threads[0]  # loads the model
+        # Loads the model (seconds of blocking work): a thread, whichever runs the slots.
+        first = self._runners[0]
+        self.thread = first if isinstance(first, EngineThread) else EngineThread("engine-load")
         self._last_text: dict[int, str] = {}  # each slot's last request input
         self.status = WorkerStatus(model, engine.kind, path, concurrency, phase_fd)
 
     @asynccontextmanager
     async def generation(
         self, request_id: str, endpoint: str, given: Any = None
-    ) -> AsyncIterator[tuple[RequestRecord, EngineThread, Engine]]:
+    ) -> AsyncIterator[tuple[RequestRecord, Runner, Engine]]:
         """A slot, its engine thread and its engine for one request, recorded in /status.
         `given` is the request's input: the slot whose last input began the same way is
         preferred, its KV cache holding that beginning (workers.slot_choice)."""
@@ -115,7 +122,7 @@ class Worker:
             self._free.remove(index)
             self._last_text[index], record.slot = text, index
             try:
-                yield record, self._threads[index], self.engine.slot(index)
+                yield record, self._runners[index], self.engine.slot(index)
             finally:
                 self._free.append(index)
 
@@ -209,7 +216,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 def _slot(
     request: web.Request, given: Any = None
-) -> AbstractAsyncContextManager[tuple[RequestRecord, EngineThread, Engine]]:
+) -> AbstractAsyncContextManager[tuple[RequestRecord, Runner, Engine]]:
     """A slot for this request (Worker.generation), chosen by its input."""
     return request.app[WORKER_KEY].generation(_request_id(request), request.path, given)
 
@@ -467,7 +474,7 @@ def _with_usage(body: dict[str, Any], usage: Usage) -> web.Response:
 
 async def _sse(
     request: web.Request,
-    stream: ThreadStream[StreamItem],
+    stream: SlotStream[StreamItem],
     write: Writer,
     record: RequestRecord,
 ) -> web.StreamResponse:
@@ -480,7 +487,7 @@ async def _sse(
 
 async def _relay(
     request: web.Request,
-    stream: ThreadStream[StreamItem],
+    stream: SlotStream[StreamItem],
     write: Writer,
     record: RequestRecord,
 ) -> web.StreamResponse:

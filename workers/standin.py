@@ -73,6 +73,7 @@ def _words(text: str) -> int:
 
 class StandinEngine:
     kind = "standin"
+    green = False
 
     def __init__(self, options: StandinOptions) -> None:
         self.options = options

@@ -24,6 +24,7 @@ __all__ = ["LoopLlamaModel"]
 
 class LoopLlamaModel:
     kind = "llama"
+    green = True
 
     def __init__(self, model_path: str, kwargs: dict[str, Any], slots: int) -> None:
         self.model_path = model_path

@@ -14,10 +14,11 @@ context check for its `max_tokens`, `ignore_eos`, and the token counts for its u
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llama_cpp import Llama
@@ -25,6 +26,7 @@ from llama_cpp import Llama
 from workers.engine import ContextLengthExceeded
 from workers.errors import invalid_request
 from workers.loop.engine_loop import Delta, EngineLoop, Job, TokenLogprob
+from workers.loop.green import Inbox, in_green
 from workers.loop.sampling import SamplingSpec, build_chain
 
 __all__ = ["SlotLlama", "completion_logprobs"]
@@ -57,7 +59,6 @@ class SlotLlama(Llama):
     meter: Any = None
     _loop: EngineLoop
     _seq: int
-    _banned: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, base: Llama, loop: EngineLoop, seq: int, n_ctx: int) -> SlotLlama:
@@ -130,7 +131,7 @@ class SlotLlama(Llama):
             options.pop(name, None)
         spec = SamplingSpec.of({**options, "grammar": grammar}, self._seed, self.last_n_tokens_size)
         if self.meter.ignore_eos:
-            spec = SamplingSpec(**{**spec.__dict__, "banned": self._end_tokens()})
+            spec = SamplingSpec(**{**spec.__dict__, "banned": self._loop.end_tokens})
         try:
             chain = build_chain(spec, self._model.vocab, self._n_vocab)
         except ValueError as exc:
@@ -139,28 +140,19 @@ class SlotLlama(Llama):
         limit = max_tokens if max_tokens is not None and max_tokens > 0 else None
         return Job(self._seq, tokens, chain, lambda _: None, limit, stops, logprobs)
 
-    def _end_tokens(self) -> tuple[int, ...]:
-        """Every end-of-generation token of the vocabulary (banned under `ignore_eos`)."""
-        if SlotLlama._banned is None:
-            import llama_cpp
-
-            vocab = self._model.vocab
-            SlotLlama._banned = tuple(t for t in range(self._n_vocab)
-                                      if llama_cpp.llama_vocab_is_eog(vocab, t))  # fmt: skip
-        return SlotLlama._banned
-
     def _run(self, job: Job) -> Iterator[Delta]:
         """Submit `job` and yield what the loop delivers, until its end; a cancelled request
-        (or a caller that stops reading) abandons the job, which the loop then drops."""
-        inbox: queue.SimpleQueue[Delta] = queue.SimpleQueue()
-        job.deliver = inbox.put
+        (or a caller that stops reading) abandons the job, which the loop then drops. Green
+        code (workers.loop.green) waits on the event loop, which the loop hands each step's
+        text to at once; a thread (the warm-up, the benchmark's in-process clients) waits on
+        a queue."""
+        take = self._green_inbox(job) if in_green() else self._thread_inbox(job)
         self._loop.submit(job)
         try:
             while True:
                 self.meter.cancel.raise_if_cancelled()
-                try:
-                    delta = inbox.get(timeout=_POLL_SECONDS)
-                except queue.Empty:
+                delta = take()
+                if delta is None:
                     continue
                 if delta.error is not None:
                     raise delta.error
@@ -169,6 +161,25 @@ class SlotLlama(Llama):
                     return
         finally:
             job.abandoned.set()
+
+    @staticmethod
+    def _green_inbox(job: Job) -> Callable[[], Delta | None]:
+        inbox: Inbox[Delta] = Inbox()
+        job.deliver, job.loop = inbox.put, asyncio.get_running_loop()
+        return inbox.take
+
+    @staticmethod
+    def _thread_inbox(job: Job) -> Callable[[], Delta | None]:
+        inbox: queue.SimpleQueue[Delta] = queue.SimpleQueue()
+        job.deliver = inbox.put
+
+        def take() -> Delta | None:
+            try:
+                return inbox.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                return None  # a moment to look at the cancel token
+
+        return take
 
     def _chunks(
         self,
