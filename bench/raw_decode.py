@@ -57,8 +57,9 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
     import llama_cpp
     from llama_cpp import Llama, _internals
 
+    # Every sequence's whole prompt may start in one step: a batch to hold them all.
     base = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                 verbose=False)  # fmt: skip
+                 n_batch=max(512, 64 * sequences), verbose=False)  # fmt: skip
     params = base.context_params
     params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * sequences, sequences, unified
     params.flash_attn_type = 1 if flash_attn else 0

@@ -364,10 +364,19 @@ def _optional_seconds(section: dict[str, Any], key: str, where: str) -> float | 
     return None if value is None else float(value)
 
 
+# `capacity: auto`, the default: a llama model that generates gets llama-server's own `-np
+# auto`, 4 slots over one copy of the weights (one copy then serves 4 clients at the speed of
+# llama-server; README "Slots"); an embedding model and a stand-in serve one request at a time.
+AUTO_CAPACITY = 4
+
+
 def _parse_capacity(section: dict[str, Any], engine: str, where: str) -> int:
-    capacity: int = checked(section, "capacity", positive, "a positive integer", where, 1)
     llama = section.get("llama")
-    if engine == "llama" and capacity > 1 and isinstance(llama, dict) and llama.get("embedding"):
+    embedding = isinstance(llama, dict) and bool(llama.get("embedding"))
+    if section.get("capacity", "auto") == "auto":
+        return AUTO_CAPACITY if engine == "llama" and not embedding else 1
+    capacity: int = checked(section, "capacity", positive, "a positive integer or auto", where, 1)
+    if engine == "llama" and capacity > 1 and embedding:
         raise ConfigError(
             f"{where}capacity: an embedding model serves one request at a time (slots batch "
             "generation); use replicas for parallelism"

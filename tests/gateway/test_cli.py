@@ -60,8 +60,8 @@ def test_the_plan_shows_each_replicas_memory_estimate_and_where_the_min_replicas
     config = tmp_path / "config.yaml"
     config.write_text(
         f"memory: {{cpu: 2GiB, 0: 1GiB, 1: 1GiB}}\nmodels:\n"
-        f"  - {{name: smol, path: {SMOLLM2}, llama: {{n_ctx: 2048}}}}\n"
-        f"  - name: gemma\n    path: {GEMMA3}\n    gpus: auto\n"
+        f"  - {{name: smol, path: {SMOLLM2}, capacity: 1, llama: {{n_ctx: 2048}}}}\n"
+        f"  - name: gemma\n    path: {GEMMA3}\n    gpus: auto\n    capacity: 1\n"
         "    replicas: {min: 2, max: 3}\n    idle_ttl: 600\n"
     )
     result = check_config(config)

@@ -21,7 +21,8 @@ MiB = 1 << 20
 
 
 def model(path: Path = SMOLLM2, **fields: Any) -> ModelConfig:
-    entry = {"name": "m", "path": str(path), **fields}
+    """One replica of one slot unless said otherwise (the default is `capacity: auto`)."""
+    entry = {"name": "m", "path": str(path), "capacity": 1, **fields}
     (parsed,) = parse_config({"models": [entry]}, base_dir=Path.cwd()).models
     return parsed
 
