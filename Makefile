@@ -86,5 +86,6 @@ bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	PYTHON=$(PYTHON) bench/setup_litellm.sh
 	PYTHON=$(PYTHON) bench/setup_llama_server.sh
+	PYTHON=$(PYTHON) bench/setup_llama_server_same.sh
 	$(PY) -m bench.run
 	$(PY) -m bench.report

@@ -14,6 +14,7 @@ from .procs import CONFIG_DIR, PYTHON, WORKER_SECRET, Proc, free_port, start, wa
 __all__ = [
     "LITELLM_BIN",
     "LLAMA_SERVER_BIN",
+    "LLAMA_SERVER_SAME_BIN",
     "litellm_available",
     "start_litellm",
     "start_llama_cpp_server",
@@ -81,18 +82,29 @@ def start_llama_cpp_server(name: str, models: list[dict[str, Any]]) -> Proc:
     return proc
 
 
+# Built by bench/setup_llama_server_same.sh: llama-server from the llama.cpp that
+# llama-cpp-python vendors, the same ggml our workers link.
+LLAMA_SERVER_SAME_BIN = Path(__file__).resolve().parent / ".llama-server-same/bin/llama-server"
+
+
 def start_llama_server(
-    name: str, model: tuple[str, Path], slots: int, threads: int, n_ctx: int | None = None
+    name: str,
+    model: tuple[str, Path],
+    slots: int,
+    threads: int,
+    n_ctx: int | None = None,
+    binary: Path = LLAMA_SERVER_BIN,
 ) -> Proc:
     """llama.cpp's llama-server with `slots` parallel sequences of `n_ctx` (default N_CTX)
     tokens each."""
     from .scenarios.models import N_CTX
 
     port = free_port()
-    argv = [str(LLAMA_SERVER_BIN), "-m", str(model[1]), "--alias", model[0], "--host",
+    argv = [str(binary), "-m", str(model[1]), "--alias", model[0], "--host",
             "127.0.0.1", "--port", str(port), "-np", str(slots), "-c",
             str((n_ctx or N_CTX) * slots),
             "-t", str(threads), "-tb", str(threads), "--no-webui"]  # fmt: skip
-    proc = start(name, argv, port, None)
+    # Its libraries lie beside it (bench/setup_llama_server_same.sh copies them there).
+    proc = start(name, argv, port, None, env={"LD_LIBRARY_PATH": str(binary.parent)})
     wait_http(proc, "/health", 120)
     return proc

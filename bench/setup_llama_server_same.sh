@@ -24,7 +24,8 @@ if [ "$(uname -m)" = x86_64 ]; then
 fi
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DCMAKE_INSTALL_PREFIX="$PWD/$OUT" "${flags[@]}" > "$work/cmake.log"
+  -DCMAKE_INSTALL_PREFIX="$PWD/$OUT" -DCMAKE_BUILD_RPATH='$ORIGIN' "${flags[@]}" \
+  > "$work/cmake.log"
 cmake --build "$work/build" --target llama-server -j "$(nproc)" > "$work/build.log"
 mkdir -p "$OUT/bin"
 cp -a "$work/build/bin/"* "$OUT/bin/"

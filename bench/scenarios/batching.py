@@ -17,7 +17,7 @@ import llama_cpp
 
 from ..common import Result, pin_self, round_order
 from ..llm_client import Streamed, closed_streams
-from ..peers import LLAMA_SERVER_BIN, start_llama_server
+from ..peers import LLAMA_SERVER_BIN, LLAMA_SERVER_SAME_BIN, start_llama_server
 from ..procs import ROOT, Proc, rss_kib, start_gateway
 from ..stats import percentile
 from .models import GEMMA, SMOLLM
@@ -31,6 +31,7 @@ OURS, PEER, PEER_BEHIND = (
     "(c) llama-server -np N, direct",
     "(c') llama-server -np N, via gateway",
 )
+SAME = "(c0) llama-server -np N, our llama.cpp, direct"
 ALONE, RAW = "(e) our engine alone, in-process", "(r) llama_decode alone, no HTTP"
 
 
@@ -61,6 +62,11 @@ def _model(model: tuple[str, Path], slots: int, upstream: str | None = None) -> 
 def _targets(model: tuple[str, Path], slots: int) -> dict[str, Callable[[], Proc]]:
     name = model[0]
     targets = {OURS: lambda: start_gateway(f"engine-{name}-{slots}", [_model(model, slots)], None)}
+    if LLAMA_SERVER_SAME_BIN.exists():  # bench/setup_llama_server_same.sh builds it
+        same = f"llama-server-same-{name}-{slots}"
+        targets[SAME] = lambda: start_llama_server(
+            same, model, slots, THREADS, N_CTX, LLAMA_SERVER_SAME_BIN
+        )
     if not LLAMA_SERVER_BIN.exists():  # bench/setup_llama_server.sh builds it
         return targets
     peer: list[Proc] = []
@@ -164,8 +170,17 @@ def _ratio_goal(res: Result, model: str, clients: int, column: str, target: floa
              f"{ratio:.2f}x", met if ratio == ratio else None)  # fmt: skip
 
 
+def _same_version_note(res: Result, model: str) -> None:
+    ratios = [_figure(res, model, OURS, n, "tokens/s") / _figure(res, model, SAME, n, "tokens/s")
+              for n in CLIENTS]  # fmt: skip
+    res.notes.append(f"{model}: our engine against llama-server built from the same llama.cpp "
+                     f"(c0), tokens/s at {', '.join(map(str, CLIENTS))} clients: "
+                     f"{', '.join(f'{r:.2f}x' for r in ratios)}.")  # fmt: skip
+
+
 def _verdict(res: Result) -> None:
     for model in (SMOLLM[0], GEMMA[0]):
+        _same_version_note(res, model)
         for clients in CLIENTS:
             _ratio_goal(res, model, clients, "tokens/s", 0.9)
         _ratio_goal(res, model, 8, "ttft p50 ms", 1.2, most=True)
