@@ -60,6 +60,9 @@ class Job:
     max_tokens: int | None = None
     stops: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; N: the token's and the top N
+    # Plain greedy (SamplingSpec.plain_greedy): the top logit not among `banned` is the token.
+    argmax: bool = False
+    banned: frozenset[int] = frozenset()
     abandoned: threading.Event = field(default_factory=threading.Event)
     loop: asyncio.AbstractEventLoop | None = None
     # Progress, written by the loop's thread only.
@@ -228,8 +231,16 @@ class EngineLoop:
         batch.n_tokens = i
         return planned
 
+    def _pick(self, job: Job, row: int) -> int:
+        if job.argmax:  # the chain would only find the top logit, copying the vocabulary first
+            pointer = self._llama_cpp.llama_get_logits_ith(self.ctx, row)
+            token = int(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).argmax())
+            if token not in job.banned:
+                return token
+        return int(self._llama_cpp.llama_sampler_sample(job.chain, self.ctx, row))
+
     def _sample(self, job: Job, row: int) -> None:
-        token = int(self._llama_cpp.llama_sampler_sample(job.chain, self.ctx, row))
+        token = self._pick(job, row)
         if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._end(job, self._last(job, "stop"))
             return

@@ -36,6 +36,15 @@ class SamplingSpec:
     grammar: str | None = None  # GBNF text, rooted at "root"
     banned: tuple[int, ...] = field(default=(), repr=False)  # e.g. end tokens, for ignore_eos
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Temperature 0 and nothing that changes the logits first: the top logit is the token
+        (the engine loop takes it off the row itself, not through a chain that copies the
+        whole vocabulary into candidates: 262,144 of them for Gemma 3)."""
+        no_penalty = (self.repeat_penalty, self.frequency_penalty, self.presence_penalty) == (
+            1.0, 0.0, 0.0)  # fmt: skip
+        return self.temperature == 0 and not self.logit_bias and self.grammar is None and no_penalty
+
     @classmethod
     def of(cls, options: Mapping[str, Any], default_seed: int, last_n: int) -> SamplingSpec:
         """From `create_completion`'s keyword arguments (llama-cpp-python's names)."""

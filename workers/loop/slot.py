@@ -138,7 +138,8 @@ class SlotLlama(Llama):
             raise invalid_request(f"The request's grammar was refused: {exc}") from exc
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         limit = max_tokens if max_tokens is not None and max_tokens > 0 else None
-        return Job(self._seq, tokens, chain, lambda _: None, limit, stops, logprobs)
+        return Job(self._seq, tokens, chain, lambda _: None, limit, stops, logprobs,
+                   argmax=spec.plain_greedy, banned=frozenset(spec.banned))  # fmt: skip
 
     def _run(self, job: Job) -> Iterator[Delta]:
         """Submit `job` and yield what the loop delivers, until its end; a cancelled request
