@@ -6,10 +6,11 @@ aiohttp suffices here: client overhead is microseconds against model time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -18,12 +19,14 @@ from .procs import WORKER_SECRET
 
 __all__ = [
     "Answer",
+    "Arrivals",
     "Streamed",
     "ask",
     "closed_clients",
     "closed_streams",
     "prompt",
     "session",
+    "steady_streams",
     "story",
 ]
 
@@ -190,3 +193,56 @@ async def closed_streams(
     # A connection per stream: llama-server closes a kept-alive one after a stream, and a POST
     # is not retried; against model time, connecting to loopback costs nothing.
     return await _closed_loop(clients, seconds, once, keep_alive=False)
+
+
+@dataclass
+class Arrivals:
+    """One streamed answer: when it began, and when each piece of its text arrived."""
+
+    began: float
+    status: int = 0
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float | None:
+        return self.times[0] - self.began if self.times else None
+
+
+async def _stream_into(
+    http: aiohttp.ClientSession, base: str, model: str, text: str, max_tokens: int,
+    record: Arrivals,
+) -> None:  # fmt: skip
+    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "ignore_eos": True}  # fmt: skip
+    async with http.post(base + "/v1/completions", json=body) as resp:
+        record.status = resp.status
+        async for line in resp.content:
+            if line.startswith(b"data: {") and b'"text":""' not in line:
+                record.times.append(time.monotonic())
+
+
+async def steady_streams(
+    base: str, model: str, clients: int, warmup: float, seconds: float, max_tokens: int,
+    salt: str,
+) -> tuple[list[Arrivals], float, float]:  # fmt: skip
+    """`clients` closed loops of streamed /v1/completions (ignore_eos: every answer runs to
+    max_tokens) for `warmup` + `seconds`, then cut. What counts is the steady state: the text
+    pieces that arrived within the window after the warm-up (one token each), and the TTFT of
+    the answers begun in it; no ramp-up, no drain, no answer cut by the window's end lost.
+    Returns the answers and the window's start and end."""
+    began = time.monotonic()
+    start, end = began + warmup, began + warmup + seconds
+    answers: list[Arrivals] = []
+
+    async def client(c: int, http: aiohttp.ClientSession) -> None:
+        for i in itertools.count():
+            answers.append(record := Arrivals(time.monotonic()))
+            await _stream_into(http, base, model, story(c * 1000 + i, salt), max_tokens, record)
+
+    async with session(keep_alive=False) as http:
+        loops = [asyncio.ensure_future(client(c, http)) for c in range(clients)]
+        await asyncio.sleep(end - time.monotonic())
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    return answers, start, end

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import sys
 from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import llama_cpp
 
 from ..common import Result, pin_self, round_order
-from ..llm_client import Streamed, closed_streams
+from ..llm_client import Arrivals, steady_streams
 from ..peers import LLAMA_SERVER_BIN, LLAMA_SERVER_SAME_BIN, start_llama_server
 from ..procs import ROOT, Proc, rss_kib, start_gateway
 from ..stats import percentile
@@ -24,7 +25,8 @@ from .models import GEMMA, SMOLLM
 
 __all__ = ["batching"]
 
-CLIENTS, SECONDS, MAX_TOKENS, N_CTX, THREADS = (1, 8, 32), 10.0, 64, 1024, 2
+CLIENTS, WARMUP, SECONDS, MAX_TOKENS, N_CTX, THREADS = (1, 8, 32), 3.0, 12.0, 64, 1024, 2
+ROUNDS = 2  # each target measured twice per client count, in rotated order; medians shown
 PINNING = "nothing pinned; every target has 2 threads in all (ggml threads spin: never narrower)"
 OURS, PEER, PEER_BEHIND = (
     "(a) our engine, 1 x capacity N, via gateway",
@@ -38,16 +40,31 @@ ALONE, RAW = "(e) our engine alone, in-process", "(r) llama_decode alone, no HTT
 async def batching() -> Result:
     pin_self({0, 1})
     res = Result("batching", "9. One model copy: aggregate tokens/s, TTFT and RSS",
-                 PINNING, ["model", "target", "clients", "tokens/s", "ttft p50 ms",
+                 PINNING, ["model", "target", "clients", "tokens/s", "rounds", "ttft p50 ms",
                            "ttft p99 ms", "errors", "rss MiB"])  # fmt: skip
     for model in (SMOLLM, GEMMA):
         for turn, clients in enumerate(CLIENTS):
             with contextlib.ExitStack() as stack:
                 targets = {name: _enter(stack, make())
                            for name, make in _targets(model, clients).items()}  # fmt: skip
-                res.rows += await _measure(model, clients, turn, targets)
+                rounds = [await _measure(model, clients, turn + r, targets)
+                          for r in range(ROUNDS)]  # fmt: skip
+                res.rows += _combined(rounds)
     _verdict(res)
     return res
+
+
+def _combined(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target's rows of the rounds as one: the medians, and each round's tokens/s."""
+    rows = []
+    for target in sorted({row["target"] for row in rounds[0]}):
+        mine = [row for one in rounds for row in one if row["target"] == target]
+        row = {**mine[0], "rounds": " / ".join(f"{r['tokens/s']:.0f}" for r in mine)}
+        for column in ("tokens/s", "ttft p50 ms", "ttft p99 ms", "rss MiB"):
+            row[column] = statistics.median(r[column] for r in mine)
+        row["errors"] = sum(r["errors"] for r in mine)
+        rows.append(row)
+    return rows
 
 
 def _model(model: tuple[str, Path], slots: int, upstream: str | None = None) -> dict[str, Any]:
@@ -97,13 +114,13 @@ async def _measure(model: tuple[str, Path], clients: int, turn: int,
             rows.append(await _in_process_row(model, clients, name))
             continue
         salt = f"{name_}{clients}{name[:4]}"
-        answers, window = await closed_streams(
-            targets[name].url, name_, clients, SECONDS, MAX_TOKENS, salt, ignore_eos=True
+        answers, start, end = await steady_streams(
+            targets[name].url, name_, clients, WARMUP, SECONDS, MAX_TOKENS, salt
         )
         rss = _tree_rss(targets[name].pid)
         if name == PEER_BEHIND:  # the gateway and the llama-server behind it
             rss += _tree_rss(targets[PEER].pid)
-        rows.append(_row(name_, name, clients, answers, window, rss))
+        rows.append(_row(name_, name, clients, answers, (start, end), rss))
     return rows
 
 
@@ -126,14 +143,17 @@ async def _in_process_row(model: tuple[str, Path], clients: int, name: str) -> d
             "errors": 0, "rss MiB": nan}  # fmt: skip
 
 
-def _row(model: str, name: str, clients: int, answers: list[Streamed], window: float,
-         rss_kib_: int) -> dict[str, Any]:  # fmt: skip
-    served = [a for a in answers if a.status == 200]
-    ttfts = [a.ttft for a in served if a.ttft > 0]
+def _row(model: str, name: str, clients: int, answers: list[Arrivals],
+         window: tuple[float, float], rss_kib_: int) -> dict[str, Any]:  # fmt: skip
+    """The steady state: tokens that arrived in the window, TTFTs of answers begun in it."""
+    start, end = window
+    tokens = sum(start <= t < end for answer in answers for t in answer.times)
+    ttfts = [a.ttft for a in answers if start <= a.began < end and a.ttft is not None]
+    errors = sum(a.status >= 400 for a in answers)
     return {"model": model, "target": name, "clients": clients,
-            "tokens/s": sum(a.completion_tokens for a in served) / window,
+            "tokens/s": tokens / (end - start),
             "ttft p50 ms": percentile(ttfts, 50) * 1e3, "ttft p99 ms": percentile(ttfts, 99) * 1e3,
-            "errors": len(answers) - len(served), "rss MiB": rss_kib_ / 1024}  # fmt: skip
+            "errors": errors, "rss MiB": rss_kib_ / 1024}  # fmt: skip
 
 
 def _tree_rss(pid: int) -> int:
@@ -192,9 +212,11 @@ def _verdict(res: Result) -> None:
                      f"{alone / raw:.2f}x", alone / raw >= 0.95)  # fmt: skip
     res.notes.append(
         f"Closed loop: each client streams /v1/completions (max_tokens {MAX_TOKENS}, temperature "
-        f"0, ignore_eos: every answer is {MAX_TOKENS} tokens, a distinct prompt each time) for "
-        f"{SECONDS:g} s per target and client count N; tokens/s = completion tokens / window; "
-        "TTFT = time to the first text; RSS = the target's process tree at the end of its run "
+        f"0, ignore_eos: every answer is {MAX_TOKENS} tokens, a distinct prompt each time); per "
+        f"target and client count N, {WARMUP:g} s of warm-up then a {SECONDS:g} s window: "
+        "tokens/s = text pieces (one token each) that arrived in the window / its length, "
+        "TTFT = time to the first text of the answers begun in it (the steady state: no ramp-up, "
+        "no drain); RSS = the target's process tree at the end of its run "
         f"(for (c') the gateway plus the llama-server behind it). Every target: one model copy, "
         f"N slots of {N_CTX} tokens, {THREADS} threads, flash attention auto. (e) and (r) run "
         "the same work in-process: (e) our engine loop through each slot's completion path, "
