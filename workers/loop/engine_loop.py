@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from workers.engine import GenerationCancelled
+from workers.logs import log
 from workers.loop.plan import plan_step
 from workers.loop.sampling import free_chain
 from workers.loop.text import TextStream, token_text
@@ -155,8 +156,13 @@ class EngineLoop:
 
     def _run(self) -> None:
         while True:
-            self._admit()
-            self._step()
+            try:
+                self._admit()
+                self._step()
+            except Exception as exc:  # a bug here must fail its requests, not hang them all
+                log(f"engine loop: {exc!r}; failing the requests in progress")
+                for job in self._active[:]:
+                    self._end(job, Delta(error=exc))
             self._flush()
 
     def _admit(self) -> None:
