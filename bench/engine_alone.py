@@ -11,7 +11,6 @@ them) and the loop's decode steps. Read against bench.raw_decode.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -20,6 +19,7 @@ from workers.engine import CancelToken
 from workers.params import CompletionParams
 
 from .llm_client import story
+from .raw_decode import workload_parser
 
 __all__ = ["measure"]
 
@@ -63,13 +63,7 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model")
-    parser.add_argument("--sequences", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-ctx", type=int, default=1024)
+    parser = workload_parser(__doc__, 1024)
     parser.add_argument("--llama-json", type=json.loads, default={},
                         help="more model options, e.g. kv_unified, flash_attn")  # fmt: skip
     args = parser.parse_args()

@@ -21,7 +21,7 @@ import numpy as np
 
 from .llm_client import story
 
-__all__ = ["measure"]
+__all__ = ["measure", "workload_parser"]
 
 
 class _Batch:
@@ -96,14 +96,20 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
             "ms/step": elapsed / steps * 1e3}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def workload_parser(doc: str, n_ctx: int) -> argparse.ArgumentParser:
+    """The workload's options, shared with bench.engine_alone (the same work, our engine)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("model")
     parser.add_argument("--sequences", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--n-ctx", type=int, default=n_ctx)
+    return parser
+
+
+def main() -> None:
+    parser = workload_parser(__doc__, 2048)
     parser.add_argument("--split", action="store_true", help="KV split per sequence")
     parser.add_argument("--flash-attn", action="store_true")
     args = parser.parse_args()

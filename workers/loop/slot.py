@@ -19,6 +19,7 @@ import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from llama_cpp import Llama
@@ -97,12 +98,12 @@ class SlotLlama(Llama):
         self.meter.check_prompt(len(tokens))
         job = self._job(tokens, max_tokens, stop, logprobs, grammar, options)
         echoed = self._echo_text(prompt, tokens) if echo else ""
-        deltas, wanted = self._run(job), logprobs is not None
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion",
                 "created": int(time.time()), "model": self.model_path}  # fmt: skip
+        answer = _Answer(head, echoed, len(tokens), logprobs is not None)
         if stream:
-            return self._chunks(head, deltas, echoed, len(tokens), wanted)
-        return self._whole(head, deltas, echoed, len(tokens), wanted)
+            return self._chunks(answer, self._run(job))
+        return self._whole(answer, self._run(job))
 
     def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
         """As `Llama.create_completion`: token ids as given; text with the model's BOS and
@@ -182,46 +183,48 @@ class SlotLlama(Llama):
 
         return take
 
-    def _chunks(
-        self,
-        head: dict[str, Any],
-        deltas: Iterator[Delta],
-        echoed: str,
-        prompt_tokens: int,
-        want_logprobs: bool,
-    ) -> Iterator[dict[str, Any]]:
-        offset = len(echoed)
-        if echoed:
-            yield {**head, "choices": [_choice(echoed, None, None)]}
+    def _chunks(self, answer: _Answer, deltas: Iterator[Delta]) -> Iterator[dict[str, Any]]:
+        offset, head = len(answer.echoed), answer.head
+        if answer.echoed:
+            yield {**head, "choices": [_choice(answer.echoed, None, None)]}
         for delta in deltas:
             if delta.text or delta.logprobs:
-                logprobs = completion_logprobs(delta.logprobs, offset) if want_logprobs else None
+                logprobs = answer.logprobs(delta.logprobs, offset)
                 yield {**head, "choices": [_choice(delta.text, logprobs, None)]}
                 offset += len(delta.text)
             if delta.finish is not None:
-                self.meter.record(prompt_tokens, delta.completion_tokens)
+                self.meter.record(answer.prompt_tokens, delta.completion_tokens)
                 yield {**head, "choices": [_choice("", None, delta.finish)]}
 
-    def _whole(
-        self,
-        head: dict[str, Any],
-        deltas: Iterator[Delta],
-        echoed: str,
-        prompt_tokens: int,
-        want_logprobs: bool,
-    ) -> dict[str, Any]:
-        texts, finish, completion = [echoed], "stop", 0
+    def _whole(self, answer: _Answer, deltas: Iterator[Delta]) -> dict[str, Any]:
+        texts, finish, completion = [answer.echoed], "stop", 0
         tokens: list[TokenLogprob] = []
         for delta in deltas:
             texts.append(delta.text)
             tokens += delta.logprobs
             if delta.finish is not None:
                 finish, completion = delta.finish, delta.completion_tokens
-        self.meter.record(prompt_tokens, completion)
-        logprobs = completion_logprobs(tuple(tokens), len(echoed)) if want_logprobs else None
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                 "total_tokens": prompt_tokens + completion}  # fmt: skip
-        return {**head, "choices": [_choice("".join(texts), logprobs, finish)], "usage": usage}
+        self.meter.record(answer.prompt_tokens, completion)
+        logprobs = answer.logprobs(tuple(tokens), len(answer.echoed))
+        prompt = answer.prompt_tokens
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                 "total_tokens": prompt + completion}  # fmt: skip
+        choice = _choice("".join(texts), logprobs, finish)
+        return {**answer.head, "choices": [choice], "usage": usage}
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What a completion's chunks share: its head (id, object, created, model), the prompt
+    it echoes (or ""), the prompt's tokens, and whether logprobs were asked for."""
+
+    head: dict[str, Any]
+    echoed: str
+    prompt_tokens: int
+    want_logprobs: bool
+
+    def logprobs(self, tokens: tuple[TokenLogprob, ...], offset: int) -> dict[str, Any] | None:
+        return completion_logprobs(tokens, offset) if self.want_logprobs else None
 
 
 def _choice(text: str, logprobs: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
