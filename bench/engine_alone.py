@@ -52,6 +52,8 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
     time.sleep(seconds)
     after, elapsed = model.batching() or {}, time.perf_counter() - began
     stop.set()
+    for thread in clients:  # each ends after its answer in progress
+        thread.join()
     steps = after["steps"] - before["steps"]
     return {"sequences": sequences,
             "tokens/s": (after["generated_tokens"] - before["generated_tokens"]) / elapsed,

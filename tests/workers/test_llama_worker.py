@@ -579,3 +579,23 @@ def test_ignore_eos_generates_to_max_tokens(smol: WorkerProcess) -> None:
     assert ignored["choices"][0]["finish_reason"] == "length"
     bad = smol.client.post("/v1/chat/completions", json={**body, "ignore_eos": "yes"})
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "ignore_eos")
+
+
+def test_echo_with_logprobs_gives_the_prompt_tokens_their_own(smol: WorkerProcess) -> None:
+    body = {"prompt": "1, 2, 3,", "max_tokens": 2, "echo": True, "logprobs": 1,
+            "temperature": 0, "logit_bias": NO_EOS}  # fmt: skip
+    answer = smol.client.post("/v1/completions", json=body).json()
+    choice, prompt_tokens = answer["choices"][0], answer["usage"]["prompt_tokens"]
+    logprobs = choice["logprobs"]
+    # The first token's logprob and top are null, as api.openai.com sends them with echo (the
+    # published schema allows numbers only): valid but for that.
+    rest = {key: values[1:] for key, values in logprobs.items()}
+    assert_valid("CreateCompletionResponse", {**answer, "choices": [{**choice, "logprobs": rest}]})
+    assert choice["text"].startswith("1, 2, 3,")
+    assert len(logprobs["tokens"]) == prompt_tokens + 2
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert logprobs["token_logprobs"][0] is None  # nothing predicts the first token
+    assert all(isinstance(p, float) for p in logprobs["token_logprobs"][1:])
+    chunks = stream_chunks(smol, "/v1/completions", body)
+    echoed = chunks[0]["choices"][0]
+    assert echoed["text"] == "1, 2, 3," and len(echoed["logprobs"]["tokens"]) == prompt_tokens

@@ -35,7 +35,7 @@ class TokenLogprob:
     """One generated token's log probability and the most likely alternatives at its place."""
 
     text: str  # workers.loop.text.token_text: `bytes:\xNN` for part of a character
-    logprob: float
+    logprob: float | None  # None: a prompt's first token, which nothing predicts
     top: tuple[tuple[str, float], ...]  # the top N (text, logprob), most likely first
 
 
@@ -48,6 +48,7 @@ class Delta:
     finish: str | None = None  # "stop" | "length": the generation ended
     completion_tokens: int = 0  # set with `finish`: tokens generated, an end token excluded
     error: BaseException | None = None  # the job failed or was cancelled: nothing follows
+    prompt: tuple[TokenLogprob, ...] = ()  # echo_logprobs: each prompt token's, once read
 
 
 @dataclass(eq=False)  # compared by identity: each is one generation
@@ -64,6 +65,7 @@ class Job:
     # Plain greedy (SamplingSpec.plain_greedy): the top logit not among `banned` is the token.
     argmax: bool = False
     banned: frozenset[int] = frozenset()
+    echo_logprobs: bool = False  # the prompt's own logprobs too (`echo` with `logprobs`)
     abandoned: threading.Event = field(default_factory=threading.Event)
     loop: asyncio.AbstractEventLoop | None = None
     # Progress, written by the loop's thread only.
@@ -72,6 +74,7 @@ class Job:
     next_token: int | None = None
     generated: int = 0
     held: list[TokenLogprob] = field(default_factory=list)  # logprobs whose text waits
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     text: TextStream = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,7 @@ class EngineLoop:
         self._changed = threading.Condition()
         self._active: list[Job] = []
         self._out: list[tuple[Job, Delta]] = []
+        self._closing = False
         # Written by the loop's thread only: how well the slots batch (worker /status).
         self.steps, self.sequences, self.decoded, self.generated = 0, 0, 0, 0
         self.decode_seconds = 0.0
@@ -154,8 +158,16 @@ class EngineLoop:
 
     # The loop's thread
 
+    def close(self) -> None:
+        """Stop after the step in progress (before the model and context are freed: a decode
+        running while the interpreter exits frees them under it)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        self._thread.join(timeout=10)
+
     def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 self._admit()
                 self._step()
@@ -167,7 +179,7 @@ class EngineLoop:
 
     def _admit(self) -> None:
         with self._changed:
-            while not self._inbox and not self._active:
+            while not self._inbox and not self._active and not self._closing:
                 self._changed.wait()
             arrived, self._inbox = self._inbox, []
         for job in self._active[:]:
@@ -184,8 +196,10 @@ class EngineLoop:
             self._end(job, Delta(error=GenerationCancelled()))
             return
         cached = self._cached[job.seq]
-        # One prompt token at least is decoded: its logits give the first sample.
+        # One prompt token at least is decoded: its logits give the first sample. A prompt whose
+        # own logprobs are asked for is read whole: a cached prefix has no logits left.
         keep = min(_shared_prefix(cached, job.prompt), len(job.prompt) - 1)
+        keep = 0 if job.echo_logprobs else keep
         self._llama_cpp.llama_memory_seq_rm(self._memory, job.seq, keep, -1)
         del cached[keep:]
         job.n_past, job.pending = keep, job.prompt[keep:]
@@ -201,17 +215,32 @@ class EngineLoop:
         self.steps, self.sequences = self.steps + 1, self.sequences + len(planned)
         self.decoded += int(self._batch.n_tokens)
         if status != 0:  # fails the jobs in this batch, not the loop
-            for job, _, _ in planned:
+            for job, _, _, _ in planned:
                 self._end(job, Delta(error=RuntimeError(f"llama_decode returned {status}")))
             return
-        for job, tokens, row in planned:
+        for job, tokens, row, first in planned:
+            if job.echo_logprobs and job.generated == 0:  # a chunk of its prompt
+                self._read_prompt(job, tokens, first)
             job.n_past += len(tokens)
             self._cached[job.seq] += tokens
             if row is not None:
+                if job.echo_logprobs and job.generated == 0:  # its prompt is all read
+                    self._out.append((job, Delta(prompt=tuple(job.prompt_logprobs))))
                 self._sample(job, row)
 
-    def _fill(self) -> list[tuple[Job, list[int], int | None]]:
-        """Put the planned tokens in the batch; each job's tokens and the row it samples."""
+    def _read_prompt(self, job: Job, tokens: list[int], first: int) -> None:
+        """The logprob of each prompt token after these, from these tokens' rows."""
+        if job.n_past == 0:
+            job.prompt_logprobs.append(TokenLogprob(token_text(self.piece(tokens[0])), None, ()))
+        for offset in range(len(tokens)):
+            following = job.n_past + offset + 1
+            if following < len(job.prompt):
+                entry = self._logprob(first + offset, job.prompt[following], job.top_logprobs or 0)
+                job.prompt_logprobs.append(entry)
+
+    def _fill(self) -> list[tuple[Job, list[int], int | None, int]]:
+        """Put the planned tokens in the batch; each job's tokens, the row it samples, and the
+        row of its first token (a prompt read for its logprobs has logits on every row)."""
         jobs = self._active
         plan = plan_step([len(j.pending) for j in jobs], self.n_batch,
                          [j.next_token is not None for j in jobs])  # fmt: skip
@@ -226,14 +255,15 @@ class EngineLoop:
                 tokens, job.next_token = [job.next_token], None
             else:
                 tokens, job.pending = job.pending[:count], job.pending[count:]
+            every_row = job.echo_logprobs and job.generated == 0
             for offset, token in enumerate(tokens):
                 batch.token[i + offset], batch.pos[i + offset] = token, job.n_past + offset
                 batch.seq_id[i + offset][0], batch.n_seq_id[i + offset] = job.seq, 1
-                batch.logits[i + offset] = False
-            i += len(tokens)
+                batch.logits[i + offset] = every_row
+            first, i = i, i + len(tokens)
             ready = not job.pending  # the prompt is all in: this row's logits give a token
-            batch.logits[i - 1] = ready
-            planned.append((job, tokens, i - 1 if ready else None))
+            batch.logits[i - 1] = ready or every_row
+            planned.append((job, tokens, i - 1 if ready else None, first))
         batch.n_tokens = i
         return planned
 

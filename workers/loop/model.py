@@ -12,6 +12,7 @@ unless the model's options say `flash_attn: true` or `false`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import queue
 from typing import Any
@@ -51,6 +52,7 @@ class LoopLlamaModel:
         shared = self._share_context(base, llama_cpp)
         self._base = base
         loop = EngineLoop(shared.ctx, base._model.vocab, int(base.n_batch), n_ctx, self.n_slots)
+        atexit.register(loop.close)  # runs before the interpreter frees the model
         self._loop = loop
         first = LlamaEngine(self.model_path, self.kwargs)
         self._slots = [first.adopt(SlotLlama.of(base, loop, 0, n_ctx))]

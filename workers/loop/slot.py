@@ -50,7 +50,9 @@ def completion_logprobs(tokens: tuple[TokenLogprob, ...], offset: int) -> dict[s
         "tokens": [t.text for t in tokens],
         "text_offset": offsets,
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{**dict(t.top), t.text: t.logprob} for t in tokens],
+        "top_logprobs": [
+            None if t.logprob is None else {**dict(t.top), t.text: t.logprob} for t in tokens
+        ],
     }
 
 
@@ -96,7 +98,8 @@ class SlotLlama(Llama):
         if len(tokens) >= self._n_ctx:
             raise ContextLengthExceeded(len(tokens), self._n_ctx)
         self.meter.check_prompt(len(tokens))
-        job = self._job(tokens, max_tokens, stop, logprobs, grammar, options)
+        job = self._job(tokens, max_tokens, stop, logprobs, grammar, options,
+                        echo and logprobs is not None)  # fmt: skip
         echoed = self._echo_text(prompt, tokens) if echo else ""
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion",
                 "created": int(time.time()), "model": self.model_path}  # fmt: skip
@@ -127,6 +130,7 @@ class SlotLlama(Llama):
         logprobs: int | None,
         grammar: Any,
         options: dict[str, Any],
+        echo_logprobs: bool,
     ) -> Job:
         for name in _IGNORED:
             options.pop(name, None)
@@ -140,7 +144,8 @@ class SlotLlama(Llama):
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         limit = max_tokens if max_tokens is not None and max_tokens > 0 else None
         return Job(self._seq, tokens, chain, lambda _: None, limit, stops, logprobs,
-                   argmax=spec.plain_greedy, banned=frozenset(spec.banned))  # fmt: skip
+                   argmax=spec.plain_greedy, banned=frozenset(spec.banned),
+                   echo_logprobs=echo_logprobs)  # fmt: skip
 
     def _run(self, job: Job) -> Iterator[Delta]:
         """Submit `job` and yield what the loop delivers, until its end; a cancelled request
@@ -186,7 +191,10 @@ class SlotLlama(Llama):
     def _chunks(self, answer: _Answer, deltas: Iterator[Delta]) -> Iterator[dict[str, Any]]:
         offset, head = len(answer.echoed), answer.head
         if answer.echoed:
-            yield {**head, "choices": [_choice(answer.echoed, None, None)]}
+            # With logprobs, the loop's first delta is the prompt's own.
+            prompt = next(deltas).prompt if answer.want_logprobs else ()
+            logprobs = answer.logprobs(prompt, 0) if prompt else None
+            yield {**head, "choices": [_choice(answer.echoed, logprobs, None)]}
         for delta in deltas:
             if delta.text or delta.logprobs:
                 logprobs = answer.logprobs(delta.logprobs, offset)
@@ -201,11 +209,12 @@ class SlotLlama(Llama):
         tokens: list[TokenLogprob] = []
         for delta in deltas:
             texts.append(delta.text)
-            tokens += delta.logprobs
+            tokens += delta.prompt + delta.logprobs
             if delta.finish is not None:
                 finish, completion = delta.finish, delta.completion_tokens
         self.meter.record(answer.prompt_tokens, completion)
-        logprobs = answer.logprobs(tuple(tokens), len(answer.echoed))
+        echoed_logprobs = bool(answer.echoed and tokens and tokens[0].logprob is None)
+        logprobs = answer.logprobs(tuple(tokens), 0 if echoed_logprobs else len(answer.echoed))
         prompt = answer.prompt_tokens
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion}  # fmt: skip
