@@ -113,7 +113,9 @@ async def _measure(model: tuple[str, Path], clients: int, turn: int,
         if name in (ALONE, RAW):
             rows.append(await _in_process_row(model, clients, name))
             continue
-        salt = f"{name_}{clients}{name[:4]}"
+        # A prompt never repeats, in any round: llama-server's prompt cache would otherwise
+        # serve a whole prompt seen in the last round from memory (less work, not equal work).
+        salt = f"{name_}{clients}{name[:4]}{turn}"
         answers, start, end = await steady_streams(
             targets[name].url, name_, clients, WARMUP, SECONDS, MAX_TOKENS, salt
         )
