@@ -22,8 +22,8 @@ PROMPTS = ["Name three colours.", "Why is the sky blue?", "Describe a day in Par
 
 @pytest.fixture(scope="module")
 def batching() -> Iterator[WorkerProcess]:
-    # KV split per slot: the layout in which an answer cannot depend on its neighbours (the
-    # greedy test below); every other test in test_llama_worker runs on the default, unified.
+    # KV split per slot (the default, said here because the greedy test below depends on
+    # it): the layout in which an answer cannot depend on its neighbours.
     with llama_worker("batching", SMOLLM2, 4, kv_unified=False) as w:
         w.wait_ready()
         yield w
