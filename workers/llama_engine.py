@@ -186,6 +186,7 @@ class LlamaEngine:
         self._meter: _TokenMeter | None = None
         self._literal: LiteralContents | None = None
         self._max_token_bytes = 1
+        self._looped = False  # serving a slot of the engine loop (set by `adopt`)
 
     def load(self) -> EngineInfo:
         import llama_cpp  # imported here: the stand-in never pays for it
@@ -204,6 +205,7 @@ class LlamaEngine:
 
         vocab = llama._model.vocab
         looped = hasattr(llama, "meter")  # a slot of the engine loop (workers.loop.slot)
+        self._looped = looped
         self._meter = _TokenMeter(
             llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)), wrap=not looped
         )
@@ -268,7 +270,7 @@ class LlamaEngine:
             check_request_tokens(prompt, options, int(self._llama.n_vocab()), param)
         # A slot of the engine loop reads each token's logprobs off its own batch row; a plain
         # Llama (an embedding model) needs every position's logits kept for them.
-        looped = hasattr(self._llama, "meter")
+        looped = self._looped
         plain_logprobs = options is not None and wants_logprobs(options) and not looped
         if plain_logprobs and not self.kwargs.get("logits_all"):
             raise invalid_request(_NO_LOGITS_ALL, "logprobs")

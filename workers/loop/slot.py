@@ -19,7 +19,7 @@ import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llama_cpp import Llama
@@ -136,7 +136,7 @@ class SlotLlama(Llama):
             options.pop(name, None)
         spec = SamplingSpec.of({**options, "grammar": grammar}, self._seed, self.last_n_tokens_size)
         if self.meter.ignore_eos:
-            spec = SamplingSpec(**{**spec.__dict__, "banned": self._loop.end_tokens})
+            spec = replace(spec, banned=self._loop.end_tokens)
         try:
             chain = build_chain(spec, self._model.vocab, self._n_vocab)
         except ValueError as exc:
