@@ -12,6 +12,7 @@
     ├── Unavailable              (503 service_unavailable)
     │   └── QueueTimeout         (503 queue_timeout)
     ├── UpstreamFailed           (502 upstream_error)
+    │   └── UpstreamTooLarge     (502 upstream_too_large)
     └── UpstreamTimeout          (504 upstream_timeout)
 
 Foreign exceptions (aiohttp, msgspec) are translated once, where they are caught,
@@ -36,6 +37,7 @@ __all__ = [
     "Unavailable",
     "UpstreamFailed",
     "UpstreamTimeout",
+    "UpstreamTooLarge",
     "error_body",
 ]
 
@@ -155,6 +157,13 @@ class UpstreamFailed(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+
+class UpstreamTooLarge(UpstreamFailed):
+    """A worker's answer (a whole body, or one event of a stream) over
+    server.max_upstream_bytes: a misbehaving server must not fill the gateway's memory."""
+
+    code = "upstream_too_large"
 
 
 class UpstreamTimeout(GatewayError):

@@ -7,13 +7,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config.file import GatewayConfig, KeyConfig, ModelConfig
+from .config.file import GatewayConfig, KeyConfig, ModelConfig, OutlierConfig
 from .errors import ModelNotFound
 from .limits.local import Limits, LocalLimits
 from .limits.redis_store import RedisLimits
 from .pool.proxy import Proxy
 from .pool.scaler import Scaler
 from .pool.scheduler import QueuePolicy, Scheduler
+from .replicas.outliers import Outliers
 from .replicas.registry import Registry
 from .replicas.supervisor import Supervisor
 
@@ -38,6 +39,13 @@ class Gateway:
         self.draining = False
         # Replicas above each model's min, on demand: reads the running config through here.
         self.scaler = Scaler(lambda: self.config, self.registry, self.scheduler, self.supervisor)
+        # Ejects replicas whose answers fail too often, by each model's running `outlier`.
+        self.outliers = Outliers(self.registry, self.outlier_policy)
+
+    def outlier_policy(self, name: str) -> OutlierConfig | None:
+        """The `outlier` settings of the model `name` (None once a reload removed it)."""
+        model = self.by_name.get(name)
+        return None if model is None else model.outlier
 
     def begin_drain(self) -> None:
         """Refuse new requests from now on; those queued or in flight go on."""

@@ -49,6 +49,7 @@ __all__ = [
     "HealthConfig",
     "KeyConfig",
     "ModelConfig",
+    "OutlierConfig",
     "RedisConfig",
     "ScalingConfig",
     "ServerConfig",
@@ -72,6 +73,9 @@ class ServerConfig:
     max_url_bytes: int = 8192
     metrics: bool = True  # false: no /metrics and nothing recorded for it (needs a restart)
     metrics_auth: bool = False  # true: /metrics needs a configured key (Prometheus sends one)
+    # The most a replica's answer may hold: a whole body, or one event of a stream (a server
+    # that sends 2 GiB, or a stream with no blank line, must not fill the gateway's memory).
+    max_upstream_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,17 @@ class HealthConfig:
     interval: float = 2.0  # seconds between checks
     timeout: float = 5.0  # seconds a check may take: a busy worker on a loaded host is slow
     failures: int = 3  # failed checks in a row before the worker is killed and restarted
+
+
+@dataclass(frozen=True)
+class OutlierConfig:
+    """When a replica answering errors leaves rotation for a while (Envoy's outlier ejection,
+    gateway/replicas/outliers.py)."""
+
+    consecutive_errors: int = 5  # 5xx answers, timeouts or unreachable, in a row
+    base_ejection_time: float = 30.0  # seconds out, times the replica's ejections so far
+    max_ejection_time: float = 300.0  # the longest one ejection lasts
+    max_ejection_percent: int = 50  # of a model's replicas out at once, rounded down (0: never)
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class ModelConfig:
     accept_token_ids: bool = False  # token-id input to /v1/embeddings is its own ids
     upstreams: tuple[Upstream, ...] = ()  # remote replicas, beside the local ones
     routing: str = "least_busy"  # or "prefix_affinity": to the replica holding the prompt's prefix
+    outlier: OutlierConfig = OutlierConfig()
 
     def device(self, index: int) -> str | None:
         """The CUDA_VISIBLE_DEVICES value configured for slot `index`; None: CPU, or placed when
@@ -201,14 +217,14 @@ ROUTINGS = ("least_busy", "prefix_affinity")
 _SERVER_KEYS = {
     "host", "port", "max_body_bytes", "drain_timeout", "header_timeout",
     "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
-    "metrics_auth",
+    "metrics_auth", "max_upstream_bytes",
 }  # fmt: skip
 _TOP_KEYS = {"server", "models", "health", "watch", "auth", "redis", "memory", "scaling"}
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
     "matryoshka", "accept_token_ids", "upstreams", "routing", "idle_ttl", "scale_up_queue",
-    "memory",
+    "memory", "outlier",
 }  # fmt: skip
 
 
@@ -299,6 +315,9 @@ def _parse_server(raw: Any) -> ServerConfig:
         ),
         metrics=checked(section, "metrics", boolean, "true or false", "server.", True),
         metrics_auth=checked(section, "metrics_auth", boolean, "true or false", "server.", False),
+        max_upstream_bytes=checked(
+            section, "max_upstream_bytes", positive, "a positive integer", "server.", 64 << 20
+        ),
     )
 
 
@@ -356,7 +375,36 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
             where,
             "least_busy",
         ),
+        outlier=_parse_outlier(section.get("outlier", {}), where + "outlier"),
     )
+
+
+_OUTLIER_KEYS = {"consecutive_errors", "base_ejection_time", "max_ejection_time",
+                 "max_ejection_percent"}  # fmt: skip
+
+
+def _parse_outlier(raw: Any, where: str) -> OutlierConfig:
+    section, at, default = mapping(raw, where), where + ".", OutlierConfig()
+    reject_unknown(section, _OUTLIER_KEYS, at)
+    config = OutlierConfig(
+        consecutive_errors=checked(section, "consecutive_errors", positive, "a positive integer",
+                                   at, default.consecutive_errors),
+        base_ejection_time=float(checked(section, "base_ejection_time", pos_num, "seconds > 0",
+                                         at, default.base_ejection_time)),
+        max_ejection_time=float(checked(section, "max_ejection_time", pos_num, "seconds > 0",
+                                        at, default.max_ejection_time)),
+        max_ejection_percent=checked(section, "max_ejection_percent", _percent,
+                                     "an integer from 0 to 100", at,
+                                     default.max_ejection_percent),
+    )  # fmt: skip
+    if config.max_ejection_time < config.base_ejection_time:
+        raise ConfigError(f"{at}max_ejection_time: expected seconds >= base_ejection_time "
+                          f"({config.base_ejection_time:g})")  # fmt: skip
+    return config
+
+
+def _percent(v: Any) -> bool:
+    return is_int(v) and 0 <= v <= 100
 
 
 def _optional_seconds(section: dict[str, Any], key: str, where: str) -> float | None:

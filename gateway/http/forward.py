@@ -16,11 +16,12 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from workers.engine import Usage
 
 from ..config.file import ModelConfig
-from ..errors import GatewayError, UpstreamFailed, error_body
+from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout, error_body
 from ..limits.local import Ticket
 from ..observe.metrics import Marks, Metrics, marks
 from ..pool.proxy import SSE_HEADERS, ClientGone, Relay, renamed, until_disconnect
 from ..pool.scheduler import Lease
+from ..replicas.registry import Replica
 from ..state import Gateway
 
 __all__ = ["QUEUED_KEEPALIVE", "Forward"]
@@ -68,20 +69,50 @@ class Forward:
 
     async def serve(self, lease: Lease, started: bool = False) -> Relay:
         """Take the key's slot and send on `lease`; once more on another replica if the first
-        could not be reached. `started`: the client has its SSE headers already."""
+        could not be reached, or answered 5xx while another is in rotation. `started`: the
+        client has its SSE headers already."""
         try:
             await self.gateway.limits.start(self.ticket)
         except BaseException:
             lease.release()
             raise
         try:
-            return self._relay(await self._send(lease), lease, started)
+            upstream = await self._send(lease)
         except UpstreamFailed:
             # Nothing has reached the client: retry once on another replica, ahead of the queue.
-            acquired = self.gateway.scheduler.acquire(self.model.name, self.ticket.key,
-                                                      first=True, prefix=self.prefix)  # fmt: skip
-            lease = await until_disconnect(self.receive, acquired)
+            lease = await self._lease_again()
             return self._relay(await self._send(lease), lease, started)
+        if upstream.status >= 500 and self.gateway.registry.others_in_rotation(lease.replica):
+            return await self._retry_elsewhere(upstream, lease, started)
+        return self._relay(upstream, lease, started)
+
+    async def _lease_again(self, avoid: Replica | None = None) -> Lease:
+        """A lease for a retry, ahead of the queue; not on `avoid` if another is free."""
+        acquired = self.gateway.scheduler.acquire(self.model.name, self.ticket.key, first=True,
+                                                  prefix=self.prefix, avoid=avoid)  # fmt: skip
+        return await until_disconnect(self.receive, acquired)
+
+    async def _retry_elsewhere(self, upstream: aiohttp.ClientResponse, lease: Lease,
+                               started: bool) -> Relay:  # fmt: skip
+        """Send once more, on another replica, a request answered 5xx before anything reached
+        the client (a worker sends its status with its first token). The failed replica stays
+        leased until the retry has its own, so the retry does not land on it again."""
+        self.gateway.outliers.answered(lease.replica, failed=True)
+        try:
+            retry = await self._lease_again(avoid=lease.replica)
+        finally:
+            self._drop(upstream, lease)
+        return self._relay(await self._send(retry), retry, started)
+
+    def _drop(self, upstream: aiohttp.ClientResponse, lease: Lease) -> None:
+        """Close an answer that goes unread; hand its replica back once its worker is done."""
+        read_to_end = upstream.content.at_eof()
+        upstream.close()
+        if read_to_end:
+            lease.release()
+        else:  # the worker may still be at it
+            self.gateway.proxy.release_when_done(lease, self.ticket.request_id,
+                                                 self.model.first_token_timeout)  # fmt: skip
 
     async def _send(self, lease: Lease) -> aiohttp.ClientResponse:
         """Send on `lease`; return once the worker's status and headers are in."""
@@ -96,19 +127,24 @@ class Forward:
         try:
             return await until_disconnect(self.receive, sent)
         except UpstreamFailed as exc:
-            lease.release(failed=exc.message)
+            lease.release(failed=exc.message)  # out of rotation until a health check passes
+            self.gateway.outliers.answered(replica, failed=True)
             raise
-        except BaseException:  # the client left, or no first byte in time: the worker may be busy
+        except BaseException as exc:  # the client left, or no first byte in time: it may be busy
+            if isinstance(exc, UpstreamTimeout):
+                self.gateway.outliers.answered(replica, failed=True)
             proxy.release_when_done(lease, request_id, model.first_token_timeout)
             raise
 
     def _relay(self, upstream: aiohttp.ClientResponse, lease: Lease, started: bool) -> Relay:
         """The Relay releases the lease and settles the ticket once the answer is out."""
         limits, ticket, model = self.gateway.limits, self.ticket, self.model
+        outliers, replica = self.gateway.outliers, lease.replica
         return Relay(self.gateway.proxy, upstream, lease, ticket.request_id, model.idle_timeout,
                      model.first_token_timeout, headers=answer_headers(ticket, marks(self.scope)),
                      on_end=lambda usage: limits.finish(ticket, usage),
-                     started=started)  # fmt: skip
+                     started=started, max_bytes=self.gateway.config.server.max_upstream_bytes,
+                     on_verdict=lambda failed: outliers.answered(replica, failed))  # fmt: skip
 
     def settle_unsent(self) -> None:
         """The request ends without an answer relayed: one that never reached a worker used

@@ -303,6 +303,7 @@ class _PoolCollector(Collector):
             families["in_flight"].add_metric(labels, replica.in_flight)
             families["served"].add_metric(labels, replica.requests_served)
             families["restarts"].add_metric(labels, replica.restarts)
+            families["ejections"].add_metric(labels, replica.ejections)
             families["info"].add_metric([*labels, replica.device], 1)
             if replica.load_seconds is not None:
                 families["load"].add_metric(labels, replica.load_seconds)
@@ -347,6 +348,9 @@ def _replica_families() -> dict[str, Any]:
         "restarts": CounterMetricFamily("llm_gateway_replica_restarts", "Times a replica's "
                                         "worker has exited and been started again",
                                         labels=replica),
+        "ejections": CounterMetricFamily("llm_gateway_replica_ejections", "Times a replica was "
+                                         "taken out of rotation for answers failing in a row "
+                                         "(outlier ejection)", labels=replica),
         "load": GaugeMetricFamily("llm_gateway_replica_load_seconds", "How long a replica's "
                                   "worker took from its start to ready (load and warm-up)",
                                   labels=replica),

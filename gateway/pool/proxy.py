@@ -20,7 +20,8 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 from workers.engine import Usage
 from workers.usage_report import USAGE_COMMENT, USAGE_HEADER, parse_usage
 
-from ..errors import UpstreamFailed, UpstreamTimeout, error_body
+from ..config.file import ServerConfig
+from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, error_body
 from ..observe.metrics import Marks, marks
 from .scheduler import Lease
 
@@ -124,28 +125,55 @@ def renamed(body: bytes, model: str) -> bytes:
     return msgspec.json.encode(fields)
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Regroup a byte stream into runs of complete SSE events (each ends with a blank line)."""
-    pending = b""
+async def sse_events(chunks: AsyncIterator[bytes], max_event: int) -> AsyncIterator[bytes]:
+    """Regroup a byte stream into runs of complete SSE events (each ends with a blank line);
+    UpstreamTooLarge once more than `max_event` bytes wait for the end of an event.
+
+    Linear in the bytes, whatever a server sends: each chunk is searched once (with the byte
+    before it, for a blank line split between two chunks), into one growing buffer."""
+    pending = bytearray()
     async for chunk in chunks:
+        if not pending and chunk.endswith(b"\n\n"):
+            yield chunk  # whole events, as a worker writes them: no copy
+            continue
+        start = max(len(pending) - 1, 0)
         pending += chunk
-        cut = pending.rfind(b"\n\n")
+        cut = pending.rfind(b"\n\n", start)
         if cut >= 0:
-            yield pending[: cut + 2]
-            pending = pending[cut + 2 :]
+            yield bytes(pending[: cut + 2])
+            del pending[: cut + 2]
+        if len(pending) > max_event:
+            raise UpstreamTooLarge(f"The model worker sent an event over {max_event} bytes.")
+
+
+async def _read_capped(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """`upstream`'s whole body; UpstreamTooLarge past `limit` bytes, by its Content-Length
+    before reading any, else once that much has come."""
+    declared = upstream.content_length
+    if declared is not None and declared > limit:
+        raise UpstreamTooLarge(f"The model worker's answer is {declared} bytes, over {limit}.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamTooLarge(f"The model worker's answer is over {limit} bytes.")
+    return b"".join(chunks)
 
 
 class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
-    __slots__ = ("_busy_timeout", "_headers", "_idle_timeout", "_lease", "_on_end", "_proxy",
-                 "_request_id", "_started", "_upstream")  # fmt: skip
+    __slots__ = ("_busy_timeout", "_headers", "_idle_timeout", "_lease", "_max_bytes", "_on_end",
+                 "_on_verdict", "_proxy", "_request_id", "_started", "_upstream")  # fmt: skip
 
     def __init__(self, proxy: Proxy, upstream: aiohttp.ClientResponse, lease: Lease,
                  request_id: str, idle_timeout: float, busy_timeout: float,
                  headers: list[tuple[bytes, bytes]] | None = None,
                  on_end: Callable[[Usage | None], None] | None = None,
-                 started: bool = False):  # fmt: skip
+                 started: bool = False, max_bytes: int = ServerConfig.max_upstream_bytes,
+                 on_verdict: Callable[[bool], None] | None = None):  # fmt: skip
         self._proxy = proxy
         self._upstream = upstream
         self._lease = lease
@@ -155,6 +183,8 @@ class Relay:
         self._headers = [(b"x-request-id", self._request_id), *(headers or ())]
         self._on_end = on_end  # told the tokens the worker reported (None: none came)
         self._started = started  # the client has its SSE headers (it waited in the queue)
+        self._max_bytes = max_bytes  # the most a whole body, or one event, may hold
+        self._on_verdict = on_verdict  # told whether the answer failed (for outlier ejection)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         noted = marks(scope)
@@ -180,10 +210,12 @@ class Relay:
         """The worker's whole answer and its status; an OpenAI error if it was not JSON."""
         try:
             async with asyncio.timeout(self._idle_timeout):
-                body = await self._upstream.read()
+                body = await _read_capped(self._upstream, self._max_bytes)
             noted.upstream_ended = time.perf_counter()
             noted.usage = parse_usage(self._upstream.headers.get(USAGE_HEADER, ""))
             status = self._upstream.status
+        except UpstreamTooLarge as exc:  # what was read goes: the connection is closed
+            return exc.status, exc.body()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
             return failure.status, failure.body()
@@ -198,11 +230,13 @@ class Relay:
     async def _relay_error_event(self, send: Send, noted: Marks) -> None:
         """A stream that waited has its 200 already: the worker's error is its last event."""
         status, body = await self._read_body(noted)
+        self._judge(failed=noted.upstream_ended is None)  # None: it broke, stalled or was too big
         noted.failed_status = status
         await send(_body(b"data: " + body + b"\n\n", more=False))
 
     async def _relay_body(self, send: Send, noted: Marks) -> None:
         status, body = await self._read_body(noted)
+        self._judge(failed=noted.upstream_ended is None)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -225,7 +259,7 @@ class Relay:
         last, tail = b"", b""
         gaps, previous = noted.event_gaps, 0.0
         try:
-            async for chunk in sse_events(self._upstream.content.iter_any()):
+            async for chunk in sse_events(self._upstream.content.iter_any(), self._max_bytes):
                 arrived = time.perf_counter()
                 if _USAGE_EVENT in chunk or chunk.startswith(USAGE_COMMENT):
                     chunk = _take_usage(chunk, noted)
@@ -247,6 +281,8 @@ class Relay:
                 raise _ClientStuck() from None
             tail = _error_event(f"The model worker sent nothing for {self._idle_timeout:g} s.",
                                 "upstream_timeout")  # fmt: skip
+        except UpstreamTooLarge as exc:
+            tail = b"data: " + exc.body() + b"\n\n"
         except (aiohttp.ClientError, OSError):
             pass
         finally:
@@ -255,7 +291,13 @@ class Relay:
         if not tail and not (last.endswith(_DONE) or _last_event_is_error(last)):
             tail = _error_event("The model worker stopped in the middle of the stream.",
                                 "upstream_error")  # fmt: skip
+        self._judge(failed=bool(tail))  # it stalled, broke off, or sent too big an event
         await send(_body(tail, more=False))
+
+    def _judge(self, failed: bool) -> None:
+        """Tell the outlier count how the answer went: failed, or a 5xx status anyway."""
+        if self._on_verdict is not None:
+            self._on_verdict(failed or self._upstream.status >= 500)
 
 
 class _ClientStuck(Exception):

@@ -107,26 +107,29 @@ class Scheduler:
     def queued_total(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    def try_acquire(self, model: str, key: KeyConfig, prefix: Prefix = ()) -> Lease | None:
-        """A lease at once if a replica is free, nobody is queued and `key` may start another
-        request; else None. `prefix`: the prompt's block hashes, for an affinity model."""
+    def try_acquire(self, model: str, key: KeyConfig, prefix: Prefix = (),
+                    avoid: Replica | None = None) -> Lease | None:  # fmt: skip
+        """A lease at once if a replica (other than `avoid`) is free, nobody is queued and `key`
+        may start another request; else None. `prefix`: the prompt's block hashes, for an
+        affinity model."""
         queue = self._queues.get(model)
         if queue is None:
             raise Unavailable(f"Model '{model}' was removed from the config.", retry_after=1)
         if queue or not self._may_start(key):
             return None
-        replica = self._pick(model, prefix)
+        replica = self._pick(model, prefix, avoid)
         return None if replica is None else self._lease(replica, key, prefix)
 
     async def acquire(self, model: str, key: KeyConfig, first: bool = False,
                       queued: Callable[[int], None] | None = None,
-                      prefix: Prefix = ()) -> Lease:  # fmt: skip
+                      prefix: Prefix = (), avoid: Replica | None = None) -> Lease:  # fmt: skip
         """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable.
 
-        `first` puts the request ahead of every other (a retry keeps its place in line).
+        `first` puts the request ahead of every other (a retry keeps its place in line);
+        `avoid` is a replica not to take at once (the one a retry failed on).
         `queued` is told how many requests were ahead when it had to wait.
         """
-        lease = self.try_acquire(model, key, prefix)
+        lease = self.try_acquire(model, key, prefix, avoid)
         if lease is not None:
             return lease
         queue = self._queues[model]
@@ -166,11 +169,14 @@ class Scheduler:
         if lease.key.max_concurrent is not None and self._queues.get(replica.model):
             self._dispatch(replica.model)  # the key may start a waiting request now
 
-    def _pick(self, model: str, prefix: Prefix) -> Replica | None:
-        """The replica a request of `model` goes to now, if one is free."""
+    def _pick(self, model: str, prefix: Prefix, avoid: Replica | None = None) -> Replica | None:
+        """The replica a request of `model` goes to now, if one (other than `avoid`) is free."""
+        replicas = self._registry.replicas(model)
+        if avoid is not None:
+            replicas = [r for r in replicas if r is not avoid]
         if not self._policies[model].affinity:
-            return pick_replica(self._registry.replicas(model))
-        return self.table.pick([r for r in self._registry.replicas(model) if r.free], prefix)
+            return pick_replica(replicas)
+        return self.table.pick([r for r in replicas if r.free], prefix)
 
     def _lease(self, replica: Replica, key: KeyConfig, prefix: Prefix = ()) -> Lease:
         if prefix:  # it will hold this prompt's blocks

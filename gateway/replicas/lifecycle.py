@@ -6,9 +6,10 @@
        │  └──── unhealthy <──┘            it failed a request or a status check: out of rotation
        ▼
      failed ──> starting                  it could not start; the supervisor tries again
+    ready, busy <──> ejected              it answered with errors too often in a row: out for a time
     any of the above ──> draining ──> stopped      retired (reload, scale down, shutdown)
     any of the above ──> stopped
-    ready, busy, unhealthy ──> starting   its worker exited; a new one is starting
+    ready, busy, unhealthy, ejected ──> starting   its worker exited; a new one is starting
 
 Pure: the registry (gateway/replicas/registry.py) is the one owner that applies moves, through
 `check_transition`, and tells its subscribers with a `StateChange`.
@@ -32,6 +33,10 @@ class ReplicaState(StrEnum):
     DRAINING = "draining"  # finishing its requests before it is stopped (reload, scale down)
     STOPPED = "stopped"  # retired; its worker is gone for good
     FAILED = "failed"  # its worker could not start or load; retried with backoff
+    # Answered with errors too often in a row (gateway/replicas/outliers.py): out of rotation
+    # until its ejection time is up, whatever its health checks say (a server answering 500 to
+    # every request may well pass them).
+    EJECTED = "ejected"
 
 
 S = ReplicaState
@@ -39,9 +44,10 @@ _RETIRE = frozenset({S.DRAINING, S.STOPPED})
 TRANSITIONS: Mapping[ReplicaState, frozenset[ReplicaState]] = MappingProxyType(
     {
         S.STARTING: frozenset({S.READY, S.FAILED}) | _RETIRE,
-        S.READY: frozenset({S.BUSY, S.UNHEALTHY, S.STARTING}) | _RETIRE,
-        S.BUSY: frozenset({S.READY, S.UNHEALTHY, S.STARTING}) | _RETIRE,
+        S.READY: frozenset({S.BUSY, S.UNHEALTHY, S.EJECTED, S.STARTING}) | _RETIRE,
+        S.BUSY: frozenset({S.READY, S.UNHEALTHY, S.EJECTED, S.STARTING}) | _RETIRE,
         S.UNHEALTHY: frozenset({S.READY, S.BUSY, S.STARTING}) | _RETIRE,
+        S.EJECTED: frozenset({S.READY, S.BUSY, S.STARTING}) | _RETIRE,
         S.FAILED: frozenset({S.STARTING}) | _RETIRE,
         S.DRAINING: frozenset({S.STOPPED}),
         S.STOPPED: frozenset(),

@@ -50,6 +50,9 @@ class Replica:
     load_seconds: float | None = None  # its last worker's start to ready (load and warm-up)
     error: str | None = None  # why it last failed (load, start, requests or status checks)
     last_exit: str | None = None  # how its last worker ended: "exit code 3", "SIGSEGV, signal 11"
+    errors_in_a_row: int = 0  # answers that failed (5xx, timeout, unreachable) since one did not
+    ejections: int = 0  # times it was ejected for them (gateway/replicas/outliers.py)
+    ejected_until: float | None = None  # time.time() its ejection ends, while it is ejected
     # Its worker's engine counters at the last status check (workers.loop.engine_loop: decode
     # steps, sequences, decoded and generated tokens, decode seconds); empty for remote ones.
     engine: dict[str, float] = field(default_factory=dict)
@@ -96,6 +99,8 @@ class Replica:
             "load_seconds": self.load_seconds,
             "error": self.error,
             "last_exit": self.last_exit,
+            "ejections": self.ejections,
+            "ejected_until": self.ejected_until if self.state is S.EJECTED else None,
         }
 
 
@@ -226,6 +231,26 @@ class Registry:
         if replica.state is S.UNHEALTHY:
             replica.error = None
             self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
+
+    # Outliers: asked for by gateway/replicas/outliers.py.
+
+    def eject(self, replica: Replica, until: float, reason: str) -> None:
+        """Take a replica in rotation out until `until` (time.time()), for `reason`."""
+        if replica.state in _IN_ROTATION:
+            replica.error, replica.ejected_until = reason, until
+            replica.ejections += 1
+            self._move(replica, S.EJECTED, reason)
+
+    def readmit(self, replica: Replica) -> None:
+        """An ejected replica's time is up: back into rotation."""
+        if replica.state is S.EJECTED:
+            replica.error = None
+            self._move(replica, S.BUSY if replica.in_flight >= replica.capacity else S.READY)
+
+    def others_in_rotation(self, replica: Replica) -> bool:
+        """Whether another replica of its model takes requests (one to retry on)."""
+        return any(r is not replica and r.state in _IN_ROTATION
+                   for r in self._by_model.get(replica.model, ()))  # fmt: skip
 
     # Retirement: asked for by the reloader.
 

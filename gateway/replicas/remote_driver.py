@@ -5,7 +5,8 @@ Nothing is started: the driver checks the server every `health.interval` seconds
 API's `/models` (Ollama and any OpenAI-compatible server) - and reports to the registry: ready
 on the first passing check, out of rotation after `health.failures` failed checks in a row (or
 at once after a request could not reach it: the scheduler's doing, as for local replicas), back
-in after a passing one. Outlier ejection as Envoy does it, with the health check re-admitting.
+in after a passing one. Answers that fail in a row (500s from a server that passes its checks)
+eject it for a while: gateway/replicas/outliers.py, for local replicas alike.
 """
 
 from __future__ import annotations

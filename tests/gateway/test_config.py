@@ -14,6 +14,7 @@ from gateway.config.file import (
     STANDIN_PARAMS,
     WORKER_LLAMA_PARAMS,
     ConfigError,
+    OutlierConfig,
     load_config,
     parse_config,
 )
@@ -64,6 +65,44 @@ def test_aliases_map_to_the_same_model(tmp_path: Path, gguf: Path) -> None:
 def test_gpus_give_each_replica_its_devices(tmp_path: Path, gguf: Path) -> None:
     config = parse(tmp_path, [model(replicas=2, gpus=[0, "1, 2"])])
     assert [config.models[0].device(i) for i in range(2)] == ["0", "1,2"]
+
+
+def test_outlier_ejection_and_the_upstream_cap_have_envoy_like_defaults(
+    tmp_path: Path, gguf: Path
+) -> None:
+    outlier = {"consecutive_errors": 3, "base_ejection_time": 10, "max_ejection_time": 60,
+               "max_ejection_percent": 100}  # fmt: skip
+    config = parse(tmp_path, [model(), model(name="n", outlier=outlier)],
+                   server={"max_upstream_bytes": 1024})  # fmt: skip
+    assert config.models[0].outlier == OutlierConfig(5, 30.0, 300.0, 50)
+    assert config.models[1].outlier == OutlierConfig(3, 10.0, 60.0, 100)
+    assert config.server.max_upstream_bytes == 1024
+    assert parse(tmp_path, [model()]).server.max_upstream_bytes == 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("models", "top", "named"),
+    [
+        ([model(outlier={"consecutive_errors": 0})], {},
+         "models[0] (m).outlier.consecutive_errors: expected a positive integer"),
+        ([model(outlier={"max_ejection_percent": 101})], {},
+         "models[0] (m).outlier.max_ejection_percent: expected an integer from 0 to 100"),
+        ([model(outlier={"base_ejection_time": 60, "max_ejection_time": 30})], {},
+         "models[0] (m).outlier.max_ejection_time: expected seconds >= base_ejection_time"),
+        ([model(outlier={"base_ejection_time": 0})], {},
+         "models[0] (m).outlier.base_ejection_time: expected seconds > 0"),
+        ([model(outlier={"interval": 10})], {}, "models[0] (m).outlier.interval: unknown key"),
+        ([model(outlier=5)], {}, "models[0] (m).outlier: expected a mapping"),
+        ([model()], {"server": {"max_upstream_bytes": 0}},
+         "server.max_upstream_bytes: expected a positive integer"),
+    ],
+)  # fmt: skip
+def test_a_bad_outlier_or_upstream_cap_setting_is_named(
+    tmp_path: Path, gguf: Path, models: list[dict[str, Any]], top: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(tmp_path, models, **top)
+    assert named in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,8 @@ def test_the_table_covers_every_state_and_stopped_is_final() -> None:
 
 
 def test_only_a_started_worker_becomes_ready() -> None:
-    assert [s for s in S if S.READY in TRANSITIONS[s]] == [S.STARTING, S.BUSY, S.UNHEALTHY]
+    assert [s for s in S if S.READY in TRANSITIONS[s]] == [S.STARTING, S.BUSY, S.UNHEALTHY,
+                                                          S.EJECTED]  # fmt: skip
     assert S.READY not in TRANSITIONS[S.FAILED]  # a failed replica starts a new worker first
 
 
@@ -79,6 +80,31 @@ def test_failures_carry_their_reason_and_the_time_of_the_change() -> None:
     described = replica.describe()
     assert (described["state"], described["error"]) == ("failed", "bad GGUF")
     assert described["state_since"] == changes[-1].at
+
+
+def test_an_ejected_replica_is_out_of_rotation_until_readmitted_not_by_a_health_check() -> None:
+    registry, replica, changes = registry_with_one()
+    registry.begin(replica)  # busy: the answer that failed it is still in flight
+    registry.eject(replica, until=123.0, reason="5 failed answers in a row")
+    assert replica.state is S.EJECTED and not replica.free and replica.ejections == 1
+    assert changes[-1].reason == replica.error == "5 failed answers in a row"
+    assert registry.model_status("m")["ready_replicas"] == 0  # not in rotation
+    registry.mark_healthy(replica)  # a server answering 500 to everything passes its checks
+    registry.mark_unhealthy(replica, "a status check failed")
+    assert replica.state is S.EJECTED and replica.describe()["ejected_until"] == 123.0
+    registry.readmit(replica)
+    assert replica.state is S.BUSY and replica.error is None
+    registry.end(replica)
+    assert moves(changes)[-3:] == [("busy", "ejected"), ("ejected", "busy"), ("busy", "ready")]
+    assert replica.describe()["ejected_until"] is None
+
+
+def test_only_a_replica_in_rotation_is_ejected() -> None:
+    registry, replica, _ = registry_with_one()
+    registry.mark_unhealthy(replica, "connection refused")
+    registry.eject(replica, until=123.0, reason="failed answers")
+    registry.readmit(replica)
+    assert replica.state is S.UNHEALTHY and replica.ejections == 0
 
 
 def test_an_illegal_move_is_refused_and_changes_nothing() -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from gateway.errors import UpstreamTooLarge
 from gateway.http.auth import ANONYMOUS
 from gateway.observe.metrics import MARKS_KEY, Marks
-from gateway.pool.proxy import Proxy, Relay
+from gateway.pool.proxy import Proxy, Relay, sse_events
 from gateway.pool.scheduler import QueuePolicy, Scheduler
 from gateway.replicas.registry import Registry
+from tests.support import sse_data
 from workers.engine import Usage
 
 _CHUNK = b'data: {"choices":[{"delta":{"content":"a: usage 1 2"}}]}\n\n'
@@ -34,6 +38,9 @@ async def upstream() -> AsyncIterator[str]:
     async def json_answer(_: web.Request) -> web.Response:
         return web.json_response({"usage": {}}, headers={"X-Usage-Tokens": "11 4"})
 
+    async def server_error(_: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "boom"}}, status=500)
+
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -45,6 +52,9 @@ async def upstream() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", plain_400)
     app.router.add_post("/json", json_answer)
+    app.router.add_post("/500", server_error)
+    for path, handler in MISBEHAVING.items():
+        app.router.add_post(path, handler)
     for path in STREAMS:
         app.router.add_post(path, stream)
     runner = web.AppRunner(app)
@@ -56,8 +66,11 @@ async def upstream() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def relay(url: str, noted: Marks | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Relay one answer of `url`; return what the client was sent and the replica's in_flight."""
+async def relay(url: str, noted: Marks | None = None, max_bytes: int = 64 << 20,
+                verdicts: list[bool] | None = None,
+                idle_timeout: float = 5) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """Relay one answer of `url`; return what the client was sent and the replica's in_flight.
+    `verdicts` is told whether the answer failed (for outlier ejection)."""
     registry = Registry()
     registry.add_model("m")
     replica = registry.add_replica("m", 0, "cpu")
@@ -75,7 +88,9 @@ async def relay(url: str, noted: Marks | None = None) -> tuple[list[dict[str, An
         response = await proxy.send(url, "", b"{}", "id-1", 5)
         scope = {MARKS_KEY: noted or Marks()}
         receive = _never if response.content_type != "text/event-stream" else _connected
-        await Relay(proxy, response, lease, "id-1", 5, 5)(scope, receive, send)  # type: ignore[arg-type]
+        await Relay(proxy, response, lease, "id-1", idle_timeout, 5, max_bytes=max_bytes,
+                    on_verdict=None if verdicts is None else verdicts.append,
+                    )(scope, receive, send)  # type: ignore[arg-type]  # fmt: skip
     finally:
         await proxy.close()
     return sent, replica.in_flight
@@ -114,3 +129,117 @@ async def _connected() -> dict[str, Any]:
 
 async def _never() -> dict[str, Any]:
     raise AssertionError("the relay of a plain body does not read from the client")
+
+
+async def _write_for_a_while(request: web.Request, response: web.StreamResponse,
+                             piece: bytes) -> web.StreamResponse:  # fmt: skip
+    """Send `piece` again and again (2 MiB at most) until the gateway hangs up."""
+    await response.prepare(request)
+    try:
+        for _ in range((2 << 20) // len(piece)):
+            await response.write(piece)
+            await asyncio.sleep(0.001)
+    except (ConnectionError, RuntimeError):
+        pass  # the relay closed the connection: what it was meant to do
+    return response
+
+
+async def declared_2_gib(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = 2 << 30
+    return await _write_for_a_while(request, response, b" " * 65536)
+
+
+async def chunked_2_mib(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    return await _write_for_a_while(request, response, b" " * 65536)
+
+
+async def no_blank_line(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    return await _write_for_a_while(request, response, b"x" * 4095 + b"\n")
+
+
+async def stall(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(_CHUNK)
+    await asyncio.sleep(1)  # past the relay's idle timeout
+    return response
+
+
+MISBEHAVING = {"/declared-2gib": declared_2_gib, "/chunked-2mib": chunked_2_mib,
+               "/no-blank-line": no_blank_line, "/stall": stall}  # fmt: skip
+
+
+async def test_an_answer_declaring_more_than_max_bytes_is_a_502_before_any_is_read(
+    upstream: str,
+) -> None:
+    verdicts: list[bool] = []
+    began = time.monotonic()
+    (start, body), _ = await relay(upstream + "/declared-2gib", verdicts=verdicts)
+    assert time.monotonic() - began < 2  # not read for the idle timeout (5 s), nor buffered
+    assert start["status"] == 502
+    assert json.loads(body["body"])["error"]["code"] == "upstream_too_large"
+    assert verdicts == [True]  # it counts against the replica
+
+
+async def test_a_body_growing_past_max_bytes_is_a_502(upstream: str) -> None:
+    (start, body), _ = await relay(upstream + "/chunked-2mib", max_bytes=1 << 20)
+    assert start["status"] == 502
+    assert json.loads(body["body"])["error"]["code"] == "upstream_too_large"
+
+
+async def test_an_event_growing_past_max_bytes_ends_its_stream_with_an_error_event(
+    upstream: str,
+) -> None:
+    verdicts: list[bool] = []
+    sent, in_flight = await relay(upstream + "/no-blank-line", max_bytes=1 << 20,
+                                  verdicts=verdicts)  # fmt: skip
+    relayed = b"".join(message.get("body", b"") for message in sent)
+    assert len(relayed) < 1000  # nothing of the endless event reached the client
+    assert json.loads(sse_data(relayed.decode())[-1])["error"]["code"] == "upstream_too_large"
+    assert verdicts == [True] and in_flight == 0
+
+
+@pytest.mark.parametrize(("path", "failed"), [("/json", False), ("/v1/chat/completions", False),
+                                              ("/split", False), ("/500", True),
+                                              ("/stall", True)])  # fmt: skip
+async def test_the_relay_says_whether_an_answer_failed(upstream: str, path: str,
+                                                       failed: bool) -> None:  # fmt: skip
+    verdicts: list[bool] = []
+    await relay(upstream + path, verdicts=verdicts, idle_timeout=0.3)
+    assert verdicts == [failed]  # a 4xx (the client's fault) is no failure of the replica
+
+
+async def _paced(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        await asyncio.sleep(0)  # as a socket's reads do: a timeout can get in
+        yield piece
+
+
+async def events(pieces: Iterable[bytes], max_event: int = 1 << 30) -> list[bytes]:
+    return [run async for run in sse_events(_paced(pieces), max_event)]
+
+
+async def test_sse_events_is_linear_in_what_a_server_sends_without_a_blank_line() -> None:
+    # 16 MiB in 4 KiB pieces, each ending with half a blank line: re-reading all that is
+    # pending for every piece (quadratic) takes minutes here, one pass milliseconds.
+    pieces = itertools.chain(itertools.repeat(b"x" * 4095 + b"\n", 4096), [b"\n"])
+    async with asyncio.timeout(10):
+        (event,) = await events(pieces)
+    assert len(event) == (16 << 20) + 1 and event.endswith(b"x\n\n")
+
+
+async def test_sse_events_finds_a_blank_line_split_between_two_pieces() -> None:
+    assert await events([b"data: 1\n\ndata: 2", b"\n", b"\n"]) == [b"data: 1\n\n",
+                                                                  b"data: 2\n\n"]  # fmt: skip
+    assert await events([b"data: 1\n", b"\n"]) == [b"data: 1\n\n"]
+
+
+async def test_sse_events_refuses_an_event_past_max_event_bytes() -> None:
+    with pytest.raises(UpstreamTooLarge):
+        await events([b"data: " + b"x" * 100, b"x" * 100], max_event=150)
+    many = b"data: 1\n\n" * 100  # complete events pass, however many come at once
+    assert await events([many + b"data: 2", b"\n\n"], max_event=20) == [many, b"data: 2\n\n"]

@@ -56,6 +56,16 @@ async def test_requests_spread_over_free_replicas() -> None:
     assert {first.replica.index, second.replica.index} == {0, 1}
 
 
+async def test_a_retry_avoids_the_replica_it_failed_on_while_another_is_free() -> None:
+    registry, scheduler = make(replicas=2)
+    failed, other = registry.replicas("m")
+    lease = await scheduler.acquire("m", KEY, first=True, avoid=failed)
+    assert lease.replica is other  # though the failed one is free and first in line
+    lease.release()
+    assert scheduler.try_acquire("m", KEY, avoid=failed) is not None
+    assert scheduler.try_acquire("m", KEY, avoid=failed) is None  # only the failed one is free
+
+
 async def test_waiters_are_served_in_arrival_order() -> None:
     _, scheduler = make()
     holder = await scheduler.acquire("m", KEY)
