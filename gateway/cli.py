@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.auth import check_exposure, hash_key
+from .config.edge import check_allowed_hosts
 from .config.file import (
     ConfigError,
     DnsUpstream,
@@ -181,6 +182,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     host = host or config.server.host
     try:  # --host may put a keyless gateway on a public address: the file's rule holds there too
         check_exposure(config.auth, host)
+        check_allowed_hosts(config.auth, host, config.server.allowed_hosts)
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +193,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     import uvicorn
 
     from .http.app import create_app
+    from .http.browsers import Browsers
     from .http.edge import edge_protocol
     from .http.request_ids import RequestIds
     from .http.server import GatewayServer
@@ -206,8 +209,12 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     recorded = config.server.metrics or REQUEST_LOG.isEnabledFor(logging.INFO)
     middleware = MetricsMiddleware(app, app.state.metrics, app.state.recent) if recorded else app
     server_config = uvicorn.Config(
-        RequestIds(middleware),
+        RequestIds(Browsers(middleware, lambda: gateway.config)),
         http=edge_protocol(config, lambda: gateway.config.server),
+        ws="none",  # no WebSocket route; an upgrade would leave the edge's connection count
+        # X-Forwarded-For and -Proto from the listed proxies only (a restart applies a change).
+        proxy_headers=bool(config.server.forwarded_allow_ips),
+        forwarded_allow_ips=list(config.server.forwarded_allow_ips),
         log_level=log_level,
         log_config=None,  # uvicorn's lines through our handler, JSON included
         access_log=False,  # the request log (gateway.requests) says more

@@ -30,6 +30,12 @@ from .checks import (
     reject_unknown,
     shown,
 )
+from .edge import (
+    check_allowed_hosts,
+    parse_allowed_hosts,
+    parse_cors,
+    parse_forwarded_allow_ips,
+)
 from .scaling import (
     ScalingConfig,
     parse_budgets,
@@ -76,6 +82,11 @@ class ServerConfig:
     # The most a replica's answer may hold: a whole body, or one event of a stream (a server
     # that sends 2 GiB, or a stream with no blank line, must not fill the gateway's memory).
     max_upstream_bytes: int = 64 * 1024 * 1024
+    # Who may address the gateway (gateway/config/edge.py, gateway/http/browsers.py).
+    max_connections_per_client: int = 1024  # generous: local clients all share 127.0.0.1
+    allowed_hosts: tuple[str, ...] = ()  # Host names a keyless gateway answers beyond loopback
+    cors: tuple[str, ...] = ()  # browser origins allowed to call it; empty: no CORS
+    forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-* are believed
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,7 @@ _SERVER_KEYS = {
     "host", "port", "max_body_bytes", "drain_timeout", "header_timeout",
     "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
     "metrics_auth", "max_upstream_bytes",
+    "max_connections_per_client", "allowed_hosts", "cors", "forwarded_allow_ips",
 }  # fmt: skip
 _TOP_KEYS = {"server", "models", "health", "watch", "auth", "redis", "memory", "scaling"}
 _MODEL_KEYS = {
@@ -254,6 +266,7 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     server = _parse_server(top.get("server", {}))
     auth = parse_auth(top.get("auth", {}))
     check_exposure(auth, server.host)
+    check_allowed_hosts(auth, server.host, server.allowed_hosts)
     if server.metrics_auth and not auth.keys:
         raise ConfigError("server.metrics_auth: true, but auth.keys is empty: no key could "
                           "read /metrics")  # fmt: skip
@@ -318,6 +331,12 @@ def _parse_server(raw: Any) -> ServerConfig:
         max_upstream_bytes=checked(
             section, "max_upstream_bytes", positive, "a positive integer", "server.", 64 << 20
         ),
+        max_connections_per_client=checked(
+            section, "max_connections_per_client", positive, "a positive integer", "server.", 1024
+        ),
+        allowed_hosts=parse_allowed_hosts(section.get("allowed_hosts")),
+        cors=parse_cors(section.get("cors")),
+        forwarded_allow_ips=parse_forwarded_allow_ips(section.get("forwarded_allow_ips")),
     )
 
 

@@ -9,8 +9,9 @@ one 130 MB header stalls the event loop, so every client, for seconds. EdgeProto
   which httptools buffers like headers) at most twice server.max_body_bytes, else it is closed;
 - the head arrives within server.header_timeout of the connection's opening, or of the first
   byte of a kept-alive connection's next request: else 408, or a plain close if nothing came;
-- past min(server.max_connections, what the open-files limit leaves) open connections, a new
-  one gets 503 and is closed.
+- past min(server.max_connections, what the open-files limit leaves) open connections, or
+  server.max_connections_per_client from its address, a new one gets 503 and is closed, unless
+  it is a liveness or readiness probe, which the reserve of gateway/http/seats.py still serves.
 
 The body's own timeout (server.body_timeout, between chunks) is the route's
 (gateway/http/routes.py).
@@ -23,7 +24,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from uvicorn.config import Config
@@ -33,6 +34,7 @@ from uvicorn.server import ServerState
 from ..config.file import GatewayConfig, ServerConfig
 from ..errors import RequestTimeout, error_body
 from .request_ids import new_request_id
+from .seats import PROBE_LINE_MAX, PROBE_WAIT, Seats, client_key, is_probe
 
 __all__ = [
     "HEADERS_TOO_LARGE",
@@ -147,6 +149,7 @@ class Edge:
 
     server: Callable[[], ServerConfig]
     fd_cap: int  # client connections the open-files limit leaves room for
+    seats: Seats[EdgeProtocol] = field(default_factory=Seats)  # every connection's, shared
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -165,28 +168,46 @@ class EdgeProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._head_since: float | None = None  # when the head being read started its clock
         self._refused = False
+        self._seat: str | None = None  # the client (seats.client_key) whose seat it holds
+        self._probing = False  # in the probes' reserve: one probe's request, then closed
+        self._line: bytes | None = None  # a probing connection's first bytes, until screened
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        full = len(self.connections) >= min(self._settings.max_connections, self.edge.fd_cap)
         super().connection_made(transport)
-        if full:
-            self._warn("too many open connections (%d): refusing new ones", len(self.connections))
-            # Closed at once, unread: lingering would hold the very descriptors the cap saves.
-            body = error_body("The gateway has too many open connections; retry shortly.",
-                              "service_unavailable", "too_many_connections")  # fmt: skip
-            transport.write(self._answer(503, body, b"retry-after: 1\r\n"))
-            transport.close()
-            return
         self._head_since = self.loop.time()  # the first head's clock starts at the connection
-        self._arm(self._head_since)
+        settings, client = self._settings, client_key(self.client[0] if self.client else "")
+        cap = min(settings.max_connections, self.edge.fd_cap)
+        if self.edge.seats.take(client, cap, settings.max_connections_per_client):
+            self._seat = client
+            self._arm(self._head_since)
+        else:
+            self._warn("%s: past server.max_connections (%d) or max_connections_per_client "
+                       "(%d): new connections get 503, probes excepted", self._peer(), cap,
+                       settings.max_connections_per_client)  # fmt: skip
+            self._wait_for_probe()
+
+    def _wait_for_probe(self) -> None:
+        """Past a cap: in the probes' reserve (its oldest connection refused if it is full), with
+        PROBE_WAIT to show a probe's request line."""
+        self._probing, self._line = True, b""
+        evicted = self.edge.seats.wait(self)
+        if evicted is not None:
+            evicted._busy()
+        self._timer = self.loop.call_later(PROBE_WAIT, self._busy)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.edge.seats.leave(self)
+        if self._seat is not None:
+            self.edge.seats.give_back(self._seat)
+            self._seat = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # input after a refusal: dropped, see _linger
+        if self._line is not None and not self._screen(data):
+            return
         meter = self._meter
         if self._head_since is None and meter.in_head:  # the first byte of a kept-alive request
             self._head_since = self.loop.time()
@@ -197,6 +218,9 @@ class EdgeProtocol(HttpToolsProtocol):
             # Its timer stays: it will find no head on its way, and a busy connection saves a
             # timer per request.
             self._head_since = None
+            if self._probing:  # a probe's head: served, so out of the reserve and its clock
+                self.edge.seats.leave(self)
+                self._disarm()
         elif verdict:
             self._over_limit(verdict)
             return
@@ -208,7 +232,9 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._answered_early():
+        if self._probing:
+            self.transport.close()  # a seat past the caps serves one probe, not a kept-alive client
+        elif self._answered_early():
             # The rest of the request would be read for nothing, as slowly as the client likes.
             self._linger()
 
@@ -246,6 +272,32 @@ class EdgeProtocol(HttpToolsProtocol):
             self._refuse(408, message, RequestTimeout.code)
         else:
             self.transport.close()  # nothing came: nobody to answer
+
+    def _screen(self, data: bytes) -> bool:
+        """Read a probing connection's request line as it comes: False once it is refused (it
+        is not a probe's)."""
+        assert self._line is not None
+        self._line = (self._line + data)[:PROBE_LINE_MAX]
+        line = self._line.lstrip(b"\r\n")  # blank lines before a request: the parser skips them
+        if b"\n" not in line and len(self._line) < PROBE_LINE_MAX:
+            return True  # more of it to come
+        if is_probe(line):
+            self._line = None
+            return True
+        self._busy()
+        return False
+
+    def _busy(self) -> None:
+        """Answer 503 too_many_connections and close at once, unread: lingering would hold the
+        very descriptors the caps save."""
+        self.edge.seats.leave(self)
+        self._disarm()
+        if not self._refused:
+            self._refused = True
+            body = error_body("The gateway has too many open connections; retry shortly.",
+                              "service_unavailable", "too_many_connections")  # fmt: skip
+            self.transport.write(self._answer(503, body, b"retry-after: 1\r\n"))
+        self.transport.close()
 
     def _refuse(self, status: int, message: str, code: str | None) -> None:
         """Answer `status` and end the connection."""
@@ -319,7 +371,8 @@ def bind_protocol(edge: Edge) -> type[EdgeProtocol]:
 def files_reserve(config: GatewayConfig) -> int:
     """Open files to keep from clients: per replica its phase pipe, process handle, status
     checks and upstream connections (one per request it serves, idle ones pooled); plus logs,
-    the listening socket and the loop's own, with room for a reload to add a few replicas."""
+    the listening socket and the loop's own, the probes' reserve (gateway/http/seats.py), with
+    room for a reload to add a few replicas."""
     return 64 + sum(m.replicas * (m.capacity + 8) for m in config.models)
 
 

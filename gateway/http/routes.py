@@ -33,7 +33,7 @@ from ..state import Gateway
 from .auth import ANONYMOUS, identify, is_loopback, presented_key
 from .forward import Forward
 from .request_ids import request_id as request_id_of
-from .ui import UI, VERSION
+from .ui import UI, UI_HEADERS, VERSION
 
 __all__ = ["ROUTES"]
 
@@ -304,7 +304,7 @@ async def admin_stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
             "version": VERSION, "config_version": version}  # fmt: skip
 
 
-@get("/ui", media_type="text/html")
+@get("/ui", media_type="text/html", response_headers=UI_HEADERS)
 async def status_page() -> bytes:
     """The status page (gateway/http/ui/): open, like the probes; its data needs the admin key."""
     return UI["index.html"]
@@ -315,7 +315,7 @@ async def status_page_file(name: str) -> Response[bytes]:
     if name not in UI or name == "index.html":
         raise NotFoundException(f"No file {name} in the status page.")
     kind = "text/css" if name.endswith(".css") else "text/javascript"
-    return Response(UI[name], media_type=kind)
+    return Response(UI[name], media_type=kind, headers=UI_HEADERS)
 
 
 @get("/admin/usage")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,52 @@ def test_every_llama_key_is_a_llama_cpp_argument() -> None:
 
 def test_the_standin_keys_are_the_standin_options() -> None:
     assert set(STANDIN_PARAMS) == set(StandinOptions.__dataclass_fields__)
+
+
+def test_who_may_address_the_gateway_is_off_by_default(tmp_path: Path, gguf: Path) -> None:
+    server = parse(tmp_path, [model()]).server
+    assert (server.allowed_hosts, server.cors, server.forwarded_allow_ips) == ((), (), ())
+    assert server.max_connections_per_client == 1024  # generous: local clients share 127.0.0.1
+
+
+def test_hosts_origins_and_proxies_are_read_as_browsers_send_them(
+    tmp_path: Path, gguf: Path
+) -> None:
+    server = parse(tmp_path, [model()], server={
+        "allowed_hosts": ["Gateway.Internal", "[::1]", "*"],
+        "cors": ["https://App.example.com/", "http://127.0.0.1:5173", "*"],
+        "forwarded_allow_ips": ["10.0.0.0/8", "127.0.0.1", "::1", "*"],
+        "max_connections_per_client": 64,
+    }).server  # fmt: skip
+    assert server.allowed_hosts == ("gateway.internal", "[::1]", "*")
+    assert server.cors == ("https://app.example.com", "http://127.0.0.1:5173", "*")
+    assert server.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1", "::1", "*")
+    assert server.max_connections_per_client == 64
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "where"),
+    [("allowed_hosts", ["gw.example:8000"], "allowed_hosts[0]"),
+     ("allowed_hosts", "gw.example", "allowed_hosts"),
+     ("cors", ["https://app.example/path"], "cors[0]"), ("cors", ["app.example"], "cors[0]"),
+     ("cors", [""], "cors"), ("forwarded_allow_ips", ["proxy.internal"], "forwarded_allow_ips[0]"),
+     ("forwarded_allow_ips", [1], "forwarded_allow_ips"),
+     ("max_connections_per_client", 0, "max_connections_per_client")],
+)  # fmt: skip
+def test_a_bad_host_origin_or_proxy_names_its_key(
+    tmp_path: Path, gguf: Path, key: str, value: Any, where: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^server\.{re.escape(where)}: expected"):
+        parse(tmp_path, [model()], server={key: value})
+
+
+def test_a_keyless_gateway_on_a_public_address_needs_allowed_hosts(
+    tmp_path: Path, gguf: Path
+) -> None:
+    public = {"host": "0.0.0.0"}
+    with pytest.raises(ConfigError, match=r"^server\.allowed_hosts: .*0\.0\.0\.0 with no API keys"):
+        parse(tmp_path, [model()], server=public, auth={"required": False})
+    config = parse(tmp_path, [model()], server={**public, "allowed_hosts": ["*"]},
+                   auth={"required": False})  # fmt: skip
+    assert config.server.allowed_hosts == ("*",)
+    assert parse(tmp_path, [model()], server={"host": "127.0.0.2"}, auth={"required": False})

@@ -1,4 +1,4 @@
-"""The connection's limits, without a server: RequestMeter's counting, the settings, the cap."""
+"""The connection's limits, without a server: RequestMeter's counting, the settings, the caps."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gateway.http.edge import (
     URL_TOO_LONG,
     RequestMeter,
 )
+from gateway.http.seats import Seats, client_key, is_probe
 from tests.support import REPO, standin
 
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 20\r\n\r\n"
@@ -164,3 +165,42 @@ def test_start_up_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
 def test_the_connection_cap_leaves_open_files_for_workers_and_upstream() -> None:
     # 512 open files less 64 + 2 replicas x (1 + 8) kept: 430 client connections at most.
     assert _probe("ulimit -n 512") == [430, 512, 512]
+
+
+def test_seats_cap_connections_in_all_and_per_client() -> None:
+    seats: Seats[object] = Seats()
+    assert [seats.take("a", 5, 2) for _ in range(3)] == [True, True, False]
+    assert [seats.take(c, 5, 2) for c in "bbc"] == [True, True, True]
+    assert not seats.take("d", 5, 2) and seats.taken == 5  # every seat taken
+    seats.give_back("a")
+    assert seats.take("d", 5, 2)
+    for client in "abbcd":
+        seats.give_back(client)
+    assert seats.taken == 0 and [seats.take("a", 5, 2) for _ in range(3)] == [True, True, False]
+
+
+def test_a_full_probes_reserve_makes_room_by_evicting_its_oldest() -> None:
+    seats: Seats[int] = Seats(reserve=2)
+    assert [seats.wait(n) for n in (1, 2)] == [None, None]
+    assert seats.wait(3) == 1
+    seats.leave(2)  # served or closed
+    assert seats.wait(4) is None
+    assert seats.wait(5) == 3
+
+
+def test_the_per_client_cap_counts_an_ipv6_clients_whole_64() -> None:
+    assert client_key("203.0.113.9") == "203.0.113.9"
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9")
+    assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+    assert client_key("::ffff:203.0.113.9") == "203.0.113.9"
+
+
+@pytest.mark.parametrize(
+    ("line", "probe"),
+    [(b"GET /health HTTP/1.1\r\n", True), (b"HEAD /ready HTTP/1.0\n", True),
+     (b"GET /ready?full=1 HTTP/1.1\r\n", True), (b"POST /health HTTP/1.1\r\n", False),
+     (b"GET /healthz HTTP/1.1\r\n", False), (b"GET /v1/models HTTP/1.1\r\n", False),
+     (b"GET /health", False)],
+)  # fmt: skip
+def test_only_a_probes_request_line_is_served_from_the_reserve(line: bytes, probe: bool) -> None:
+    assert is_probe(line) is probe

@@ -105,10 +105,10 @@ class HealthProbe(threading.Thread):
             time.sleep(0.02)
 
 
-HUGE_HEADER = b"GET /health HTTP/1.1\r\nHost: gw\r\nX-Junk: "
+HUGE_HEADER = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Junk: "
 # httptools buffers a chunked body's trailers as it does headers: quadratically.
-HUGE_TRAILER = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked"
-                b"\r\n\r\n2\r\n{}\r\n0\r\nX-Junk: ")  # fmt: skip
+HUGE_TRAILER = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Junk: ")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -188,7 +188,7 @@ def trickle_until_closed(port: int, head: bytes, limit: float = 8.0) -> tuple[fl
 
 
 def test_slowloris_connections_get_408_after_header_timeout(gateway: GatewayProcess) -> None:
-    head = b"GET /health HTTP/1.1\r\nHost: gw\r\nX-Slow: "
+    head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
     with ThreadPoolExecutor(24) as pool:
         results = list(pool.map(lambda _: slow_client(gateway.port, head), range(24)))
     for took, data in results:
@@ -221,7 +221,7 @@ def test_a_kept_alive_request_has_header_timeout_from_its_first_byte(
     gateway: GatewayProcess,
 ) -> None:
     with connect(gateway) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(1.0)  # idle between requests: uvicorn's keep-alive timeout, not this one
         sock.sendall(b"GET /health HTTP/1.1\r\n")
@@ -242,7 +242,7 @@ def test_a_busy_kept_alive_connection_outlives_header_timeout(gateway: GatewayPr
 
 
 def post_head(length: int) -> bytes:
-    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)  # fmt: skip
 
 
@@ -332,3 +332,88 @@ def test_the_port_is_free_again_for_the_next_gateway(tmp_path: Path) -> None:
         gateway.start(ready_timeout=60)
         assert httpx.get(gateway.url + "/health").status_code == 200
         assert gateway.stop() == 0
+
+
+# A second gateway: low caps, so that a few dozen sockets reach them, and 127.0.0.1 listed as
+# a proxy whose X-Forwarded-For is believed.
+CAPPED = {
+    "server": {"max_connections": 24, "max_connections_per_client": 8, "header_timeout": 5,
+               "forwarded_allow_ips": ["127.0.0.1"]},
+    "models": [standin("m")],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from running_gateway(CAPPED, tmp_path_factory.mktemp("capped"))
+
+
+def connect_from(gateway: GatewayProcess, address: str) -> socket.socket:
+    """A connection from `address` (all of 127.0.0.0/8 is this machine's: one client each)."""
+    sock = socket.socket()
+    sock.settimeout(10)
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", gateway.port))
+    return sock
+
+
+def get_from(gateway: GatewayProcess, address: str, path: str) -> int:
+    """GET `path` on a fresh connection from `address`: the status."""
+    with connect_from(gateway, address) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                     .encode())  # fmt: skip
+        data, _ = read_until_closed(sock)
+    return answer(data)[0]
+
+
+@contextlib.contextmanager
+def held_connections(
+    gateway: GatewayProcess, addresses: list[str]
+) -> Iterator[list[socket.socket]]:
+    """Silent connections, one from each of `addresses`, in order."""
+    held = [connect_from(gateway, address) for address in addresses]
+    try:
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_one_address_cannot_take_every_connection(capped: GatewayProcess) -> None:
+    # 40 silent sockets from one address, more than max_connections (24): it gets 8.
+    with held_connections(capped, ["127.0.0.2"] * 40) as held:
+        assert get_from(capped, "127.0.0.1", "/health") == 200
+        chat = httpx.post(capped.url + "/v1/chat/completions", json={"model": "m", **CHAT})
+        assert chat.status_code == 200
+        assert wait_until(lambda: len(select.select(held, [], [], 0)[0]) == 32, 3)
+        readable = select.select(held, [], [], 0)[0]
+        assert [sock for sock in held if sock not in readable] == held[:8]  # the rest got 503
+        error = assert_refused(read_until_closed(held[-1])[0], 503, "too_many_connections")
+        assert error["type"] == "service_unavailable"
+
+
+def test_health_and_ready_answer_when_every_connection_is_taken(capped: GatewayProcess) -> None:
+    # Every seat taken (3 addresses x 8), then more silent sockets than the probes' reserve
+    # holds, from one of those addresses: a probe from that same address is still answered.
+    seated = [f"127.0.0.{2 + i // 8}" for i in range(24)]
+    with held_connections(capped, seated + ["127.0.0.2"] * 40):
+        assert get_from(capped, "127.0.0.2", "/health") == 200
+        assert get_from(capped, "127.0.0.5", "/ready") == 200
+        assert get_from(capped, "127.0.0.5", "/health?verbose=1") == 200
+        assert get_from(capped, "127.0.0.5", "/v1/models") == 503  # anything else: 503
+        with connect_from(capped, "127.0.0.5") as sock:  # no request line within 0.5 s: 503
+            data, first_byte = read_until_closed(sock)
+        assert_refused(data, 503, "too_many_connections")
+        assert 0.4 < first_byte < 2.0, first_byte
+    assert wait_until(lambda: get_from(capped, "127.0.0.2", "/v1/models") == 200, 3)
+
+
+def test_x_forwarded_for_is_believed_from_no_proxy_unless_listed(
+    gateway: GatewayProcess, capped: GatewayProcess
+) -> None:
+    spoofed = {"X-Forwarded-For": "203.0.113.9"}
+    # Keyless: admin routes answer loopback clients, and this one is 127.0.0.1, whatever it says.
+    assert httpx.get(gateway.url + "/admin/workers", headers=spoofed).status_code == 200
+    # From a listed proxy (server.forwarded_allow_ips), the client is the one it forwards for.
+    assert_error(httpx.get(capped.url + "/admin/workers", headers=spoofed), 403, "forbidden")
+    assert httpx.get(capped.url + "/admin/workers").status_code == 200

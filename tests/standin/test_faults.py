@@ -239,8 +239,9 @@ def test_a_client_that_reads_nothing_frees_the_replica_after_idle_timeout(
     gateway: GatewayProcess,
 ) -> None:
     body = json.dumps({"model": "firehose", "stream": True, **CHAT}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()  # fmt: skip
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(head + body)

@@ -7,6 +7,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -98,3 +99,21 @@ def test_admin_actions_are_refused_without_the_admin_key(page: Page) -> None:
     expect(page.locator("#reload-result")).to_contain_text("401")
     restart.click()
     expect(page.locator("#reload-result")).to_contain_text("401")
+
+
+def test_the_page_and_its_files_forbid_framing_and_foreign_scripts(
+    page: Page, gateway: GatewayProcess
+) -> None:
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Security Policy" in m.text else None)
+    page.reload()
+    sign_in(page, ADMIN)  # the page runs under its policy: its own script, style and calls
+    expect(page.locator("#replicas tr[data-replica='slow[0]']")).to_contain_text("ready")
+    assert violations == []
+    for path in ("/ui", "/ui/app.js", "/ui/style.css"):
+        headers = httpx.get(gateway.url + path).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert "default-src 'self'" in headers["content-security-policy"], path
+        assert headers["x-frame-options"] == "DENY", path
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "no-referrer", path
