@@ -195,6 +195,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     from .http.app import create_app
     from .http.browsers import Browsers
     from .http.edge import edge_protocol
+    from .http.head import AnswerHead
     from .http.request_ids import RequestIds
     from .http.server import GatewayServer
     from .observe.logs import REQUEST_LOG, configure
@@ -209,7 +210,7 @@ def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | No
     recorded = config.server.metrics or REQUEST_LOG.isEnabledFor(logging.INFO)
     middleware = MetricsMiddleware(app, app.state.metrics, app.state.recent) if recorded else app
     server_config = uvicorn.Config(
-        RequestIds(Browsers(middleware, lambda: gateway.config)),
+        RequestIds(Browsers(AnswerHead(middleware), lambda: gateway.config)),
         http=edge_protocol(config, lambda: gateway.config.server),
         ws="none",  # no WebSocket route; an upgrade would leave the edge's connection count
         # X-Forwarded-For and -Proto from the listed proxies only (a restart applies a change).

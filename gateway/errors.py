@@ -29,6 +29,7 @@ __all__ = [
     "GatewayError",
     "InvalidRequest",
     "ModelNotFound",
+    "NotFound",
     "QueueFull",
     "QueueTimeout",
     "RateLimited",
@@ -38,8 +39,17 @@ __all__ = [
     "UpstreamFailed",
     "UpstreamTimeout",
     "UpstreamTooLarge",
+    "clipped",
     "error_body",
 ]
+
+_CLIPPED = 64  # characters of a client's own text (a model name, a key name) an answer repeats
+
+
+def clipped(text: str) -> str:
+    """`text` from a client, as an error message repeats it: at most _CLIPPED characters (a
+    1 MiB model name is not echoed back, nor written to the log whole)."""
+    return text if len(text) <= _CLIPPED else text[: _CLIPPED - 3] + "..."
 
 
 def error_body(
@@ -123,8 +133,17 @@ class ModelNotFound(GatewayError):
     def __init__(self, model: str, available: list[str]):
         names = ", ".join(available) or "none"
         super().__init__(
-            f"The model '{model}' does not exist. Available models: {names}.", param="model"
+            f"The model '{clipped(model)}' does not exist. Available models: {names}.",
+            param="model",
         )
+
+
+class NotFound(GatewayError):
+    """Something an admin route names does not exist (a key, a replica)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 class QueueFull(GatewayError):

@@ -7,8 +7,9 @@ and `tool_choice` with them; `max_output_tokens`, `temperature`, `top_p` and `te
 to their chat names. The chat parser then checks everything once, as for `/v1/chat/completions`.
 
 Not served (a 400 that says so): tools other than functions (web search, file search, MCP...),
-non-text content, and `previous_response_id` (responses are not stored: every Response says
-`store: false`, so a client sends the whole conversation each time).
+non-text content, `previous_response_id` and `conversation` (responses are not stored: every
+Response says `store: false`, so a client sends the whole conversation each time), `prompt`
+(stored prompt templates) and `background: true` (nothing runs after its request ends).
 """
 
 from __future__ import annotations
@@ -48,12 +49,25 @@ class ResponseMeta:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
 
+# Fields that need state this server does not keep: each a 400 saying why, never ignored.
+_UNSERVED = {
+    "previous_response_id": "previous_response_id is not supported: responses are not stored "
+                            "here; send the whole conversation as 'input'",
+    "conversation": "conversation is not supported: conversations are not stored here; send "
+                    "the whole conversation as 'input'",
+    "prompt": "prompt (a stored prompt template) is not supported: send its text as "
+              "'instructions' and 'input'",
+}  # fmt: skip
+
+
 def parse_response_request(body: Mapping[str, Any], model: str) -> tuple[ChatParams, ResponseMeta]:
     """Chat parameters for a Responses request, and what its Response echoes."""
-    if body.get("previous_response_id") is not None:
-        raise invalid_request("previous_response_id is not supported: responses are not stored "
-                              "here; send the whole conversation as 'input'",
-                              "previous_response_id")  # fmt: skip
+    for name, why in _UNSERVED.items():
+        if body.get(name) is not None:
+            raise invalid_request(why, name)
+    if body.get("background"):
+        why = "background is not supported: a response is generated while its request waits"
+        raise invalid_request(why + " (stream it for early output)", "background")
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise invalid_request("'instructions' must be a string", "instructions")

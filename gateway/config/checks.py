@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "expand_env",
     "is_int",
     "is_number",
+    "key_shown",
     "mapping",
     "non_neg_num",
     "non_negative",
@@ -81,10 +82,22 @@ def mapping(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def reject_unknown(section: dict[str, Any], known: set[str], where: str) -> None:
+def reject_unknown(section: Mapping[str, Any], known: Collection[str], where: str) -> None:
     for key in section:
         if key not in known:
-            raise ConfigError(f"{where}{key}: unknown key (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{where}{key_shown(key)}: unknown key (known: "
+                              f"{', '.join(sorted(known))})")  # fmt: skip
+
+
+_KEY_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+def key_shown(key: Any) -> str:
+    """An unknown key as an error may name it: a setting's name (a typo worth seeing) as it is;
+    anything else (a secret pasted where a key goes) only by its length."""
+    if isinstance(key, str) and _KEY_LIKE.fullmatch(key):
+        return key
+    return f"<{shown(key)}>"
 
 
 def checked(section: dict[str, Any], key: str, check: Check, expected: str, where: str,

@@ -20,6 +20,7 @@ from .checks import (
     expand_env,
     is_int,
     is_number,
+    key_shown,
     mapping,
     non_neg_num,
     non_negative,
@@ -127,7 +128,9 @@ class ModelConfig:
     queue_timeout: float = 30.0
     startup_timeout: float = 300.0
     first_token_timeout: float = 300.0
-    idle_timeout: float = 60.0
+    # Seconds a stream may pass with no event: from its worker (it ends with an error event), or
+    # taken by its client (one that reads nothing frees its slot): interactive use, not a minute.
+    idle_timeout: float = 15.0
     llama: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     standin: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     matryoshka: bool = False  # its embeddings may be shortened (`dimensions`)
@@ -378,7 +381,11 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
         first_token_timeout=float(
             checked(section, "first_token_timeout", pos_num, "seconds > 0", where, 300)
         ),
-        idle_timeout=float(checked(section, "idle_timeout", pos_num, "seconds > 0", where, 60)),
+        idle_timeout=float(
+            checked(
+                section, "idle_timeout", pos_num, "seconds > 0", where, ModelConfig.idle_timeout
+            )
+        ),
         llama=_parse_params(section.get("llama", {}), LLAMA_PARAMS, where + "llama"),
         standin=_parse_params(section.get("standin", {}), STANDIN_PARAMS, where + "standin"),
         matryoshka=checked(section, "matryoshka", boolean, "true or false", where, False),
@@ -496,7 +503,7 @@ def _parse_params(
     for key, value in section.items():
         if key not in table:
             known = ", ".join(sorted(table))
-            raise ConfigError(f"{where}.{key}: unknown key (known: {known})")
+            raise ConfigError(f"{where}.{key_shown(key)}: unknown key (known: {known})")
         check, expected = table[key]
         if not check(value):
             raise ConfigError(f"{where}.{key}: expected {expected}, got {shown(value)}")

@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from ..config.file import GatewayConfig
-from ..errors import GatewayError, error_body
+from ..errors import GatewayError, clipped, error_body
 from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
 from ..observe.recent import Recent
@@ -147,7 +147,7 @@ _SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/completions,
 def _unknown_route(method: str, path: str) -> str:
     """OpenAI's words for a URL it does not know, and what this gateway does serve: a client
     calling /v1/assistants, /v1/audio/... or /v1/files learns it is the gateway, not a typo."""
-    return (f"Invalid URL ({method} {path}): llm-gateway does not serve this endpoint; it "
+    return (f"Invalid URL ({method} {clipped(path)}): llm-gateway does not serve this endpoint; it "
             f"serves {_SERVED}.")  # fmt: skip
 
 

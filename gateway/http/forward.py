@@ -19,8 +19,18 @@ from ..config.file import ModelConfig
 from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout, error_body
 from ..limits.local import Ticket
 from ..observe.metrics import Marks, Metrics, marks
-from ..pool.proxy import SSE_HEADERS, ClientGone, Relay, renamed, until_disconnect
+from ..pool.proxy import (
+    SSE_HEADERS,
+    USAGE_ASKED,
+    USAGE_IN_ANSWER,
+    USAGE_REPORTED,
+    ClientGone,
+    Relay,
+    renamed,
+    until_disconnect,
+)
 from ..pool.scheduler import Lease
+from ..pool.usage import ask_for_usage
 from ..replicas.registry import Replica
 from ..state import Gateway
 
@@ -41,12 +51,16 @@ class Forward:
     scope: Scope
     receive: Receive
     prefix: Sequence[bytes] = ()  # the prompt's block hashes, for an affinity model
+    stream: bool = False
+    usage: int = USAGE_REPORTED  # how the replica sent to last says the tokens used (proxy.py)
 
     async def answer(self, stream: bool, lease: Lease | None) -> ASGIApp:
         """The Relay of the worker's answer on `lease`, or once one is got; for a stream that
         must wait, a QueuedStream."""
+        self.stream = stream
         if lease is None and stream:
-            self.gateway.scheduler.check_admission(self.model.name)  # a full queue: still a 429
+            # A full queue: still a 429.
+            self.gateway.scheduler.check_admission(self.model.name, self.ticket.key)
             return QueuedStream(self)
         if lease is None:
             lease = await until_disconnect(self.receive, self.queue())
@@ -123,6 +137,7 @@ class Forward:
         url, body = replica.api + self.path.removeprefix("/v1"), self.body
         if replica.upstream_model is not None:  # the model has another name there
             body = renamed(body, replica.upstream_model)
+        body = self._asking_usage(body, replica)
         sent = proxy.send(url, replica.auth, body, request_id, model.first_token_timeout)
         try:
             return await until_disconnect(self.receive, sent)
@@ -144,7 +159,18 @@ class Forward:
                      model.first_token_timeout, headers=answer_headers(ticket, marks(self.scope)),
                      on_end=lambda usage: limits.finish(ticket, usage),
                      started=started, max_bytes=self.gateway.config.server.max_upstream_bytes,
-                     on_verdict=lambda failed: outliers.answered(replica, failed))  # fmt: skip
+                     on_verdict=lambda failed: outliers.answered(replica, failed),
+                     usage=self.usage)  # fmt: skip
+
+    def _asking_usage(self, body: bytes, replica: Replica) -> bytes:
+        """`body` as it goes to `replica`: a stream to a server that is not our worker asks for
+        its usage chunk (the relay takes it out again if the client did not ask)."""
+        self.usage = USAGE_REPORTED if replica.reports_usage else USAGE_IN_ANSWER
+        if self.usage == USAGE_IN_ANSWER and self.stream and self.path != "/v1/responses":
+            asked = ask_for_usage(body)
+            if asked is not None:
+                body, self.usage = asked, USAGE_ASKED
+        return body
 
     def settle_unsent(self) -> None:
         """The request ends without an answer relayed: one that never reached a worker used

@@ -17,9 +17,11 @@ from ..errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     RequestTimeout,
     Unauthorized,
     Unavailable,
+    clipped,
     error_body,
 )
 from ..limits.local import estimate_tokens
@@ -83,7 +85,9 @@ def _caller(request: Request[Any, Any, Any]) -> tuple[Gateway, KeyConfig]:
         key = presented_key(headers.get("authorization", ""), headers.get("api-key", ""))
         caller = identify(auth, key)
     if caller is None:
-        raise Unauthorized("Incorrect or missing API key; send 'Authorization: Bearer <key>'.")
+        # OpenAI's words: clients (LiteLLM's) tell an AuthenticationError by them.
+        raise Unauthorized("Incorrect API key provided (or none); send 'Authorization: Bearer "
+                           "<key>' with a key of this gateway.")  # fmt: skip
     marks(request.scope).key = caller.name
     return gateway, caller
 
@@ -98,7 +102,8 @@ def _admin(request: Request[Any, Any, Any]) -> Gateway:
             return gateway
         if caller.digest:
             raise Forbidden(f"The key '{caller.name}' may not call admin routes.")
-        raise Unauthorized("Admin routes need an admin key; send 'Authorization: Bearer <key>'.")
+        raise Unauthorized("Incorrect API key provided (or none): admin routes need an admin "
+                           "key; send 'Authorization: Bearer <key>'.")  # fmt: skip
     client = request.scope.get("client")
     if not is_loopback(client[0] if client else None):
         raise Forbidden("Admin routes answer only loopback clients while auth.keys is empty; "
@@ -179,7 +184,8 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = request_id_of(request.scope)
-    reserve = estimate_tokens(len(body), fields.answer_limit(), fields.n)
+    context = gateway.registry.context(model.name)
+    reserve = estimate_tokens(len(body), fields.answer_limit(), fields.n, context)
     scheduler = gateway.scheduler
     running = scheduler.running(caller)
     # A replica first, if one is free: its concurrency slot then comes in the limits' one check.
@@ -270,7 +276,8 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     server.metrics_auth asks for a configured key (any: give the scraper one with no models)."""
     gateway = _state(request)
     if gateway.config.server.metrics_auth and not _caller(request)[1].digest:
-        raise Unauthorized("/metrics needs an API key (server.metrics_auth: true).")
+        raise Unauthorized("Incorrect API key provided (or none): /metrics needs an API key "
+                           "(server.metrics_auth: true).")  # fmt: skip
     registry: Metrics | None = request.app.state.metrics
     if registry is None:
         raise NotFoundException("Metrics are off (server.metrics: false).")
@@ -383,6 +390,18 @@ async def admin_restart(request: Request[Any, Any, Any], name: str, index: int) 
     return {"model": model.name, "restarted": replica.describe_name()}
 
 
+@post("/admin/keys/{name:str}/reset", status_code=200)
+async def admin_reset_key(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    """Refill a key's rpm and tpm buckets, on every gateway sharing its Redis: the remedy for a
+    key locked out (its in-flight requests and usage stay as they are)."""
+    gateway = _admin(request)
+    key = next((k for k in (*gateway.config.auth.keys, ANONYMOUS) if k.name == name), None)
+    if key is None:
+        raise NotFound(f"No key named '{clipped(name)}' in auth.keys.")
+    await gateway.limits.reset(key)
+    return {"key": key.name, "reset": True}
+
+
 def _configured(gateway: Gateway, name: str) -> ModelConfig:
     model = gateway.by_name.get(name)
     if model is None:
@@ -400,4 +419,4 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
 ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
           health, ready, metrics, admin_workers, admin_usage, admin_reload,
           admin_config, admin_gateways, admin_requests, admin_stats, admin_load, admin_unload,
-          admin_restart, status_page, status_page_file]  # fmt: skip
+          admin_restart, admin_reset_key, status_page, status_page_file]  # fmt: skip

@@ -2,10 +2,11 @@
 
 A bucket holds up to a minute's allowance and refills continuously (rpm/60 a second), so a key
 may burst its whole minute and then goes on at its rate; `x-ratelimit-reset-*` is the time
-until the bucket is full again. A request takes one request-token, and reserves its token
-estimate (the prompt's bytes / 4 plus max_tokens, or 256) from the tokens bucket as long as
-that bucket is not in debt; when it ends, the worker's real count replaces the estimate, so a
-burst overshoots by at most one estimate per request admitted while the bucket was positive.
+until the bucket is full again. A request takes one request-token, and reserves what it may use
+(`estimate_tokens`: the prompt's bytes / 4 plus max_tokens, or the model's context left) from
+the tokens bucket as long as that bucket is not in debt; when it ends, the worker's real count
+replaces the reservation (an error answer used nothing), so a key goes over its tpm by at most
+the one request admitted while its bucket was positive.
 
 The math is pure (`take`, `settle`, `Quota`); LocalLimits applies it in this process, and
 gateway/limits/redis_store.py applies the same math in Redis for several gateways.
@@ -46,13 +47,21 @@ __all__ = [
 DEFAULT_COMPLETION_ESTIMATE = 256  # tokens reserved for an answer when max_tokens is not given
 
 
-def estimate_tokens(body_bytes: int, max_tokens: int | None, choices: Any = 1) -> int:
+def estimate_tokens(body_bytes: int, max_tokens: int | None, choices: Any = 1,
+                    context: int | None = None) -> int:  # fmt: skip
     """What a request may use, before the worker counts it: a token is ~4 bytes of JSON, and
     each of its `choices` (n, when an integer; the worker refuses past MAX_CHOICES) an answer of
-    up to max_tokens."""
-    answer = DEFAULT_COMPLETION_ESTIMATE if max_tokens is None else max_tokens
+    up to max_tokens. With the model's `context` known (tokens a request may hold), never more
+    than it can produce: the prompt at most the context, an answer at most the context left,
+    and without max_tokens exactly that (what it may produce, settled to what it used)."""
     n = choices if isinstance(choices, int) and not isinstance(choices, bool) else 1
-    return body_bytes // 4 + answer * min(max(n, 1), MAX_CHOICES)
+    n = min(max(n, 1), MAX_CHOICES)
+    prompt = body_bytes // 4
+    if context is None:
+        return prompt + n * (DEFAULT_COMPLETION_ESTIMATE if max_tokens is None else max_tokens)
+    prompt = min(prompt, context)
+    left = context - prompt
+    return prompt + n * (left if max_tokens is None else min(max_tokens, left))
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,10 @@ class Limits(Protocol):
     async def usage(self) -> list[dict[str, Any]]:
         """Requests and tokens by day, key and model."""
 
+    async def reset(self, key: KeyConfig) -> None:
+        """Refill the key's request and token buckets (an admin's remedy for a locked key);
+        its requests in flight keep their concurrency slots, its usage stays counted."""
+
     async def close(self) -> None:
         """Let go of any connection."""
 
@@ -222,6 +235,27 @@ class LocalLimits:
         if key.tpm is not None and bucket is not None:
             self._tokens[key.name] = settle(bucket, self._clock(), key.tpm, ticket.reserved - used)
         count_usage(self._usage, ticket, usage)
+
+    async def reset(self, key: KeyConfig) -> None:
+        self._requests.pop(key.name, None)
+        self._tokens.pop(key.name, None)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def seed(self, key: KeyConfig, quota: Quota, stamp: float) -> None:
+        """Start the key's buckets where another store last had them (`quota`, at `stamp` on
+        this clock), unless they are here already: RedisLimits' fallback in an outage goes on
+        from the shared levels rather than from full buckets."""
+        if key.rpm is not None and key.name not in self._requests:
+            self._requests[key.name] = Bucket(quota.requests, stamp)
+        if key.tpm is not None and key.name not in self._tokens:
+            self._tokens[key.name] = Bucket(quota.tokens, stamp)
+
+    def forget(self) -> None:
+        """Drop every bucket (Redis is back: the next outage starts from its levels again)."""
+        self._requests.clear()
+        self._tokens.clear()
 
     async def usage(self) -> list[dict[str, Any]]:
         return [usage_row(day, key, model, *counts)

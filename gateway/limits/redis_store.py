@@ -11,7 +11,10 @@ here and written once a second (one hash a day): a gateway that dies loses at mo
 counts. Keys with no limits cost no round trip at all.
 
 Redis unreachable: `on_error: allow` checks the limits in this process meanwhile (and logs it
-once per outage), `deny` answers 503; each request after a second's pause tries Redis again.
+once per outage), each key's buckets starting where Redis last had them, so a spent key stays
+spent and refills at its rate (every gateway does so on its own: N gateways admit up to N times
+the rate during an outage); `deny` answers 503; each request after a second's pause tries Redis
+again. A Redis that comes back empty (restarted, nothing persisted) holds full buckets.
 """
 
 from __future__ import annotations
@@ -194,6 +197,9 @@ class RedisLimits:
         # it may reach Redis first (ZREM of a request's own member is safe to repeat)
         self._settling: dict[str, list[str]] = {}
         self._settler: asyncio.Task[None] | None = None
+        # Each limited key's levels at its latest check (and when, on the fallback's clock):
+        # where the fallback starts in an outage.
+        self._seen: dict[str, tuple[Quota, float]] = {}
 
     async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
                     running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
@@ -213,11 +219,14 @@ class RedisLimits:
             raise
         if answer is None:  # Redis unreachable, on_error: allow
             self._owe(key.name, owed)
+            if (seen := self._seen.get(key.name)) is not None:
+                self._fallback.seed(key, *seen)
             ticket = await self._fallback.admit(key, request_id, model, reserve, running)
             self._local.add(id(ticket))
             return ticket
         refused, wait, requests, tokens = (item.decode() for item in answer)
         quota = Quota(key.rpm, float(requests), key.tpm, float(tokens))
+        self._seen[key.name] = quota, self._fallback.now()
         if refused:
             raise refuse(key, _WHAT[refused](key), float(wait), quota)
         ticket = Ticket(key, request_id, model, reserve, quota)
@@ -308,6 +317,16 @@ class RedisLimits:
                 kept = self._usage.setdefault(entry, [0, 0, 0])
                 kept[:] = [a + b for a, b in zip(kept, counts, strict=True)]
 
+    async def reset(self, key: KeyConfig) -> None:
+        """Every gateway's buckets of the key: gone from Redis, full again (and this one's
+        fallback). Tokens its ended requests still owe back are dropped with them (the slots
+        they free are not)."""
+        if (owed := self._owed.get(key.name)) is not None:
+            owed.tokens = 0
+        await self._fallback.reset(key)
+        rpm, tpm, _ = _keys(key.name)
+        await self._call(lambda: self._redis.delete(rpm, tpm))
+
     async def usage(self) -> list[dict[str, Any]]:
         await self._flush()  # this gateway's latest counts first
         rows = await self._call(self._read_usage, quiet=True)
@@ -362,6 +381,7 @@ class RedisLimits:
                 if self._down_until:
                     log.warning("Redis is back: limits are shared again")
                     self._down_until = 0.0
+                    self._fallback.forget()
                 return result
         if self._config.on_error == "deny" and not quiet:
             raise Unavailable("The limits store (Redis) is unreachable; try again shortly.",

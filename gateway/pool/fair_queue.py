@@ -6,6 +6,10 @@ the smallest tag among the keys allowed to start one. So while a model's replica
 keys with requests waiting are served in proportion to their weights whatever their arrival
 rates; one key's requests stay first come, first served; and a key that was idle does not bank
 credit (its tags start from virtual now). A retry goes ahead of everything: it had its turn.
+
+Admission is fair too (`has_room`): a queue at its limit still takes a request of a key holding
+less than its weight's share of that limit among the keys waiting, up to twice the limit in
+all, so one key that floods the queue cannot shut the others out of it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class FairQueue(Generic[T]):
 
     def __init__(self) -> None:
         self._queues: dict[str, deque[tuple[float, T]]] = {}  # only keys with items
+        self._weights: dict[str, float] = {}  # each key's weight, as its latest push gave it
         self._last: dict[str, float] = {}  # each key's latest tag
         self._now = 0.0  # virtual time: the tag of the item served last
         self._size = 0
@@ -40,6 +45,7 @@ class FairQueue(Generic[T]):
     def push(self, key: str, weight: float, item: T, first: bool = False) -> int:
         """Queue `item` for `key`; return how many queued items are ahead of it now."""
         queue = self._queues.setdefault(key, deque())
+        self._weights[key] = weight
         self._size += 1
         if first:
             queue.appendleft((_RETRY, item))
@@ -48,6 +54,17 @@ class FairQueue(Generic[T]):
         self._last[key] = tag
         queue.append((tag, item))
         return sum(1 for q in self._queues.values() for earlier, _ in q if earlier <= tag) - 1
+
+    def has_room(self, key: str, weight: float, limit: int) -> bool:
+        """Whether a request of `key` may join a queue of at most `limit`: while it is shorter,
+        or, up to 2 x limit, while the key holds less than its share of `limit` by weight among
+        the keys waiting (alone, all of it)."""
+        if self._size < limit:
+            return True
+        if self._size >= 2 * limit:
+            return False
+        others = sum(self._weights[k] for k in self._queues if k != key)
+        return len(self._queues.get(key, ())) < limit * weight / (weight + others)
 
     def pop(self, eligible: Callable[[str], bool] = lambda _: True) -> tuple[str, T] | None:
         """The next item to serve and its key, of a key `eligible` admits; None if none."""

@@ -23,16 +23,32 @@ from workers.usage_report import USAGE_COMMENT, USAGE_HEADER, parse_usage
 from ..config.file import ServerConfig
 from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, error_body
 from ..observe.metrics import Marks, marks
+from .encoding import GZIP_AT_LEAST, GZIP_HEADERS, accepts_gzip, compressed
 from .scheduler import Lease
+from .usage import USAGE_CHUNK, take_usage_chunk, usage_in_body
 
 __all__ = [
-    "SSE_HEADERS", "ClientGone", "Proxy", "Relay", "renamed", "sse_events", "until_disconnect",
+    "SSE_HEADERS",
+    "USAGE_ASKED",
+    "USAGE_IN_ANSWER",
+    "USAGE_REPORTED",
+    "ClientGone",
+    "Proxy",
+    "Relay",
+    "renamed",
+    "sse_events",
+    "until_disconnect",
 ]  # fmt: skip
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.proxy")
 
 _DONE = b"data: [DONE]\n\n"
+# Where a replica says the tokens an answer used: our worker's header or SSE comment; OpenAI's
+# `usage` in the answer (a remote server, llama-server); or a usage chunk the gateway asked a
+# stream for, which the client did not (taken out of the stream).
+USAGE_REPORTED, USAGE_IN_ANSWER, USAGE_ASKED = 0, 1, 2
+_NOTHING_USED = Usage(0, 0)
 _ERROR_PREFIX = b'data: {"error"'
 _USAGE_EVENT = b"\n\n" + USAGE_COMMENT  # JSON in a data line holds no raw newline: unambiguous
 SSE_HEADERS = [
@@ -85,7 +101,9 @@ class Proxy:
                 f"The model worker sent nothing within {first_byte_timeout:g} s."
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailed(f"The model worker could not be reached: {exc}") from exc
+            # Its address and the library's words are for the log, not the client.
+            log.warning("request %s: %s could not be reached: %r", request_id, url, exc)
+            raise UpstreamFailed("The model worker could not be reached.") from exc
 
     def release_when_done(self, lease: Lease, request_id: str, timeout: float) -> None:
         """Release `lease` once its worker says the request has ended (at most `timeout` s).
@@ -166,14 +184,16 @@ class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
     __slots__ = ("_busy_timeout", "_headers", "_idle_timeout", "_lease", "_max_bytes", "_on_end",
-                 "_on_verdict", "_proxy", "_request_id", "_started", "_upstream")  # fmt: skip
+                 "_on_verdict", "_proxy", "_request_id", "_started", "_upstream",
+                 "_usage")  # fmt: skip
 
     def __init__(self, proxy: Proxy, upstream: aiohttp.ClientResponse, lease: Lease,
                  request_id: str, idle_timeout: float, busy_timeout: float,
                  headers: list[tuple[bytes, bytes]] | None = None,
                  on_end: Callable[[Usage | None], None] | None = None,
                  started: bool = False, max_bytes: int = ServerConfig.max_upstream_bytes,
-                 on_verdict: Callable[[bool], None] | None = None):  # fmt: skip
+                 on_verdict: Callable[[bool], None] | None = None,
+                 usage: int = USAGE_REPORTED):  # fmt: skip
         self._proxy = proxy
         self._upstream = upstream
         self._lease = lease
@@ -185,6 +205,7 @@ class Relay:
         self._started = started  # the client has its SSE headers (it waited in the queue)
         self._max_bytes = max_bytes  # the most a whole body, or one event, may hold
         self._on_verdict = on_verdict  # told whether the answer failed (for outlier ejection)
+        self._usage = usage  # where the tokens used are said: USAGE_REPORTED, _IN_ANSWER, _ASKED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         noted = marks(scope)
@@ -194,10 +215,10 @@ class Relay:
             elif self._started:
                 await self._relay_error_event(send, noted)
             else:
-                await self._relay_body(send, noted)
+                await self._relay_body(scope, send, noted)
         finally:
             if self._on_end is not None:
-                self._on_end(noted.usage)
+                self._on_end(self._used(noted))
             read_to_end = self._upstream.content.at_eof()
             self._upstream.close()
             if read_to_end:
@@ -206,18 +227,29 @@ class Relay:
                 self._proxy.release_when_done(self._lease, self._request_id.decode(),
                                               self._busy_timeout)  # fmt: skip
 
+    def _used(self, noted: Marks) -> Usage | None:
+        """The tokens the request used: as the worker reported them; none for an answer that
+        is an error (refused or failed before an answer: the client got nothing to pay for);
+        None (unknown) for an answer cut short."""
+        if noted.usage is None and self._upstream.status >= 400:
+            return _NOTHING_USED
+        return noted.usage
+
     async def _read_body(self, noted: Marks) -> tuple[int, bytes]:
         """The worker's whole answer and its status; an OpenAI error if it was not JSON."""
         try:
             async with asyncio.timeout(self._idle_timeout):
                 body = await _read_capped(self._upstream, self._max_bytes)
             noted.upstream_ended = time.perf_counter()
-            noted.usage = parse_usage(self._upstream.headers.get(USAGE_HEADER, ""))
+            noted.usage = (parse_usage(self._upstream.headers.get(USAGE_HEADER, ""))
+                           if self._usage == USAGE_REPORTED else usage_in_body(body))  # fmt: skip
             status = self._upstream.status
         except UpstreamTooLarge as exc:  # what was read goes: the connection is closed
             return exc.status, exc.body()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            failure = UpstreamFailed(f"The model worker failed while answering: {exc!r}")
+            log.warning("request %s: the upstream failed while answering: %r",
+                        self._request_id.decode(), exc)  # fmt: skip
+            failure = UpstreamFailed("The model worker failed while answering.")
             return failure.status, failure.body()
         if self._upstream.content_type != "application/json":
             # A body we label JSON is JSON: a worker's (or its HTTP library's) plain-text error
@@ -234,14 +266,14 @@ class Relay:
         noted.failed_status = status
         await send(_body(b"data: " + body + b"\n\n", more=False))
 
-    async def _relay_body(self, send: Send, noted: Marks) -> None:
+    async def _relay_body(self, scope: Scope, send: Send, noted: Marks) -> None:
         status, body = await self._read_body(noted)
         self._judge(failed=noted.upstream_ended is None)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *self._headers,
-        ]
+        headers = [(b"content-type", b"application/json"), *self._headers]
+        if len(body) >= GZIP_AT_LEAST and accepts_gzip(scope["headers"]):
+            body = await compressed(body)
+            headers += GZIP_HEADERS
+        headers.append((b"content-length", str(len(body)).encode()))
         await send(_start(status, headers))
         await send(_body(body, more=False))
 
@@ -261,10 +293,13 @@ class Relay:
         try:
             async for chunk in sse_events(self._upstream.content.iter_any(), self._max_bytes):
                 arrived = time.perf_counter()
-                if _USAGE_EVENT in chunk or chunk.startswith(USAGE_COMMENT):
-                    chunk = _take_usage(chunk, noted)
-                    if not chunk:
-                        continue
+                if self._usage == USAGE_REPORTED:
+                    if _USAGE_EVENT in chunk or chunk.startswith(USAGE_COMMENT):
+                        chunk = _take_usage(chunk, noted)
+                elif USAGE_CHUNK in chunk:  # a server of OpenAI's kind: its last chunk
+                    chunk, noted.usage = take_usage_chunk(chunk, self._usage == USAGE_ASKED)
+                if not chunk:
+                    continue
                 if previous:  # the time between two events: the inter-token latency
                     gaps.append(arrived - previous)
                 last, previous = chunk, arrived

@@ -134,7 +134,7 @@ class Scheduler:
             return lease
         queue = self._queues[model]
         if not first:
-            self._check_admission(model, queue)
+            self._check_admission(model, queue, key)
         waiter: Waiter = asyncio.get_running_loop().create_future()
         self._keys[key.name] = key
         if prefix:
@@ -191,14 +191,15 @@ class Scheduler:
         limit = key.max_concurrent
         return limit is None or self._running.get(key.name, 0) < limit
 
-    def check_admission(self, model: str) -> None:
-        """Raise what queueing a request for `model` now would: QueueFull or Unavailable."""
-        self._check_admission(model, self._queues[model])
+    def check_admission(self, model: str, key: KeyConfig) -> None:
+        """Raise what queueing a request of `key` for `model` now would: QueueFull or
+        Unavailable."""
+        self._check_admission(model, self._queues[model], key)
 
-    def _check_admission(self, model: str, queue: FairQueue[Waiter]) -> None:
+    def _check_admission(self, model: str, queue: FairQueue[Waiter], key: KeyConfig) -> None:
         if (unavailable := self._unavailable(model)) is not None:
             raise unavailable
-        if len(queue) >= self._policies[model].max_queue:
+        if not queue.has_room(key.name, key.weight, self._policies[model].max_queue):
             raise QueueFull(
                 f"Too many requests queued for model '{model}'; retry shortly.", retry_after=1
             )
@@ -209,8 +210,9 @@ class Scheduler:
         replicas = self._registry.replicas(model)
         if not replicas or not all(r.failing for r in replicas):
             return None
-        reasons = "; ".join(sorted({r.error or "unknown error" for r in replicas}))
-        return Unavailable(f"Model '{model}' is not available: {reasons}", retry_after=10,
+        # Why (a load error: paths, library messages) is for ops: the log and /admin/workers.
+        return Unavailable(f"Model '{model}' is not available: its replicas failed to start "
+                           "(the gateway's log and /admin/workers say why).", retry_after=10,
                            code="model_unavailable")  # fmt: skip
 
     def _abandon(self, queue: FairQueue[Waiter], waiter: Waiter) -> None:

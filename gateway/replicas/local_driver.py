@@ -112,6 +112,9 @@ class LocalDriver(Driver):
             error = await launch.until_ready(model.startup_timeout)
             self.prepare()  # the next spare, once this one's load no longer needs the CPU
             if error is None:
+                # Its status first: a replica enters rotation with its context known (a key's
+                # token reservation is capped by it).
+                await self._answers(replica)
                 self._registry.mark_ready(replica)  # the registry logs the change
                 await self._watch(replica, proc)
             else:
@@ -159,6 +162,8 @@ class LocalDriver(Driver):
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
         replica.engine = _engine_counters(body)
+        context = body.get("n_ctx") if isinstance(body, dict) else None
+        replica.n_ctx = context if isinstance(context, int) and context > 0 else None
         return True
 
 

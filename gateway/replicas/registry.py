@@ -41,6 +41,9 @@ class Replica:
     api: str = ""  # its OpenAI base URL: the root's /v1 for a worker; as configured for a remote
     upstream_model: str | None = None  # the model's name there, where it is not ours
     reports_ends: bool = True  # it serves /requests/ID/done (our workers do)
+    # It says the tokens an answer used our worker's way (a header, an SSE comment); else
+    # OpenAI's (`usage` in the answer; a stream's usage chunk, asked for: gateway/pool/usage.py).
+    reports_usage: bool = True
     pid: int | None = None
     port: int | None = None
     in_flight: int = 0
@@ -56,6 +59,7 @@ class Replica:
     # Its worker's engine counters at the last status check (workers.loop.engine_loop: decode
     # steps, sequences, decoded and generated tokens, decode seconds); empty for remote ones.
     engine: dict[str, float] = field(default_factory=dict)
+    n_ctx: int | None = None  # the context one request gets (its slot's), as its worker reports
     state_since: float = field(default_factory=time.time)  # when it entered its state
     last_used: float = field(default_factory=time.monotonic)  # a request began or ended; ready
     auth: str = field(default="", repr=False)  # the Authorization its worker requires
@@ -134,7 +138,8 @@ class Registry:
         auth = f"Bearer {upstream.api_key}" if upstream.api_key else ""
         replica = Replica(model, index, "remote", upstream.capacity, kind="remote",
                           url=upstream.root, api=upstream.url, auth=auth,
-                          upstream_model=upstream.upstream_model, reports_ends=False)  # fmt: skip
+                          upstream_model=upstream.upstream_model, reports_ends=False,
+                          reports_usage=False)  # fmt: skip
         self._by_model[model].append(replica)
         return replica
 
@@ -278,6 +283,11 @@ class Registry:
     def busy(self) -> bool:
         """Whether any replica has a request in flight."""
         return any(replica.in_flight for replica in self)
+
+    def context(self, model: str) -> int | None:
+        """The most tokens a request to `model` may hold, prompt and answer (its replicas'
+        largest reported context); None while none has reported one (remote servers never do)."""
+        return max((r.n_ctx for r in self._by_model.get(model, ()) if r.n_ctx), default=None)
 
     def model_status(self, model: str, on_demand: bool = False) -> dict[str, Any]:
         """Whether `model` serves now; one loaded on demand (no replica always running) is

@@ -41,6 +41,8 @@ def test_minimal_model_gets_documented_defaults(tmp_path: Path, gguf: Path) -> N
     config = parse(tmp_path, [model()])
     m = config.models[0]
     assert (m.replicas, m.max_queue, m.queue_timeout, m.engine) == (1, 64, 30.0, "llama")
+    # A stream nobody reads frees its slot within interactive patience, not a minute.
+    assert m.idle_timeout == 15.0
     assert m.path == gguf
     assert config.server.port == 8000
 
@@ -156,6 +158,16 @@ def test_a_yaml_error_names_the_line_but_never_echoes_the_file(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"not valid YAML: .* at line 4") as caught:
         load_config(tmp_path / "config.yaml")
     assert secret not in str(caught.value) and "sk-live" not in str(caught.value)
+
+
+@pytest.mark.parametrize("section", ["server", "llama"])
+def test_a_secret_pasted_as_a_key_is_never_echoed(tmp_path: Path, gguf: Path, section: str) -> None:
+    secret = "sk-live-0123456789abcdef"
+    where = {"server": {secret: 1}} if section == "server" else {}
+    models = [model(llama={secret: 1})] if section == "llama" else [model()]
+    with pytest.raises(ConfigError, match="unknown key") as caught:
+        parse(tmp_path, models, **where)
+    assert secret not in str(caught.value) and "a string of 24 characters" in str(caught.value)
 
 
 def test_a_bad_value_is_described_never_echoed(tmp_path: Path, gguf: Path) -> None:

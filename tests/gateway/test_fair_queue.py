@@ -82,3 +82,28 @@ def test_a_retry_goes_ahead_of_everything_and_positions_are_reported() -> None:
     assert [queue.pop(), queue.pop()] == [("b", "retry"), ("a", "a1")]
     assert queue.remove("a2") and not queue.remove("a2")
     assert queue.pop() == ("b", "b1") and queue.pop() is None and len(queue) == 0
+
+
+def test_a_key_alone_may_fill_the_queue_and_another_still_gets_its_share() -> None:
+    queue: FairQueue[int] = FairQueue()
+    for item in range(8):
+        assert queue.has_room("heavy", 1, 8)
+        queue.push("heavy", 1, item)
+    assert not queue.has_room("heavy", 1, 8)  # full, and holding all of it
+    for item in range(4):  # the light key's share among the two: half of 8
+        assert queue.has_room("light", 1, 8)
+        queue.push("light", 1, 100 + item)
+    assert not queue.has_room("light", 1, 8) and not queue.has_room("heavy", 1, 8)
+    assert queue.has_room("weighty", 3, 8)  # weight 3 of 5: a share of 4.8
+
+
+@given(WEIGHTS, st.lists(KEYS, max_size=200))
+def test_the_queue_never_grows_past_twice_its_limit(
+    weights: dict[str, int], arrivals: list[str]
+) -> None:
+    queue: FairQueue[int] = FairQueue()
+    for serial, key in enumerate(arrivals):
+        if queue.has_room(key, weights.get(key, 1), 6):
+            queue.push(key, weights.get(key, 1), serial)
+        assert len(queue) <= 12
+    assert not any(queue.has_room(k, 1, 0) for k in "abcd")  # max_queue 0: no queue at all

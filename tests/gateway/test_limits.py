@@ -58,6 +58,14 @@ def test_the_estimate_is_the_prompt_s_bytes_over_four_plus_the_answer_s_limit() 
     assert estimate_tokens(400, 50, "3") == estimate_tokens(400, 50, True) == 150  # not an n
 
 
+def test_with_the_context_known_a_reservation_is_what_the_model_can_produce() -> None:
+    assert estimate_tokens(400, 10**9, context=2048) == 2048  # not a billion: the context
+    assert estimate_tokens(400, None, context=2048) == 2048  # no max_tokens: the context left
+    assert estimate_tokens(400, 50, context=2048) == 150  # within it: as asked
+    assert estimate_tokens(4 << 20, 50, context=2048) == 2048  # a prompt over it: no answer
+    assert estimate_tokens(400, None, 2, context=2048) == 100 + 2 * 1948  # n answers, one prompt
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0

@@ -149,7 +149,7 @@ def fail_restart(registry: Registry, replica: Replica, error: str) -> None:
 async def test_a_model_whose_replicas_all_failed_is_unavailable_at_once() -> None:
     registry, scheduler = make()
     fail_restart(registry, registry.replicas("m")[0], "bad GGUF")
-    with pytest.raises(Unavailable, match="bad GGUF"):
+    with pytest.raises(Unavailable, match="failed to start"):
         await scheduler.acquire("m", KEY)
 
 
@@ -158,7 +158,7 @@ async def test_a_model_retrying_a_failed_start_is_unavailable_at_once() -> None:
     replica = registry.replicas("m")[0]
     fail_restart(registry, replica, "bad GGUF")
     registry.mark_starting(replica, pid=1, port=1)  # the next try, after its backoff
-    with pytest.raises(Unavailable, match="bad GGUF"):
+    with pytest.raises(Unavailable, match="failed to start"):
         await asyncio.wait_for(scheduler.acquire("m", KEY), 1)
 
 
@@ -181,7 +181,7 @@ async def test_queued_requests_fail_at_once_when_the_last_replica_fails_to_start
     waiting = asyncio.create_task(scheduler.acquire("m", KEY))
     await asyncio.sleep(0)
     registry.mark_exited(replica, "out of memory", "exit code 3")
-    with pytest.raises(Unavailable, match="out of memory"):
+    with pytest.raises(Unavailable, match="failed to start"):
         await asyncio.wait_for(waiting, 1)
 
 

@@ -287,8 +287,9 @@ def test_a_normal_request_with_a_1_mb_body_in_one_write_is_served(
 def test_past_max_connections_new_ones_get_503_and_health_answers_once_others_close(
     gateway: GatewayProcess,
 ) -> None:
-    held = [connect(gateway) for _ in range(MAX_CONNECTIONS + 4)]
+    held: list[socket.socket] = []
     try:
+        held.extend(connect(gateway) for _ in range(MAX_CONNECTIONS + 4))
         # Well within header_timeout, after which the accepted ones would be closed too.
         assert wait_until(lambda: len(select.select(held, [], [], 0)[0]) >= 4, 1.0)
         time.sleep(0.1)
@@ -351,9 +352,13 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
 def connect_from(gateway: GatewayProcess, address: str) -> socket.socket:
     """A connection from `address` (all of 127.0.0.0/8 is this machine's: one client each)."""
     sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((address, 0))
-    sock.connect(("127.0.0.1", gateway.port))
+    try:
+        sock.settimeout(10)
+        sock.bind((address, 0))
+        sock.connect(("127.0.0.1", gateway.port))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -371,8 +376,9 @@ def held_connections(
     gateway: GatewayProcess, addresses: list[str]
 ) -> Iterator[list[socket.socket]]:
     """Silent connections, one from each of `addresses`, in order."""
-    held = [connect_from(gateway, address) for address in addresses]
+    held: list[socket.socket] = []
     try:
+        held.extend(connect_from(gateway, address) for address in addresses)
         yield held
     finally:
         for sock in held:

@@ -406,3 +406,21 @@ def test_an_http_1_0_client_gets_a_clear_400_for_a_stream_and_a_whole_answer_oth
     assert b"chunked" not in streamed.lower()
     whole = over_http_1_0(False)
     assert whole.startswith(b"HTTP/1.1 200") and b"content-length" in whole.lower()
+
+
+def test_a_large_json_answer_is_gzipped_when_asked_and_a_stream_never(
+    client: httpx.Client,
+) -> None:
+    body = {"model": "fast", "input": [f"text {i}" for i in range(64)]}
+    plain = client.post("/v1/embeddings", json=body, headers={"Accept-Encoding": "identity"})
+    packed = client.post("/v1/embeddings", json=body, headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip" and packed.json() == plain.json()
+    assert int(packed.headers["content-length"]) < len(plain.content) / 2
+    assert_valid("CreateEmbeddingResponse", packed.json())
+    small = client.post("/v1/chat/completions", json={"model": "fast", **CHAT},
+                        headers={"Accept-Encoding": "gzip"})  # fmt: skip
+    assert small.status_code == 200 and "content-encoding" not in small.headers  # not worth it
+    streamed = client.post("/v1/chat/completions", headers={"Accept-Encoding": "gzip"},
+                           json={"model": "fast", **CHAT, "stream": True})  # fmt: skip
+    assert streamed.status_code == 200 and "content-encoding" not in streamed.headers

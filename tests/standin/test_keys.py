@@ -82,12 +82,31 @@ def test_the_official_client_works_with_a_key_and_azure_s_header_too(
                                               ("GET", "/admin/stats"),
                                               ("POST", "/admin/models/x/unload"),
                                               ("POST", "/admin/workers/x/0/restart"),
+                                              ("POST", "/admin/keys/team-b/reset"),
                                               ("POST", "/admin/reload")])  # fmt: skip
 def test_admin_routes_need_an_admin_key(gateway: GatewayProcess, method: str, path: str) -> None:
     assert_error(httpx.request(method, gateway.url + path), 401, "invalid_api_key")
     with as_key(gateway, TEAM_B) as client:
         error = assert_error(client.request(method, path), 403, "forbidden")
         assert "team-b" in error["message"] and TEAM_B not in error["message"]
+
+
+def test_a_401_says_it_in_openai_s_words(gateway: GatewayProcess) -> None:
+    # LiteLLM's client tells an AuthenticationError by this opening (else a BadRequestError).
+    for headers in ({}, {"Authorization": "Bearer sk-" + "w" * 24}):
+        for path in ("/v1/models", "/admin/workers"):
+            error = assert_error(httpx.get(gateway.url + path, headers=headers), 401)
+            assert error["message"].startswith("Incorrect API key provided"), error
+
+
+def test_head_answers_as_get_without_a_body(gateway: GatewayProcess) -> None:
+    for path, key in (("/health", None), ("/ready", None), ("/ui", None), ("/v1/models", TEAM_B)):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        got = httpx.get(gateway.url + path, headers=headers)
+        head = httpx.head(gateway.url + path, headers=headers)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == str(len(got.content))
 
 
 def test_probes_and_metrics_need_no_key(gateway: GatewayProcess) -> None:

@@ -591,6 +591,10 @@ def test_responses_answer_a_forced_tool_call_streamed_and_not(worker: WorkerProc
 @pytest.mark.parametrize(
     ("body", "param"),
     [({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+     ({"input": "hi", "conversation": "conv_1"}, "conversation"),
+     ({"input": "hi", "conversation": {"id": "conv_1"}}, "conversation"),
+     ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
+     ({"input": "hi", "background": True}, "background"),
      ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
      ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
      ({"input": ""}, "input"),
