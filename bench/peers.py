@@ -101,6 +101,6 @@ def start_llama_server(
             str((n_ctx or N_CTX) * slots),
             "-t", str(threads), "-tb", str(threads), "--no-webui"]  # fmt: skip
     # Its libraries lie beside it (bench/setup_llama_server_same.sh copies them there).
-    proc = start(name, argv, port, None, env={"LD_LIBRARY_PATH": str(binary.parent)})
+    proc = start(name, argv, port, None, env={"LD_LIBRARY_PATH": str(binary.resolve().parent)})
     wait_http(proc, "/health", 120)
     return proc

@@ -34,6 +34,7 @@ OURS, PEER, PEER_BEHIND = (
     "(c') llama-server -np N, via gateway",
 )
 SAME = "(c0) llama-server -np N, our llama.cpp, direct"
+ENGINE = "(d) engine: llama-server, 1 x capacity N, via gateway"
 ALONE, RAW = "(e) our engine alone, in-process", "(r) llama_decode alone, no HTTP"
 
 
@@ -67,13 +68,15 @@ def _combined(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _model(model: tuple[str, Path], slots: int, upstream: str | None = None) -> dict[str, Any]:
+def _model(model: tuple[str, Path], slots: int, upstream: str | None = None,
+           engine: str = "llama") -> dict[str, Any]:  # fmt: skip
     name, path = model
     entry: dict[str, Any] = {"name": name, "max_queue": 1000, "queue_timeout": 300}
     if upstream is not None:
         return {**entry, "upstreams": [{"url": upstream, "capacity": slots}]}
     llama = {"n_ctx": N_CTX, "n_threads": THREADS, "n_threads_batch": THREADS}
-    return {**entry, "path": str(path), "replicas": 1, "capacity": slots, "llama": llama}
+    return {**entry, "path": str(path), "replicas": 1, "capacity": slots, "llama": llama,
+            "engine": engine}  # fmt: skip
 
 
 def _targets(model: tuple[str, Path], slots: int) -> dict[str, Callable[[], Proc]]:
@@ -97,7 +100,11 @@ def _targets(model: tuple[str, Path], slots: int) -> dict[str, Callable[[], Proc
         upstream = _model(model, slots, peer[0].url + "/v1")
         return start_gateway(f"engine-peer-{name}-{slots}", [upstream], None)
 
-    return {**targets, PEER: server, PEER_BEHIND: behind}
+    def supervised() -> Proc:  # the gateway starts llama-server itself (`engine: llama-server`)
+        entry = _model(model, slots, engine="llama-server")
+        return start_gateway(f"engine-llama-server-{name}-{slots}", [entry], None)
+
+    return {**targets, PEER: server, PEER_BEHIND: behind, ENGINE: supervised}
 
 
 def _enter(stack: contextlib.ExitStack, proc: Proc) -> Proc:
@@ -183,12 +190,13 @@ def _ggml_version(folder: Path) -> str:
 
 
 def _ratio_goal(res: Result, model: str, clients: int, column: str, target: float,
-                most: bool = False) -> None:  # fmt: skip
-    ours, peer = (_figure(res, model, t, clients, column) for t in (OURS, PEER))
-    ratio = ours / peer
+                most: bool = False, ours: str = OURS) -> None:  # fmt: skip
+    mine, peer = (_figure(res, model, t, clients, column) for t in (ours, PEER))
+    ratio = mine / peer
     wanted = f"<= {target}x" if most else f">= {target}x"
     met = ratio <= target if most else ratio >= target
-    res.goal(f"{model}, {clients} clients: {column} {wanted} llama-server direct",
+    which = "" if ours == OURS else "engine: llama-server: "
+    res.goal(f"{model}, {clients} clients: {which}{column} {wanted} llama-server direct",
              f"{ratio:.2f}x", met if ratio == ratio else None)  # fmt: skip
 
 
@@ -205,6 +213,8 @@ def _verdict(res: Result) -> None:
         _same_version_note(res, model)
         for clients in CLIENTS:
             _ratio_goal(res, model, clients, "tokens/s", 0.9)
+        for clients in (8, 32):
+            _ratio_goal(res, model, clients, "tokens/s", 0.93, ours=ENGINE)
         _ratio_goal(res, model, 8, "ttft p50 ms", 1.2, most=True)
         errors = sum(int(r["errors"]) for r in res.rows if r["model"] == model)
         res.goal(f"{model}: no errors at any client count", str(errors), errors == 0)
@@ -223,6 +233,6 @@ def _verdict(res: Result) -> None:
         f"N slots of {N_CTX} tokens, {THREADS} threads, flash attention auto. (e) and (r) run "
         "the same work in-process: (e) our engine loop through each slot's completion path, "
         "(r) llama_decode and an argmax alone (bench/raw_decode.py). llama-server's llama.cpp "
-        f"links ggml {_ggml_version(LLAMA_SERVER_BIN.parent)}, llama-cpp-python's "
+        f"links ggml {_ggml_version(LLAMA_SERVER_BIN.resolve().parent)}, llama-cpp-python's "
         f"{_ggml_version(Path(llama_cpp.__file__).parent / 'lib')}."
     )
