@@ -1,6 +1,6 @@
 """Our engine loop in-process, on bench/raw_decode.py's workload: no HTTP, no gateway.
 
-N slots of one model copy (workers.loop.model, as a worker loads it), each driven by its own
+N slots of one model copy (workers.engines.loop.model, as a worker loads it), each driven by its own
 client thread through the slot's completion path (tokenizing, the sampler chain, text): a
 story prompt, then MAX_TOKENS tokens at temperature 0 with end tokens banned, back to back.
 Prints one JSON line: tokens/s (generated in the window after a warm-up, as the loop counts
@@ -15,8 +15,8 @@ import json
 import threading
 import time
 
-from workers.engine import CancelToken
-from workers.params import CompletionParams
+from workers.api.params import CompletionParams
+from workers.engines.base import CancelToken
 
 from .llm_client import story
 from .raw_decode import workload_parser
@@ -28,7 +28,7 @@ WARMUP_SECONDS = 2.0
 
 def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads: int,
             n_ctx: int, **llama: object) -> dict[str, float]:  # fmt: skip
-    from workers.loop.model import LoopLlamaModel
+    from workers.engines.loop.model import LoopLlamaModel
 
     options = {"n_ctx": n_ctx, "n_threads": threads, **llama}
     model = LoopLlamaModel(path, options, sequences)

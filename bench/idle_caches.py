@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from workers.loop.model import LoopLlamaModel
+from workers.engines.loop.model import LoopLlamaModel
 
 __all__ = ["main"]
 

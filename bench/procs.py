@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from workers.server import SECRET_ENV
+from workers.wire import SECRET_ENV
 
 __all__ = [
     "COMMANDS",

@@ -19,7 +19,7 @@ import httpx
 import jsonschema
 import yaml
 
-from workers.server import SECRET_ENV
+from workers.wire import SECRET_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "tests" / "data" / "openai-schemas.json"  # OpenAI's published schemas

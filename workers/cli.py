@@ -12,12 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.embedding_policy import EmbeddingPolicy
-from workers.engine import Model
+from workers.api.embedding_policy import EmbeddingPolicy
+from workers.engines.base import Model
+from workers.engines.standin import StandinEngine, StandinOptions
 from workers.lifeline import tie_to_parent
 from workers.logs import log, set_log_name
-from workers.server import SECRET_ENV, Worker, build_app
-from workers.standin import StandinEngine, StandinOptions
+from workers.server import Worker, build_app
+from workers.wire import SECRET_ENV
 
 __all__ = ["EXIT_LOAD_FAILED", "build_parser", "main"]
 
@@ -94,10 +95,10 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Model:
     if not args.model_path:
         parser.error("--model-path is required with --engine llama")
     if args.llama_json.get("embedding"):  # a plain Llama: the engine loop generates
-        from workers.llama_engine import LlamaEngine
+        from workers.engines.llama import LlamaEngine
 
         return LlamaEngine(args.model_path, args.llama_json)
-    from workers.loop.model import LoopLlamaModel  # its slots batched over one copy
+    from workers.engines.loop.model import LoopLlamaModel  # its slots batched over one copy
 
     return LoopLlamaModel(args.model_path, args.llama_json, args.concurrency)
 

@@ -3,7 +3,7 @@
 `gguf.GGUFReader` builds an object for every entry of every array (262,144 tokenizer strings
 for Gemma 3) and takes seconds per file; this reads the scalars and skips through arrays. The
 gateway estimates a replica's memory from it (gateway/replicas/footprint.py), the worker the
-longest token of the vocabulary (workers/llama_engine.py).
+longest token of the vocabulary (workers/engines/llama.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
-from workers.engine import CancelToken
+from workers.engines.base import CancelToken
 
 __all__ = ["EngineThread", "Runner", "SlotStream", "ThreadStream"]
 
@@ -27,7 +27,7 @@ _Job = tuple[Callable[[], Any], Callable[[BaseException | None, Any], None]]
 
 class SlotStream(Protocol[T]):
     """A generation's items, consumed on the event loop: `ThreadStream` or
-    `workers.loop.green.GreenStream`."""
+    `workers.engines.loop.green.GreenStream`."""
 
     def __aiter__(self) -> SlotStream[T]: ...
 
@@ -38,7 +38,7 @@ class SlotStream(Protocol[T]):
 
 class Runner(Protocol):
     """Where a slot's engine calls run: `EngineThread` (a thread of its own) or
-    `workers.loop.green.GreenRunner` (on the event loop, for engines that wait there)."""
+    `workers.engines.loop.green.GreenRunner` (on the event loop, for engines that wait there)."""
 
     async def call(self, fn: Callable[[], T], cancel: CancelToken | None = None) -> T: ...
 

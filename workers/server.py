@@ -15,33 +15,18 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.embedding_policy import EmbeddingPolicy
-from workers.engine import (
-    CancelToken,
-    ContextLengthExceeded,
-    EmbeddingResult,
-    EmbeddingsDisabled,
-    Engine,
-    Model,
-    RawChunk,
-    StreamItem,
-    Usage,
-)
-from workers.errors import ApiError, error_body, invalid_request
-from workers.logs import log
-from workers.loop.green import GreenRunner
-from workers.params import (
+from workers.api.embedding_policy import EmbeddingPolicy
+from workers.api.params import (
     ChatParams,
     CompletionParams,
     parse_chat,
     parse_completion,
     parse_embedding,
 )
-from workers.responses import ResponseStream, answer_output, chat_answer, response_body
-from workers.responses import sse as response_sse
-from workers.responses_request import parse_response_request
-from workers.runner import EngineThread, Runner, SlotStream
-from workers.shaping import (
+from workers.api.responses import ResponseStream, answer_output, chat_answer, response_body
+from workers.api.responses import sse as response_sse
+from workers.api.responses_request import parse_response_request
+from workers.api.shaping import (
     SSE_DONE,
     ChatStreamShaper,
     new_id,
@@ -52,16 +37,32 @@ from workers.shaping import (
     sse_event,
     usage_chunk,
 )
-from workers.slot_choice import input_text, pick_slot
+from workers.engines.base import (
+    CancelToken,
+    ContextLengthExceeded,
+    EmbeddingsDisabled,
+    Engine,
+    Model,
+)
+from workers.engines.loop.green import GreenRunner
+from workers.engines.slot_choice import input_text, pick_slot
+from workers.errors import ApiError, error_body, invalid_request
+from workers.logs import log
+from workers.runner import EngineThread, Runner, SlotStream
 from workers.status import RequestRecord, WorkerStatus
-from workers.usage_report import USAGE_HEADER, usage_comment, usage_header
+from workers.wire import (
+    USAGE_HEADER,
+    EmbeddingResult,
+    RawChunk,
+    StreamItem,
+    Usage,
+    usage_comment,
+    usage_header,
+)
 
-__all__ = ["SECRET_ENV", "WORKER_KEY", "Worker", "build_app"]
+__all__ = ["WORKER_KEY", "Worker", "build_app"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-# The gateway hands each worker a random secret here at spawn (environment, not argv: argv is
-# world-readable in ps); a worker started with one serves only requests that carry it.
-SECRET_ENV = "LLM_GATEWAY_WORKER_SECRET"
 _CONTEXT_PARAM = {
     "/v1/chat/completions": "messages",
     "/v1/completions": "prompt",
@@ -114,7 +115,7 @@ class Worker:
     ) -> AsyncIterator[tuple[RequestRecord, Runner, Engine]]:
         """A slot, its engine thread and its engine for one request, recorded in /status.
         `given` is the request's input: the slot whose last input began the same way is
-        preferred, its KV cache holding that beginning (workers.slot_choice)."""
+        preferred, its KV cache holding that beginning (workers.engines.slot_choice)."""
         async with self.status.generation(request_id, endpoint) as record:
             # One slot has nothing to choose: its input is not even written out.
             text = input_text(given) if self.status.capacity > 1 else ""
@@ -423,7 +424,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    """The Responses API on the chat path (workers.responses)."""
+    """The Responses API on the chat path (workers.api.responses)."""
     worker = request.app[WORKER_KEY]
     params, meta = parse_response_request(await _json_body(request), worker.model)
     worker.require_ready()
@@ -463,7 +464,7 @@ async def _write_response_events(
 
 
 def _answer(body: dict[str, Any]) -> web.Response:
-    """A whole answer, its usage repeated in a header for the gateway (workers.usage_report)."""
+    """A whole answer, its usage repeated in a header for the gateway (workers.wire)."""
     usage = body["usage"]
     return _with_usage(body, Usage(usage["prompt_tokens"], usage.get("completion_tokens", 0)))
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workers.engine import EngineInfo, GenerationCancelled
+from workers.engines.base import EngineInfo, GenerationCancelled
 from workers.logs import log
 
 __all__ = ["RECENT_LIMIT", "RequestRecord", "WorkerStatus"]

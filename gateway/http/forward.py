@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from workers.engine import Usage
+from workers.wire import Usage
 
 from ..config.file import ModelConfig
 from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout, error_body

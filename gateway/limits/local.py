@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from workers.engine import Usage
-from workers.params import MAX_CHOICES
+from workers.wire import MAX_CHOICES, Usage
 
 from ..config.file import KeyConfig
 from ..errors import RateLimited

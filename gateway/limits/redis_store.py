@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from workers.engine import Usage
+from workers.wire import Usage
 
 from ..config.file import KeyConfig, RedisConfig
 from ..errors import Unavailable

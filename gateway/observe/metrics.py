@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from workers.engine import Usage
+from workers.wire import Usage
 
 from ..errors import GatewayError
 from ..replicas.lifecycle import ReplicaState

@@ -17,8 +17,7 @@ import aiohttp
 import msgspec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from workers.engine import Usage
-from workers.usage_report import USAGE_COMMENT, USAGE_HEADER, parse_usage
+from workers.wire import USAGE_COMMENT, USAGE_HEADER, Usage, parse_usage
 
 from ..config.file import ServerConfig
 from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, error_body
@@ -387,7 +386,7 @@ def _last_event_is_error(events: bytes) -> bool:
 
 
 def _take_usage(events: bytes, noted: Marks) -> bytes:
-    """Note the worker's usage comment (workers/usage_report.py); return the other events."""
+    """Note the worker's usage comment (workers/wire.py); return the other events."""
     start = 0 if events.startswith(USAGE_COMMENT) else events.index(_USAGE_EVENT) + 2
     end = events.index(b"\n\n", start) + 2
     noted.usage = parse_usage(events[start + len(USAGE_COMMENT) : end])

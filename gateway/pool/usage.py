@@ -1,6 +1,6 @@
 """The tokens an answer used, from a server that is not our worker (a remote upstream, llama.cpp's
 llama-server): OpenAI's own `usage` object, where our worker reports it in a header or an SSE
-comment (workers/usage_report.py).
+comment (workers/wire.py).
 
 A non-streamed answer carries `usage` in its body. A stream carries it only when asked
 (`stream_options.include_usage`): a stream request to such a server asks for it when its client
@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from workers.engine import Usage
+from workers.wire import Usage
 
 __all__ = ["USAGE_CHUNK", "ask_for_usage", "take_usage_chunk", "usage_in_body"]
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.server import SECRET_ENV
+from workers.wire import SECRET_ENV
 
 from ..config.file import ModelConfig
 

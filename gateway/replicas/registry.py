@@ -56,8 +56,9 @@ class Replica:
     errors_in_a_row: int = 0  # answers that failed (5xx, timeout, unreachable) since one did not
     ejections: int = 0  # times it was ejected for them (gateway/replicas/outliers.py)
     ejected_until: float | None = None  # time.time() its ejection ends, while it is ejected
-    # Its worker's engine counters at the last status check (workers.loop.engine_loop: decode
-    # steps, sequences, decoded and generated tokens, decode seconds); empty for remote ones.
+    # Its worker's engine counters at the last status check (workers.engines.loop.engine_loop:
+    # decode steps, sequences, decoded and generated tokens, decode seconds); empty for remote
+    # ones.
     engine: dict[str, float] = field(default_factory=dict)
     n_ctx: int | None = None  # the context one request gets (its slot's), as its worker reports
     state_since: float = field(default_factory=time.time)  # when it entered its state

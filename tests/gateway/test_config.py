@@ -19,7 +19,7 @@ from gateway.config.file import (
     load_config,
     parse_config,
 )
-from workers.standin import StandinOptions
+from workers.engines.standin import StandinOptions
 
 
 @pytest.fixture

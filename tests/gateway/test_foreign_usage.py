@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway.pool.usage import ask_for_usage, take_usage_chunk, usage_in_body
-from workers.engine import Usage
+from workers.wire import Usage
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
 DELTA = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'

@@ -15,7 +15,7 @@ from gateway.limits.local import (
     settle,
     take,
 )
-from workers.engine import Usage
+from workers.wire import Usage
 
 
 def test_a_new_bucket_holds_a_minute_and_refills_at_the_rate() -> None:

@@ -19,7 +19,7 @@ from gateway.pool.proxy import Proxy, Relay, sse_events
 from gateway.pool.scheduler import QueuePolicy, Scheduler
 from gateway.replicas.registry import Registry
 from tests.support import sse_data
-from workers.engine import Usage
+from workers.wire import Usage
 
 _CHUNK = b'data: {"choices":[{"delta":{"content":"a: usage 1 2"}}]}\n\n'
 # A worker's stream with its usage comment, written in these pieces.

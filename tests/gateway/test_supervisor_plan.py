@@ -16,7 +16,7 @@ from gateway.replicas.launch import (
     worker_secret,
 )
 from gateway.replicas.local_driver import restart_delay
-from workers.server import SECRET_ENV
+from workers.wire import SECRET_ENV
 
 
 def model(**kw: object) -> ModelConfig:

@@ -32,7 +32,7 @@ from tests.support import (
     standin,
     wait_until,
 )
-from workers.server import SECRET_ENV
+from workers.wire import SECRET_ENV
 
 NODE_KEY = "node-key-0123456789abcdef"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.chatml_tools import prepare_messages
+from workers.api.chatml_tools import prepare_messages
 
 USER = {"role": "user", "content": "weather?"}
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from workers.embedding_policy import EmbeddingPolicy
+from workers.api.embedding_policy import EmbeddingPolicy
 from workers.errors import ApiError
 
 VECTORS = [[3.0, 4.0, 12.0], [1.0, 0.0, 0.0]]

@@ -358,7 +358,7 @@ def test_bad_gguf_fails_and_exits_3(tmp_path: Path) -> None:
 
 # A 135M model's greedy choice hangs on the exact prompt: this one makes it call the tool.
 # (chatml-function-calling's template HTML-escapes contents, "What's" -> "What&#39;s"; contents
-# now reach the model verbatim, see workers.literal_text.)
+# now reach the model verbatim, see workers.api.literal_text.)
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOLS = [
     {
@@ -456,7 +456,7 @@ def test_auto_tool_choice_can_call(smol_tools: WorkerProcess) -> None:
 
 
 def test_auto_tool_choice_message_is_not_empty(smol_tools: WorkerProcess) -> None:
-    # llama's own "auto" message path always answers "" (see workers.chatml_tools).
+    # llama's own "auto" message path always answers "" (see workers.api.chatml_tools).
     body = {"messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS,
             "temperature": 0, "max_tokens": 8}  # fmt: skip
     answer = smol_tools.client.post("/v1/chat/completions", json=body).json()

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from workers.engine import CancelToken, GenerationCancelled
-from workers.loop.green import GreenRunner, Inbox, in_green, wait
+from workers.engines.base import CancelToken, GenerationCancelled
+from workers.engines.loop.green import GreenRunner, Inbox, in_green, wait
 
 
 def later(value: int, seconds: float = 0.01) -> asyncio.Future[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.loop.plan import plan_step
+from workers.engines.loop.plan import plan_step
 
 
 def test_generating_slots_go_first_and_prompts_fill_the_rest_in_arrival_order() -> None:

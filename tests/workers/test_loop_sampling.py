@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.loop.sampling import SamplingSpec
+from workers.engines.loop.sampling import SamplingSpec
 
 
 def spec(**options: object) -> SamplingSpec:

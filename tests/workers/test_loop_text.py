@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.logprobs import token_bytes
-from workers.loop.text import TextStream, held_prefix_length, token_text
+from workers.api.logprobs import token_bytes
+from workers.engines.loop.text import TextStream, held_prefix_length, token_text
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> list[str]:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workers.api.params import parse_chat, parse_completion, parse_embedding
 from workers.errors import ApiError
-from workers.params import parse_chat, parse_completion, parse_embedding
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -130,7 +130,7 @@ def test_required_with_one_tool_names_it() -> None:
 
 def test_required_with_several_tools_is_left_to_the_engine() -> None:
     body = {"messages": USER, "tools": [tool("f"), tool("g")], "tool_choice": "required"}
-    assert parse_chat(body).options["tool_choice"] == "required"  # workers.required_call
+    assert parse_chat(body).options["tool_choice"] == "required"  # workers.api.required_call
     assert rejected(parse_chat, {"messages": USER, "tool_choice": "required"}).param == (
         "tool_choice")  # fmt: skip
 

@@ -9,10 +9,10 @@ import pytest
 
 from tests.support import assert_valid
 from tests.workers.llama_shapes import CALL, raw_chat_chunk, raw_tool_chat, raw_tool_delta
-from workers.engine import Usage
+from workers.api.responses import ResponseStream, answer_output, chat_answer, response_body
+from workers.api.responses_request import ResponseMeta, parse_response_request
 from workers.errors import ApiError
-from workers.responses import ResponseStream, answer_output, chat_answer, response_body
-from workers.responses_request import ResponseMeta, parse_response_request
+from workers.wire import Usage
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",

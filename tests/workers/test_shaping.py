@@ -20,8 +20,7 @@ from tests.workers.llama_shapes import (
     raw_tool_delta,
 )
 from tests.workers.support import assert_valid_completion_chunk
-from workers.engine import EmbeddingResult, Usage
-from workers.shaping import (
+from workers.api.shaping import (
     ChatStreamShaper,
     shape_chat,
     shape_chat_chunk,
@@ -31,7 +30,8 @@ from workers.shaping import (
     sse_event,
     usage_chunk,
 )
-from workers.tools import tool_call_chunks
+from workers.api.tools import tool_call_chunks
+from workers.wire import EmbeddingResult, Usage
 
 
 def test_raw_chat_fails_the_official_schema() -> None:

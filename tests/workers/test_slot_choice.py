@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.slot_choice import pick_slot, shared_length
+from workers.engines.slot_choice import pick_slot, shared_length
 
 
 def test_the_slot_that_last_saw_the_same_conversation_is_chosen() -> None:

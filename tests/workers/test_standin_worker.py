@@ -135,7 +135,7 @@ def test_chat_stream_include_usage_ends_with_usage_chunk(worker: WorkerProcess) 
 
 
 def test_usage_is_reported_to_the_gateway_out_of_band(worker: WorkerProcess) -> None:
-    """A header on a whole answer, a comment before a stream's [DONE] (workers.usage_report)."""
+    """A header on a whole answer, a comment before a stream's [DONE] (workers.wire)."""
     answer = worker.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 3})
     assert answer.headers["X-Usage-Tokens"] == f"{answer.json()['usage']['prompt_tokens']} 3"
     body = {"prompt": ["a", "b"], "max_tokens": 2, "stream": True}

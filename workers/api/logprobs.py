@@ -80,7 +80,7 @@ def _number(value: Any) -> float:
 
 def token_bytes(token: str) -> list[int]:
     """A token's bytes: its text's, or those its `bytes:\\xNN...` name spells (a token that is
-    part of a character, named so by workers.loop.text.token_text as OpenAI names them)."""
+    part of a character, named so by workers.engines.loop.text.token_text as OpenAI names them)."""
     if token.startswith(_BYTES) and _ESCAPED.fullmatch(token, len(_BYTES)):
         return list(bytes.fromhex(token[len(_BYTES) :].replace("\\x", "")))
     return list(token.encode())

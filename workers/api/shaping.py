@@ -3,7 +3,7 @@
 Raw output misses fields the official schemas require (`refusal`, a usage chunk for
 `include_usage`) and names the model by its file path; the worker always answers with its
 configured model name and its own ids, so the gateway can relay bytes untouched. Logprobs
-and tool calls have their own modules (`workers.logprobs`, `workers.tools`).
+and tool calls have their own modules (`workers.api.logprobs`, `workers.api.tools`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import struct
 import uuid
 from typing import Any
 
-from workers.engine import EmbeddingResult, RawChunk, Usage
-from workers.logprobs import chat_logprobs, completion_logprobs
-from workers.tools import ToolCallDeltas, message_tool_fields
+from workers.api.logprobs import chat_logprobs, completion_logprobs
+from workers.api.tools import ToolCallDeltas, message_tool_fields
+from workers.wire import EmbeddingResult, RawChunk, Usage
 
 __all__ = [
     "SSE_DONE",

@@ -1,7 +1,7 @@
 """The engine protocol: what the HTTP server needs from a model, llama or stand-in.
 
 Every method blocks and is called on the worker's single engine thread. Engines return
-llama-cpp-python's raw shapes (its gaps included); `workers.shaping` makes them OpenAI-valid,
+llama-cpp-python's raw shapes (its gaps included); `workers.api.shaping` makes them OpenAI-valid,
 so both engines go through exactly the same shaping.
 """
 
@@ -12,22 +12,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from workers.api.params import ChatParams, CompletionParams, Prompt
 from workers.errors import invalid_request
-from workers.params import ChatParams, CompletionParams, Prompt
+from workers.wire import EmbeddingResult, RawChunk, StreamItem
 
 __all__ = [
     "MAX_EMBEDDING_TOKENS",
     "CancelToken",
     "ContextLengthExceeded",
-    "EmbeddingResult",
     "EmbeddingsDisabled",
     "Engine",
     "EngineInfo",
     "GenerationCancelled",
     "Model",
-    "RawChunk",
-    "StreamItem",
-    "Usage",
     "check_context",
     "check_embedding_tokens",
     "check_request_tokens",
@@ -35,36 +32,12 @@ __all__ = [
     "min_prompt_tokens",
 ]
 
-RawChunk = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-        )
-
-
-# A stream yields raw chunks and, last, the Usage of the whole generation.
-StreamItem = RawChunk | Usage
-
 
 @dataclass(frozen=True)
 class EngineInfo:
     n_ctx: int
     n_gpu_layers: int
     embedding: bool
-
-
-@dataclass(frozen=True)
-class EmbeddingResult:
-    vectors: list[list[float]]
-    prompt_tokens: int
 
 
 class GenerationCancelled(Exception):
@@ -209,7 +182,7 @@ class Model(Protocol):
     """What a worker loads: a model and the engine of each of its slots."""
 
     kind: str
-    # True: its slots' calls wait on the event loop (workers.loop.green) and run there;
+    # True: its slots' calls wait on the event loop (workers.engines.loop.green) and run there;
     # False: each blocks, on a thread of the slot's own (workers.runner.EngineThread).
     green: bool
 
@@ -224,5 +197,5 @@ class Model(Protocol):
         ...
 
     def batching(self) -> dict[str, float] | None:
-        """How the slots have batched (workers.loop.engine_loop), or None: no batching."""
+        """How the slots have batched (workers.engines.loop.engine_loop), or None: no batching."""
         ...

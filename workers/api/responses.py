@@ -1,6 +1,6 @@
 """A chat answer, or its stream, as OpenAI's Responses API sends it (`POST /v1/responses`).
 
-The request side is workers.responses_request. This is done in the worker, which shapes every
+The request side is workers.api.responses_request. This is done in the worker, which shapes every
 answer already: the gateway relays the bytes as for any other endpoint, so queueing, limits,
 metrics and cancellation apply unchanged. A chat answer's text becomes a `message` output item
 and each of its tool calls a `function_call` item; a stream announces each item when its first
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.engine import RawChunk, Usage
-from workers.responses_request import ResponseMeta
+from workers.api.responses_request import ResponseMeta
+from workers.wire import RawChunk, Usage
 
 __all__ = ["Answer", "ResponseStream", "answer_output", "chat_answer", "response_body", "sse"]
 

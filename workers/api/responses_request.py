@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.api.params import ChatParams, parse_chat
 from workers.errors import invalid_request
-from workers.params import ChatParams, parse_chat
 
 __all__ = ["ResponseMeta", "parse_response_request"]
 

@@ -5,8 +5,8 @@ calls `create_completion` and reads what it returns. A slot answers that call wi
 engine loop delivers, so the code has to wait for the loop: here it waits by switching back to
 the event loop (a greenlet, as SQLAlchemy's asyncio bridge does), instead of blocking a thread
 of its own. So a request holds no thread, and each decode step's text reaches every request in
-one hand-off to the event loop (`workers.loop.engine_loop`), with nothing else woken beside the
-running decode.
+one hand-off to the event loop (`workers.engines.loop.engine_loop`), with nothing else woken
+beside the running decode.
 
 `GreenRunner` has `EngineThread`'s interface (`call`, `stream`): the worker serves a slot with
 either. Inside, `wait(future)` suspends the code until the future is done.
@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import greenlet
 
-from workers.engine import CancelToken, GenerationCancelled
+from workers.engines.base import CancelToken, GenerationCancelled
 
 __all__ = ["GreenRunner", "GreenStream", "Inbox", "in_green", "wait"]
 

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from workers.api.logprobs import parse_chat_logprobs, parse_completion_logprobs
+from workers.api.tools import check_message_tools, parse_tools
 from workers.errors import invalid_request
-from workers.logprobs import parse_chat_logprobs, parse_completion_logprobs
-from workers.tools import check_message_tools, parse_tools
+from workers.wire import MAX_CHOICES
 
 __all__ = [
-    "MAX_CHOICES",
     "ChatParams",
     "CompletionParams",
     "EmbeddingParams",
@@ -48,7 +48,6 @@ _TOP_K_MAX = 2**31 - 1  # llama.cpp's top_k is an int32
 MAX_STOP = 4  # OpenAI: "Up to 4 sequences where the API will stop generating"
 # Choices in one answer (n, x prompts for completions): each is a whole generation on the one
 # model copy, one after another, so a large n holds the replica for that many answers.
-MAX_CHOICES = 8
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI: "values from -100 to 100"
 _TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
@@ -61,7 +60,7 @@ class ChatParams:
     # Keyword arguments for Llama.create_chat_completion (already in llama's vocabulary).
     options: dict[str, Any] = field(default_factory=dict)
     top_logprobs: int | None = None  # None: no logprobs requested
-    legacy_functions: bool = False  # answer tool calls as `function_call` (see workers.tools)
+    legacy_functions: bool = False  # answer tool calls as `function_call` (see workers.api.tools)
     n: int = 1  # choices to generate, one after another
     ignore_eos: bool = False  # generate to max_tokens past end tokens (llama-server's, vLLM's)
 
@@ -379,7 +378,7 @@ def _prompts(prompt: Any) -> list[Prompt]:
     )
 
 
-# OpenAI's limit on inputs per embeddings request (the total tokens: workers.engine).
+# OpenAI's limit on inputs per embeddings request (the total tokens: workers.engines.base).
 MAX_EMBEDDING_INPUTS = 2048
 
 

@@ -18,22 +18,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from workers.engine import (
+from workers.api.params import ChatParams, CompletionParams, Prompt
+from workers.api.tools import tool_call_chunks
+from workers.engines.base import (
     CancelToken,
-    EmbeddingResult,
     EmbeddingsDisabled,
     Engine,
     EngineInfo,
-    RawChunk,
-    StreamItem,
-    Usage,
     check_context,
     check_embedding_tokens,
     check_request_tokens,
     check_token_ids,
 )
-from workers.params import ChatParams, CompletionParams, Prompt
-from workers.tools import tool_call_chunks
+from workers.wire import EmbeddingResult, RawChunk, StreamItem, Usage
 
 __all__ = ["StandinEngine", "StandinOptions"]
 
@@ -92,7 +89,7 @@ class StandinEngine:
         return self  # one stand-in serves every slot: it holds no per-request state
 
     def batching(self) -> dict[str, float] | None:
-        """The engine counters a llama worker reports (workers.loop.engine_loop), as if each
+        """The engine counters a llama worker reports (workers.engines.loop.engine_loop), as if each
         stand-in token were a decode step of one sequence: dashboards see them move."""
         with self._lock:
             steps, seconds = self._tokens, self._tokens * self.options.token_delay

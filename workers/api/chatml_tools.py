@@ -7,7 +7,7 @@ the conversation renderable: developer turns become system turns, tool results b
 turns that say which call they answer, and a system turn is added when tools are given
 without one (otherwise the model never sees the tools' schemas).
 
-Its `tool_choice: "auto"` path has two bugs, handled in `workers.llama_engine`:
+Its `tool_choice: "auto"` path has two bugs, handled in `workers.engines.llama`:
 - when the model chooses to answer with a message, the follow-up grammar only allows the
   literal text `<|im_end|>` (or a function name), so the answer is always empty;
 - when streaming and the model chooses a call, it raises "Automatic streaming tool choice is

@@ -1,8 +1,9 @@
 """The llama-cpp-python engine: one `llama_cpp.Llama`, used only from the engine thread.
 
-Logprobs need the model loaded with `logits_all=True` (see `workers.logprobs`); without it a
+Logprobs need the model loaded with `logits_all=True` (see `workers.api.logprobs`); without it a
 request for them is a 400 that says how to enable it. Tool calling passes through to llama
-(see `workers.tools`), with work-arounds for `chatml-function-calling` (`workers.chatml_tools`).
+(see `workers.api.tools`), with work-arounds for `chatml-function-calling`
+(`workers.api.chatml_tools`).
 """
 
 from __future__ import annotations
@@ -17,22 +18,23 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from workers.chatml_tools import (
+from workers.api.chatml_tools import (
     CHATML_FUNCTION_CALLING,
     decides_tools,
     has_tool_calls,
     prepare_messages,
 )
-from workers.engine import (
+from workers.api.literal_text import LiteralContents
+from workers.api.logprobs import wants_logprobs
+from workers.api.params import ChatParams, CompletionParams, Prompt
+from workers.api.required_call import REQUIRED, as_tool_call, call_schema
+from workers.api.tools import tool_call_chunks
+from workers.engines.base import (
     CancelToken,
     ContextLengthExceeded,
-    EmbeddingResult,
     EmbeddingsDisabled,
     Engine,
     EngineInfo,
-    RawChunk,
-    StreamItem,
-    Usage,
     check_context,
     check_embedding_tokens,
     check_request_tokens,
@@ -41,11 +43,7 @@ from workers.engine import (
 )
 from workers.errors import invalid_request
 from workers.gguf_header import Strings, gguf_metadata
-from workers.literal_text import LiteralContents
-from workers.logprobs import wants_logprobs
-from workers.params import ChatParams, CompletionParams, Prompt
-from workers.required_call import REQUIRED, as_tool_call, call_schema
-from workers.tools import tool_call_chunks
+from workers.wire import EmbeddingResult, RawChunk, StreamItem, Usage
 
 __all__ = ["LlamaEngine", "llama_kwargs"]
 
@@ -65,7 +63,7 @@ _NO_LOGITS_ALL = (
 def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
     """Defaults a worker needs that llama's own defaults get wrong for many replicas."""
     kwargs = dict(given)
-    kwargs.pop("kv_unified", None)  # ours (workers.loop.model), not a Llama argument
+    kwargs.pop("kv_unified", None)  # ours (workers.engines.loop.model), not a Llama argument
     kwargs.setdefault("verbose", False)
     # Otherwise prompt processing uses every core even with n_threads=1 (see llama-cpp notes).
     if "n_threads" in kwargs:
@@ -79,7 +77,7 @@ def llama_kwargs(given: dict[str, Any]) -> dict[str, Any]:
 class _TokenMeter:
     """One request's cancel token, context check, `ignore_eos` and token counts.
 
-    A slot of the engine loop (workers.loop.slot) reads and reports to it directly. Over a
+    A slot of the engine loop (workers.engines.loop.slot) reads and reports to it directly. Over a
     plain `Llama` (an embedding model that also chats) it wraps `Llama.sample`, the one
     per-token call of every generation path there (in 0.3.36 `create_chat_completion` takes
     no `stopping_criteria`, and an exception raised in a `logits_processor` is swallowed by
@@ -200,11 +198,11 @@ class LlamaEngine:
         )
 
     def adopt(self, llama: Any, max_token_bytes: int | None = None) -> LlamaEngine:
-        """Serve with this loaded `Llama` (or a slot of one: workers.loop.slot)."""
+        """Serve with this loaded `Llama` (or a slot of one: workers.engines.loop.slot)."""
         import llama_cpp
 
         vocab = llama._model.vocab
-        looped = hasattr(llama, "meter")  # a slot of the engine loop (workers.loop.slot)
+        looped = hasattr(llama, "meter")  # a slot of the engine loop (workers.engines.loop.slot)
         self._looped = looped
         self._meter = _TokenMeter(
             llama, lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)), wrap=not looped
@@ -366,7 +364,7 @@ class LlamaEngine:
     def _decided_stream(
         self, messages: list[dict[str, Any]], options: dict[str, Any], cancel: CancelToken
     ) -> Iterator[StreamItem]:
-        """chatml-function-calling "auto": decide without streaming (see workers.chatml_tools)."""
+        """chatml-function-calling "auto": decide without streaming (workers.api.chatml_tools)."""
         decided: RawChunk = self._create_chat(messages, options)
         if has_tool_calls(decided):
             yield from self._replayed(decided)

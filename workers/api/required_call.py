@@ -4,7 +4,7 @@ llama-cpp-python forces a call only to one named function (a grammar over its ar
 For "any of these", the answer is generated under one JSON schema that is the union of every
 tool's call, `{"name": <that tool's name>, "arguments": <its parameters>}`, so whatever the
 model writes is a valid call to exactly one tool; it is then returned as that tool call, as
-OpenAI returns one. Pure functions; workers.llama_engine runs the generation.
+OpenAI returns one. Pure functions; workers.engines.llama runs the generation.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from workers.errors import invalid_request
 
 __all__ = ["REQUIRED", "as_tool_call", "call_schema"]
 
-REQUIRED = "required"  # the tool_choice workers.tools leaves for the engine to honour
+REQUIRED = "required"  # the tool_choice workers.api.tools leaves for the engine to honour
 
 
 def call_schema(tools: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -13,11 +13,11 @@ we do it here so every format sees one vocabulary):
   "auto", so the request passes through rather than failing.
 - `chat_format: chatml-function-calling`: tools are listed in the system prompt; a named
   function is forced as above; `"auto"` lets the model choose between a message and one or
-  more calls (see `workers.llama_engine` for the two llama bugs worked around there).
+  more calls (see `workers.engines.llama` for the two llama bugs worked around there).
 - `"required"` is not implemented by llama-cpp-python (chatml-function-calling asserts, the
   template formats ignore it). With exactly one tool it is the same as naming that tool, so it
   is rewritten to that; with several the engine generates under the union of the tools' calls
-  (workers.required_call).
+  (workers.api.required_call).
 
 Responses: llama returns both `tool_calls` and `function_call` and repeats id/name in every
 streamed delta. OpenAI answers a `tools` request with `tool_calls` only (`content: null`,
@@ -110,7 +110,7 @@ def _options(tools: list[dict[str, Any]], choice: Any, param: str) -> dict[str, 
     if choice == "required":
         if not tools:
             raise invalid_request("tool_choice 'required' needs at least one tool", param)
-        return {"tools": tools, "tool_choice": "required"}  # workers.required_call
+        return {"tools": tools, "tool_choice": "required"}  # workers.api.required_call
     name = _chosen_name(choice, param)
     if name not in names:
         raise invalid_request(f"{param} names '{name}', which is not among the tools", param)

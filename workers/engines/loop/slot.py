@@ -8,7 +8,7 @@ request's sampler chain and submits a `Job` to the `EngineLoop`, then waits for 
 delivers and returns it in llama-cpp-python's own shapes (a completion, or its stream chunks).
 So everything above it runs as before, and the decoding, sampling and detokenizing do not.
 
-`meter` (set per request by `workers.llama_engine`) carries the request's cancel token, the
+`meter` (set per request by `workers.engines.llama`) carries the request's cancel token, the
 context check for its `max_tokens`, `ignore_eos`, and the token counts for its usage.
 """
 
@@ -24,11 +24,11 @@ from typing import Any
 
 from llama_cpp import Llama
 
-from workers.engine import ContextLengthExceeded
+from workers.engines.base import ContextLengthExceeded
+from workers.engines.loop.engine_loop import Delta, EngineLoop, Job, TokenLogprob
+from workers.engines.loop.green import Inbox, in_green
+from workers.engines.loop.sampling import SamplingSpec, build_chain
 from workers.errors import invalid_request
-from workers.loop.engine_loop import Delta, EngineLoop, Job, TokenLogprob
-from workers.loop.green import Inbox, in_green
-from workers.loop.sampling import SamplingSpec, build_chain
 
 __all__ = ["SlotLlama", "completion_logprobs"]
 
@@ -150,7 +150,7 @@ class SlotLlama(Llama):
     def _run(self, job: Job) -> Iterator[Delta]:
         """Submit `job` and yield what the loop delivers, until its end; a cancelled request
         (or a caller that stops reading) abandons the job, which the loop then drops. Green
-        code (workers.loop.green) waits on the event loop, which the loop hands each step's
+        code (workers.engines.loop.green) waits on the event loop, which the loop hands each step's
         text to at once; a thread (the warm-up, the benchmark's in-process clients) waits on
         a queue."""
         take = self._green_inbox(job) if in_green() else self._thread_inbox(job)

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from workers.engine import GenerationCancelled
+from workers.engines.base import GenerationCancelled
+from workers.engines.loop.plan import plan_step
+from workers.engines.loop.sampling import free_chain
+from workers.engines.loop.text import TextStream, token_text
 from workers.logs import log
-from workers.loop.plan import plan_step
-from workers.loop.sampling import free_chain
-from workers.loop.text import TextStream, token_text
 
 __all__ = ["Delta", "EngineLoop", "Job", "TokenLogprob"]
 
@@ -34,7 +34,7 @@ __all__ = ["Delta", "EngineLoop", "Job", "TokenLogprob"]
 class TokenLogprob:
     """One generated token's log probability and the most likely alternatives at its place."""
 
-    text: str  # workers.loop.text.token_text: `bytes:\xNN` for part of a character
+    text: str  # workers.engines.loop.text.token_text: `bytes:\xNN` for part of a character
     logprob: float | None  # None: a prompt's first token, which nothing predicts
     top: tuple[tuple[str, float], ...]  # the top N (text, logprob), most likely first
 

@@ -4,7 +4,7 @@ One `llama_cpp.Llama` loads the model; its context is replaced by one that holds
 (`n_ctx` tokens per slot: N x n_ctx KV cells, split per slot or unified) and is owned by an
 `EngineLoop`. Each slot is a `LlamaEngine` (chat templates, tools, shaping) over a `SlotLlama`
 whose generation runs on the loop. A single-slot worker is the same with N = 1. Embedding
-models stay on a plain `Llama` (workers.llama_engine): the loop generates.
+models stay on a plain `Llama` (workers.engines.llama): the loop generates.
 
 Flash attention follows llama-server's default, `auto` (on where the backend supports it),
 unless the model's options say `flash_attn: true` or `false`.
@@ -17,8 +17,8 @@ import contextlib
 import queue
 from typing import Any
 
-from workers.engine import Engine, EngineInfo
-from workers.llama_engine import WARM_UP_TEXT, LlamaEngine, llama_kwargs
+from workers.engines.base import Engine, EngineInfo
+from workers.engines.llama import WARM_UP_TEXT, LlamaEngine, llama_kwargs
 
 __all__ = ["LoopLlamaModel"]
 
@@ -44,8 +44,8 @@ class LoopLlamaModel:
     def load(self) -> EngineInfo:
         import llama_cpp
 
-        from workers.loop.engine_loop import EngineLoop
-        from workers.loop.slot import SlotLlama
+        from workers.engines.loop.engine_loop import EngineLoop
+        from workers.engines.loop.slot import SlotLlama
 
         base = llama_cpp.Llama(model_path=self.model_path, **self.kwargs)
         n_ctx = int(base.n_ctx())
@@ -81,8 +81,8 @@ class LoopLlamaModel:
     def warm_up(self) -> None:
         """Generate one token from a prompt of several (one multi-token batch, as llama-server
         decodes before it accepts requests), then forget it."""
-        from workers.loop.engine_loop import Delta, Job
-        from workers.loop.sampling import SamplingSpec, build_chain
+        from workers.engines.loop.engine_loop import Delta, Job
+        from workers.engines.loop.sampling import SamplingSpec, build_chain
 
         base, loop = self._base, self._loop
         tokens = base.tokenize(WARM_UP_TEXT.encode(), add_bos=True, special=False)
