@@ -6,7 +6,6 @@ import contextlib
 import hmac
 import json
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -39,14 +38,13 @@ from workers.api.shaping import (
 )
 from workers.engines.base import (
     CancelToken,
-    ContextLengthExceeded,
-    EmbeddingsDisabled,
     Engine,
     Model,
 )
 from workers.engines.loop.green import GreenRunner
 from workers.engines.slot_choice import input_text, pick_slot
-from workers.errors import ApiError, error_body, invalid_request
+from workers.errors import ApiError, invalid_request
+from workers.failures import as_api_error
 from workers.logs import log
 from workers.runner import EngineThread, Runner, SlotStream
 from workers.status import RequestRecord, WorkerStatus
@@ -63,11 +61,6 @@ from workers.wire import (
 __all__ = ["WORKER_KEY", "Worker", "build_app"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-_CONTEXT_PARAM = {
-    "/v1/chat/completions": "messages",
-    "/v1/completions": "prompt",
-    "/v1/embeddings": "input",
-}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Shaper = Callable[[StreamItem], RawChunk | None]
 # Writes a stream's items (the first one, then the rest) to the response; returns its Usage.
@@ -152,10 +145,11 @@ class Worker:
 
     def require_ready(self) -> None:
         if self.status.state in ("loading", "warming_up"):
-            raise ApiError(503, "The model is still loading", "server_error", None, "model_loading")
+            raise ApiError(503, "The model is still loading", type="server_error",
+                           code="model_loading")  # fmt: skip
         if self.status.state == "failed":
             message = f"The model failed to load: {self.status.error}"
-            raise ApiError(503, message, "server_error", None, "model_load_failed")
+            raise ApiError(503, message, type="server_error", code="model_load_failed")
 
 
 WORKER_KEY = web.AppKey("worker", Worker)
@@ -165,39 +159,18 @@ def _json_error(status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _http_error(exc: web.HTTPException) -> web.Response:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-    message = f"{exc.reason}: {exc.text}" if exc.status == 413 else exc.reason
-    body = error_body(message, "invalid_request_error", None, codes.get(exc.status))
-    return _json_error(exc.status, body)
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every failure before the first byte as an OpenAI error body."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return _json_error(exc.status, exc.body())
-    except ContextLengthExceeded as exc:
-        # OpenAI names the input ("messages") as the param, even when max_tokens tipped it over.
-        param = _CONTEXT_PARAM.get(request.path)
-        message = exc.message(param or "input")
-        body = error_body(message, "invalid_request_error", param, "context_length_exceeded")
-        return _json_error(400, body)
-    except EmbeddingsDisabled:
-        message = (
-            "This model was not loaded for embeddings: set `embedding: true` in its "
-            "llama options (or use a model entry that has it)"
-        )
-        return _json_error(400, error_body(message, "invalid_request_error", "model", None))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _http_error(exc)
+        error = as_api_error(exc, request.path)
     except Exception as exc:
-        log(f"unexpected error on {request.path}: {exc!r}\n{traceback.format_exc()}")
-        return _json_error(500, error_body(f"Internal error: {exc}", "server_error"))
+        error = as_api_error(exc, request.path)
+    return _json_error(error.status, error.body())
 
 
 def _reject_constant(name: str) -> Any:
@@ -506,7 +479,7 @@ async def _relay(
     except Exception as exc:
         record.outcome = "error"
         log(f"generation failed mid-stream: {exc!r}")
-        await _write_quietly(response, sse_event(_in_stream_error(exc)))
+        await _write_quietly(response, as_api_error(exc, request.path, streaming=True).event())
         return response
     await response.write(SSE_DONE if usage is None else usage_comment(usage) + SSE_DONE)
     await response.write_eof()
@@ -534,12 +507,6 @@ async def _write_chunk(response: web.StreamResponse, chunk: RawChunk | None) -> 
         await response.write(sse_event(chunk))
 
 
-def _in_stream_error(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, ApiError):
-        return exc.body()
-    return error_body(f"Generation failed: {exc}", "server_error")
-
-
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
     with contextlib.suppress(ConnectionError):
         await response.write(data)
@@ -554,9 +521,13 @@ def _requires_secret(secret: str) -> Any:
         # /health says only whether the model is loaded: open, as llama-server's, so that a
         # Kubernetes probe or a load balancer needs no secret.
         if request.path != "/health" and not hmac.compare_digest(sent, expected):
-            body = error_body("This worker serves only its gateway.", "invalid_request_error",
-                              None, "invalid_api_key")  # fmt: skip
-            return _json_error(401, body)
+            refused = ApiError(
+                401,
+                "This worker serves only its gateway.",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
+            return _json_error(401, refused.body())
         return await handler(request)
 
     return check
