@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -138,13 +139,18 @@ def _describe_key(key: KeyConfig) -> str:
 
 def _describe_model(model: ModelConfig) -> list[str]:
     aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
-    params: dict[str, Any] = llama_params(model) if model.engine == "llama" else dict(model.standin)
+    params: dict[str, Any] = llama_params(model) if model.loads_gguf else dict(model.standin)
     lines = [
         f"- {model.name}{aliases}",
         f"    engine: {model.engine}; path: {model.path}",
         f"    queue: max {model.max_queue}, timeout {model.queue_timeout:g} s",
         f"    params: {json.dumps(params, sort_keys=True)}",
     ]
+    if model.server_binary is not None:
+        from .replicas.server_launch import server_command
+
+        command = server_command(model, "PORT", model.device(0) or "cpu")
+        lines.append(f"    command: {shlex.join(command)}")
     lines += [_describe_slot(model, i) for i in range(model.replicas)]
     if model.on_demand:
         ttl = "never" if model.idle_ttl is None else f"{model.idle_ttl:g} s"

@@ -37,6 +37,17 @@ from .edge import (
     parse_cors,
     parse_forwarded_allow_ips,
 )
+from .llama_server import (
+    ENGINES,
+    GGUF_ENGINES,
+    LlamaServerConfig,
+    check_server_llama,
+    locate_binary,
+    missing_binary,
+    parse_llama_server,
+    parse_server_args,
+    unserved_paths,
+)
 from .scaling import (
     ScalingConfig,
     parse_budgets,
@@ -55,6 +66,7 @@ __all__ = [
     "GatewayConfig",
     "HealthConfig",
     "KeyConfig",
+    "LlamaServerConfig",
     "ModelConfig",
     "OutlierConfig",
     "RedisConfig",
@@ -115,7 +127,7 @@ class ModelConfig:
     name: str
     path: Path | None
     aliases: tuple[str, ...] = ()
-    engine: str = "llama"
+    engine: str = "llama"  # "llama" (our worker), "llama-server" (llama.cpp's) or "standin"
     replicas: int = 1  # local replica slots: the most it runs (`replicas.max`)
     capacity: int = 1  # requests one replica serves at once (llama: slots batched in one context)
     gpus: tuple[str, ...] | None = None  # one per slot; None: CPU, or placed (`gpus_auto`)
@@ -138,6 +150,11 @@ class ModelConfig:
     upstreams: tuple[Upstream, ...] = ()  # remote replicas, beside the local ones
     routing: str = "least_busy"  # or "prefix_affinity": to the replica holding the prompt's prefix
     outlier: OutlierConfig = OutlierConfig()
+    server_args: tuple[str, ...] = ()  # llama-server: flags after the gateway's own
+    server_binary: Path | None = None  # llama-server: the one its replicas run (found at load)
+    # API paths its engine cannot serve, each with the 400's message (a request never reaches
+    # a replica that would answer 404 or 501 in words of its own).
+    unserved: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def device(self, index: int) -> str | None:
         """The CUDA_VISIBLE_DEVICES value configured for slot `index`; None: CPU, or placed when
@@ -158,6 +175,16 @@ class ModelConfig:
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
+    @property
+    def uses_worker(self) -> bool:
+        """Whether its replicas are our worker process (a spare one can become one)."""
+        return self.engine != "llama-server"
+
+    @property
+    def loads_gguf(self) -> bool:
+        """Whether its replicas load its GGUF file (their memory can be estimated from it)."""
+        return self.engine in GGUF_ENGINES
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -169,6 +196,7 @@ class GatewayConfig:
     redis: RedisConfig = field(default_factory=RedisConfig)
     memory: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # budgets
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    llama_server: LlamaServerConfig = field(default_factory=LlamaServerConfig)
 
     def model_by_name(self) -> dict[str, ModelConfig]:
         """Every name and alias mapped to its model."""
@@ -234,12 +262,13 @@ _SERVER_KEYS = {
     "metrics_auth", "max_upstream_bytes",
     "max_connections_per_client", "allowed_hosts", "cors", "forwarded_allow_ips",
 }  # fmt: skip
-_TOP_KEYS = {"server", "models", "health", "watch", "auth", "redis", "memory", "scaling"}
+_TOP_KEYS = {"server", "models", "health", "watch", "auth", "redis", "memory", "scaling",
+             "llama_server"}  # fmt: skip
 _MODEL_KEYS = {
     "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
     "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
     "matryoshka", "accept_token_ids", "upstreams", "routing", "idle_ttl", "scale_up_queue",
-    "memory", "outlier",
+    "memory", "outlier", "server_args",
 }  # fmt: skip
 
 
@@ -277,13 +306,15 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     models_raw = top.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise ConfigError("models: expected a non-empty list of models")
-    models = tuple(_parse_model(m, i, base_dir) for i, m in enumerate(models_raw))
+    llama_server = parse_llama_server(top.get("llama_server", {}), base_dir)
+    models = tuple(_parse_model(m, i, base_dir, llama_server) for i, m in enumerate(models_raw))
     _reject_duplicate_names(models)
     watch = checked(top, "watch", boolean, "true or false", "", False)
     return GatewayConfig(server=server, models=models, health=health, watch=watch, auth=auth,
                          redis=parse_redis(top.get("redis", {})),
                          memory=parse_budgets(top.get("memory", {})),
-                         scaling=parse_scaling(top.get("scaling", {})))  # fmt: skip
+                         scaling=parse_scaling(top.get("scaling", {})),
+                         llama_server=llama_server)  # fmt: skip
 
 
 def _parse_health(raw: Any) -> HealthConfig:
@@ -347,19 +378,21 @@ def _port(v: Any) -> bool:
     return is_int(v) and 0 <= v <= 65535
 
 
-def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
+def _parse_model(raw: Any, index: int, base_dir: Path,
+                 llama_server: LlamaServerConfig) -> ModelConfig:  # fmt: skip
     section = mapping(raw, f"models[{index}]")
     name = section.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"models[{index}].name: expected a non-empty string")
     where = f"models[{index}] ({name})."
     reject_unknown(section, _MODEL_KEYS, where)
-    engine = checked(section, "engine", lambda v: v in ("llama", "standin"), "llama or standin",
-                  where, "llama")  # fmt: skip
+    engine = checked(section, "engine", lambda v: v in ENGINES, "llama, llama-server or standin",
+                     where, "llama")  # fmt: skip
     upstreams = parse_upstreams(section.get("upstreams", []), where, base_dir)
     span = parse_replica_range(section, bool(upstreams), where)
     replicas = span.max
     auto = section.get("gpus") == "auto"
+    llama = _parse_params(section.get("llama", {}), LLAMA_PARAMS, where + "llama")
     return ModelConfig(
         capacity=_parse_capacity(section, engine, where),
         name=name,
@@ -386,7 +419,7 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
                 section, "idle_timeout", pos_num, "seconds > 0", where, ModelConfig.idle_timeout
             )
         ),
-        llama=_parse_params(section.get("llama", {}), LLAMA_PARAMS, where + "llama"),
+        llama=llama,
         standin=_parse_params(section.get("standin", {}), STANDIN_PARAMS, where + "standin"),
         matryoshka=checked(section, "matryoshka", boolean, "true or false", where, False),
         accept_token_ids=checked(
@@ -402,7 +435,31 @@ def _parse_model(raw: Any, index: int, base_dir: Path) -> ModelConfig:
             "least_busy",
         ),
         outlier=_parse_outlier(section.get("outlier", {}), where + "outlier"),
+        **_engine_fields(section, llama, replicas > 0, llama_server, where),
     )
+
+
+def _engine_fields(section: dict[str, Any], llama: Mapping[str, Any], local: bool,
+                   llama_server: LlamaServerConfig, where: str) -> dict[str, Any]:  # fmt: skip
+    """A llama-server model's own fields (its binary, only where it runs replicas here);
+    `server_args` on another engine, or a worker option llama-server lacks, is an error."""
+    engine = section.get("engine", "llama")
+    if engine != "llama-server":
+        if "server_args" in section:
+            raise ConfigError(f"{where}server_args: only for engine: llama-server")
+        return {}
+    check_server_llama(llama, where + "llama")
+    for key in ("matryoshka", "accept_token_ids"):
+        if section.get(key):
+            raise ConfigError(f"{where}{key}: our worker's option; llama-server has none")
+    binary = locate_binary(llama_server) if local else None
+    if local and binary is None:
+        raise missing_binary(where)
+    return {
+        "server_args": parse_server_args(section.get("server_args", []), where),
+        "server_binary": binary,
+        "unserved": unserved_paths(section["name"], engine, llama),
+    }
 
 
 _OUTLIER_KEYS = {"consecutive_errors", "base_ejection_time", "max_ejection_time",
@@ -448,7 +505,7 @@ def _parse_capacity(section: dict[str, Any], engine: str, where: str) -> int:
     llama = section.get("llama")
     embedding = isinstance(llama, dict) and bool(llama.get("embedding"))
     if section.get("capacity", "auto") == "auto":
-        return AUTO_CAPACITY if engine == "llama" and not embedding else 1
+        return AUTO_CAPACITY if engine in GGUF_ENGINES and not embedding else 1
     capacity: int = checked(section, "capacity", positive, "a positive integer or auto", where, 1)
     if engine == "llama" and capacity > 1 and embedding:
         raise ConfigError(
@@ -471,7 +528,7 @@ def _parse_path(raw: Any, engine: str, where: str, base_dir: Path) -> Path | Non
         raise ConfigError(f"{where}path: expected the path of a GGUF file")
     path = Path(expand_env(raw, where + "path")).expanduser()
     path = path if path.is_absolute() else base_dir / path
-    if engine == "llama" and not path.is_file():
+    if engine in GGUF_ENGINES and not path.is_file():
         raise ConfigError(f"{where}path: model file not found: {path}")
     return path
 

@@ -181,6 +181,8 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
         raise InvalidRequest("Streaming needs HTTP/1.1; send the request over HTTP/1.1 or "
                              "without stream: true.", param="stream")  # fmt: skip
     model = gateway.resolve(fields.model, caller)
+    if path in model.unserved:  # its engine cannot: a 400 saying so, not the engine's 404 or 501
+        raise InvalidRequest(model.unserved[path], param="model")
     noted = marks(request.scope)
     noted.model = model.name  # the metrics' label: never the name or alias the client sent
     request_id = noted.request_id = request_id_of(request.scope)

@@ -10,7 +10,7 @@ __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 
 # What a worker process is started with: changing any of these replaces its replicas.
 _WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus", "gpus_auto", "capacity",
-                  "matryoshka", "accept_token_ids")  # fmt: skip
+                  "matryoshka", "accept_token_ids", "server_args", "server_binary")  # fmt: skip
 # What only a new process can apply: the listening socket, the metrics middleware.
 _RESTART_FIELDS = ("host", "port", "metrics")
 

@@ -23,8 +23,9 @@ from ..config.file import ServerConfig
 from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, error_body
 from ..observe.metrics import Marks, marks
 from .encoding import GZIP_AT_LEAST, GZIP_HEADERS, accepts_gzip, compressed
+from .foreign_answers import completed_chat, in_openai_words
 from .scheduler import Lease
-from .usage import USAGE_CHUNK, take_usage_chunk, usage_in_body
+from .usage import USAGE_MARK, take_usage_chunk, usage_in_body
 
 __all__ = [
     "SSE_HEADERS",
@@ -49,6 +50,9 @@ _DONE = b"data: [DONE]\n\n"
 USAGE_REPORTED, USAGE_IN_ANSWER, USAGE_ASKED = 0, 1, 2
 _NOTHING_USED = Usage(0, 0)
 _ERROR_PREFIX = b'data: {"error"'
+# How a Responses stream ends where no `[DONE]` follows (OpenAI's, llama-server's): its last event.
+_RESPONSE_ENDS = tuple(b"event: " + end for end in (b"response.completed", b"response.incomplete",
+                                                      b"response.failed", b"error"))  # fmt: skip
 _USAGE_EVENT = b"\n\n" + USAGE_COMMENT  # JSON in a data line holds no raw newline: unambiguous
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -256,6 +260,8 @@ class Relay:
             failure = UpstreamFailed(f"The model worker answered {status} with a "
                                      f"{self._upstream.content_type} body.")  # fmt: skip
             return failure.status, failure.body()
+        if self._usage != USAGE_REPORTED:  # not our worker: maybe llama-server, in its own words
+            body = (in_openai_words(body) if status >= 400 else completed_chat(body)) or body
         return status, body
 
     async def _relay_error_event(self, send: Send, noted: Marks) -> None:
@@ -286,7 +292,9 @@ class Relay:
             await until_disconnect(receive, self._relay_events(send, noted))
 
     async def _relay_events(self, send: Send, noted: Marks) -> None:
-        watchdog = _IdleWatchdog(self._idle_timeout)
+        # Until the first event, first_token_timeout: a server that sends its headers before it
+        # has read the prompt (llama-server does) is not silent, only busy.
+        watchdog = _IdleWatchdog(self._idle_timeout, first=self._busy_timeout)
         last, tail = b"", b""
         gaps, previous = noted.event_gaps, 0.0
         try:
@@ -295,7 +303,7 @@ class Relay:
                 if self._usage == USAGE_REPORTED:
                     if _USAGE_EVENT in chunk or chunk.startswith(USAGE_COMMENT):
                         chunk = _take_usage(chunk, noted)
-                elif USAGE_CHUNK in chunk:  # a server of OpenAI's kind: its last chunk
+                elif USAGE_MARK in chunk:  # a server of OpenAI's kind: its last chunk
                     chunk, noted.usage = take_usage_chunk(chunk, self._usage == USAGE_ASKED)
                 if not chunk:
                     continue
@@ -313,7 +321,7 @@ class Relay:
                 log.warning("request %s: the client read nothing for %g s; stream ended",
                             self._request_id.decode(), self._idle_timeout)  # fmt: skip
                 raise _ClientStuck() from None
-            tail = _error_event(f"The model worker sent nothing for {self._idle_timeout:g} s.",
+            tail = _error_event(f"The model worker sent nothing for {watchdog.allowed:g} s.",
                                 "upstream_timeout")  # fmt: skip
         except UpstreamTooLarge as exc:
             tail = b"data: " + exc.body() + b"\n\n"
@@ -322,7 +330,7 @@ class Relay:
         finally:
             watchdog.close()
         noted.upstream_ended = time.perf_counter()
-        if not tail and not (last.endswith(_DONE) or _last_event_is_error(last)):
+        if not tail and not _stream_ended(last):
             tail = _error_event("The model worker stopped in the middle of the stream.",
                                 "upstream_error")  # fmt: skip
         self._judge(failed=bool(tail))  # it stalled, broke off, or sent too big an event
@@ -344,11 +352,13 @@ class _IdleWatchdog:
     client that does not read, which would otherwise hold the replica for ever).
 
     One timer per idle period rather than a timer reset per chunk: at hundreds of streams
-    the resets were a visible share of the relay's time.
+    the resets were a visible share of the relay's time. The worker may take `first` seconds
+    (if longer) for its first event.
     """
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, first: float | None = None):
         self._seconds = seconds
+        self._first = seconds if first is None else max(first, seconds)
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._last = self._loop.time()
@@ -358,15 +368,21 @@ class _IdleWatchdog:
 
     def sent(self) -> None:
         self.sending = False
+        self._first = self._seconds
         self._last = self._loop.time()
+
+    @property
+    def allowed(self) -> float:
+        """The silence allowed now: idle seconds, or `first` while no event has come."""
+        return self._seconds if self.sending else self._first
 
     def close(self) -> None:
         self._handle.cancel()
 
     def _check(self) -> None:
-        silent = self._loop.time() - self._last
-        if silent < self._seconds:
-            self._handle = self._loop.call_later(self._seconds - silent, self._check)
+        silent, allowed = self._loop.time() - self._last, self.allowed
+        if silent < allowed:
+            self._handle = self._loop.call_later(allowed - silent, self._check)
         elif self._task is not None:
             self.fired = True
             self._task.cancel()
@@ -380,9 +396,14 @@ def _body(body: bytes, more: bool) -> HTTPResponseBodyEvent:
     return {"type": "http.response.body", "body": body, "more_body": more}
 
 
-def _last_event_is_error(events: bytes) -> bool:
+def _stream_ended(events: bytes) -> bool:
+    """Whether `events`, a stream's last, end it: `[DONE]`, an error event, or a Responses
+    stream's last event (OpenAI's have no `[DONE]`)."""
+    if events.endswith(_DONE):
+        return True
     start = events.rfind(b"\n\n", 0, len(events) - 2)
-    return events[start + 2 if start >= 0 else 0 :].startswith(_ERROR_PREFIX)
+    last = events[start + 2 if start >= 0 else 0 :]
+    return last.startswith(_ERROR_PREFIX) or last.startswith(_RESPONSE_ENDS)
 
 
 def _take_usage(events: bytes, noted: Marks) -> bytes:

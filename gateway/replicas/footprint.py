@@ -27,9 +27,11 @@ from .launch import llama_params
 __all__ = ["Footprint", "estimate", "needs"]
 
 # Fitted to the demo models' resident memory after a 300-token prompt (README "On-demand
-# replicas": within 2-8% above it): a worker process (Python, aiohttp, llama.cpp's library),
-# and llama.cpp's compute and output buffers, which grow with the vocabulary.
+# replicas": within 2-8% above it): a worker process (Python, aiohttp, llama.cpp's library), or
+# llama.cpp's own llama-server (C++ alone), and llama.cpp's compute and output buffers, which
+# grow with the vocabulary.
 PROCESS_BYTES = 96 << 20
+SERVER_PROCESS_BYTES = 24 << 20
 COMPUTE_BYTES = 16 << 20
 COMPUTE_BYTES_PER_TOKEN = 192  # per vocabulary entry
 DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
@@ -43,10 +45,11 @@ class Footprint:
     kv_cache: int
     compute: int  # llama.cpp's compute and output buffers
     gpu_share: float  # the fraction of layers offloaded: 0 on CPU, 1 with every layer
+    process: int = PROCESS_BYTES  # the process itself: our worker's, or llama-server's
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute + PROCESS_BYTES
+        return self.weights + self.kv_cache + self.compute + self.process
 
     def split(self, device: str) -> dict[str, int]:
         """Bytes per budget: "cpu" and each GPU id in `device` ("0", "0,1"; "cpu" for none)."""
@@ -65,7 +68,7 @@ def needs(model: ModelConfig, device: str) -> dict[str, int]:
     if model.memory is not None:  # set by hand: on its GPUs (split evenly), else in RAM
         gpus = [] if device == "cpu" else device.split(",")
         return {gpu: model.memory // len(gpus) for gpu in gpus} or {"cpu": model.memory}
-    if model.engine != "llama" or model.path is None:
+    if not model.loads_gguf or model.path is None:
         return {}  # a stand-in loads nothing; a remote replica's memory is elsewhere
     return estimate(model, on_gpu=device != "cpu").split(device)
 
@@ -87,7 +90,8 @@ def estimate(model: ModelConfig, on_gpu: bool) -> Footprint:
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = tokens.entries if isinstance(tokens, Strings) else 0
     return Footprint(model.path.stat().st_size, _kv_bytes(meta, params, layers, cells),
-                     COMPUTE_BYTES + vocab * COMPUTE_BYTES_PER_TOKEN, share)  # fmt: skip
+                     COMPUTE_BYTES + vocab * COMPUTE_BYTES_PER_TOKEN, share,
+                     PROCESS_BYTES if model.uses_worker else SERVER_PROCESS_BYTES)  # fmt: skip
 
 
 def _kv_bytes(meta: Mapping[str, Any], params: Mapping[str, Any], layers: int, cells: int) -> int:

@@ -18,7 +18,9 @@ import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
+
+import aiohttp
 
 from workers.wire import SECRET_ENV
 
@@ -27,6 +29,7 @@ from ..config.file import ModelConfig
 __all__ = [
     "Launch",
     "Spare",
+    "Status",
     "crash_reason",
     "describe_exit",
     "listening_socket",
@@ -127,6 +130,14 @@ def crash_reason(phase: str, returncode: int) -> str:
     return f"worker {verb} {where} ({how}){hint}"
 
 
+class Status(NamedTuple):
+    """What a status check learns of a replica: its engine's counters (our names, see
+    gateway/observe/metrics.py) and the context one request gets, where known."""
+
+    engine: dict[str, float]
+    n_ctx: int | None
+
+
 @dataclass(eq=False)
 class Launch:
     """One started worker process and the read end of its phase pipe."""
@@ -137,6 +148,8 @@ class Launch:
     _phases: asyncio.StreamReader
     _transport: asyncio.BaseTransport
     phase: str = field(default="loading")
+    # Our worker: it reports each request's end and its usage its own way (registry.Replica).
+    our_worker: ClassVar[bool] = True
 
     async def until_ready(self, timeout: float) -> str | None:
         """None once the worker says ready; otherwise why it never will."""
@@ -154,8 +167,39 @@ class Launch:
         except TimeoutError:
             return f"the model did not load within startup_timeout ({timeout:g} s)"
 
+    async def status(self, session: aiohttp.ClientSession, timeout: float) -> Status | None:
+        """Its /status within `timeout` seconds; None if it does not answer."""
+        url = f"http://127.0.0.1:{self.port}/status"
+        headers = {"Authorization": f"Bearer {self.secret}"}
+        limit = aiohttp.ClientTimeout(total=timeout)
+        try:
+            async with session.get(url, headers=headers, timeout=limit) as resp:
+                resp.raise_for_status()
+                body = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        context = body.get("n_ctx") if isinstance(body, dict) else None
+        return Status(_engine_counters(body), context if _positive(context) else None)
+
+    def tail(self) -> str:
+        """Its last output lines: none kept (a worker writes to the gateway's own stderr)."""
+        return ""
+
     def close(self) -> None:
         self._transport.close()
+
+
+def _engine_counters(status: Any) -> dict[str, float]:
+    """The numbers of a worker's /status `batching` (absent for an embedding model)."""
+    counters = status.get("batching") if isinstance(status, dict) else None
+    if not isinstance(counters, dict):
+        return {}
+    return {key: float(value) for key, value in counters.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 async def spawn(model: ModelConfig, index: int, device: str = "cpu",

@@ -1,8 +1,10 @@
 """The local-process replica driver: one worker process per replica, restarted when it exits.
 
-It spawns the worker (gateway/replicas/launch.py), waits for its ready line, watches its `/status`
-meanwhile, and starts a new one after an exit, with backoff after failed starts. What it sees
-it reports to the registry, the owner of replica state.
+It spawns the worker (gateway/replicas/launch.py; for `engine: llama-server`, llama.cpp's own
+server: gateway/replicas/server_launch.py), waits until it is ready, checks its status meanwhile,
+and starts a new one after an exit, with backoff after failed starts. What it sees it reports
+to the registry, the owner of replica state. Only here is the engine told apart: above the
+driver a replica of either engine is the same.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 
 from ..config.file import HealthConfig, ModelConfig
 from .driver import Driver
-from .launch import Spare, describe_exit, spawn
+from .launch import Launch, Spare, describe_exit, spawn
 from .registry import Registry, Replica
+from .server_launch import ServerLaunch, spawn_server
 
 __all__ = ["LocalDriver", "restart_delay"]
 
@@ -97,14 +99,23 @@ class LocalDriver(Driver):
             _signal(proc, signal.SIGTERM)
         await asyncio.gather(*(_reap(proc, grace) for proc in procs))
 
-    async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
-        """Run one worker process to its end; return whether it ever became ready."""
+    async def _launch(self, model: ModelConfig, replica: Replica) -> Launch | ServerLaunch:
+        """Start what runs `replica`: llama-server, or our worker (from the spare, if it fits)."""
+        if not model.uses_worker:
+            return await spawn_server(model, replica.index, replica.device, self._session)
         spare, self._spare = self._spare, None
         launch = await spawn(model, replica.index, replica.device, spare)
         if spare is not None and launch.proc is not spare.proc:
             self._spare = spare  # not taken (a GPU replica): keep it for the next
+        return launch
+
+    async def _run_once(self, model: ModelConfig, replica: Replica) -> bool:
+        """Run one worker process to its end; return whether it ever became ready."""
+        launch = await self._launch(model, replica)
         proc = launch.proc
         self._procs[replica] = proc
+        # How it says a request's end and the tokens used: our worker's way, or OpenAI's.
+        replica.reports_ends = replica.reports_usage = launch.our_worker
         self._registry.mark_starting(replica, proc.pid, launch.port, launch.secret)
         log.info("%s[%d]: started worker pid %d on port %d", model.name, replica.index,
                  proc.pid, launch.port)  # fmt: skip
@@ -114,30 +125,32 @@ class LocalDriver(Driver):
             if error is None:
                 # Its status first: a replica enters rotation with its context known (a key's
                 # token reservation is capped by it).
-                await self._answers(replica)
+                await self._answers(replica, launch)
                 self._registry.mark_ready(replica)  # the registry logs the change
-                await self._watch(replica, proc)
+                await self._watch(replica, launch)
             else:
                 await _reap(proc, _FAILED_EXIT_WAIT)
         finally:
             launch.close()  # cancelled: the process stays in _procs, for `stop`
         self._procs.pop(replica, None)
         how = describe_exit(proc.returncode)
+        said = error or launch.tail()
         log.warning("%s[%d]: worker pid %d exited (%s)%s", model.name, replica.index, proc.pid,
-                    how, f": {error}" if error else "")  # fmt: skip
+                    how, f": {said}" if said else "")  # fmt: skip
         self._registry.mark_exited(replica, error, how)
         return error is None
 
-    async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> int:
+    async def _watch(self, replica: Replica, launch: Launch | ServerLaunch) -> int:
         """Wait for the worker to exit, checking its status meanwhile.
 
         A worker that fails a check leaves rotation at once, comes back when a check passes,
         and is killed (then restarted) after `health.failures` failed checks in a row.
         """
+        proc = launch.proc
         exited = asyncio.ensure_future(proc.wait())
         failures = 0
         while not (await asyncio.wait((exited,), timeout=self.health.interval))[0]:
-            if await self._answers(replica):
+            if await self._answers(replica, launch):
                 failures = 0
                 self._registry.mark_healthy(replica)
                 continue
@@ -149,31 +162,14 @@ class LocalDriver(Driver):
                 _signal(proc, signal.SIGKILL)
         return exited.result()
 
-    async def _answers(self, replica: Replica) -> bool:
-        """Whether the worker's /status answers within the health timeout."""
-        timeout = aiohttp.ClientTimeout(total=self.health.timeout)
-        headers = {"Authorization": replica.auth}
-        try:
-            async with self._session.get(
-                replica.url + "/status", headers=headers, timeout=timeout
-            ) as resp:
-                resp.raise_for_status()
-                body = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+    async def _answers(self, replica: Replica, launch: Launch | ServerLaunch) -> bool:
+        """Whether its status answers within the health timeout (noting its engine's counters
+        and the context a request gets)."""
+        status = await launch.status(self._session, self.health.timeout)
+        if status is None:
             return False
-        replica.engine = _engine_counters(body)
-        context = body.get("n_ctx") if isinstance(body, dict) else None
-        replica.n_ctx = context if isinstance(context, int) and context > 0 else None
+        replica.engine, replica.n_ctx = status
         return True
-
-
-def _engine_counters(status: Any) -> dict[str, float]:
-    """The numbers of a worker's /status `batching` (absent for an embedding model)."""
-    counters = status.get("batching") if isinstance(status, dict) else None
-    if not isinstance(counters, dict):
-        return {}
-    return {key: float(value) for key, value in counters.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
 
 
 async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:

@@ -57,10 +57,11 @@ class Replica:
     ejections: int = 0  # times it was ejected for them (gateway/replicas/outliers.py)
     ejected_until: float | None = None  # time.time() its ejection ends, while it is ejected
     # Its worker's engine counters at the last status check (workers.engines.loop.engine_loop:
-    # decode steps, sequences, decoded and generated tokens, decode seconds); empty for remote
-    # ones.
+    # decode steps, sequences, decoded and generated tokens, decode seconds; llama-server's
+    # /metrics under those names); empty for remote ones.
     engine: dict[str, float] = field(default_factory=dict)
-    n_ctx: int | None = None  # the context one request gets (its slot's), as its worker reports
+    # The context one request gets (its slot's): as its worker reports, or llama-server's config.
+    n_ctx: int | None = None
     state_since: float = field(default_factory=time.time)  # when it entered its state
     last_used: float = field(default_factory=time.monotonic)  # a request began or ended; ready
     auth: str = field(default="", repr=False)  # the Authorization its worker requires

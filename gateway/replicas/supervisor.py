@@ -187,6 +187,7 @@ def _configured_device(model: ModelConfig, index: int) -> str:
 
 
 def _wants_spare(config: GatewayConfig) -> bool:
-    """A spare worker process, for replicas loaded on demand (where the setting allows one)."""
-    on_demand = any(model.on_demand for model in config.models)
+    """A spare worker process, for our workers' replicas loaded on demand (where the setting
+    allows one)."""
+    on_demand = any(model.on_demand and model.uses_worker for model in config.models)
     return on_demand and config.scaling.keeps_spare(os.cpu_count())

@@ -88,3 +88,20 @@ def test_a_config_whose_min_replicas_cannot_fit_is_refused_naming_them(tmp_path:
     assert "the min replicas do not fit the memory budgets" in result.stderr
     assert "gemma[0]: cannot start: not enough memory to start gemma[0] on cpu" in result.stderr
     assert "held by smol[0]" in result.stderr and "(min)" in result.stderr
+
+
+def test_check_config_shows_a_llama_server_replica_s_command_or_says_its_binary_is_missing(
+    tmp_path: Path,
+) -> None:
+    entry = (f"{{name: s, engine: llama-server, path: {SMOLLM2}, capacity: 2, "
+             "llama: {n_ctx: 1024}, server_args: [--jinja]}")  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  - {entry}\n")
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    assert f"-m {SMOLLM2} -np 2 -c 2048" in result.stdout and "--port PORT" in result.stdout
+    assert result.stdout.rstrip().count("--jinja") == 1
+    config.write_text(f"llama_server: {{binary: {tmp_path / 'none'}}}\nmodels:\n  - {entry}\n")
+    result = check_config(config)
+    assert result.returncode == 2 and result.stderr.startswith("invalid config: llama_server")
+    assert f"no executable file at {tmp_path / 'none'}" in result.stderr

@@ -123,7 +123,7 @@ def test_a_bad_outlier_or_upstream_cap_setting_is_named(
         ([model(replicas=2, gpus=[0])], {}, "models[0] (m).gpus: has 1 entries but replicas is 2"),
         ([model(gpus=["x"])], {}, "models[0] (m).gpus: expected auto, or a list of GPU ids"),
         ([model(path="${NOT_SET_ANYWHERE}/a.gguf")], {}, "NOT_SET_ANYWHERE is not set"),
-        ([model(engine="vllm")], {}, "models[0] (m).engine: expected llama or standin"),
+        ([model(engine="vllm")], {}, "(m).engine: expected llama, llama-server or standin"),
         (
             [model(capacity=2, llama={"embedding": True})],
             {},
@@ -247,3 +247,74 @@ def test_a_keyless_gateway_on_a_public_address_needs_allowed_hosts(
                    auth={"required": False})  # fmt: skip
     assert config.server.allowed_hosts == ("*",)
     assert parse(tmp_path, [model()], server={"host": "127.0.0.2"}, auth={"required": False})
+
+
+def _executable(path: Path) -> Path:
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def server_model(**overrides: Any) -> dict[str, Any]:
+    return model(**{"engine": "llama-server", **overrides})
+
+
+def test_a_llama_server_model_runs_the_configured_binary_with_its_own_args(
+    tmp_path: Path, gguf: Path
+) -> None:
+    binary = _executable(tmp_path / "my-llama-server")
+    config = parse(tmp_path, [server_model(server_args=["--jinja", "-lv", "4"]),
+                              server_model(name="e", llama={"embedding": True})],
+                   llama_server={"binary": "my-llama-server"})  # fmt: skip
+    chat, embed = config.models
+    assert config.llama_server.binary == binary
+    assert chat.server_binary == binary and chat.server_args == ("--jinja", "-lv", "4")
+    assert chat.capacity == 4
+    assert "llama-server" in chat.unserved["/v1/embeddings"] and not embed.unserved
+    assert embed.capacity == 1 and not chat.uses_worker and chat.loads_gguf
+
+
+def test_the_llama_server_binary_is_looked_up_on_path_then_where_make_builds_it(
+    tmp_path: Path, gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.config.llama_server as llama_server
+
+    (tmp_path / "bin").mkdir()
+    on_path = _executable(tmp_path / "bin" / "llama-server")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert parse(tmp_path, [server_model()]).models[0].server_binary == on_path
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    built = _executable(tmp_path / "built-llama-server")
+    monkeypatch.setattr(llama_server, "BUILT_BINARY", built)
+    assert parse(tmp_path, [server_model()]).models[0].server_binary == built
+    monkeypatch.setattr(llama_server, "BUILT_BINARY", tmp_path / "never-built")
+    missing = r"models\[0\] \(m\)\.engine: llama-server needs llama\.cpp's llama-server: set "
+    with pytest.raises(ConfigError, match=missing + r".*run `make llama-server`"):
+        parse(tmp_path, [server_model()])
+    # A model served by upstreams alone starts no llama-server: none is needed.
+    remote = {"name": "r", "engine": "llama-server", "upstreams": [{"url": "http://h:1/v1"}]}
+    assert parse(tmp_path, [remote]).models[0].server_binary is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "top", "message"),
+    [
+        ({}, {"llama_server": {"binary": "absent"}}, r"llama_server\.binary: no executable file"),
+        ({}, {"llama_server": {"bin": "x"}}, r"llama_server\.bin: unknown key"),
+        ({"server_args": "--jinja"}, {}, r"\.server_args: expected a list of strings"),
+        ({"server_args": ["-c", 4096]}, {}, r"\.server_args: expected a list of strings"),
+        ({"engine": "llama", "server_args": ["-v"]}, {}, r"server_args: only for engine: llama-s"),
+        ({"llama": {"logits_all": True}}, {}, r"llama\.logits_all: llama-server has no equival"),
+        ({"llama": {"chat_format": "chatml"}}, {}, r"llama\.chat_format: .*--chat-template"),
+        ({"llama": {"type_k": 12}}, {}, r"llama\.type_k: llama-server cannot take 12"),
+        ({"llama": {"split_mode": 7}}, {}, r"llama\.split_mode: llama-server cannot take 7"),
+        ({"matryoshka": True}, {}, r"\.matryoshka: our worker's option; llama-server has none"),
+    ],
+)
+def test_a_bad_llama_server_setting_is_named(
+    tmp_path: Path, gguf: Path, entry: dict[str, Any], top: dict[str, Any], message: str
+) -> None:
+    _executable(tmp_path / "llama-server")
+    top = top or {"llama_server": {"binary": "llama-server"}}
+    with pytest.raises(ConfigError, match=message):
+        parse(tmp_path, [server_model(**entry)], **top)

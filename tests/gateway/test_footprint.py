@@ -11,6 +11,7 @@ from gateway.replicas.footprint import (
     COMPUTE_BYTES,
     COMPUTE_BYTES_PER_TOKEN,
     PROCESS_BYTES,
+    SERVER_PROCESS_BYTES,
     estimate,
     needs,
 )
@@ -75,3 +76,11 @@ def test_a_file_that_is_not_gguf_counts_its_size(tmp_path: Path) -> None:
     fake.write_bytes(b"not a model" * 100)
     assert estimate(model(fake), on_gpu=False).weights == 1100
     assert needs(model(fake, engine="standin"), "cpu") == {}  # a stand-in loads nothing
+
+
+def test_a_llama_server_replica_is_estimated_as_ours_but_for_its_lighter_process() -> None:
+    ours = model(llama={"n_ctx": 1024}, capacity=2)
+    server = model(llama={"n_ctx": 1024}, capacity=2, engine="llama-server")
+    assert needs(server, "cpu")["cpu"] == needs(ours, "cpu")["cpu"] - PROCESS_BYTES + (
+        SERVER_PROCESS_BYTES)  # fmt: skip
+    assert needs(server, "0")["0"] == needs(ours, "0")["0"] > 100 * MiB  # on its GPU alike

@@ -85,3 +85,11 @@ def test_a_new_redis_needs_a_restart() -> None:
 def test_a_changed_embedding_policy_rolls_the_replicas() -> None:
     (change,) = plan_reload(config(A), config(replace(A, matryoshka=True))).change
     assert change.roll
+
+
+def test_new_llama_server_args_or_binary_roll_its_replicas() -> None:
+    server = replace(A, engine="llama-server", server_binary=Path("/opt/llama-server"))
+    with_args = replace(server, server_args=("--jinja",))
+    assert plan_reload(config(server), config(with_args)).change[0].roll
+    rebuilt = replace(server, server_binary=Path("/usr/local/bin/llama-server"))
+    assert plan_reload(config(server), config(rebuilt)).change[0].roll

@@ -15,7 +15,14 @@ from aiohttp import web
 from gateway.errors import UpstreamTooLarge
 from gateway.http.auth import ANONYMOUS
 from gateway.observe.metrics import MARKS_KEY, Marks
-from gateway.pool.proxy import Proxy, Relay, sse_events
+from gateway.pool.proxy import (
+    USAGE_ASKED,
+    USAGE_IN_ANSWER,
+    USAGE_REPORTED,
+    Proxy,
+    Relay,
+    sse_events,
+)
 from gateway.pool.scheduler import QueuePolicy, Scheduler
 from gateway.replicas.registry import Registry
 from tests.support import sse_data
@@ -67,8 +74,8 @@ async def upstream() -> AsyncIterator[str]:
 
 
 async def relay(url: str, noted: Marks | None = None, max_bytes: int = 64 << 20,
-                verdicts: list[bool] | None = None,
-                idle_timeout: float = 5) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+                verdicts: list[bool] | None = None, idle_timeout: float = 5,
+                usage: int = USAGE_REPORTED) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
     """Relay one answer of `url`; return what the client was sent and the replica's in_flight.
     `verdicts` is told whether the answer failed (for outlier ejection)."""
     registry = Registry()
@@ -89,7 +96,7 @@ async def relay(url: str, noted: Marks | None = None, max_bytes: int = 64 << 20,
         scope = {MARKS_KEY: noted or Marks()}
         receive = _never if response.content_type != "text/event-stream" else _connected
         await Relay(proxy, response, lease, "id-1", idle_timeout, 5, max_bytes=max_bytes,
-                    on_verdict=None if verdicts is None else verdicts.append,
+                    on_verdict=None if verdicts is None else verdicts.append, usage=usage,
                     )(scope, receive, send)  # type: ignore[arg-type]  # fmt: skip
     finally:
         await proxy.close()
@@ -169,8 +176,42 @@ async def stall(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def busy_first(request: web.Request) -> web.StreamResponse:
+    """llama-server's way: its headers at once, its first event once it has read the prompt."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await asyncio.sleep(0.6)  # past the idle timeout, within the first token's
+    await response.write(_CHUNK + b"data: [DONE]\n\n")
+    return response
+
+
+# A Responses stream of OpenAI's (and llama-server's): no [DONE] after its last event.
+_COMPLETED = (b'event: response.completed\ndata: {"type":"response.completed","response":{'
+              b'"output":[],"usage":{"input_tokens":3,"output_tokens":4}}}\n\n')  # fmt: skip
+
+
+async def responses_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b'event: response.created\ndata: {"type":"response.created"}\n\n')
+    await response.write(_COMPLETED)
+    return response
+
+
+async def completion_usage(request: web.Request) -> web.StreamResponse:
+    """llama-server's completions, asked for usage: it comes on the last chunk with a choice."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(
+        b'data: {"choices":[{"text":"hi","finish_reason":"stop"}],"usage":'
+        b'{"prompt_tokens":2,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    )
+    return response
+
+
 MISBEHAVING = {"/declared-2gib": declared_2_gib, "/chunked-2mib": chunked_2_mib,
-               "/no-blank-line": no_blank_line, "/stall": stall}  # fmt: skip
+               "/no-blank-line": no_blank_line, "/stall": stall, "/busy-first": busy_first,
+               "/responses": responses_stream, "/completion-usage": completion_usage}  # fmt: skip
 
 
 async def test_an_answer_declaring_more_than_max_bytes_is_a_502_before_any_is_read(
@@ -243,3 +284,33 @@ async def test_sse_events_refuses_an_event_past_max_event_bytes() -> None:
         await events([b"data: " + b"x" * 100, b"x" * 100], max_event=150)
     many = b"data: 1\n\n" * 100  # complete events pass, however many come at once
     assert await events([many + b"data: 2", b"\n\n"], max_event=20) == [many, b"data: 2\n\n"]
+
+
+async def test_a_server_busy_with_the_prompt_after_its_headers_has_until_the_first_token_timeout(
+    upstream: str,
+) -> None:
+    verdicts: list[bool] = []
+    sent, _ = await relay(upstream + "/busy-first", verdicts=verdicts, idle_timeout=0.3)
+    relayed = b"".join(message.get("body", b"") for message in sent)
+    assert relayed == _CHUNK + b"data: [DONE]\n\n" and verdicts == [False]
+
+
+async def test_a_responses_stream_ends_with_its_completed_event_and_says_its_usage(
+    upstream: str,
+) -> None:
+    noted, verdicts = Marks(), list[bool]()
+    sent, in_flight = await relay(upstream + "/responses", noted, verdicts=verdicts,
+                                  usage=USAGE_IN_ANSWER)  # fmt: skip
+    relayed = b"".join(message.get("body", b"") for message in sent)
+    assert relayed.endswith(_COMPLETED) and b"error" not in relayed  # no "stopped" event added
+    assert noted.usage == Usage(3, 4) and verdicts == [False] and in_flight == 0
+
+
+async def test_a_usage_the_gateway_asked_for_is_taken_off_a_chunk_with_a_choice(
+    upstream: str,
+) -> None:
+    noted = Marks()
+    sent, _ = await relay(upstream + "/completion-usage", noted, usage=USAGE_ASKED)
+    relayed = b"".join(message.get("body", b"") for message in sent)
+    assert noted.usage == Usage(2, 1) and b"usage" not in relayed
+    assert b'"finish_reason":"stop"' in relayed and relayed.endswith(b"data: [DONE]\n\n")
