@@ -100,7 +100,7 @@ def key_shown(key: Any) -> str:
     return f"<{shown(key)}>"
 
 
-def checked(section: dict[str, Any], key: str, check: Check, expected: str, where: str,
+def checked(section: Mapping[str, Any], key: str, check: Check, expected: str, where: str,
          default: Any) -> Any:  # fmt: skip
     value = section.get(key, default)
     if not check(value):

@@ -37,6 +37,7 @@ from .edge import (
     parse_cors,
     parse_forwarded_allow_ips,
 )
+from .fields import Checks, keys, scalars
 from .llama_server import (
     ENGINES,
     GGUF_ENGINES,
@@ -167,6 +168,11 @@ class ModelConfig:
         return self.replicas if self.min_replicas is None else self.min_replicas
 
     @property
+    def affinity(self) -> bool:
+        """Whether it routes by prompt prefix (`routing: prefix_affinity`), else least busy."""
+        return self.routing == "prefix_affinity"
+
+    @property
     def on_demand(self) -> bool:
         """Whether its replica count moves (between `floor` and `replicas`)."""
         return self.floor < self.replicas
@@ -256,20 +262,51 @@ STANDIN_PARAMS: Mapping[str, tuple[Check, str]] = MappingProxyType(
 
 ROUTINGS = ("least_busy", "prefix_affinity")
 
-_SERVER_KEYS = {
-    "host", "port", "max_body_bytes", "drain_timeout", "header_timeout",
-    "body_timeout", "max_connections", "max_header_bytes", "max_url_bytes", "metrics",
-    "metrics_auth", "max_upstream_bytes",
-    "max_connections_per_client", "allowed_hosts", "cors", "forwarded_allow_ips",
-}  # fmt: skip
-_TOP_KEYS = {"server", "models", "health", "watch", "auth", "redis", "memory", "scaling",
-             "llama_server"}  # fmt: skip
-_MODEL_KEYS = {
-    "name", "aliases", "path", "engine", "replicas", "capacity", "gpus", "max_queue",
-    "queue_timeout", "startup_timeout", "first_token_timeout", "idle_timeout", "llama", "standin",
-    "matryoshka", "accept_token_ids", "upstreams", "routing", "idle_ttl", "scale_up_queue",
-    "memory", "outlier", "server_args",
-}  # fmt: skip
+# The plain settings of each section: its check and what a valid value is (defaults: the
+# dataclasses'). The rest (lists, sub-sections, settings worked out together) have parsers.
+_SERVER_SETTINGS: Checks = {
+    "host": (nonempty_str, "a host name or address"),
+    "port": (lambda v: is_int(v) and 0 <= v <= 65535, "a port number 0-65535"),
+    "max_body_bytes": (positive, "a positive integer"),
+    "drain_timeout": (non_neg_num, "seconds >= 0"),
+    "header_timeout": (pos_num, "seconds > 0"),
+    "body_timeout": (pos_num, "seconds > 0"),
+    "max_connections": (positive, "a positive integer"),
+    "max_header_bytes": (positive, "a positive integer"),
+    "max_url_bytes": (positive, "a positive integer"),
+    "metrics": (boolean, "true or false"),
+    "metrics_auth": (boolean, "true or false"),
+    "max_upstream_bytes": (positive, "a positive integer"),
+    "max_connections_per_client": (positive, "a positive integer"),
+}
+_HEALTH_SETTINGS: Checks = {
+    "interval": (pos_num, "seconds > 0"),
+    "timeout": (pos_num, "seconds > 0"),
+    "failures": (positive, "a positive integer"),
+}
+_OUTLIER_SETTINGS: Checks = {
+    "consecutive_errors": (positive, "a positive integer"),
+    "base_ejection_time": (pos_num, "seconds > 0"),
+    "max_ejection_time": (pos_num, "seconds > 0"),
+    "max_ejection_percent": (lambda v: is_int(v) and 0 <= v <= 100, "an integer from 0 to 100"),
+}
+_MODEL_SETTINGS: Checks = {
+    "engine": (lambda v: v in ENGINES, "llama, llama-server or standin"),
+    "scale_up_queue": (positive, "a positive integer"),
+    "max_queue": (non_negative, "an integer >= 0"),
+    "queue_timeout": (pos_num, "seconds > 0"),
+    "startup_timeout": (pos_num, "seconds > 0"),
+    "first_token_timeout": (pos_num, "seconds > 0"),
+    "idle_timeout": (pos_num, "seconds > 0"),
+    "matryoshka": (boolean, "true or false"),
+    "accept_token_ids": (boolean, "true or false"),
+    "routing": (lambda v: v in ROUTINGS, " or ".join(ROUTINGS)),
+}
+# A model's fields worked out from its other keys, never written in the file.
+_MODEL_DERIVED = ("min_replicas", "gpus_auto", "server_binary", "unserved")
+_TOP_KEYS = keys(GatewayConfig)
+_SERVER_KEYS = keys(ServerConfig)
+_MODEL_KEYS = keys(ModelConfig, _MODEL_DERIVED)
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -309,7 +346,7 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     llama_server = parse_llama_server(top.get("llama_server", {}), base_dir)
     models = tuple(_parse_model(m, i, base_dir, llama_server) for i, m in enumerate(models_raw))
     _reject_duplicate_names(models)
-    watch = checked(top, "watch", boolean, "true or false", "", False)
+    watch = checked(top, "watch", boolean, "true or false", "", GatewayConfig.watch)
     return GatewayConfig(server=server, models=models, health=health, watch=watch, auth=auth,
                          redis=parse_redis(top.get("redis", {})),
                          memory=parse_budgets(top.get("memory", {})),
@@ -319,12 +356,8 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
 
 def _parse_health(raw: Any) -> HealthConfig:
     section = mapping(raw, "health")
-    reject_unknown(section, {"interval", "timeout", "failures"}, "health.")
-    return HealthConfig(
-        interval=float(checked(section, "interval", pos_num, "seconds > 0", "health.", 2.0)),
-        timeout=float(checked(section, "timeout", pos_num, "seconds > 0", "health.", 5.0)),
-        failures=checked(section, "failures", positive, "a positive integer", "health.", 3),
-    )
+    reject_unknown(section, keys(HealthConfig), "health.")
+    return HealthConfig(**scalars(section, HealthConfig, _HEALTH_SETTINGS, "health."))
 
 
 def _parse_server(raw: Any) -> ServerConfig:
@@ -337,45 +370,11 @@ def _parse_server(raw: Any) -> ServerConfig:
         )
     reject_unknown(section, _SERVER_KEYS, "server.")
     return ServerConfig(
-        host=checked(
-            section, "host", nonempty_str, "a host name or address", "server.", "127.0.0.1"
-        ),
-        port=checked(section, "port", _port, "a port number 0-65535", "server.", 8000),
-        max_body_bytes=checked(
-            section, "max_body_bytes", positive, "a positive integer", "server.", 4 << 20
-        ),
-        drain_timeout=float(
-            checked(section, "drain_timeout", non_neg_num, "seconds >= 0", "server.", 30)
-        ),
-        header_timeout=float(
-            checked(section, "header_timeout", pos_num, "seconds > 0", "server.", 10)
-        ),
-        body_timeout=float(checked(section, "body_timeout", pos_num, "seconds > 0", "server.", 30)),
-        max_connections=checked(
-            section, "max_connections", positive, "a positive integer", "server.", 2048
-        ),
-        max_header_bytes=checked(
-            section, "max_header_bytes", positive, "a positive integer", "server.", 16384
-        ),
-        max_url_bytes=checked(
-            section, "max_url_bytes", positive, "a positive integer", "server.", 8192
-        ),
-        metrics=checked(section, "metrics", boolean, "true or false", "server.", True),
-        metrics_auth=checked(section, "metrics_auth", boolean, "true or false", "server.", False),
-        max_upstream_bytes=checked(
-            section, "max_upstream_bytes", positive, "a positive integer", "server.", 64 << 20
-        ),
-        max_connections_per_client=checked(
-            section, "max_connections_per_client", positive, "a positive integer", "server.", 1024
-        ),
+        **scalars(section, ServerConfig, _SERVER_SETTINGS, "server."),
         allowed_hosts=parse_allowed_hosts(section.get("allowed_hosts")),
         cors=parse_cors(section.get("cors")),
         forwarded_allow_ips=parse_forwarded_allow_ips(section.get("forwarded_allow_ips")),
     )
-
-
-def _port(v: Any) -> bool:
-    return is_int(v) and 0 <= v <= 65535
 
 
 def _parse_model(raw: Any, index: int, base_dir: Path,
@@ -386,54 +385,28 @@ def _parse_model(raw: Any, index: int, base_dir: Path,
         raise ConfigError(f"models[{index}].name: expected a non-empty string")
     where = f"models[{index}] ({name})."
     reject_unknown(section, _MODEL_KEYS, where)
-    engine = checked(section, "engine", lambda v: v in ENGINES, "llama, llama-server or standin",
-                     where, "llama")  # fmt: skip
+    settings = scalars(section, ModelConfig, _MODEL_SETTINGS, where)
+    engine = settings["engine"]
     upstreams = parse_upstreams(section.get("upstreams", []), where, base_dir)
     span = parse_replica_range(section, bool(upstreams), where)
     replicas = span.max
     auto = section.get("gpus") == "auto"
     llama = _parse_params(section.get("llama", {}), LLAMA_PARAMS, where + "llama")
     return ModelConfig(
+        **settings,
         capacity=_parse_capacity(section, engine, where),
         name=name,
         aliases=_parse_aliases(section.get("aliases", []), where),
         path=_parse_path(section.get("path"), engine if replicas else "remote", where, base_dir),
-        engine=engine,
         replicas=replicas,
         gpus=None if auto else _parse_gpus(section.get("gpus"), replicas, where),
         gpus_auto=auto,
         min_replicas=span.min,
         idle_ttl=_optional_seconds(section, "idle_ttl", where),
-        scale_up_queue=checked(section, "scale_up_queue", positive, "a positive integer", where, 1),
         memory=None if "memory" not in section else parse_size(section["memory"], where + "memory"),
-        max_queue=checked(section, "max_queue", non_negative, "an integer >= 0", where, 64),
-        queue_timeout=float(checked(section, "queue_timeout", pos_num, "seconds > 0", where, 30)),
-        startup_timeout=float(
-            checked(section, "startup_timeout", pos_num, "seconds > 0", where, 300)
-        ),
-        first_token_timeout=float(
-            checked(section, "first_token_timeout", pos_num, "seconds > 0", where, 300)
-        ),
-        idle_timeout=float(
-            checked(
-                section, "idle_timeout", pos_num, "seconds > 0", where, ModelConfig.idle_timeout
-            )
-        ),
         llama=llama,
         standin=_parse_params(section.get("standin", {}), STANDIN_PARAMS, where + "standin"),
-        matryoshka=checked(section, "matryoshka", boolean, "true or false", where, False),
-        accept_token_ids=checked(
-            section, "accept_token_ids", boolean, "true or false", where, False
-        ),
         upstreams=upstreams,
-        routing=checked(
-            section,
-            "routing",
-            lambda v: v in ROUTINGS,
-            "least_busy or prefix_affinity",
-            where,
-            "least_busy",
-        ),
         outlier=_parse_outlier(section.get("outlier", {}), where + "outlier"),
         **_engine_fields(section, llama, replicas > 0, llama_server, where),
     )
@@ -462,32 +435,14 @@ def _engine_fields(section: dict[str, Any], llama: Mapping[str, Any], local: boo
     }
 
 
-_OUTLIER_KEYS = {"consecutive_errors", "base_ejection_time", "max_ejection_time",
-                 "max_ejection_percent"}  # fmt: skip
-
-
 def _parse_outlier(raw: Any, where: str) -> OutlierConfig:
-    section, at, default = mapping(raw, where), where + ".", OutlierConfig()
-    reject_unknown(section, _OUTLIER_KEYS, at)
-    config = OutlierConfig(
-        consecutive_errors=checked(section, "consecutive_errors", positive, "a positive integer",
-                                   at, default.consecutive_errors),
-        base_ejection_time=float(checked(section, "base_ejection_time", pos_num, "seconds > 0",
-                                         at, default.base_ejection_time)),
-        max_ejection_time=float(checked(section, "max_ejection_time", pos_num, "seconds > 0",
-                                        at, default.max_ejection_time)),
-        max_ejection_percent=checked(section, "max_ejection_percent", _percent,
-                                     "an integer from 0 to 100", at,
-                                     default.max_ejection_percent),
-    )  # fmt: skip
+    section, at = mapping(raw, where), where + "."
+    reject_unknown(section, keys(OutlierConfig), at)
+    config = OutlierConfig(**scalars(section, OutlierConfig, _OUTLIER_SETTINGS, at))
     if config.max_ejection_time < config.base_ejection_time:
         raise ConfigError(f"{at}max_ejection_time: expected seconds >= base_ejection_time "
                           f"({config.base_ejection_time:g})")  # fmt: skip
     return config
-
-
-def _percent(v: Any) -> bool:
-    return is_int(v) and 0 <= v <= 100
 
 
 def _optional_seconds(section: dict[str, Any], key: str, where: str) -> float | None:

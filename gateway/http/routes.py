@@ -191,7 +191,7 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     scheduler = gateway.scheduler
     running = scheduler.running(caller)
     # A replica first, if one is free: its concurrency slot then comes in the limits' one check.
-    prefix = _prefix(body) if model.routing == "prefix_affinity" else ()
+    prefix = _prefix(body) if model.affinity else ()
     lease = scheduler.try_acquire(model.name, caller, prefix)
     try:
         ticket = await gateway.limits.admit(caller, request_id, model.name, reserve, running,
