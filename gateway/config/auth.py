@@ -20,6 +20,7 @@ from .checks import (
     positive,
     reject_unknown,
 )
+from .fields import keys as field_keys
 
 __all__ = [
     "ANONYMOUS_NAME",
@@ -92,7 +93,7 @@ class RedisConfig:
 
 def parse_auth(raw: Any) -> AuthConfig:
     section = mapping(raw, "auth")
-    reject_unknown(section, {"required", "keys"}, "auth.")
+    reject_unknown(section, field_keys(AuthConfig), "auth.")
     required = section.get("required")
     if required is not None and not boolean(required):
         raise ConfigError("auth.required: expected true or false")
@@ -124,8 +125,8 @@ def _parse_key(raw: Any, index: int) -> KeyConfig:
         rpm=_limit(section, "rpm", where),
         tpm=_limit(section, "tpm", where),
         max_concurrent=_limit(section, "max_concurrent", where),
-        weight=float(checked(section, "weight", pos_num, "a number > 0", where, 1)),
-        admin=checked(section, "admin", boolean, "true or false", where, False),
+        weight=float(checked(section, "weight", pos_num, "a number > 0", where, KeyConfig.weight)),
+        admin=checked(section, "admin", boolean, "true or false", where, KeyConfig.admin),
     )
 
 
@@ -188,14 +189,15 @@ def _reject_duplicates(keys: tuple[KeyConfig, ...]) -> None:
 
 def parse_redis(raw: Any) -> RedisConfig:
     section = mapping(raw, "redis")
-    reject_unknown(section, {"url", "on_error", "lease_seconds"}, "redis.")
+    reject_unknown(section, field_keys(RedisConfig), "redis.")
     url = section.get("url")
     if url is not None and not (nonempty_str(url) and url.startswith(("redis://", "rediss://",
                                                                        "unix://"))):  # fmt: skip
         raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
     on_error = checked(section, "on_error", lambda v: v in ("allow", "deny"), "allow or deny",
-                       "redis.", "allow")  # fmt: skip
-    lease = checked(section, "lease_seconds", pos_num, "seconds > 0", "redis.", 30)
+                       "redis.", RedisConfig.on_error)  # fmt: skip
+    lease = checked(section, "lease_seconds", pos_num, "seconds > 0", "redis.",
+                    RedisConfig.lease_seconds)  # fmt: skip
     return RedisConfig(url=url, on_error=on_error, lease_seconds=float(lease))
 
 

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .checks import ConfigError, checked, is_int, mapping, non_neg_num, reject_unknown, shown
+from .fields import keys
 
 __all__ = [
     "ReplicaRange",
@@ -98,7 +99,7 @@ def parse_budgets(raw: Any) -> Mapping[str, int]:
 
 def parse_scaling(raw: Any) -> ScalingConfig:
     section = mapping(raw, "scaling")
-    reject_unknown(section, {"min_residency", "spare_worker"}, "scaling.")
+    reject_unknown(section, keys(ScalingConfig), "scaling.")
     residency = checked(section, "min_residency", lambda v: v == "auto" or non_neg_num(v),
                         "auto or seconds >= 0", "scaling.", "auto")  # fmt: skip
     spare = checked(section, "spare_worker", lambda v: v in ("auto", True, False),

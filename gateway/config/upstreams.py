@@ -86,14 +86,19 @@ def _parse_entry(raw: Any, where: str, base_dir: Path) -> Upstream:
         return _parse_upstream(section, where, _parse_url(section.get("url"), where))
     reject_unknown(section, _DNS_KEYS, where)
     host, port = _parse_dns(section["dns"], where)
-    path = checked(section, "path", _url_path, "a URL path starting with /", where, "/v1")
+    path = checked(section, "path", _url_path, "a URL path starting with /", where,
+                   DnsUpstream.path)  # fmt: skip
     hosts = checked(section, "hosts_file", _optional_name, "a file path", where, None)
     return DnsUpstream(
         host,
         port,
         _parse_upstream(section, where, f"http://{host}:{port}{path}"),
         path=path.rstrip("/"),
-        resolve_every=float(checked(section, "resolve_every", pos_num, "seconds > 0", where, 5)),
+        resolve_every=float(
+            checked(
+                section, "resolve_every", pos_num, "seconds > 0", where, DnsUpstream.resolve_every
+            )
+        ),
         hosts_file=None if hosts is None else (base_dir / Path(hosts).expanduser()),
     )
 
@@ -116,7 +121,9 @@ def _parse_upstream(section: dict[str, Any], where: str, url: str) -> UpstreamCo
         raise ConfigError(f"{where}api_key_env: environment variable {env} is not set")
     return UpstreamConfig(
         url=url,
-        capacity=checked(section, "capacity", positive, "a positive integer", where, 1),
+        capacity=checked(
+            section, "capacity", positive, "a positive integer", where, UpstreamConfig.capacity
+        ),
         api_key_env=env,
         api_key=os.environ.get(env, "") if env else "",
         upstream_model=checked(
