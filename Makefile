@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 MODELS := models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
 
-# How llama.cpp is compiled (README "CPU builds"): native ISA with ggml's AMX backend off, unless
+# How llama.cpp is compiled (docs/builds.md "CPU builds"): native ISA with ggml's AMX backend off, unless
 # LLAMA_AMX=1; LLAMA_CMAKE_ARGS adds CMake arguments; LLAMA_REBUILD=1 forces a fresh build.
 # A changed value rebuilds: deploy/build_llama.sh keys its wheels on the flags, not pip's cache.
 LLAMA_AMX ?= 0

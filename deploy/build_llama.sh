@@ -11,7 +11,7 @@
 # --no-cache-dir into a folder keyed by the flags, the compiler and (for native builds) the CPU.
 #
 # Environment:
-#   LLAMA_AMX=1         keep ggml's AMX backend (opt in; see README "CPU builds")
+#   LLAMA_AMX=1         keep ggml's AMX backend (opt in; see docs/builds.md "CPU builds")
 #   LLAMA_CMAKE_ARGS    extra CMake arguments, e.g. "-DGGML_NATIVE=OFF -DGGML_AVX512=ON"
 #                       (CMAKE_ARGS, as llama-cpp-python's own docs name it, is added too)
 #   LLAMA_WHEELS        where built wheels are kept (default ~/.cache/llm-gateway/wheels)

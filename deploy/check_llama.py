@@ -32,7 +32,7 @@ this CPU ({cpu}).
     backend crashes (llama.cpp issue 20824): rebuild without it, `make setup LLAMA_AMX=0`.
   - A build made on another CPU (-march=native) dies with SIGILL here: `make setup LLAMA_REBUILD=1`.
   - Other ggml flags: LLAMA_CMAKE_ARGS="..." make setup.
-See README "CPU builds".
+See docs/builds.md "CPU builds".
 """
 
 

@@ -366,7 +366,7 @@ def _parse_server(raw: Any) -> ServerConfig:
         raise ConfigError(
             "server.api_keys: replaced by auth.keys, named keys stored as a hash (key_sha256) or "
             "read from the environment (key_env); `llm-gateway keygen --name NAME` prints a key "
-            'and its lines (README "API keys and limits")'
+            'and its lines (docs/operations.md "API keys")'
         )
     reject_unknown(section, _SERVER_KEYS, "server.")
     return ServerConfig(
@@ -452,7 +452,7 @@ def _optional_seconds(section: dict[str, Any], key: str, where: str) -> float | 
 
 # `capacity: auto`, the default: a llama model that generates gets llama-server's own `-np
 # auto`, 4 slots over one copy of the weights (one copy then serves 4 clients at the speed of
-# llama-server; README "Slots"); an embedding model and a stand-in serve one request at a time.
+# llama-server; docs/engines.md "Slots"); an embedding model and a stand-in serve one request at a time.
 AUTO_CAPACITY = 4
 
 

@@ -26,7 +26,7 @@ from .launch import llama_params
 
 __all__ = ["Footprint", "estimate", "needs"]
 
-# Fitted to the demo models' resident memory after a 300-token prompt (README "On-demand
+# Fitted to the demo models' resident memory after a 300-token prompt (docs/scaling.md "On-demand
 # replicas": within 2-8% above it): a worker process (Python, aiohttp, llama.cpp's library), or
 # llama.cpp's own llama-server (C++ alone), and llama.cpp's compute and output buffers, which
 # grow with the vocabulary.

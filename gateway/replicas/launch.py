@@ -3,7 +3,7 @@
 A worker writes each lifecycle change (`loading`, `warming_up`, `ready`, `failed REASON`) as one
 line to a pipe the gateway hands it. Reading that pipe, rather than polling `/status`, learns of
 readiness at once and names the phase a worker crashed in: a crash during warm-up is what a
-broken CPU build of llama.cpp looks like (see README "CPU builds").
+broken CPU build of llama.cpp looks like (see docs/builds.md "CPU builds").
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
 
 # Signals by which native code dies when a build does not fit the CPU (or reads a bad address).
 _NATIVE_CRASHES = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
-CPU_BUILDS_HINT = 'see README "CPU builds"'
+CPU_BUILDS_HINT = 'see docs/builds.md "CPU builds"'
 
 
 def llama_params(model: ModelConfig, device: str = "cpu") -> dict[str, Any]:

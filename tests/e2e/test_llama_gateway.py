@@ -298,7 +298,7 @@ def test_one_replica_with_capacity_two_serves_two_requests_at_once(tmp_path: Pat
         with ThreadPoolExecutor(2) as pool:
             answers = list(pool.map(ask, ["slot-a", "slot-b"]))
         # Not necessarily the same text: with the unified KV buffer (the default) a greedy
-        # answer's last logit bits depend on its neighbours (README, "Slots").
+        # answer's last logit bits depend on its neighbours (docs/engines.md, "Slots").
         assert all(answers)
         seen = records(gateway, "s")
         (replica_a, a), (replica_b, b) = seen["slot-a"], seen["slot-b"]

@@ -33,7 +33,7 @@ class LoopLlamaModel:
         # Split (the default): each slot's cells are its own, so a decode attends over its own
         # sequence only, and a greedy answer is the same beside other requests as alone.
         # Unified: one buffer, and every decode attends over every slot's cells, the caches
-        # idle slots keep included (README, "Slots").
+        # idle slots keep included (docs/engines.md, "Slots").
         self.kv_unified = bool(kwargs.get("kv_unified", False))
         self.flash_attn: bool | None = kwargs.get("flash_attn")  # None: auto
         self.n_slots = slots
