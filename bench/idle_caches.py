@@ -1,4 +1,4 @@
-"""What the caches idle slots keep cost a lone request, in each KV layout (docs/engines.md, "Slots").
+"""What the caches idle slots keep cost a lone request, in each KV layout (docs/engines.md).
 
 One engine loop of 8 slots, in process: a 64-token answer on slot 0, then 7 slots each
 read a ~1,500-token prompt (and keep it, as slots do for the next turn), then slot 0 answers

@@ -15,18 +15,22 @@
     │   └── UpstreamTooLarge     (502 upstream_too_large)
     └── UpstreamTimeout          (504 upstream_timeout)
 
-Foreign exceptions (aiohttp, msgspec) are translated once, where they are caught,
-with ``raise X from exc``.
+Every body and stream event is made by workers/wire.py's envelope, the worker's too (one
+vocabulary for both processes). Foreign exceptions (aiohttp's, msgspec's, Litestar's) are
+translated once, where they are caught, with ``raise X from exc``; Litestar's HTTP errors by
+`from_http` below.
 """
 
 from __future__ import annotations
 
-import msgspec
+from workers.wire import error_body, error_event
 
 __all__ = [
     "BodyTooLarge",
     "Forbidden",
     "GatewayError",
+    "HeadersTooLarge",
+    "HttpError",
     "InvalidRequest",
     "ModelNotFound",
     "NotFound",
@@ -34,13 +38,14 @@ __all__ = [
     "QueueTimeout",
     "RateLimited",
     "RequestTimeout",
+    "TooManyConnections",
     "Unauthorized",
     "Unavailable",
     "UpstreamFailed",
     "UpstreamTimeout",
     "UpstreamTooLarge",
+    "UrlTooLong",
     "clipped",
-    "error_body",
 ]
 
 _CLIPPED = 64  # characters of a client's own text (a model name, a key name) an answer repeats
@@ -50,14 +55,6 @@ def clipped(text: str) -> str:
     """`text` from a client, as an error message repeats it: at most _CLIPPED characters (a
     1 MiB model name is not echoed back, nor written to the log whole)."""
     return text if len(text) <= _CLIPPED else text[: _CLIPPED - 3] + "..."
-
-
-def error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
-) -> bytes:
-    """Encode the OpenAI error envelope."""
-    error = {"message": message, "type": type_, "param": param, "code": code}
-    return msgspec.json.encode({"error": error})
 
 
 class GatewayError(Exception):
@@ -88,7 +85,11 @@ class GatewayError(Exception):
         return headers if self.extra_headers is None else {**headers, **self.extra_headers}
 
     def body(self) -> bytes:
-        return error_body(self.message, self.type, self.code, self.param)
+        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+    def event(self) -> bytes:
+        """As a stream's last event (its 200 went out already)."""
+        return error_event(self.message, type=self.type, code=self.code, param=self.param)
 
 
 class InvalidRequest(GatewayError):
@@ -111,6 +112,16 @@ class RequestTimeout(InvalidRequest):
 
     def headers(self) -> dict[str, str]:
         return {"Connection": "close"}
+
+
+class UrlTooLong(InvalidRequest):
+    status = 414
+    code = "url_too_long"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "headers_too_large"
 
 
 class Unauthorized(GatewayError):
@@ -168,6 +179,10 @@ class Unavailable(GatewayError):
     code = "service_unavailable"
 
 
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"
+
+
 class QueueTimeout(Unavailable):
     code = "queue_timeout"
 
@@ -189,3 +204,18 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "server_error"
     code = "upstream_timeout"
+
+
+_HTTP_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+class HttpError(GatewayError):
+    """A web framework's own HTTP error (a 404 for an unknown route, a 405), in our words."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message, code="not_found" if status == 404 else None, headers=headers)
+        self.status = status
+        self.type = _HTTP_TYPES.get(status, "server_error" if status >= 500 else
+                                    "invalid_request_error")  # fmt: skip
+        if status != 404:
+            self.code = None

@@ -452,7 +452,8 @@ def _optional_seconds(section: dict[str, Any], key: str, where: str) -> float | 
 
 # `capacity: auto`, the default: a llama model that generates gets llama-server's own `-np
 # auto`, 4 slots over one copy of the weights (one copy then serves 4 clients at the speed of
-# llama-server; docs/engines.md "Slots"); an embedding model and a stand-in serve one request at a time.
+# llama-server; docs/engines.md "Slots"); an embedding model and a stand-in serve one request
+# at a time.
 AUTO_CAPACITY = 4
 
 

@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from ..config.file import GatewayConfig
-from ..errors import GatewayError, clipped, error_body
+from ..errors import GatewayError, HttpError, clipped
 from ..observe.gateways import Gateways
 from ..observe.metrics import Metrics, marks
 from ..observe.recent import Recent
@@ -28,10 +28,6 @@ from .routes import ROUTES
 __all__ = ["create_app"]
 
 log = logging.getLogger("gateway")
-
-_HTTP_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error",
-                     404: "invalid_request_error", 405: "invalid_request_error",
-                     413: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
 
 
 def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0) -> Litestar:
@@ -130,14 +126,11 @@ def _client_gone(_: Request[Any, Any, Any], __: ClientGone) -> Response[bytes]:
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
-    type_ = _HTTP_ERROR_TYPES.get(
-        status, "server_error" if status >= 500 else "invalid_request_error"
-    )
-    code = "not_found" if status == 404 else None
     message = str(exc.detail)
     if status == 404 and message == "Not Found":  # no such route (not a 404 a route raised)
         message = _unknown_route(request.method, request.url.path)
-    return _json(error_body(message, type_, code), status, exc.headers)
+    error = HttpError(status, message, exc.headers)
+    return _json(error.body(), status, error.headers())
 
 
 _SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/completions, "
@@ -153,6 +146,4 @@ def _unknown_route(method: str, path: str) -> str:
 
 def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unexpected error", exc_info=exc)
-    return _json(
-        error_body("The gateway hit an internal error.", "server_error", "internal_error"), 500
-    )
+    return _json(GatewayError("The gateway hit an internal error.").body(), 500)

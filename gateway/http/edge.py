@@ -32,7 +32,13 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ..config.file import GatewayConfig, ServerConfig
-from ..errors import RequestTimeout, error_body
+from ..errors import (
+    GatewayError,
+    HeadersTooLarge,
+    RequestTimeout,
+    TooManyConnections,
+    UrlTooLong,
+)
 from .request_ids import new_request_id
 from .seats import PROBE_LINE_MAX, PROBE_WAIT, Seats, client_key, is_probe
 
@@ -250,12 +256,11 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()
         elif status == URL_TOO_LONG:
             limit = self._settings.max_url_bytes
-            self._refuse(414, f"The request line is longer than the limit of {limit} bytes.",
-                         "url_too_long")  # fmt: skip
+            self._refuse(UrlTooLong(f"The request line is longer than the limit of {limit} bytes."))
         else:
             limit = self._settings.max_header_bytes
-            self._refuse(431, f"The request headers are larger than the limit of {limit} bytes.",
-                         "headers_too_large")  # fmt: skip
+            self._refuse(HeadersTooLarge(f"The request headers are larger than the limit of "
+                                         f"{limit} bytes."))  # fmt: skip
 
     def _header_timeout(self) -> None:
         self._timer, since, now = None, self._head_since, self.loop.time()
@@ -269,7 +274,7 @@ class EdgeProtocol(HttpToolsProtocol):
         elif self._meter.started:
             timeout = self._settings.header_timeout
             message = f"The request headers did not arrive within {timeout:g} s."
-            self._refuse(408, message, RequestTimeout.code)
+            self._refuse(RequestTimeout(message))
         else:
             self.transport.close()  # nothing came: nobody to answer
 
@@ -294,15 +299,13 @@ class EdgeProtocol(HttpToolsProtocol):
         self._disarm()
         if not self._refused:
             self._refused = True
-            body = error_body("The gateway has too many open connections; retry shortly.",
-                              "service_unavailable", "too_many_connections")  # fmt: skip
-            self.transport.write(self._answer(503, body, b"retry-after: 1\r\n"))
+            busy = TooManyConnections("The gateway has too many open connections; retry shortly.")
+            self.transport.write(self._answer(503, busy.body(), b"retry-after: 1\r\n"))
         self.transport.close()
 
-    def _refuse(self, status: int, message: str, code: str | None) -> None:
-        """Answer `status` and end the connection."""
-        body = error_body(message, "invalid_request_error", code)
-        self.transport.write(self._answer(status, body))
+    def _refuse(self, error: GatewayError) -> None:
+        """Answer `error` and end the connection."""
+        self.transport.write(self._answer(error.status, error.body()))
         self._linger()
 
     def _linger(self) -> None:

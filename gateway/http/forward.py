@@ -16,7 +16,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from workers.wire import Usage
 
 from ..config.file import ModelConfig
-from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout, error_body
+from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from ..limits.local import Ticket
 from ..observe.metrics import Marks, Metrics, marks
 from ..pool.proxy import (
@@ -245,5 +245,5 @@ class QueuedStream:
         metrics: Metrics | None = scope["app"].state.metrics
         if metrics is not None:
             metrics.reject(noted, exc)
-        event = b"data: " + error_body(exc.message, exc.type, exc.code, exc.param) + b"\n\n"
+        event = exc.event()
         await send({"type": "http.response.body", "body": event, "more_body": False})

@@ -22,7 +22,6 @@ from ..errors import (
     Unauthorized,
     Unavailable,
     clipped,
-    error_body,
 )
 from ..limits.local import estimate_tokens
 from ..observe.gateways import Gateways
@@ -354,10 +353,7 @@ async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
     _admin(request)
     outcome = await _reloader(request).reload()
     if not outcome.ok:
-        error = error_body(
-            outcome.error or "reload failed", "invalid_request_error", "reload_failed"
-        )
-        return Response(error, status_code=400, media_type=_JSON)
+        raise InvalidRequest(outcome.error or "reload failed", code="reload_failed")
     body = {"ok": True, "version": outcome.version, "changes": outcome.changes}
     return Response(msgspec.json.encode(body), media_type=_JSON)
 

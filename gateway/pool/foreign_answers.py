@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import error_body
+from workers.wire import error_body
 
 __all__ = ["completed_chat", "in_openai_words"]
 
@@ -55,7 +55,7 @@ def in_openai_words(body: bytes) -> bytes | None:
         return None
     unknown = ("server_error" if error.code >= 500 else "invalid_request_error", None)
     kind, code = _WORDS.get(error.type, unknown)
-    return error_body(error.message, kind, code)
+    return error_body(error.message, type=kind, code=code)
 
 
 def completed_chat(body: bytes) -> bytes | None:

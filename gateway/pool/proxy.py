@@ -17,10 +17,10 @@ import aiohttp
 import msgspec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from workers.wire import USAGE_COMMENT, USAGE_HEADER, Usage, parse_usage
+from workers.wire import USAGE_COMMENT, USAGE_HEADER, Usage, error_event, parse_usage
 
 from ..config.file import ServerConfig
-from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, error_body
+from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
 from ..observe.metrics import Marks, marks
 from .encoding import GZIP_AT_LEAST, GZIP_HEADERS, accepts_gzip, compressed
 from .foreign_answers import completed_chat, in_openai_words
@@ -415,7 +415,7 @@ def _take_usage(events: bytes, noted: Marks) -> bytes:
 
 
 def _error_event(message: str, code: str) -> bytes:
-    return b"data: " + error_body(message, "server_error", code) + b"\n\n"
+    return error_event(message, type="server_error", code=code)
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

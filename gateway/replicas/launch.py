@@ -42,7 +42,7 @@ __all__ = [
 
 # Signals by which native code dies when a build does not fit the CPU (or reads a bad address).
 _NATIVE_CRASHES = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
-CPU_BUILDS_HINT = 'see docs/builds.md "CPU builds"'
+CPU_BUILDS_HINT = "see docs/builds.md"
 
 
 def llama_params(model: ModelConfig, device: str = "cpu") -> dict[str, Any]:

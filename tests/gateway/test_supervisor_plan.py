@@ -73,10 +73,10 @@ def test_every_exit_is_named_by_its_code_or_signal() -> None:
 
 def test_a_native_crash_before_ready_names_the_phase_and_points_at_cpu_builds() -> None:
     assert crash_reason("warming_up", -11) == (
-        'worker crashed during warm-up (SIGSEGV, signal 11) - see docs/builds.md "CPU builds"'
+        "worker crashed during warm-up (SIGSEGV, signal 11) - see docs/builds.md"
     )
     assert crash_reason("loading", -4) == (
-        'worker crashed while loading the model (SIGILL, signal 4) - see docs/builds.md "CPU builds"'
+        "worker crashed while loading the model (SIGILL, signal 4) - see docs/builds.md"
     )
     # Killed (e.g. by the OOM killer) or a plain exit: no build hint.
     assert crash_reason("warming_up", -9) == "worker crashed during warm-up (SIGKILL, signal 9)"

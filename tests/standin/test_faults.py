@@ -181,7 +181,7 @@ def test_requests_for_a_model_that_cannot_load_get_503_with_the_reason(
     assert "broken" in error["message"]
 
 
-WARMUP_CRASH = 'worker crashed during warm-up (SIGSEGV, signal 11) - see docs/builds.md "CPU builds"'
+WARMUP_CRASH = "worker crashed during warm-up (SIGSEGV, signal 11) - see docs/builds.md"
 
 
 def test_a_worker_that_crashes_in_warm_up_is_a_failed_replica_that_gets_no_traffic(

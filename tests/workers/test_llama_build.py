@@ -1,4 +1,4 @@
-"""The llama.cpp that set-up installs has no AMX backend unless opted in (docs/builds.md "CPU builds").
+"""The llama.cpp that set-up installs has no AMX backend unless opted in (docs/builds.md).
 
 On a host without AMX (an AMD EPYC, say) a build left on plain -march=native lacks the AMX backend
 too, and would still crash on a Sapphire Rapids Xeon. So the host's own library proves little:
