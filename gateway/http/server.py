@@ -2,7 +2,9 @@
 
 The first SIGTERM or SIGINT drains: new requests get 503 with Retry-After while the ones
 queued or in flight finish (up to server.drain_timeout), then uvicorn shuts down and the
-supervisor stops the workers. A second signal exits at once. Exit status is 0 either way.
+supervisor stops the workers. What the drain could not finish ends with an error the client
+can read: a 503 for a request still queued, an error event for a stream. A second signal
+exits at once. Exit status is 0 either way.
 SIGHUP reloads config.yaml (gateway/pool/reloader.py).
 """
 
@@ -18,12 +20,15 @@ from typing import Any
 
 import uvicorn
 
+from ..errors import Unavailable
 from ..pool.reloader import Reloader
 from ..state import Gateway
 
 __all__ = ["GatewayServer"]
 
 log = logging.getLogger("gateway.server")
+
+_CUT_WAIT = 5.0  # seconds for the cut streams' error events to go out (clients that read)
 
 
 class GatewayServer(uvicorn.Server):
@@ -58,5 +63,18 @@ class GatewayServer(uvicorn.Server):
         grace = self._gateway.config.server.drain_timeout
         log.info("draining: refusing new requests, waiting up to %g s for in-flight ones", grace)
         if not await self._gateway.drained(grace):
-            log.warning("drain timeout: stopping with requests still in flight")
+            await self._cut()
         self.should_exit = True
+
+    async def _cut(self) -> None:
+        """The drain ran out of time: end what is left with an error, not a silent cut (uvicorn
+        would otherwise cancel it timeout_graceful_shutdown later, mid-answer)."""
+        gateway = self._gateway
+        refused = gateway.scheduler.queued_total()
+        error = Unavailable("The gateway is shutting down; retry on another instance.",
+                            retry_after=5, code="shutting_down")  # fmt: skip
+        for model in gateway.config.models:
+            gateway.scheduler.refuse(model.name, error)
+        cut = await gateway.proxy.cut_streams(_CUT_WAIT)
+        log.warning("drain timeout: %d queued requests refused, %d streams ended with an "
+                    "error event", refused, cut)  # fmt: skip

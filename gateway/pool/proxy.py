@@ -20,7 +20,7 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 from workers.wire import USAGE_COMMENT, USAGE_HEADER, Usage, error_event, parse_usage
 
 from ..config.file import ServerConfig
-from ..errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
+from ..errors import Unavailable, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
 from ..observe.metrics import Marks, marks
 from .encoding import GZIP_AT_LEAST, GZIP_HEADERS, accepts_gzip, compressed
 from .foreign_answers import completed_chat, in_openai_words
@@ -50,6 +50,10 @@ _DONE = b"data: [DONE]\n\n"
 USAGE_REPORTED, USAGE_IN_ANSWER, USAGE_ASKED = 0, 1, 2
 _NOTHING_USED = Usage(0, 0)
 _ERROR_PREFIX = b'data: {"error"'
+# A stream's last event when a drain runs out of time: the 503 new requests get meanwhile.
+_CUT_EVENT = b"data: " + Unavailable("The gateway is shutting down: this answer was cut at "
+                                     "server.drain_timeout; retry on another instance.",
+                                     code="shutting_down").body() + b"\n\n"  # fmt: skip
 # How a Responses stream ends where no `[DONE]` follows (OpenAI's, llama-server's): its last event.
 _RESPONSE_ENDS = tuple(b"event: " + end for end in (b"response.completed", b"response.incomplete",
                                                       b"response.failed", b"error"))  # fmt: skip
@@ -71,6 +75,31 @@ class Proxy:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._waits: set[asyncio.Task[None]] = set()
+        self._streams: set[asyncio.Task[None]] = set()  # the tasks relaying a stream now
+        self._cut: set[asyncio.Task[None]] = set()  # those cut_streams is ending
+
+    def relaying(self, task: asyncio.Task[None], now: bool) -> None:
+        """A relay's task starts (`now`) or stops relaying a stream."""
+        if now:
+            self._streams.add(task)
+        else:
+            self._streams.discard(task)
+            self._cut.discard(task)
+
+    def was_cut(self, task: asyncio.Task[None]) -> bool:
+        return task in self._cut
+
+    async def cut_streams(self, wait: float) -> int:
+        """End every stream being relayed with an error event, at once (a drain out of time:
+        its client must see the cut, not a stream that just stops); wait up to `wait` s for
+        those events to go out. Returns how many streams there were."""
+        tasks = list(self._streams)
+        self._cut.update(tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+        return len(tasks)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
@@ -295,6 +324,9 @@ class Relay:
         # Until the first event, first_token_timeout: a server that sends its headers before it
         # has read the prompt (llama-server does) is not silent, only busy.
         watchdog = _IdleWatchdog(self._idle_timeout, first=self._busy_timeout)
+        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+        self._proxy.relaying(task, now=True)  # a drain out of time cuts it (cut_streams)
+        cut = False
         last, tail = b"", b""
         gaps, previous = noted.event_gaps, 0.0
         try:
@@ -314,10 +346,12 @@ class Relay:
                 await send(_body(chunk, more=True))
                 watchdog.sent()
         except asyncio.CancelledError:
-            if not watchdog.fired:
+            cut = self._proxy.was_cut(task)
+            if not (watchdog.fired or cut):
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            if watchdog.sending:  # a client that reads nothing holds a replica: let it go
+            task.uncancel()
+            # A client that reads nothing holds a replica: let it go.
+            if watchdog.sending and not cut:
                 log.warning("request %s: the client read nothing for %g s; stream ended",
                             self._request_id.decode(), self._idle_timeout)  # fmt: skip
                 raise _ClientStuck() from None
@@ -329,11 +363,15 @@ class Relay:
             pass
         finally:
             watchdog.close()
+            self._proxy.relaying(task, now=False)
         noted.upstream_ended = time.perf_counter()
+        if cut:  # a drain out of time, not the worker: say so
+            tail = _CUT_EVENT
         if not tail and not _stream_ended(last):
             tail = _error_event("The model worker stopped in the middle of the stream.",
                                 "upstream_error")  # fmt: skip
-        self._judge(failed=bool(tail))  # it stalled, broke off, or sent too big an event
+        # It stalled, broke off, or sent too big an event (a cut is no fault of the replica's).
+        self._judge(failed=bool(tail) and not cut)
         await send(_body(tail, more=False))
 
     def _judge(self, failed: bool) -> None:

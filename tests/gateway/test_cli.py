@@ -1,11 +1,22 @@
-"""`llm-gateway check-config`: prints the plan, or names the bad key and exits non-zero."""
+"""`llm-gateway check-config`: prints the plan, or names the bad key and exits non-zero; and
+`llm-gateway health`, a container's health check."""
 
 from __future__ import annotations
 
+import http.server
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
+import pytest
+
+from gateway.cli import main
+from gateway.config.file import ServerConfig
+from gateway.health import health_url
 from tests.support import GEMMA3, REPO, SMOLLM2
 
 
@@ -88,6 +99,75 @@ def test_a_config_whose_min_replicas_cannot_fit_is_refused_naming_them(tmp_path:
     assert "the min replicas do not fit the memory budgets" in result.stderr
     assert "gemma[0]: cannot start: not enough memory to start gemma[0] on cpu" in result.stderr
     assert "held by smol[0]" in result.stderr and "(min)" in result.stderr
+
+
+class _Probed(http.server.BaseHTTPRequestHandler):
+    """/health answers 200, /ready 503 (a gateway still loading its models)."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        self.send_response(200 if self.path == "/health" else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def probed() -> Iterator[http.server.ThreadingHTTPServer]:
+    _Probed.paths = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Probed)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def health_config(tmp_path: Path, port: int) -> str:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server: {{port: {port}}}\nmodels:\n  - {{name: m, engine: standin}}\n")
+    return str(config)
+
+
+def test_health_asks_the_port_the_config_names_and_exits_0_on_200(
+    tmp_path: Path, probed: http.server.ThreadingHTTPServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = health_config(tmp_path, probed.server_address[1])
+    assert main(["health", "--config", config]) == 0
+    assert main(["health", "--config", config, "--ready"]) == 1  # /ready answers 503
+    assert _Probed.paths == ["/health", "/ready"]
+    assert f"unhealthy: http://127.0.0.1:{probed.server_address[1]}/ready: 503" in (
+        capsys.readouterr().err
+    )
+
+
+def test_health_exits_1_when_nothing_answers_and_2_on_a_bad_config(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: nothing answers there
+        assert main(["health", "--config", health_config(tmp_path, sock.getsockname()[1])]) == 1
+    assert main(["health", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_health_asks_loopback_of_a_gateway_bound_to_every_address() -> None:
+    assert health_url(ServerConfig(host="0.0.0.0", port=9001)) == "http://127.0.0.1:9001/health"
+    assert health_url(ServerConfig(host="::", port=9001), ready=True) == "http://[::1]:9001/ready"
+    assert health_url(ServerConfig(host="10.0.0.5")) == "http://10.0.0.5:8000/health"
+    # serve's --host and --port, as the image's entry point passes them, override the file
+    assert health_url(ServerConfig(), host="0.0.0.0", port=8080) == "http://127.0.0.1:8080/health"
+
+
+def test_the_cli_starts_without_the_serving_stack_for_health_checks() -> None:
+    """Docker runs `llm-gateway health` every few seconds: aiohttp, numpy and gguf (1 s of CPU
+    to import) wait until a command needs them."""
+    code = "import sys, gateway.cli; print(sorted({'aiohttp', 'numpy', 'gguf'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=60, check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"
 
 
 def test_check_config_shows_a_llama_server_replica_s_command_or_says_its_binary_is_missing(
