@@ -17,7 +17,8 @@ from litestar.exceptions import HTTPException
 from ..config.file import GatewayConfig
 from ..errors import GatewayError, HttpError, clipped
 from ..observe.gateways import Gateways
-from ..observe.metrics import Metrics, marks
+from ..observe.marks import marks
+from ..observe.metrics import Metrics
 from ..observe.recent import Recent
 from ..pool.affinity_sync import AffinitySync
 from ..pool.proxy import ClientGone

@@ -18,7 +18,8 @@ from workers.wire import Usage
 from ..config.file import ModelConfig
 from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from ..limits.local import Ticket
-from ..observe.metrics import Marks, Metrics, marks
+from ..observe.marks import Marks, marks
+from ..observe.metrics import Metrics
 from ..pool.proxy import (
     SSE_HEADERS,
     USAGE_ASKED,

@@ -25,7 +25,8 @@ from ..errors import (
 )
 from ..limits.local import estimate_tokens
 from ..observe.gateways import Gateways
-from ..observe.metrics import Metrics, marks
+from ..observe.marks import marks
+from ..observe.metrics import Metrics
 from ..observe.recent import Recent
 from ..pool.affinity import prefix_hashes, prompt_text
 from ..pool.proxy import ClientGone

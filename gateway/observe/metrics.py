@@ -21,11 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from workers.wire import Usage
-
 from ..errors import GatewayError
 from ..replicas.lifecycle import ReplicaState
 from .logs import log_request
+from .marks import MARKS_KEY, Marks
 from .recent import Recent
 
 if TYPE_CHECKING:
@@ -33,11 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATENCY_BUCKETS",
-    "MARKS_KEY",
-    "Marks",
     "Metrics",
     "MetricsMiddleware",
-    "marks",
     "rejection_reason",
 ]
 
@@ -52,9 +48,6 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
                     0.25, 1.0)  # fmt: skip
 # Between two tokens of a stream: a GPU's milliseconds to a loaded CPU's seconds.
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-MARKS_KEY = "llm_gateway.marks"  # the scope key of a request's Marks
-_NO_MODEL = "none"  # a request refused before its model was known
-_NO_KEY = "none"  # ... before its caller was known
 _ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
               "/v1/embeddings": "embeddings", "/v1/responses": "responses"}  # fmt: skip
 # Error codes (gateway/errors.py) that are a refusal to serve, by the reason ops graph.
@@ -66,35 +59,6 @@ _REJECTIONS = {"rate_limit_exceeded": "queue_full", "queue_timeout": "queue_time
 def rejection_reason(error: GatewayError) -> str | None:
     """The `reason` label of a refused request's error, or None if it is no refusal."""
     return error.rejection or _REJECTIONS.get(error.code or "")
-
-
-class Marks:
-    """What the routes and the relay note about one request, for the middleware to record."""
-
-    __slots__ = ("event_gaps", "failed_status", "key", "model", "queue_position", "queue_wait",
-                 "replica", "request_id", "upstream_ended", "upstream_started",
-                 "usage")  # fmt: skip
-
-    def __init__(self) -> None:
-        self.model = _NO_MODEL  # the configured name, once the request's model is resolved
-        self.key = _NO_KEY  # the caller's key name, once known (never the key itself)
-        self.request_id: str | None = None
-        self.replica: int | None = None  # the index of the replica that answered
-        self.queue_wait = 0.0  # seconds spent waiting for a replica
-        self.queue_position = 0  # where it entered the queue (1: first); 0: it did not wait
-        self.upstream_started: float | None = None  # perf_counter() when sent to the worker
-        self.upstream_ended: float | None = None  # ... when the worker's answer had all come
-        self.event_gaps: list[float] = []  # streams: seconds between two successive events
-        self.usage: Usage | None = None  # the tokens the worker reports the request used
-        # A stream answered 200 at once that then failed (it waited, then timed out): the
-        # status its error would have had, which the metrics and the log record instead.
-        self.failed_status: int | None = None
-
-
-def marks(scope: Scope) -> Marks:
-    """The request's Marks (a throwaway set where no middleware put one, e.g. in unit tests)."""
-    found: Marks | None = scope.get(MARKS_KEY)  # type: ignore[assignment]
-    return found if found is not None else Marks()
 
 
 class Metrics:

@@ -21,7 +21,7 @@ from workers.wire import USAGE_COMMENT, USAGE_HEADER, Usage, error_event, parse_
 
 from ..config.file import ServerConfig
 from ..errors import Unavailable, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
-from ..observe.metrics import Marks, marks
+from ..observe.marks import Marks, marks
 from .encoding import GZIP_AT_LEAST, GZIP_HEADERS, accepts_gzip, compressed
 from .foreign_answers import completed_chat, in_openai_words
 from .scheduler import Lease

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.errors import UpstreamTooLarge
 from gateway.http.auth import ANONYMOUS
-from gateway.observe.metrics import MARKS_KEY, Marks
+from gateway.observe.marks import MARKS_KEY, Marks
 from gateway.pool.proxy import (
     USAGE_ASKED,
     USAGE_IN_ANSWER,
