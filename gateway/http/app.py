@@ -22,7 +22,7 @@ from ..observe.metrics import Metrics
 from ..observe.recent import Recent
 from ..pool.affinity_sync import AffinitySync
 from ..pool.proxy import ClientGone
-from ..pool.reloader import Reloader
+from ..reloader import Reloader
 from ..state import Gateway, build_gateway
 from .routes import ROUTES
 

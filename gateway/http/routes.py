@@ -30,7 +30,7 @@ from ..observe.metrics import Metrics
 from ..observe.recent import Recent
 from ..pool.affinity import prefix_hashes, prompt_text
 from ..pool.proxy import ClientGone
-from ..pool.reloader import Reloader
+from ..reloader import Reloader
 from ..state import Gateway
 from .auth import ANONYMOUS, identify, is_loopback, presented_key
 from .forward import Forward

@@ -5,7 +5,7 @@ queued or in flight finish (up to server.drain_timeout), then uvicorn shuts down
 supervisor stops the workers. What the drain could not finish ends with an error the client
 can read: a 503 for a request still queued, an error event for a stream. A second signal
 exits at once. Exit status is 0 either way.
-SIGHUP reloads config.yaml (gateway/pool/reloader.py).
+SIGHUP reloads config.yaml (gateway/reloader.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 
 from ..errors import Unavailable
-from ..pool.reloader import Reloader
+from ..reloader import Reloader
 from ..state import Gateway
 
 __all__ = ["GatewayServer"]

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.file import ConfigError, GatewayConfig, ModelConfig, load_config
-from ..replicas.registry import Replica, ReplicaState
-from ..state import Gateway, policy
-from .plan import ModelChange, ReloadPlan, plan_reload
+from .config.file import ConfigError, GatewayConfig, ModelConfig, load_config
+from .pool.plan import ModelChange, ReloadPlan, plan_reload
+from .replicas.registry import Replica, ReplicaState
+from .state import Gateway, policy
 
 __all__ = ["ReloadError", "ReloadOutcome", "Reloader"]
 
