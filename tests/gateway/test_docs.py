@@ -107,3 +107,25 @@ def test_every_numeric_default_is_stated(section: str) -> None:
                if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
     numeric.discard("capacity")  # its default is auto (4 for a llama model), said in words
     assert numeric <= stated, f"{section}: no '(default N)' for {sorted(numeric - stated)}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_in_the_readme_and_docs_resolves() -> None:
+    root = REFERENCE.parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = page if not path else (page.parent / path).resolve()
+            headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.M) if (
+                linked.suffix == ".md" and linked.exists()) else []  # fmt: skip
+            if not linked.exists() or (fragment and fragment not in map(_anchor, headings)):
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
