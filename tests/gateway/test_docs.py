@@ -116,7 +116,11 @@ def _anchor(heading: str) -> str:
 
 def test_every_link_in_the_readme_and_docs_resolves() -> None:
     root = REFERENCE.parents[1]
-    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    pages = [
+        root / "README.md",
+        root / "tests" / "README.md",
+        *sorted((root / "docs").glob("*.md")),
+    ]
     broken = []
     for page in pages:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):

@@ -1,6 +1,6 @@
 """Take docs/status-page.png: the status page of a gateway with stand-in workers under load.
 
-.venv/bin/python -m docs.screenshot     (needs Debian's chromium and the dev extras)
+.venv/bin/python -m bench.screenshot     (needs Debian's chromium and the dev extras)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.support import CHAT, GatewayProcess, standin
 
-OUT = Path(__file__).resolve().parent / "status-page.png"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "status-page.png"
 
 
 def main() -> None:
