@@ -11,7 +11,7 @@ MODELS := models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
 LLAMA_AMX ?= 0
 export LLAMA_AMX LLAMA_CMAKE_ARGS LLAMA_REBUILD
 
-.PHONY: setup serve test lint typecheck llama llama-check llama-server prometheus redis chromium image-test
+.PHONY: setup serve test test-fast lint typecheck llama llama-check llama-server prometheus redis chromium image-test
 
 setup: $(INSTALLED) llama $(MODELS) llama-check
 
@@ -78,6 +78,11 @@ llama-server:
 
 test: setup llama-server prometheus redis chromium
 	$(PY) -m pytest
+
+# The unit tier alone (tests/conftest.py marks the tiers): nothing started, no service needed,
+# under a minute. `make test` stays the whole suite, and what .ci/run calls.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -m unit -q
 
 # deploy/Dockerfile built and driven in a real Docker engine (about 10 minutes; as root it starts
 # a dockerd of its own when none answers): never part of `make test`. README "Docker".
