@@ -56,7 +56,10 @@ cleanup() {
   if [[ -n "$dockerd_pid" ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
     say "dockerd ($dockerd_pid) still runs: its data stays in $work"
   else
-    rm -rf "$work"
+    # What dockerd leaves mounted there (its network namespace), innermost first.
+    awk -v dir="$work/" 'index($2, dir) == 1 {print $2}' /proc/mounts | sort -r \
+      | xargs -r umount 2>/dev/null || true
+    rm -rf "$work" 2>/dev/null || say "could not remove $work"
   fi
   exit "$status"
 }
@@ -270,6 +273,7 @@ check_container() {
 # (no silent cut), the workers stop, the process exits 0 before docker's SIGKILL.
 check_stop() {
   local stream=$work/stream.txt start took code
+  : >"$stream"
   api /v1/chat/completions '{"model": "smollm2", "stream": true, "ignore_eos": true,
     "max_tokens": 1800, "messages": [{"role": "user", "content": "Tell a long story."}]}' \
     >"$stream" 2>"$work/stream.err" &
