@@ -58,7 +58,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
             {**standin("segv-request", crash_on_request=True), "queue_timeout": 10},
         ],
     }
-    gateway = GatewayProcess(config, folder).start(expect_ready=False)
+    # At info: the supervisor's "started worker" lines time the restarts' backoff.
+    gateway = GatewayProcess(config, folder, log=("--log-level", "info"))
+    gateway.start(expect_ready=False)
     try:
         assert wait_until(lambda: ready_replicas(gateway) == 8, 30), gateway.log()
         yield gateway
@@ -276,21 +278,25 @@ def test_a_replica_stays_leased_while_its_worker_computes_for_a_client_that_left
     assert wait_until(lambda: not any(w["in_flight"] for w in replicas_of(gateway, "prefill")), 10)
 
 
-def exit_times(gateway: GatewayProcess, model: str) -> list[float]:
-    """When each worker of `model` exited, read from the gateway's log."""
-    line = re.compile(
-        rf"^(\S+ \S+) WARNING gateway\.supervisor: {model}\[0\]: worker pid \d+ exited"
-    )
+def log_times(gateway: GatewayProcess, model: str, what: str) -> list[float]:
+    """When the supervisor logged `what` ("exited", "started worker") for `model`'s replica 0."""
+    line = re.compile(rf"^(\S+ \S+) \w+ +gateway\.supervisor: {model}\[0\]: [^\n]*{what}")
     matches = (line.match(text) for text in gateway.log_path.read_text().splitlines())
     return [datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() for m in matches if m]
 
 
+def exit_times(gateway: GatewayProcess, model: str) -> list[float]:
+    return log_times(gateway, model, "exited")
+
+
 def test_load_retries_back_off(gateway: GatewayProcess) -> None:
     assert wait_until(lambda: len(exit_times(gateway, "broken")) >= 4, 40)
-    times = exit_times(gateway, "broken")[:4]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    # Every attempt takes as long to fail; the wait before the next one doubles: 1, 2, 4 s.
-    assert gaps[1] - gaps[0] > 0.5 and gaps[2] - gaps[1] > 1.2, gaps
+    exits = exit_times(gateway, "broken")[:3]
+    starts = log_times(gateway, "broken", "started worker")[1:4]  # the restarts
+    # The wait from a failed start's exit to the next start doubles: 1, 2, 4 s (however long
+    # each attempt took to fail on a loaded machine).
+    waits = [start - exit for exit, start in zip(exits, starts, strict=True)]
+    assert waits[1] - waits[0] > 0.5 and waits[2] - waits[1] > 1.2, waits
 
 
 def draining_gateway(tmp_path: Path, drain_timeout: float, tokens: int = 40) -> GatewayProcess:
