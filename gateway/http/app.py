@@ -21,9 +21,9 @@ from ..observe.marks import marks
 from ..observe.metrics import Metrics
 from ..observe.recent import Recent
 from ..pool.affinity_sync import AffinitySync
-from ..pool.proxy import ClientGone
 from ..reloader import Reloader
 from ..state import Gateway, build_gateway
+from .relay import ClientGone
 from .routes import ROUTES
 
 __all__ = ["create_app"]

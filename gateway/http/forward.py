@@ -20,20 +20,20 @@ from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from ..limits.local import Ticket
 from ..observe.marks import Marks, marks
 from ..observe.metrics import Metrics
-from ..pool.proxy import (
+from ..pool.proxy import renamed
+from ..pool.scheduler import Lease
+from ..replicas.registry import Replica
+from ..state import Gateway
+from .relay import (
     SSE_HEADERS,
     USAGE_ASKED,
     USAGE_IN_ANSWER,
     USAGE_REPORTED,
     ClientGone,
     Relay,
-    renamed,
     until_disconnect,
 )
-from ..pool.scheduler import Lease
-from ..pool.usage import ask_for_usage
-from ..replicas.registry import Replica
-from ..state import Gateway
+from .usage import ask_for_usage
 
 __all__ = ["QUEUED_KEEPALIVE", "Forward"]
 

@@ -29,11 +29,11 @@ from ..observe.marks import marks
 from ..observe.metrics import Metrics
 from ..observe.recent import Recent
 from ..pool.affinity import prefix_hashes, prompt_text
-from ..pool.proxy import ClientGone
 from ..reloader import Reloader
 from ..state import Gateway
 from .auth import ANONYMOUS, identify, is_loopback, presented_key
 from .forward import Forward
+from .relay import ClientGone
 from .request_ids import request_id as request_id_of
 from .ui import UI, UI_HEADERS, VERSION
 

@@ -42,7 +42,7 @@ class Replica:
     upstream_model: str | None = None  # the model's name there, where it is not ours
     reports_ends: bool = True  # it serves /requests/ID/done (our workers do)
     # It says the tokens an answer used our worker's way (a header, an SSE comment); else
-    # OpenAI's (`usage` in the answer; a stream's usage chunk, asked for: gateway/pool/usage.py).
+    # OpenAI's (`usage` in the answer; a stream's usage chunk, asked for: gateway/http/usage.py).
     reports_usage: bool = True
     pid: int | None = None
     port: int | None = None

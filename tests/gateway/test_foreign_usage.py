@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from gateway.pool.foreign_answers import completed_chat, in_openai_words
-from gateway.pool.usage import ask_for_usage, take_usage_chunk, usage_in_body
+from gateway.http.foreign_answers import completed_chat, in_openai_words
+from gateway.http.usage import ask_for_usage, take_usage_chunk, usage_in_body
 from tests.support import sse_data
 from workers.wire import Usage
 

@@ -14,15 +14,15 @@ from aiohttp import web
 
 from gateway.errors import UpstreamTooLarge
 from gateway.http.auth import ANONYMOUS
-from gateway.observe.marks import MARKS_KEY, Marks
-from gateway.pool.proxy import (
+from gateway.http.relay import (
     USAGE_ASKED,
     USAGE_IN_ANSWER,
     USAGE_REPORTED,
-    Proxy,
     Relay,
     sse_events,
 )
+from gateway.observe.marks import MARKS_KEY, Marks
+from gateway.pool.proxy import Proxy
 from gateway.pool.scheduler import QueuePolicy, Scheduler
 from gateway.replicas.registry import Registry
 from tests.support import sse_data
