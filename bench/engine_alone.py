@@ -26,16 +26,24 @@ __all__ = ["measure"]
 WARMUP_SECONDS = 2.0
 
 
-def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads: int,
-            n_ctx: int, **llama: object) -> dict[str, float]:  # fmt: skip
+def measure(
+    path: str,
+    sequences: int,
+    seconds: float,
+    max_tokens: int,
+    threads: int,
+    n_ctx: int,
+    **llama: object,
+) -> dict[str, float]:
     from workers.engines.loop.model import LoopLlamaModel
 
     options = {"n_ctx": n_ctx, "n_threads": threads, **llama}
     model = LoopLlamaModel(path, options, sequences)
     model.load()
     model.warm_up()
-    params = CompletionParams([], options={"max_tokens": max_tokens, "temperature": 0},
-                              ignore_eos=True)  # fmt: skip
+    params = CompletionParams(
+        [], options={"max_tokens": max_tokens, "temperature": 0}, ignore_eos=True
+    )
     stop = threading.Event()
 
     def client(slot: int) -> None:
@@ -55,22 +63,40 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
     for thread in clients:  # each ends after its answer in progress
         thread.join()
     steps = after["steps"] - before["steps"]
-    return {"sequences": sequences,
-            "tokens/s": (after["generated_tokens"] - before["generated_tokens"]) / elapsed,
-            "steps": steps,
-            "mean_sequences": (after["sequences"] - before["sequences"]) / max(steps, 1),
-            "decode ms/step": 1e3 * (after["decode_seconds"] - before["decode_seconds"])
-            / max(steps, 1),
-            "ms/step": 1e3 * elapsed / max(steps, 1)}  # fmt: skip
+    return {
+        "sequences": sequences,
+        "tokens/s": (after["generated_tokens"] - before["generated_tokens"]) / elapsed,
+        "steps": steps,
+        "mean_sequences": (after["sequences"] - before["sequences"]) / max(steps, 1),
+        "decode ms/step": 1e3
+        * (after["decode_seconds"] - before["decode_seconds"])
+        / max(steps, 1),
+        "ms/step": 1e3 * elapsed / max(steps, 1),
+    }
 
 
 def main() -> None:
     parser = workload_parser(__doc__, 1024)
-    parser.add_argument("--llama-json", type=json.loads, default={},
-                        help="more model options, e.g. kv_unified, flash_attn")  # fmt: skip
+    parser.add_argument(
+        "--llama-json",
+        type=json.loads,
+        default={},
+        help="more model options, e.g. kv_unified, flash_attn",
+    )
     args = parser.parse_args()
-    print(json.dumps(measure(args.model, args.sequences, args.seconds, args.max_tokens,
-                             args.threads, args.n_ctx, **args.llama_json)))  # fmt: skip
+    print(
+        json.dumps(
+            measure(
+                args.model,
+                args.sequences,
+                args.seconds,
+                args.max_tokens,
+                args.threads,
+                args.n_ctx,
+                **args.llama_json,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

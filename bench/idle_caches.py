@@ -29,8 +29,13 @@ def _rate(engine: LoopLlamaModel, slot: int, prompt: str, tokens: int) -> float:
 
 def main() -> None:
     path, layout = sys.argv[1], sys.argv[2]
-    params = {"n_ctx": 2048, "n_threads": 2, "n_threads_batch": 2, "verbose": False,
-              "kv_unified": layout == "unified"}  # fmt: skip
+    params = {
+        "n_ctx": 2048,
+        "n_threads": 2,
+        "n_threads_batch": 2,
+        "verbose": False,
+        "kv_unified": layout == "unified",
+    }
     engine = LoopLlamaModel(path, params, 8)
     engine.load()
     before = _rate(engine, 0, "Once upon a time", 64)

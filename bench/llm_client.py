@@ -158,8 +158,14 @@ async def ask_stream(
     """A streamed /v1/completions (base and instruct models alike); tokens from the usage
     chunk, or one per text chunk where a server sends no usage. `ignore_eos` (llama-server's
     and our workers' extension): every answer runs to max_tokens, equal work everywhere."""
-    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": model,
+        "prompt": text,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if ignore_eos:
         body["ignore_eos"] = True
     began, first, chunks, usage = time.monotonic(), 0.0, 0, None
@@ -209,11 +215,21 @@ class Arrivals:
 
 
 async def _stream_into(
-    http: aiohttp.ClientSession, base: str, model: str, text: str, max_tokens: int,
+    http: aiohttp.ClientSession,
+    base: str,
+    model: str,
+    text: str,
+    max_tokens: int,
     record: Arrivals,
-) -> None:  # fmt: skip
-    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "ignore_eos": True}  # fmt: skip
+) -> None:
+    body = {
+        "model": model,
+        "prompt": text,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
     async with http.post(base + "/v1/completions", json=body) as resp:
         record.status = resp.status
         async for line in resp.content:
@@ -222,9 +238,14 @@ async def _stream_into(
 
 
 async def steady_streams(
-    base: str, model: str, clients: int, warmup: float, seconds: float, max_tokens: int,
+    base: str,
+    model: str,
+    clients: int,
+    warmup: float,
+    seconds: float,
+    max_tokens: int,
     salt: str,
-) -> tuple[list[Arrivals], float, float]:  # fmt: skip
+) -> tuple[list[Arrivals], float, float]:
     """`clients` closed loops of streamed /v1/completions (ignore_eos: every answer runs to
     max_tokens) for `warmup` + `seconds`, then cut. What counts is the steady state: the text
     pieces that arrived within the window after the warm-up (one token each), and the TTFT of

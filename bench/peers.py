@@ -96,10 +96,26 @@ def start_llama_server(
     from .scenarios.models import N_CTX
 
     port = free_port()
-    argv = [str(binary), "-m", str(model[1]), "--alias", model[0], "--host",
-            "127.0.0.1", "--port", str(port), "-np", str(slots), "-c",
-            str((n_ctx or N_CTX) * slots),
-            "-t", str(threads), "-tb", str(threads), "--no-webui"]  # fmt: skip
+    argv = [
+        str(binary),
+        "-m",
+        str(model[1]),
+        "--alias",
+        model[0],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(slots),
+        "-c",
+        str((n_ctx or N_CTX) * slots),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "--no-webui",
+    ]
     # Its libraries lie beside it (bench/setup_llama_server_same.sh copies them there).
     proc = start(name, argv, port, None, env={"LD_LIBRARY_PATH": str(binary.resolve().parent)})
     wait_http(proc, "/health", 120)

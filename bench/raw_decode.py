@@ -51,15 +51,28 @@ class _Sequence:
     row: int = -1  # its row in the last batch: the logits its next token is taken from
 
 
-def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads: int,
-            n_ctx: int, unified: bool = True,
-            flash_attn: bool = False) -> dict[str, float]:  # fmt: skip
+def measure(
+    path: str,
+    sequences: int,
+    seconds: float,
+    max_tokens: int,
+    threads: int,
+    n_ctx: int,
+    unified: bool = True,
+    flash_attn: bool = False,
+) -> dict[str, float]:
     import llama_cpp
     from llama_cpp import Llama, _internals
 
     # Every sequence's whole prompt may start in one step: a batch to hold them all.
-    base = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                 n_batch=max(512, 64 * sequences), verbose=False)  # fmt: skip
+    base = Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=max(512, 64 * sequences),
+        verbose=False,
+    )
     params = base.context_params
     params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * sequences, sequences, unified
     params.flash_attn_type = 1 if flash_attn else 0
@@ -92,8 +105,12 @@ def measure(path: str, sequences: int, seconds: float, max_tokens: int, threads:
                 requests += 1
                 state[seq] = _Sequence(0, prompts[requests % len(prompts)], max_tokens)
     ctx.close()  # type: ignore[no-untyped-call]
-    return {"sequences": sequences, "tokens/s": generated / elapsed, "steps": steps,
-            "ms/step": elapsed / steps * 1e3}  # fmt: skip
+    return {
+        "sequences": sequences,
+        "tokens/s": generated / elapsed,
+        "steps": steps,
+        "ms/step": elapsed / steps * 1e3,
+    }
 
 
 def workload_parser(doc: str, n_ctx: int) -> argparse.ArgumentParser:
@@ -113,9 +130,20 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="KV split per sequence")
     parser.add_argument("--flash-attn", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(measure(args.model, args.sequences, args.seconds, args.max_tokens,
-                             args.threads, args.n_ctx, not args.split,
-                             args.flash_attn)))  # fmt: skip
+    print(
+        json.dumps(
+            measure(
+                args.model,
+                args.sequences,
+                args.seconds,
+                args.max_tokens,
+                args.threads,
+                args.n_ctx,
+                not args.split,
+                args.flash_attn,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,19 @@ from .stack import standin_stack
 
 __all__ = ["SCENARIOS", "main"]
 
-SCENARIOS = ["latency", "throughput", "streaming", "multimodel", "replicas", "peer", "footprint",
-             "limits", "batching", "affinity", "on_demand"]  # fmt: skip
+SCENARIOS = [
+    "latency",
+    "throughput",
+    "streaming",
+    "multimodel",
+    "replicas",
+    "peer",
+    "footprint",
+    "limits",
+    "batching",
+    "affinity",
+    "on_demand",
+]
 STANDIN = {"token_delay": 0.0, "tokens": 200}
 CAPACITY = 256  # one stand-in replica serving up to 256 requests at once
 

@@ -20,9 +20,11 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "status-page.png"
 
 
 def main() -> None:
-    models = [standin("smollm2", replicas=2, token_delay=0.05, tokens=30),
-              standin("gemma3-270m", token_delay=0.08, tokens=20),
-              {**standin("qwen-7b"), "replicas": {"min": 0, "max": 1}}]  # fmt: skip
+    models = [
+        standin("smollm2", replicas=2, token_delay=0.05, tokens=30),
+        standin("gemma3-270m", token_delay=0.08, tokens=20),
+        {**standin("qwen-7b"), "replicas": {"min": 0, "max": 1}},
+    ]
     with tempfile.TemporaryDirectory() as folder:
         gateway = GatewayProcess({"models": models}, Path(folder)).start()
         stop = threading.Event()

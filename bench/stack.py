@@ -115,8 +115,14 @@ def standin_stack(
 
 def _start_bare(name: str, model: dict[str, Any]) -> Proc:
     """The same gateway with metrics and the request log off, its workers on core 1 too."""
-    bare = start_gateway(f"{name}-bare", [model], cpus=str(GATEWAY_CPU), timeout=300,
-                         extra={"health": HEALTH}, recorded=False)  # fmt: skip
+    bare = start_gateway(
+        f"{name}-bare",
+        [model],
+        cpus=str(GATEWAY_CPU),
+        timeout=300,
+        extra={"health": HEALTH},
+        recorded=False,
+    )
     for worker in gateway_workers(bare):
         pin(int(worker["pid"]), {LOADGEN_CPU})
     return bare

@@ -41,8 +41,9 @@ def cpu_model() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown CPU"
-    models = [line.split(":", 1)[1].strip() for line in text.splitlines()
-              if line.startswith("model name")]  # fmt: skip
+    models = [
+        line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")
+    ]
     return (models[0] if models else "unknown CPU") + (" with AMX" if "amx_tile" in text else "")
 
 

@@ -61,13 +61,22 @@ def main(argv: list[str] | None = None) -> int:
         print(describe_plan(config, options.config, device_budgets, placement))
     unfit = [f"{label}: {where}" for label, where in placement if where.startswith("cannot")]
     if unfit:
-        print("invalid config: the min replicas do not fit the memory budgets:\n  "
-              + "\n  ".join(unfit), file=sys.stderr)  # fmt: skip
+        print(
+            "invalid config: the min replicas do not fit the memory budgets:\n  "
+            + "\n  ".join(unfit),
+            file=sys.stderr,
+        )
         return 2
     if options.command == "check-config":
         return 0
-    return _serve(config, Path(options.config), options.host, options.port, options.log_level,
-                  options.log_format)  # fmt: skip
+    return _serve(
+        config,
+        Path(options.config),
+        options.host,
+        options.port,
+        options.log_level,
+        options.log_format,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,22 +118,30 @@ def health(config: GatewayConfig, host: str | None, port: int | None, ready: boo
 def keygen(name: str) -> str:
     """A new random key and the auth.keys entry that admits it (its hash, never the key)."""
     key = "sk-gw-" + secrets.token_urlsafe(32)
-    return "\n".join([
-        f"# The API key for {name}; shown once: the gateway keeps only its SHA-256.",
-        key,
-        "# In config.yaml, under `auth: keys:` (add models, rpm, tpm, max_concurrent, weight):",
-        f"  - name: {name}",
-        f"    key_sha256: {hash_key(key).hex()}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# The API key for {name}; shown once: the gateway keeps only its SHA-256.",
+            key,
+            "# In config.yaml, under `auth: keys:` (add models, rpm, tpm, max_concurrent, weight):",
+            f"  - name: {name}",
+            f"    key_sha256: {hash_key(key).hex()}",
+        ]
+    )
 
 
-def describe_plan(config: GatewayConfig, source: str, device_budgets: dict[str, int],
-                  placement: list[tuple[str, str]]) -> str:  # fmt: skip
+def describe_plan(
+    config: GatewayConfig,
+    source: str,
+    device_budgets: dict[str, int],
+    placement: list[tuple[str, str]],
+) -> str:
     """A human-readable plan: each model, its replicas, their devices and params; the memory
     budgets and where the `min` replicas go."""
     replicas = sum(m.replicas for m in config.models)
-    lines = [f"{source}: valid; {len(config.models)} models, {replicas} replicas; "
-             f"serving on {config.server.host}:{config.server.port}"]  # fmt: skip
+    lines = [
+        f"{source}: valid; {len(config.models)} models, {replicas} replicas; "
+        f"serving on {config.server.host}:{config.server.port}"
+    ]
     for model in config.models:
         lines += _describe_model(model)
     lines += _describe_access(config)
@@ -142,19 +159,29 @@ def _describe_access(config: GatewayConfig) -> list[str]:
         how = "open (auth.required: false)" if auth.required is False else "open to loopback"
         lines = [f"auth: no keys; {how}"]
     else:
-        lines = [f"auth: {len(auth.keys)} keys" + ("; anyone else served as anonymous"
-                                                    if auth.open else "")]  # fmt: skip
+        lines = [
+            f"auth: {len(auth.keys)} keys"
+            + ("; anyone else served as anonymous" if auth.open else "")
+        ]
         lines += [f"- key {key.name}: {_describe_key(key)}" for key in auth.keys]
     store = "in this process" if config.redis.url is None else "in Redis"
     return [*lines, f"limits and usage: {store}"]
 
 
 def _describe_key(key: KeyConfig) -> str:
-    limits = [f"{name} {value}" for name, value in (("rpm", key.rpm), ("tpm", key.tpm),
-              ("max_concurrent", key.max_concurrent)) if value is not None]  # fmt: skip
+    limits = [
+        f"{name} {value}"
+        for name, value in (
+            ("rpm", key.rpm),
+            ("tpm", key.tpm),
+            ("max_concurrent", key.max_concurrent),
+        )
+        if value is not None
+    ]
     models = ", ".join(key.models) if key.models is not None else "all"
-    return (f"models {models}; {', '.join(limits) or 'no limits'}; weight {key.weight:g}"
-            + ("; admin" if key.admin else ""))  # fmt: skip
+    return f"models {models}; {', '.join(limits) or 'no limits'}; weight {key.weight:g}" + (
+        "; admin" if key.admin else ""
+    )
 
 
 def _describe_model(model: ModelConfig) -> list[str]:
@@ -176,8 +203,10 @@ def _describe_model(model: ModelConfig) -> list[str]:
     lines += [_describe_slot(model, i) for i in range(model.replicas)]
     if model.on_demand:
         ttl = "never" if model.idle_ttl is None else f"{model.idle_ttl:g} s"
-        lines.append(f"    on demand: min {model.floor}, max {model.replicas}; idle stop after "
-                     f"{ttl}; another replica when {model.scale_up_queue} wait")  # fmt: skip
+        lines.append(
+            f"    on demand: min {model.floor}, max {model.replicas}; idle stop after "
+            f"{ttl}; another replica when {model.scale_up_queue} wait"
+        )
     lines += [f"    upstream: {_describe_upstream(u)}" for u in model.upstreams]
     if model.routing != "least_busy":
         lines.append(f"    routing: {model.routing}")
@@ -201,12 +230,21 @@ def _describe_upstream(upstream: Upstream) -> str:
     else:
         where = upstream.url
     key, name = upstream.api_key_env, upstream.upstream_model
-    return (f"{where}, capacity {upstream.capacity}" + (f", key from ${key}" if key else "")
-            + (f", model {name}" if name else ""))  # fmt: skip
+    return (
+        f"{where}, capacity {upstream.capacity}"
+        + (f", key from ${key}" if key else "")
+        + (f", model {name}" if name else "")
+    )
 
 
-def _serve(config: GatewayConfig, source: Path, host: str | None, port: int | None,
-           log_level: str, log_format: str) -> int:  # fmt: skip
+def _serve(
+    config: GatewayConfig,
+    source: Path,
+    host: str | None,
+    port: int | None,
+    log_level: str,
+    log_format: str,
+) -> int:
     # SIGHUP (reload) would end the process by default: ignore it until the server handles it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     host = host or config.server.host

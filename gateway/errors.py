@@ -215,7 +215,8 @@ class HttpError(GatewayError):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message, code="not_found" if status == 404 else None, headers=headers)
         self.status = status
-        self.type = _HTTP_TYPES.get(status, "server_error" if status >= 500 else
-                                    "invalid_request_error")  # fmt: skip
+        self.type = _HTTP_TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
         if status != 404:
             self.code = None

@@ -15,8 +15,9 @@ __all__ = ["health_url", "probe"]
 _EVERY_ADDRESS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
-def health_url(server: ServerConfig, host: str | None = None, port: int | None = None,
-               ready: bool = False) -> str:  # fmt: skip
+def health_url(
+    server: ServerConfig, host: str | None = None, port: int | None = None, ready: bool = False
+) -> str:
     """The probe's URL for a gateway serving `server` (host and port as `serve` overrides)."""
     address = host or server.host
     address = _EVERY_ADDRESS.get(address, address)

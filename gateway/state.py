@@ -85,8 +85,7 @@ class Gateway:
 
 def policy(model: ModelConfig) -> QueuePolicy:
     """The queue limits a model's entry sets."""
-    return QueuePolicy(model.max_queue, model.queue_timeout, model.affinity,
-                       scales=model.on_demand)  # fmt: skip
+    return QueuePolicy(model.max_queue, model.queue_timeout, model.affinity, scales=model.on_demand)
 
 
 def build_gateway(config: GatewayConfig, source: Path | None = None) -> Gateway:

@@ -11,8 +11,12 @@ TESTS = Path(__file__).resolve().parent
 # By folder (and for a few files by name): the tier a test belongs to.
 _FOLDERS = {"gateway": "unit", "workers": "unit", "standin": "standin", "e2e": "e2e"}
 # Worker tests that start a real worker process (a stand-in or a llama model).
-_WORKER_PROCESSES = {"test_standin_worker.py", "test_llama_worker.py", "test_llama_batching.py",
-                     "test_llama_build.py"}  # fmt: skip
+_WORKER_PROCESSES = {
+    "test_standin_worker.py",
+    "test_llama_worker.py",
+    "test_llama_batching.py",
+    "test_llama_build.py",
+}
 
 
 def tier(path: Path) -> str:

@@ -38,11 +38,17 @@ def api_key(name: str, key: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(), **fields}
 
 
-def standin(name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30,
-            **options: Any) -> dict[str, Any]:  # fmt: skip
-    return {"name": name, "engine": "standin", "replicas": replicas, "max_queue": max_queue,
-            "queue_timeout": queue_timeout, "standin": {"token_delay": 0.01, "tokens": 8,
-                                                        **options}}  # fmt: skip
+def standin(
+    name: str, replicas: int = 1, max_queue: int = 4, queue_timeout: float = 30, **options: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "engine": "standin",
+        "replicas": replicas,
+        "max_queue": max_queue,
+        "queue_timeout": queue_timeout,
+        "standin": {"token_delay": 0.01, "tokens": 8, **options},
+    }
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -119,8 +125,13 @@ JSON_LOG = ("--log-level", "info", "--log-format", "json")  # the request log, o
 class GatewayProcess:
     """The real gateway (`python -m gateway serve`) on a free loopback port, with its workers."""
 
-    def __init__(self, config: dict[str, Any], folder: Path, api_key: str | None = None,
-                 log: tuple[str, ...] = ("--log-level", "warning")):  # fmt: skip
+    def __init__(
+        self,
+        config: dict[str, Any],
+        folder: Path,
+        api_key: str | None = None,
+        log: tuple[str, ...] = ("--log-level", "warning"),
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = folder / "config.yaml"
@@ -131,12 +142,27 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 120.0, expect_ready: bool = True) -> GatewayProcess:
-        command = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                   "--port", str(self.port), *self.log_args]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--port",
+            str(self.port),
+            *self.log_args,
+        ]
         env = {**os.environ, SECRET_ENV: WORKER_SECRET}  # so tests may call workers directly
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=env)  # fmt: skip
+            self.proc = subprocess.Popen(
+                command,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
         if expect_ready and not wait_until(self._ready, ready_timeout, 0.1):
             self.stop()
             raise AssertionError(f"gateway not ready in {ready_timeout} s:\n{self.log()}")

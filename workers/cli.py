@@ -103,8 +103,9 @@ def _engine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Model:
     return LoopLlamaModel(args.model_path, args.llama_json, args.concurrency)
 
 
-async def serve(worker: Worker, host: str, port: int, secret: str | None = None,
-                listen_fd: int | None = None) -> int:  # fmt: skip
+async def serve(
+    worker: Worker, host: str, port: int, secret: str | None = None, listen_fd: int | None = None
+) -> int:
     runner = web.AppRunner(
         build_app(worker, secret),
         handler_cancellation=True,  # a client that goes away cancels its handler

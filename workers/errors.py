@@ -14,8 +14,15 @@ __all__ = ["ApiError", "invalid_request"]
 class ApiError(Exception):
     """An error with an HTTP status, raised anywhere and rendered once by the server."""
 
-    def __init__(self, status: int, message: str, *, type: str, code: str | None = None,
-                 param: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -22,8 +22,10 @@ _CONTEXT_PARAM = {
     "/v1/embeddings": "input",
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-_NOT_FOR_EMBEDDINGS = ("This model was not loaded for embeddings: set `embedding: true` in its "
-                       "llama options (or use a model entry that has it)")  # fmt: skip
+_NOT_FOR_EMBEDDINGS = (
+    "This model was not loaded for embeddings: set `embedding: true` in its "
+    "llama options (or use a model entry that has it)"
+)
 
 
 def as_api_error(exc: Exception, path: str, *, streaming: bool = False) -> ApiError:
@@ -38,8 +40,9 @@ def as_api_error(exc: Exception, path: str, *, streaming: bool = False) -> ApiEr
         return invalid_request(_NOT_FOR_EMBEDDINGS, "model")
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         message = f"{exc.reason}: {exc.text}" if exc.status == 413 else exc.reason
-        return ApiError(exc.status, message, type="invalid_request_error",
-                        code=_HTTP_CODES.get(exc.status))  # fmt: skip
+        return ApiError(
+            exc.status, message, type="invalid_request_error", code=_HTTP_CODES.get(exc.status)
+        )
     if streaming:
         return ApiError(500, f"Generation failed: {exc}", type="server_error")
     log(f"unexpected error on {path}: {exc!r}\n{traceback.format_exc()}")

@@ -30,9 +30,15 @@ def log(message: str) -> None:
 def _line(message: str) -> str:
     if os.environ.get(FORMAT_ENV) != "json":
         return f"[worker {_name}#{_replica} {os.getpid()}] {message}"
-    line = {"time": timestamp(time.time()), "level": "info", "logger": "worker",
-            "message": message, "model": _name, "replica": _replica,
-            "pid": os.getpid()}  # fmt: skip
+    line = {
+        "time": timestamp(time.time()),
+        "level": "info",
+        "logger": "worker",
+        "message": message,
+        "model": _name,
+        "replica": _replica,
+        "pid": os.getpid(),
+    }
     return json.dumps(line)
 
 

@@ -145,8 +145,9 @@ class Worker:
 
     def require_ready(self) -> None:
         if self.status.state in ("loading", "warming_up"):
-            raise ApiError(503, "The model is still loading", type="server_error",
-                           code="model_loading")  # fmt: skip
+            raise ApiError(
+                503, "The model is still loading", type="server_error", code="model_loading"
+            )
         if self.status.state == "failed":
             message = f"The model failed to load: {self.status.error}"
             raise ApiError(503, message, type="server_error", code="model_load_failed")
@@ -235,8 +236,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     id_, created, cancel = new_id("chatcmpl"), int(time.time()), CancelToken()
     async with _slot(request, params.messages) as (record, thread, engine):
         if params.stream:
-            shapers = _ChoiceShapers(partial(_chat_stream_shaper, worker.model, id_, created,
-                                             params))  # fmt: skip
+            shapers = _ChoiceShapers(
+                partial(_chat_stream_shaper, worker.model, id_, created, params)
+            )
             make = partial(_chat_generations, engine, params, cancel)
             return await _sse(request, thread.stream(make, cancel), _shaped(shapers.shape), record)
 
@@ -244,8 +246,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             return [engine.chat(params, cancel) for _ in range(params.n)]
 
         raws = await thread.call(run_all, cancel)
-        bodies = [shape_chat(raw, model=worker.model, id_=id_, top_logprobs=params.top_logprobs,
-                             legacy_functions=params.legacy_functions) for raw in raws]  # fmt: skip
+        bodies = [
+            shape_chat(
+                raw,
+                model=worker.model,
+                id_=id_,
+                top_logprobs=params.top_logprobs,
+                legacy_functions=params.legacy_functions,
+            )
+            for raw in raws
+        ]
         return _answer(_one_answer(bodies))
 
 
@@ -273,12 +283,18 @@ def _add_completion(total: Usage, more: Usage) -> Usage:
 def _one_answer(bodies: list[dict[str, Any]]) -> dict[str, Any]:
     """`n` whole chat answers as one: the choices numbered in turn, the prompt counted once."""
     body = bodies[0]
-    body["choices"] = [{**choice, "index": index} for index, answer in enumerate(bodies)
-                       for choice in answer["choices"]]  # fmt: skip
+    body["choices"] = [
+        {**choice, "index": index}
+        for index, answer in enumerate(bodies)
+        for choice in answer["choices"]
+    ]
     completion = sum(answer["usage"]["completion_tokens"] for answer in bodies)
     prompt = body["usage"]["prompt_tokens"]
-    body["usage"] = {**body["usage"], "completion_tokens": completion,
-                     "total_tokens": prompt + completion}  # fmt: skip
+    body["usage"] = {
+        **body["usage"],
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
     return body
 
 
@@ -335,8 +351,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return await _sse(request, thread.stream(make, cancel), _shaped(shaper), record)
 
         def run_all() -> list[RawChunk]:
-            return [engine.complete(p, params, cancel) for p in params.prompts
-                    for _ in range(params.n)]  # fmt: skip
+            return [
+                engine.complete(p, params, cancel) for p in params.prompts for _ in range(params.n)
+            ]
 
         raws = await thread.call(run_all, cancel)
         body = shape_completion(raws, model=worker.model, id_=id_)
@@ -349,8 +366,11 @@ def _prompts_counted_once(body: dict[str, Any], raws: list[RawChunk], n: int) ->
         return body
     prompt = sum((raw.get("usage") or {}).get("prompt_tokens", 0) for raw in raws[::n])
     usage = body["usage"]
-    body["usage"] = {**usage, "prompt_tokens": prompt,
-                     "total_tokens": prompt + usage["completion_tokens"]}  # fmt: skip
+    body["usage"] = {
+        **usage,
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + usage["completion_tokens"],
+    }
     return body
 
 

@@ -33,8 +33,11 @@ def call(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -> t
 
 def main() -> int:
     base, out = sys.argv[1].rstrip("/"), Path(sys.argv[2])
-    ready_timeout = float(sys.argv[sys.argv.index("--ready-timeout") + 1]) if (
-        "--ready-timeout" in sys.argv) else 180.0  # fmt: skip
+    ready_timeout = (
+        float(sys.argv[sys.argv.index("--ready-timeout") + 1])
+        if ("--ready-timeout" in sys.argv)
+        else 180.0
+    )
     gateway_pid = int(sys.argv[sys.argv.index("--pid") + 1]) if "--pid" in sys.argv else None
     start = time.monotonic()
     ready: Any = None
@@ -57,10 +60,13 @@ def main() -> int:
     answers: dict[str, Any] = {}
     for model in MODELS:
         for kind, path, body in (
-            ("chat", "/v1/chat/completions",
-             {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}),
+            (
+                "chat",
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8},
+            ),
             ("completion", "/v1/completions", {"prompt": "The GPU is", "max_tokens": 8}),
-        ):  # fmt: skip
+        ):
             t = time.monotonic()
             code, answer = call(base + path, {"model": model, **body})
             answers[f"{model} {kind}"] = answer

@@ -25,8 +25,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-KEEP = {"libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0",
-        "libggml-cuda.so.0"}  # fmt: skip
+KEEP = {
+    "libllama.so",
+    "libggml.so",
+    "libggml.so.0",
+    "libggml-base.so.0",
+    "libggml-cpu.so.0",
+    "libggml-cuda.so.0",
+}
 
 
 def main() -> None:

@@ -52,31 +52,42 @@ def main() -> int:
         f"/admin/workers tiny-cpu device == 'cpu' (got {c.get('device')!r})",
     )
     sg, sc = status.get("tiny-gpu", {}), status.get("tiny-cpu", {})
-    check(sg.get("device") == "0" and sg.get("n_gpu_layers") == -1,
-          f"tiny-gpu /status device/n_gpu_layers = {sg.get('device')!r}/{sg.get('n_gpu_layers')!r}"
-          " (want '0'/-1)")  # fmt: skip
-    check(sc.get("device") == "cpu" and sc.get("n_gpu_layers") == 0,
-          f"tiny-cpu /status device/n_gpu_layers = {sc.get('device')!r}/{sc.get('n_gpu_layers')!r}"
-          " (want 'cpu'/0)")  # fmt: skip
-    check(sg.get("pid") == g.get("pid") and sc.get("pid") == c.get("pid"),
-          "worker /status pids match /admin/workers pids")  # fmt: skip
+    check(
+        sg.get("device") == "0" and sg.get("n_gpu_layers") == -1,
+        f"tiny-gpu /status device/n_gpu_layers = {sg.get('device')!r}/{sg.get('n_gpu_layers')!r}"
+        " (want '0'/-1)",
+    )
+    check(
+        sc.get("device") == "cpu" and sc.get("n_gpu_layers") == 0,
+        f"tiny-cpu /status device/n_gpu_layers = {sc.get('device')!r}/{sc.get('n_gpu_layers')!r}"
+        " (want 'cpu'/0)",
+    )
+    check(
+        sg.get("pid") == g.get("pid") and sc.get("pid") == c.get("pid"),
+        "worker /status pids match /admin/workers pids",
+    )
     for model in ("tiny-gpu", "tiny-cpu"):
         for kind in ("chat", "completion"):
             body = completions.get(f"{model} {kind}", {})
             choices = body.get("choices") if isinstance(body, dict) else None
-            check(bool(choices) and body.get("model") == model,
-                  f"{model} answered a {kind} request (usage {body.get('usage')})")  # fmt: skip
+            check(
+                bool(choices) and body.get("model") == model,
+                f"{model} answered a {kind} request (usage {body.get('usage')})",
+            )
     offload = re.findall(r"offloaded (\d+)/(\d+) layers to GPU", log)
     layers = re.findall(r"load_tensors: layer +\d+ assigned to device (\S+),", log)
     on_cuda, on_cpu = layers.count("CUDA0"), layers.count("CPU")
     if gpu:
         full = [o for o in offload if o[0] == o[1] != "0"]
-        check(len(full) == 1 and all(o in full or o[0] == "0" for o in offload),
-              f"llama log: all layers offloaded to GPU in one worker, none in the other"
-              f" ({offload})")  # fmt: skip
-        check(on_cuda > 0 and on_cuda == on_cpu,
-              f"llama log: {on_cuda} layers assigned to CUDA0 (GPU worker), {on_cpu} to CPU"
-              " (CPU worker)")  # fmt: skip
+        check(
+            len(full) == 1 and all(o in full or o[0] == "0" for o in offload),
+            f"llama log: all layers offloaded to GPU in one worker, none in the other ({offload})",
+        )
+        check(
+            on_cuda > 0 and on_cuda == on_cpu,
+            f"llama log: {on_cuda} layers assigned to CUDA0 (GPU worker), {on_cpu} to CPU"
+            " (CPU worker)",
+        )
         cuda_buffers = re.findall(r"CUDA0 model buffer size\s*=\s*([\d.]+ MiB)", log)
         check(len(cuda_buffers) == 1, f"llama log: one CUDA0 model buffer ({cuda_buffers})")
         pids = smi_pids(evidence)
@@ -85,9 +96,11 @@ def main() -> int:
             c.get("pid") not in pids, f"nvidia-smi does not list the CPU worker pid {c.get('pid')}"
         )
         env_lines = re.findall(r"pid (\d+) env: (CUDA_VISIBLE_DEVICES=\S*)", evidence)
-        check((str(g.get("pid")), "CUDA_VISIBLE_DEVICES=0") in env_lines
-              and (str(c.get("pid")), "CUDA_VISIBLE_DEVICES=") in env_lines,
-              f"/proc/PID/environ: {env_lines}")  # fmt: skip
+        check(
+            (str(g.get("pid")), "CUDA_VISIBLE_DEVICES=0") in env_lines
+            and (str(c.get("pid")), "CUDA_VISIBLE_DEVICES=") in env_lines,
+            f"/proc/PID/environ: {env_lines}",
+        )
     else:
         check(on_cpu > 0 and on_cuda == 0, f"llama log: {on_cpu} layers on CPU, none on CUDA0")
     for ok, what in results:

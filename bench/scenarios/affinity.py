@@ -48,10 +48,20 @@ class Turn:
 
 async def affinity() -> Result:
     pin_self({0, 1})
-    res = Result("affinity", "10. Prefix-affinity routing: multi-turn TTFT over 2 replicas",
-                 "nothing pinned; 2 replicas x 4 slots x 1 thread", ["routing", "round",
-                 "first turns ttft p50 ms", "later turns ttft p50 ms", "later turns ttft p99 ms",
-                 "tokens/s", "errors"])  # fmt: skip
+    res = Result(
+        "affinity",
+        "10. Prefix-affinity routing: multi-turn TTFT over 2 replicas",
+        "nothing pinned; 2 replicas x 4 slots x 1 thread",
+        [
+            "routing",
+            "round",
+            "first turns ttft p50 ms",
+            "later turns ttft p50 ms",
+            "later turns ttft p99 ms",
+            "tokens/s",
+            "errors",
+        ],
+    )
     with contextlib.ExitStack() as stack:
         gateways = {mode: _start(stack, mode) for mode in MODES}
         for round_ in range(ROUNDS):
@@ -73,18 +83,23 @@ async def _measure(proc: Proc, mode: str, round_: int) -> dict[str, Any]:
     chats = [_Chat(f"{mode}{round_}-{c}") for c in range(CONVERSATIONS)]
     picker = random.Random(round_)  # the same order of turns for both modes
     async with session(keep_alive=True) as http:
-        runs = await asyncio.gather(*(_client(http, proc.url, chats, picker)
-                                      for _ in range(CLIENTS)), return_exceptions=True)  # fmt: skip
+        runs = await asyncio.gather(
+            *(_client(http, proc.url, chats, picker) for _ in range(CLIENTS)),
+            return_exceptions=True,
+        )
     window = time.monotonic() - began
     turns = [t for run in runs if isinstance(run, list) for t in run]
     firsts = [t.ttft for t in turns if t.turn == 0]
     later = [t.ttft for t in turns if t.turn > 0]
-    return {"routing": mode, "round": round_ + 1,
-            "first turns ttft p50 ms": percentile(firsts, 50) * 1e3,
-            "later turns ttft p50 ms": percentile(later, 50) * 1e3,
-            "later turns ttft p99 ms": percentile(later, 99) * 1e3,
-            "tokens/s": sum(t.tokens for t in turns) / window,
-            "errors": sum(isinstance(run, BaseException) for run in runs)}  # fmt: skip
+    return {
+        "routing": mode,
+        "round": round_ + 1,
+        "first turns ttft p50 ms": percentile(firsts, 50) * 1e3,
+        "later turns ttft p50 ms": percentile(later, 50) * 1e3,
+        "later turns ttft p99 ms": percentile(later, 99) * 1e3,
+        "tokens/s": sum(t.tokens for t in turns) / window,
+        "errors": sum(isinstance(run, BaseException) for run in runs),
+    }
 
 
 class _Chat:
@@ -95,8 +110,9 @@ class _Chat:
         self.messages = [{"role": "system", "content": f"[{who}] {SYSTEM}"}]
 
 
-async def _client(http: aiohttp.ClientSession, base: str, chats: list[_Chat],
-                  picker: random.Random) -> list[Turn]:  # fmt: skip
+async def _client(
+    http: aiohttp.ClientSession, base: str, chats: list[_Chat], picker: random.Random
+) -> list[Turn]:
     """Take the next turn of a conversation at random (none in flight twice) until all are
     done: more conversations than clients, as users who come back to their chats."""
     turns = []
@@ -118,10 +134,17 @@ def _question(who: str, turn: int) -> str:
     )
 
 
-async def _ask(http: aiohttp.ClientSession, base: str,
-               messages: list[dict[str, str]]) -> tuple[str, Turn]:  # fmt: skip
-    body = {"model": SMOLLM[0], "messages": messages, "max_tokens": MAX_TOKENS, "stream": True,
-            "temperature": 0, "stream_options": {"include_usage": True}}  # fmt: skip
+async def _ask(
+    http: aiohttp.ClientSession, base: str, messages: list[dict[str, str]]
+) -> tuple[str, Turn]:
+    body = {
+        "model": SMOLLM[0],
+        "messages": messages,
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+    }
     began, first, text, tokens = time.monotonic(), 0.0, "", 0
     async with http.post(base + "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
@@ -143,11 +166,17 @@ def _verdict(res: Result) -> None:
         return sum(values) / len(values)
 
     on, off = (mean(m, "later turns ttft p50 ms") for m in MODES)
-    res.goal("later turns' TTFT p50: affinity clearly below least-busy (<= 0.8x)",
-             f"{on / off:.2f}x", on / off <= 0.8)  # fmt: skip
+    res.goal(
+        "later turns' TTFT p50: affinity clearly below least-busy (<= 0.8x)",
+        f"{on / off:.2f}x",
+        on / off <= 0.8,
+    )
     rate_on, rate_off = (mean(m, "tokens/s") for m in MODES)
-    res.goal("throughput: affinity no worse (>= 0.95x least-busy's tokens/s)",
-             f"{rate_on / rate_off:.2f}x", rate_on / rate_off >= 0.95)  # fmt: skip
+    res.goal(
+        "throughput: affinity no worse (>= 0.95x least-busy's tokens/s)",
+        f"{rate_on / rate_off:.2f}x",
+        rate_on / rate_off >= 0.95,
+    )
     res.notes.append(
         f"{CONVERSATIONS} conversations of {TURNS} turns, {CLIENTS} clients taking the next "
         f"turn of an idle conversation at random (the same order for both modes; a "

@@ -43,16 +43,29 @@ ALONE, RAW = "(e) our engine alone, in-process", "(r) llama_decode alone, no HTT
 
 async def batching() -> Result:
     pin_self({0, 1})
-    res = Result("batching", "9. One model copy: aggregate tokens/s, TTFT and RSS",
-                 PINNING, ["model", "target", "clients", "tokens/s", "rounds", "ttft p50 ms",
-                           "ttft p99 ms", "errors", "rss MiB"])  # fmt: skip
+    res = Result(
+        "batching",
+        "9. One model copy: aggregate tokens/s, TTFT and RSS",
+        PINNING,
+        [
+            "model",
+            "target",
+            "clients",
+            "tokens/s",
+            "rounds",
+            "ttft p50 ms",
+            "ttft p99 ms",
+            "errors",
+            "rss MiB",
+        ],
+    )
     for model in _models():
         for turn, clients in enumerate(_client_counts()):
             with contextlib.ExitStack() as stack:
-                targets = {name: _enter(stack, make())
-                           for name, make in _targets(model, clients).items()}  # fmt: skip
-                rounds = [await _measure(model, clients, turn + r, targets)
-                          for r in range(ROUNDS)]  # fmt: skip
+                targets = {
+                    name: _enter(stack, make()) for name, make in _targets(model, clients).items()
+                }
+                rounds = [await _measure(model, clients, turn + r, targets) for r in range(ROUNDS)]
                 res.rows += _combined(rounds)
     _verdict(res)
     return res
@@ -71,15 +84,22 @@ def _combined(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _model(model: tuple[str, Path], slots: int, upstream: str | None = None,
-           engine: str = "llama") -> dict[str, Any]:  # fmt: skip
+def _model(
+    model: tuple[str, Path], slots: int, upstream: str | None = None, engine: str = "llama"
+) -> dict[str, Any]:
     name, path = model
     entry: dict[str, Any] = {"name": name, "max_queue": 1000, "queue_timeout": 300}
     if upstream is not None:
         return {**entry, "upstreams": [{"url": upstream, "capacity": slots}]}
     llama = {"n_ctx": N_CTX, "n_threads": THREADS, "n_threads_batch": THREADS}
-    return {**entry, "path": str(path), "replicas": 1, "capacity": slots, "llama": llama,
-            "engine": engine}  # fmt: skip
+    return {
+        **entry,
+        "path": str(path),
+        "replicas": 1,
+        "capacity": slots,
+        "llama": llama,
+        "engine": engine,
+    }
 
 
 def _targets(model: tuple[str, Path], slots: int) -> dict[str, Callable[[], Proc]]:
@@ -95,8 +115,9 @@ def _targets(model: tuple[str, Path], slots: int) -> dict[str, Callable[[], Proc
     peer: list[Proc] = []
 
     def server() -> Proc:
-        peer.append(start_llama_server(f"llama-server-{name}-{slots}", model, slots, THREADS,
-                                       N_CTX))  # fmt: skip
+        peer.append(
+            start_llama_server(f"llama-server-{name}-{slots}", model, slots, THREADS, N_CTX)
+        )
         return peer[0]
 
     def behind() -> Proc:
@@ -115,8 +136,9 @@ def _enter(stack: contextlib.ExitStack, proc: Proc) -> Proc:
     return proc
 
 
-async def _measure(model: tuple[str, Path], clients: int, turn: int,
-                   targets: dict[str, Proc]) -> list[dict[str, Any]]:  # fmt: skip
+async def _measure(
+    model: tuple[str, Path], clients: int, turn: int, targets: dict[str, Proc]
+) -> list[dict[str, Any]]:
     """One client count: the targets and the in-process runs interleaved (rotated)."""
     rows, name_ = [], model[0]
     for name in round_order([*targets, ALONE, RAW], turn):
@@ -139,9 +161,22 @@ async def _measure(model: tuple[str, Path], clients: int, turn: int,
 async def _in_process_row(model: tuple[str, Path], clients: int, name: str) -> dict[str, Any]:
     """The same work without HTTP, one sequence per client, in a process of its own."""
     module = "bench.engine_alone" if name == ALONE else "bench.raw_decode"
-    command = [sys.executable, "-m", module, str(model[1]), "--sequences", str(clients),
-               "--seconds", str(SECONDS), "--max-tokens", str(MAX_TOKENS),
-               "--threads", str(THREADS), "--n-ctx", str(N_CTX)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        module,
+        str(model[1]),
+        "--sequences",
+        str(clients),
+        "--seconds",
+        str(SECONDS),
+        "--max-tokens",
+        str(MAX_TOKENS),
+        "--threads",
+        str(THREADS),
+        "--n-ctx",
+        str(N_CTX),
+    ]
     if name == RAW:  # the engine's own settings: KV split per slot, flash attention
         command += ["--split", "--flash-attn"]
     proc = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=PIPE, stderr=DEVNULL)
@@ -150,22 +185,41 @@ async def _in_process_row(model: tuple[str, Path], clients: int, name: str) -> d
         raise RuntimeError(f"{module} failed (exit {proc.returncode})")
     measured = json.loads(out.decode().strip().splitlines()[-1])
     nan = float("nan")
-    return {"model": model[0], "target": name, "clients": clients,
-            "tokens/s": measured["tokens/s"], "ttft p50 ms": nan, "ttft p99 ms": nan,
-            "errors": 0, "rss MiB": nan}  # fmt: skip
+    return {
+        "model": model[0],
+        "target": name,
+        "clients": clients,
+        "tokens/s": measured["tokens/s"],
+        "ttft p50 ms": nan,
+        "ttft p99 ms": nan,
+        "errors": 0,
+        "rss MiB": nan,
+    }
 
 
-def _row(model: str, name: str, clients: int, answers: list[Arrivals],
-         window: tuple[float, float], rss_kib_: int) -> dict[str, Any]:  # fmt: skip
+def _row(
+    model: str,
+    name: str,
+    clients: int,
+    answers: list[Arrivals],
+    window: tuple[float, float],
+    rss_kib_: int,
+) -> dict[str, Any]:
     """The steady state: tokens that arrived in the window, TTFTs of answers begun in it."""
     start, end = window
     tokens = sum(start <= t < end for answer in answers for t in answer.times)
     ttfts = [a.ttft for a in answers if start <= a.began < end and a.ttft is not None]
     errors = sum(a.status >= 400 for a in answers)
-    return {"model": model, "target": name, "clients": clients,
-            "tokens/s": tokens / (end - start),
-            "ttft p50 ms": percentile(ttfts, 50) * 1e3, "ttft p99 ms": percentile(ttfts, 99) * 1e3,
-            "errors": errors, "rss MiB": rss_kib_ / 1024}  # fmt: skip
+    return {
+        "model": model,
+        "target": name,
+        "clients": clients,
+        "tokens/s": tokens / (end - start),
+        "ttft p50 ms": percentile(ttfts, 50) * 1e3,
+        "ttft p99 ms": percentile(ttfts, 99) * 1e3,
+        "errors": errors,
+        "rss MiB": rss_kib_ / 1024,
+    }
 
 
 def _tree_rss(pid: int) -> int:
@@ -181,8 +235,9 @@ def _tree_rss(pid: int) -> int:
 
 
 def _figure(res: Result, model: str, target: str, clients: int, column: str) -> float:
-    found = [r for r in res.rows
-             if (r["model"], r["target"], r["clients"]) == (model, target, clients)]  # fmt: skip
+    found = [
+        r for r in res.rows if (r["model"], r["target"], r["clients"]) == (model, target, clients)
+    ]
     return float(found[0][column]) if found else float("nan")
 
 
@@ -192,26 +247,40 @@ def _ggml_version(folder: Path) -> str:
     return names[-1].removeprefix("libggml-base.so.") if names else "unknown"
 
 
-def _ratio_goal(res: Result, model: str, clients: int, column: str, target: float,
-                most: bool = False, ours: str = OURS) -> None:  # fmt: skip
+def _ratio_goal(
+    res: Result,
+    model: str,
+    clients: int,
+    column: str,
+    target: float,
+    most: bool = False,
+    ours: str = OURS,
+) -> None:
     mine, peer = (_figure(res, model, t, clients, column) for t in (ours, PEER))
     ratio = mine / peer
     wanted = f"<= {target}x" if most else f">= {target}x"
     met = ratio <= target if most else ratio >= target
     which = "" if ours == OURS else "engine: llama-server: "
-    res.goal(f"{model}, {clients} clients: {which}{column} {wanted} llama-server direct",
-             f"{ratio:.2f}x", met if ratio == ratio else None)  # fmt: skip
+    res.goal(
+        f"{model}, {clients} clients: {which}{column} {wanted} llama-server direct",
+        f"{ratio:.2f}x",
+        met if ratio == ratio else None,
+    )
 
 
 def _same_version_note(res: Result, model: str) -> None:
     if not any(row["target"] == SAME for row in res.rows):
         return  # bench/setup_llama_server_same.sh has not built it here
     counts = _client_counts()
-    ratios = [_figure(res, model, OURS, n, "tokens/s") / _figure(res, model, SAME, n, "tokens/s")
-              for n in counts]  # fmt: skip
-    res.notes.append(f"{model}: our engine against llama-server built from the same llama.cpp "
-                     f"(c0), tokens/s at {', '.join(map(str, counts))} clients: "
-                     f"{', '.join(f'{r:.2f}x' for r in ratios)}.")  # fmt: skip
+    ratios = [
+        _figure(res, model, OURS, n, "tokens/s") / _figure(res, model, SAME, n, "tokens/s")
+        for n in counts
+    ]
+    res.notes.append(
+        f"{model}: our engine against llama-server built from the same llama.cpp "
+        f"(c0), tokens/s at {', '.join(map(str, counts))} clients: "
+        f"{', '.join(f'{r:.2f}x' for r in ratios)}."
+    )
 
 
 def _models() -> tuple[tuple[str, Path], ...]:
@@ -238,8 +307,11 @@ def _verdict(res: Result) -> None:
         res.goal(f"{model}: no errors at any client count", str(errors), errors == 0)
         for clients in counts:
             alone, raw = (_figure(res, model, t, clients, "tokens/s") for t in (ALONE, RAW))
-            res.goal(f"{model}, {clients} clients: engine alone >= 0.95x the raw ceiling",
-                     f"{alone / raw:.2f}x", alone / raw >= 0.95)  # fmt: skip
+            res.goal(
+                f"{model}, {clients} clients: engine alone >= 0.95x the raw ceiling",
+                f"{alone / raw:.2f}x",
+                alone / raw >= 0.95,
+            )
     res.notes.append(
         f"Closed loop: each client streams /v1/completions (max_tokens {MAX_TOKENS}, temperature "
         f"0, ignore_eos: every answer is {MAX_TOKENS} tokens, a distinct prompt each time); per "

@@ -72,8 +72,12 @@ def _result(samples: dict[str, list[list[float]]], stack: Stack) -> Result:
 def _recording_cost(res: Result, samples: dict[str, list[list[float]]]) -> None:
     """What metrics and the request log add: gateway minus gateway-bare, per round."""
     for q in (50, 99):
-        cost = spread([(percentile(on, q) - percentile(off, q)) * 1e3 for on, off in
-                       zip(samples["gateway"], samples["gateway-bare"], strict=True)])  # fmt: skip
+        cost = spread(
+            [
+                (percentile(on, q) - percentile(off, q)) * 1e3
+                for on, off in zip(samples["gateway"], samples["gateway-bare"], strict=True)
+            ]
+        )
         res.data[f"recording_cost_p{q}_ms"] = cost
         res.notes.append(
             f"metrics + request log cost at p{q}: {cost['median']:.3f} ms "

@@ -21,27 +21,50 @@ REDIS = "redis://127.0.0.1:6379/10"
 STANDIN = {"token_delay": 0.0, "tokens": 200}
 # Every target gets the same Authorization header (the workers' secret, bench/common.py): to the
 # keyed gateways it is the key. Limits high enough never to refuse, so every check runs in full.
-KEY = {"name": "bench", "key_sha256": hashlib.sha256(WORKER_SECRET.encode()).hexdigest(),
-       "rpm": 10**9, "tpm": 10**12, "max_concurrent": 10**6, "admin": True}  # fmt: skip
+KEY = {
+    "name": "bench",
+    "key_sha256": hashlib.sha256(WORKER_SECRET.encode()).hexdigest(),
+    "rpm": 10**9,
+    "tpm": 10**12,
+    "max_concurrent": 10**6,
+    "admin": True,
+}
 SETUPS: dict[str, dict[str, Any]] = {
     "open": {},
     "limits-local": {"auth": {"keys": [KEY]}},
     "limits-redis": {"auth": {"keys": [KEY]}, "redis": {"url": REDIS}},
 }
-COLUMNS = ["target", "p50", "p99", "added p50", "added p50 min-max", "cost p50",
-           "cost p50 min-max", "gateway cpu us/req", "cpu cost us/req", "requests"]  # fmt: skip
+COLUMNS = [
+    "target",
+    "p50",
+    "p99",
+    "added p50",
+    "added p50 min-max",
+    "cost p50",
+    "cost p50 min-max",
+    "gateway cpu us/req",
+    "cpu cost us/req",
+    "requests",
+]
 
 
 @contextlib.contextmanager
 def _gateways() -> Iterator[dict[str, Proc]]:
     """One gateway per setup on core 0, each over its own stand-in worker on core 1."""
     started: dict[str, Proc] = {}
-    model = {"name": "mock", "engine": "standin", "replicas": 1, "capacity": 4,
-             "standin": STANDIN, "max_queue": 1000}  # fmt: skip
+    model = {
+        "name": "mock",
+        "engine": "standin",
+        "replicas": 1,
+        "capacity": 4,
+        "standin": STANDIN,
+        "max_queue": 1000,
+    }
     try:
         for name, extra in SETUPS.items():
-            started[name] = start_gateway(f"limits-{name}", [model], cpus=str(GATEWAY_CPU),
-                                          extra={"health": HEALTH, **extra})  # fmt: skip
+            started[name] = start_gateway(
+                f"limits-{name}", [model], cpus=str(GATEWAY_CPU), extra={"health": HEALTH, **extra}
+            )
             for worker in gateway_workers(started[name]):
                 pin(int(worker["pid"]), {LOADGEN_CPU})
         yield started
@@ -73,18 +96,24 @@ async def limits() -> Result:
 
 def _per_round(samples: dict[str, list[list[float]]], a: str, b: str) -> list[float]:
     """p50 of `a` minus p50 of `b`, per round, in ms."""
-    return [(percentile(x, 50) - percentile(y, 50)) * 1e3
-            for x, y in zip(samples[a], samples[b], strict=True)]  # fmt: skip
+    return [
+        (percentile(x, 50) - percentile(y, 50)) * 1e3
+        for x, y in zip(samples[a], samples[b], strict=True)
+    ]
 
 
 def _result(samples: dict[str, list[list[float]]], cpu: dict[str, list[float]]) -> Result:
-    res = Result("limits", "8. What per-key limits cost, concurrency 1 (ms)", PINNING,
-                 list(COLUMNS))  # fmt: skip
+    res = Result(
+        "limits", "8. What per-key limits cost, concurrency 1 (ms)", PINNING, list(COLUMNS)
+    )
     for name, rounds in samples.items():
         pooled = [x for r in rounds for x in r]
-        row: dict[str, Any] = {"target": name, "p50": percentile(pooled, 50) * 1e3,
-                               "p99": percentile(pooled, 99) * 1e3,
-                               "requests": len(pooled)}  # fmt: skip
+        row: dict[str, Any] = {
+            "target": name,
+            "p50": percentile(pooled, 50) * 1e3,
+            "p99": percentile(pooled, 99) * 1e3,
+            "requests": len(pooled),
+        }
         if name != "direct":
             added = spread(_per_round(samples, name, "direct"))
             row |= {"added p50": added["median"], "added p50 min-max": min_max(added, 3)}
@@ -93,11 +122,17 @@ def _result(samples: dict[str, list[list[float]]], cpu: dict[str, list[float]]) 
         if name.startswith("limits"):
             cost = spread(_per_round(samples, name, "open"))
             cpu_cost = spread([a - b for a, b in zip(cpu[name], cpu["open"], strict=True)])
-            row |= {"cost p50": cost["median"], "cost p50 min-max": min_max(cost, 3),
-                    "cost_p50": cost, "cpu cost us/req": cpu_cost["median"]}  # fmt: skip
+            row |= {
+                "cost p50": cost["median"],
+                "cost p50 min-max": min_max(cost, 3),
+                "cost_p50": cost,
+                "cpu cost us/req": cpu_cost["median"],
+            }
         res.rows.append(row)
-    local, remote = (next(r for r in res.rows if r["target"] == n)["cost p50"]
-                     for n in ("limits-local", "limits-redis"))  # fmt: skip
+    local, remote = (
+        next(r for r in res.rows if r["target"] == n)["cost p50"]
+        for n in ("limits-local", "limits-redis")
+    )
     res.goal("in-process limits add <= 0.1 ms p50", f"{local:.3f} ms", local <= 0.1)
     res.goal("Redis-backed limits add <= 0.5 ms p50", f"{remote:.3f} ms", remote <= 0.5)
     res.notes.append(

@@ -36,9 +36,12 @@ TARGETS = ("gateway on demand", "llama_cpp.server", "gateway always-on")
 
 async def on_demand() -> Result:
     pin_self({0, 1})
-    res = Result("on_demand", "11. Three models, a budget for two: loaded on demand",
-                 f"nothing pinned; each model {THREADS} threads", ["pattern", "target",
-                 "total s", "per-request p50 s", "per-request max s", "errors"])  # fmt: skip
+    res = Result(
+        "on_demand",
+        "11. Three models, a budget for two: loaded on demand",
+        f"nothing pinned; each model {THREADS} threads",
+        ["pattern", "target", "total s", "per-request p50 s", "per-request max s", "errors"],
+    )
     procs = _start()
     try:
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -78,16 +81,23 @@ async def _run(base: str, order: list[str], salt: str) -> dict[str, Any]:
         for i, model in enumerate(order):
             answers.append(await ask(http, base, model, prompt(i, salt), MAX_TOKENS))
     latencies = [a.seconds for a in answers]
-    return {"total": sum(latencies), "p50": percentile(latencies, 50), "max": max(latencies),
-            "errors": sum(a.status != 200 for a in answers)}  # fmt: skip
+    return {
+        "total": sum(latencies),
+        "p50": percentile(latencies, 50),
+        "max": max(latencies),
+        "errors": sum(a.status != 200 for a in answers),
+    }
 
 
 def _row(pattern: str, target: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"pattern": pattern, "target": target,
-            "total s": spread([r["total"] for r in rounds])["median"],
-            "per-request p50 s": spread([r["p50"] for r in rounds])["median"],
-            "per-request max s": max(r["max"] for r in rounds),
-            "errors": sum(r["errors"] for r in rounds)}  # fmt: skip
+    return {
+        "pattern": pattern,
+        "target": target,
+        "total s": spread([r["total"] for r in rounds])["median"],
+        "per-request p50 s": spread([r["p50"] for r in rounds])["median"],
+        "per-request max s": max(r["max"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+    }
 
 
 def _verdict(res: Result) -> None:
@@ -98,11 +108,17 @@ def _verdict(res: Result) -> None:
     for pattern in PATTERNS:
         ours, peer = total(pattern, TARGETS[0]), total(pattern, TARGETS[1])
         ceiling = total(pattern, TARGETS[2])
-        res.notes.append(f"{pattern}: on demand / llama_cpp.server = {ours / peer:.2f}x, "
-                         f"on demand / always-on = {ours / ceiling:.2f}x")  # fmt: skip
+        res.notes.append(
+            f"{pattern}: on demand / llama_cpp.server = {ours / peer:.2f}x, "
+            f"on demand / always-on = {ours / ceiling:.2f}x"
+        )
     hot = total("two hot, one cold", TARGETS[0]) / total("two hot, one cold", TARGETS[1])
-    res.goal("two hot models and a cold one: on demand clearly faster than llama_cpp.server "
-             "(<= 0.8x its total)", f"{hot:.2f}x", hot <= 0.8)  # fmt: skip
+    res.goal(
+        "two hot models and a cold one: on demand clearly faster than llama_cpp.server "
+        "(<= 0.8x its total)",
+        f"{hot:.2f}x",
+        hot <= 0.8,
+    )
     res.notes.append(
         f"{REQUESTS} sequential chat requests per pattern and round (max_tokens {MAX_TOKENS}, "
         f"temperature 0, distinct prompts), {ROUNDS} rounds, targets in rotating order; the "

@@ -36,8 +36,18 @@ __all__ = [
 
 MIN_API_KEY_LENGTH = 16
 ANONYMOUS_NAME = "anonymous"  # the caller of an open gateway; no key may take the name
-_KEY_FIELDS = {"name", "key_sha256", "key_env", "key", "models", "rpm", "tpm", "max_concurrent",
-               "weight", "admin"}  # fmt: skip
+_KEY_FIELDS = {
+    "name",
+    "key_sha256",
+    "key_env",
+    "key",
+    "models",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "weight",
+    "admin",
+}
 # Key names are metric labels and log fields: short, of a safe alphabet.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -103,8 +113,10 @@ def parse_auth(raw: Any) -> AuthConfig:
     keys = tuple(_parse_key(entry, index) for index, entry in enumerate(keys_raw))
     _reject_duplicates(keys)
     if required is True and not keys:
-        raise ConfigError("auth.required: true, but auth.keys is empty (llm-gateway keygen "
-                          "prints a key and its config lines)")  # fmt: skip
+        raise ConfigError(
+            "auth.required: true, but auth.keys is empty (llm-gateway keygen "
+            "prints a key and its config lines)"
+        )
     return AuthConfig(required=required, keys=keys)
 
 
@@ -112,8 +124,10 @@ def _parse_key(raw: Any, index: int) -> KeyConfig:
     section = mapping(raw, f"auth.keys[{index}]")
     name = section.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(f"auth.keys[{index}].name: expected a name of letters, digits, '.', "
-                          "'_' or '-' (at most 64), as logs and metrics show it")  # fmt: skip
+        raise ConfigError(
+            f"auth.keys[{index}].name: expected a name of letters, digits, '.', "
+            "'_' or '-' (at most 64), as logs and metrics show it"
+        )
     if name == ANONYMOUS_NAME:
         raise ConfigError(f"auth.keys[{index}].name: '{name}' names callers without a key")
     where = f"auth.keys[{index}] ({name})."
@@ -132,8 +146,10 @@ def _parse_key(raw: Any, index: int) -> KeyConfig:
 
 def _digest(section: dict[str, Any], where: str) -> bytes:
     if "key" in section:
-        raise ConfigError(f"{where}key: a plain key in the file is refused; use key_sha256 "
-                          "(`llm-gateway keygen` prints it) or key_env")  # fmt: skip
+        raise ConfigError(
+            f"{where}key: a plain key in the file is refused; use key_sha256 "
+            "(`llm-gateway keygen` prints it) or key_env"
+        )
     given = [field for field in ("key_sha256", "key_env") if field in section]
     if len(given) != 1:
         raise ConfigError(f"{where}key_sha256: give exactly one of key_sha256 or key_env")
@@ -154,8 +170,10 @@ def _key_from_env(variable: Any, where: str) -> str:
     key = key.strip()
     if len(key) < MIN_API_KEY_LENGTH:
         # An unset variable that ${VAR:-} turned into "" must never become a key "" matches.
-        raise ConfigError(f"{where}key_env: the key in {variable} has {len(key)} characters; "
-                          f"a key needs at least {MIN_API_KEY_LENGTH}")  # fmt: skip
+        raise ConfigError(
+            f"{where}key_env: the key in {variable} has {len(key)} characters; "
+            f"a key needs at least {MIN_API_KEY_LENGTH}"
+        )
     return key
 
 
@@ -179,11 +197,14 @@ def _reject_duplicates(keys: tuple[KeyConfig, ...]) -> None:
     digests: dict[bytes, int] = {}
     for index, key in enumerate(keys):
         if key.name in names:
-            raise ConfigError(f"auth.keys[{index}].name: '{key.name}' is already the name of "
-                              f"auth.keys[{names[key.name]}]")  # fmt: skip
+            raise ConfigError(
+                f"auth.keys[{index}].name: '{key.name}' is already the name of "
+                f"auth.keys[{names[key.name]}]"
+            )
         if key.digest in digests:
-            raise ConfigError(f"auth.keys[{index}] ({key.name}): the same key as "
-                              f"auth.keys[{digests[key.digest]}]")  # fmt: skip
+            raise ConfigError(
+                f"auth.keys[{index}] ({key.name}): the same key as auth.keys[{digests[key.digest]}]"
+            )
         names[key.name], digests[key.digest] = index, index
 
 
@@ -191,13 +212,21 @@ def parse_redis(raw: Any) -> RedisConfig:
     section = mapping(raw, "redis")
     reject_unknown(section, field_keys(RedisConfig), "redis.")
     url = section.get("url")
-    if url is not None and not (nonempty_str(url) and url.startswith(("redis://", "rediss://",
-                                                                       "unix://"))):  # fmt: skip
+    if url is not None and not (
+        nonempty_str(url) and url.startswith(("redis://", "rediss://", "unix://"))
+    ):
         raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
-    on_error = checked(section, "on_error", lambda v: v in ("allow", "deny"), "allow or deny",
-                       "redis.", RedisConfig.on_error)  # fmt: skip
-    lease = checked(section, "lease_seconds", pos_num, "seconds > 0", "redis.",
-                    RedisConfig.lease_seconds)  # fmt: skip
+    on_error = checked(
+        section,
+        "on_error",
+        lambda v: v in ("allow", "deny"),
+        "allow or deny",
+        "redis.",
+        RedisConfig.on_error,
+    )
+    lease = checked(
+        section, "lease_seconds", pos_num, "seconds > 0", "redis.", RedisConfig.lease_seconds
+    )
     return RedisConfig(url=url, on_error=on_error, lease_seconds=float(lease))
 
 

@@ -85,8 +85,9 @@ def mapping(raw: Any, where: str) -> dict[str, Any]:
 def reject_unknown(section: Mapping[str, Any], known: Collection[str], where: str) -> None:
     for key in section:
         if key not in known:
-            raise ConfigError(f"{where}{key_shown(key)}: unknown key (known: "
-                              f"{', '.join(sorted(known))})")  # fmt: skip
+            raise ConfigError(
+                f"{where}{key_shown(key)}: unknown key (known: {', '.join(sorted(known))})"
+            )
 
 
 _KEY_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
@@ -100,8 +101,9 @@ def key_shown(key: Any) -> str:
     return f"<{shown(key)}>"
 
 
-def checked(section: Mapping[str, Any], key: str, check: Check, expected: str, where: str,
-         default: Any) -> Any:  # fmt: skip
+def checked(
+    section: Mapping[str, Any], key: str, check: Check, expected: str, where: str, default: Any
+) -> Any:
     value = section.get(key, default)
     if not check(value):
         raise ConfigError(f"{where}{key}: expected {expected}, got {shown(value)}")

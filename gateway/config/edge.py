@@ -54,8 +54,10 @@ def parse_allowed_hosts(raw: Any) -> tuple[str, ...]:
     hosts = _strings(raw, "allowed_hosts", 'host names without a port, or "*"')
     for index, host in enumerate(hosts):
         if host != ANY and not _HOST.fullmatch(host):
-            raise ConfigError(f"server.allowed_hosts[{index}]: expected a host name or address "
-                              'without a port or path (IPv6 in brackets), or "*"')  # fmt: skip
+            raise ConfigError(
+                f"server.allowed_hosts[{index}]: expected a host name or address "
+                'without a port or path (IPv6 in brackets), or "*"'
+            )
     return tuple(hosts)
 
 
@@ -64,8 +66,10 @@ def parse_cors(raw: Any) -> tuple[str, ...]:
     origins = _strings(raw, "cors", 'origins like "https://app.example.com", or "*"')
     for index, origin in enumerate(origins):
         if origin != ANY and not _ORIGIN.fullmatch(origin.removesuffix("/")):
-            raise ConfigError(f"server.cors[{index}]: expected an origin, scheme://host[:port] "
-                              'with no path (as a browser sends it), or "*"')  # fmt: skip
+            raise ConfigError(
+                f"server.cors[{index}]: expected an origin, scheme://host[:port] "
+                'with no path (as a browser sends it), or "*"'
+            )
     return tuple(origin.removesuffix("/") for origin in origins)
 
 
@@ -78,8 +82,10 @@ def parse_forwarded_allow_ips(raw: Any) -> tuple[str, ...]:
             if entry != ANY:
                 ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ConfigError(f"server.forwarded_allow_ips[{index}]: expected an IP address or "
-                              'network (10.0.0.0/8), or "*"') from None  # fmt: skip
+            raise ConfigError(
+                f"server.forwarded_allow_ips[{index}]: expected an IP address or "
+                'network (10.0.0.0/8), or "*"'
+            ) from None
     return tuple(entries)
 
 

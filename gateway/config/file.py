@@ -337,8 +337,9 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     check_exposure(auth, server.host)
     check_allowed_hosts(auth, server.host, server.allowed_hosts)
     if server.metrics_auth and not auth.keys:
-        raise ConfigError("server.metrics_auth: true, but auth.keys is empty: no key could "
-                          "read /metrics")  # fmt: skip
+        raise ConfigError(
+            "server.metrics_auth: true, but auth.keys is empty: no key could read /metrics"
+        )
     health = _parse_health(top.get("health", {}))
     models_raw = top.get("models")
     if not isinstance(models_raw, list) or not models_raw:
@@ -347,11 +348,17 @@ def parse_config(raw: Any, base_dir: Path) -> GatewayConfig:
     models = tuple(_parse_model(m, i, base_dir, llama_server) for i, m in enumerate(models_raw))
     _reject_duplicate_names(models)
     watch = checked(top, "watch", boolean, "true or false", "", GatewayConfig.watch)
-    return GatewayConfig(server=server, models=models, health=health, watch=watch, auth=auth,
-                         redis=parse_redis(top.get("redis", {})),
-                         memory=parse_budgets(top.get("memory", {})),
-                         scaling=parse_scaling(top.get("scaling", {})),
-                         llama_server=llama_server)  # fmt: skip
+    return GatewayConfig(
+        server=server,
+        models=models,
+        health=health,
+        watch=watch,
+        auth=auth,
+        redis=parse_redis(top.get("redis", {})),
+        memory=parse_budgets(top.get("memory", {})),
+        scaling=parse_scaling(top.get("scaling", {})),
+        llama_server=llama_server,
+    )
 
 
 def _parse_health(raw: Any) -> HealthConfig:
@@ -377,8 +384,9 @@ def _parse_server(raw: Any) -> ServerConfig:
     )
 
 
-def _parse_model(raw: Any, index: int, base_dir: Path,
-                 llama_server: LlamaServerConfig) -> ModelConfig:  # fmt: skip
+def _parse_model(
+    raw: Any, index: int, base_dir: Path, llama_server: LlamaServerConfig
+) -> ModelConfig:
     section = mapping(raw, f"models[{index}]")
     name = section.get("name")
     if not isinstance(name, str) or not name:
@@ -412,8 +420,13 @@ def _parse_model(raw: Any, index: int, base_dir: Path,
     )
 
 
-def _engine_fields(section: dict[str, Any], llama: Mapping[str, Any], local: bool,
-                   llama_server: LlamaServerConfig, where: str) -> dict[str, Any]:  # fmt: skip
+def _engine_fields(
+    section: dict[str, Any],
+    llama: Mapping[str, Any],
+    local: bool,
+    llama_server: LlamaServerConfig,
+    where: str,
+) -> dict[str, Any]:
     """A llama-server model's own fields (its binary, only where it runs replicas here);
     `server_args` on another engine, or a worker option llama-server lacks, is an error."""
     engine = section.get("engine", "llama")
@@ -440,8 +453,10 @@ def _parse_outlier(raw: Any, where: str) -> OutlierConfig:
     reject_unknown(section, keys(OutlierConfig), at)
     config = OutlierConfig(**scalars(section, OutlierConfig, _OUTLIER_SETTINGS, at))
     if config.max_ejection_time < config.base_ejection_time:
-        raise ConfigError(f"{at}max_ejection_time: expected seconds >= base_ejection_time "
-                          f"({config.base_ejection_time:g})")  # fmt: skip
+        raise ConfigError(
+            f"{at}max_ejection_time: expected seconds >= base_ejection_time "
+            f"({config.base_ejection_time:g})"
+        )
     return config
 
 

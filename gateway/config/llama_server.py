@@ -95,8 +95,17 @@ def parse_server_args(raw: Any, where: str) -> tuple[str, ...]:
 _SPLIT_MODES = {0: "none", 1: "layer", 2: "row"}
 _POOLINGS = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 # ggml type ids (llama_cpp's `type_k`/`type_v`) of the KV cache types llama-server accepts.
-_CACHE_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0",
-                20: "iq4_nl", 30: "bf16"}  # fmt: skip
+_CACHE_TYPES = {
+    0: "f32",
+    1: "f16",
+    2: "q4_0",
+    3: "q4_1",
+    6: "q5_0",
+    7: "q5_1",
+    8: "q8_0",
+    20: "iq4_nl",
+    30: "bf16",
+}
 
 Flags = Callable[[Any], list[str] | None]  # a value's flags; None: llama-server cannot take it
 
@@ -159,6 +168,8 @@ def unserved_paths(name: str, engine: str, llama: Mapping[str, Any]) -> Mapping[
     llama-server without `--embeddings` answers embeddings with a 501 of its own."""
     if engine != "llama-server" or llama.get("embedding"):
         return MappingProxyType({})
-    why = (f"Model '{name}' runs on llama-server, which serves /v1/embeddings only for a model "
-           "with `embedding: true` in its llama options.")  # fmt: skip
+    why = (
+        f"Model '{name}' runs on llama-server, which serves /v1/embeddings only for a model "
+        "with `embedding: true` in its llama options."
+    )
     return MappingProxyType({"/v1/embeddings": why})

@@ -34,8 +34,18 @@ __all__ = [
     "show_size",
 ]
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 SIZE_HELP = "a size like 512MiB, 16GiB or 24GB, or a number of bytes"
 
@@ -100,12 +110,26 @@ def parse_budgets(raw: Any) -> Mapping[str, int]:
 def parse_scaling(raw: Any) -> ScalingConfig:
     section = mapping(raw, "scaling")
     reject_unknown(section, keys(ScalingConfig), "scaling.")
-    residency = checked(section, "min_residency", lambda v: v == "auto" or non_neg_num(v),
-                        "auto or seconds >= 0", "scaling.", "auto")  # fmt: skip
-    spare = checked(section, "spare_worker", lambda v: v in ("auto", True, False),
-                    "auto, true or false", "scaling.", "auto")  # fmt: skip
-    return ScalingConfig(min_residency=None if residency == "auto" else float(residency),
-                         spare_worker=None if spare == "auto" else bool(spare))  # fmt: skip
+    residency = checked(
+        section,
+        "min_residency",
+        lambda v: v == "auto" or non_neg_num(v),
+        "auto or seconds >= 0",
+        "scaling.",
+        "auto",
+    )
+    spare = checked(
+        section,
+        "spare_worker",
+        lambda v: v in ("auto", True, False),
+        "auto, true or false",
+        "scaling.",
+        "auto",
+    )
+    return ScalingConfig(
+        min_residency=None if residency == "auto" else float(residency),
+        spare_worker=None if spare == "auto" else bool(spare),
+    )
 
 
 def parse_replica_range(section: dict[str, Any], remote: bool, where: str) -> ReplicaRange:
@@ -117,17 +141,25 @@ def parse_replica_range(section: dict[str, Any], remote: bool, where: str) -> Re
     floor = 0 if remote else 1
     if not is_int(raw) or raw < floor:
         expected = "an integer >= 0" if remote else "a positive integer"
-        raise ConfigError(f"{where}replicas: expected {expected} or {{min: N, max: M}}, "
-                          f"got {shown(raw)}")  # fmt: skip
+        raise ConfigError(
+            f"{where}replicas: expected {expected} or {{min: N, max: M}}, got {shown(raw)}"
+        )
     return ReplicaRange(raw, raw)
 
 
 def _parse_range(raw: dict[str, Any], remote: bool, where: str) -> ReplicaRange:
     reject_unknown(raw, {"min", "max"}, where + "replicas.")
-    low = checked(raw, "min", lambda v: is_int(v) and v >= 0, "an integer >= 0",
-                  where + "replicas.", 0)  # fmt: skip
+    low = checked(
+        raw, "min", lambda v: is_int(v) and v >= 0, "an integer >= 0", where + "replicas.", 0
+    )
     if "max" not in raw:
         raise ConfigError(f"{where}replicas.max: required with min (the most replicas to run)")
-    high = checked(raw, "max", lambda v: is_int(v) and v >= max(low, 0 if remote else 1),
-                   f"an integer >= min ({low}) and >= 1", where + "replicas.", None)  # fmt: skip
+    high = checked(
+        raw,
+        "max",
+        lambda v: is_int(v) and v >= max(low, 0 if remote else 1),
+        f"an integer >= min ({low}) and >= 1",
+        where + "replicas.",
+        None,
+    )
     return ReplicaRange(int(low), int(high))

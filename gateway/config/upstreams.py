@@ -86,8 +86,9 @@ def _parse_entry(raw: Any, where: str, base_dir: Path) -> Upstream:
         return _parse_upstream(section, where, _parse_url(section.get("url"), where))
     reject_unknown(section, _DNS_KEYS, where)
     host, port = _parse_dns(section["dns"], where)
-    path = checked(section, "path", _url_path, "a URL path starting with /", where,
-                   DnsUpstream.path)  # fmt: skip
+    path = checked(
+        section, "path", _url_path, "a URL path starting with /", where, DnsUpstream.path
+    )
     hosts = checked(section, "hosts_file", _optional_name, "a file path", where, None)
     return DnsUpstream(
         host,
@@ -115,8 +116,9 @@ def _url_path(value: Any) -> bool:
 
 
 def _parse_upstream(section: dict[str, Any], where: str, url: str) -> UpstreamConfig:
-    env = checked(section, "api_key_env", _optional_name, "an environment variable's name",
-                  where, None)  # fmt: skip
+    env = checked(
+        section, "api_key_env", _optional_name, "an environment variable's name", where, None
+    )
     if env is not None and env not in os.environ:
         raise ConfigError(f"{where}api_key_env: environment variable {env} is not set")
     return UpstreamConfig(

@@ -38,8 +38,11 @@ def create_app(config: GatewayConfig, source: Path | None = None, port: int = 0)
     metrics = Metrics(gateway) if config.server.metrics else None
     recent = Recent()
     gateways = Gateways(config.redis.url, port, lambda: _facts(gateway))
-    sync = None if config.redis.url is None else AffinitySync(config.redis.url,
-                                                              gateway.scheduler.table)  # fmt: skip
+    sync = (
+        None
+        if config.redis.url is None
+        else AffinitySync(config.redis.url, gateway.scheduler.table)
+    )
     if sync is not None:
         gateway.scheduler.share = sync.shared
 
@@ -103,11 +106,15 @@ async def _sample_queues(recent: Recent, gateway: Gateway) -> None:
 def _facts(gateway: Gateway) -> dict[str, Any]:
     """What a gateway's heartbeat says of its state now."""
     registry = gateway.registry
-    return {"models": sorted(m.name for m in gateway.config.models),
-            "replicas_ready": sum(registry.model_status(m)["ready_replicas"]
-                                  for m in registry.models()),
-            "in_flight": sum(r.in_flight for r in registry),
-            "queued": gateway.scheduler.queued_total(), "draining": gateway.draining}  # fmt: skip
+    return {
+        "models": sorted(m.name for m in gateway.config.models),
+        "replicas_ready": sum(
+            registry.model_status(m)["ready_replicas"] for m in registry.models()
+        ),
+        "in_flight": sum(r.in_flight for r in registry),
+        "queued": gateway.scheduler.queued_total(),
+        "draining": gateway.draining,
+    }
 
 
 def _json(body: bytes, status: int, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -134,15 +141,19 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return _json(error.body(), status, error.headers())
 
 
-_SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/completions, "
-           "POST /v1/embeddings, GET /v1/models")  # fmt: skip
+_SERVED = (
+    "POST /v1/chat/completions, POST /v1/responses, POST /v1/completions, "
+    "POST /v1/embeddings, GET /v1/models"
+)
 
 
 def _unknown_route(method: str, path: str) -> str:
     """OpenAI's words for a URL it does not know, and what this gateway does serve: a client
     calling /v1/assistants, /v1/audio/... or /v1/files learns it is the gateway, not a typo."""
-    return (f"Invalid URL ({method} {clipped(path)}): llm-gateway does not serve this endpoint; it "
-            f"serves {_SERVED}.")  # fmt: skip
+    return (
+        f"Invalid URL ({method} {clipped(path)}): llm-gateway does not serve this endpoint; it "
+        f"serves {_SERVED}."
+    )
 
 
 def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

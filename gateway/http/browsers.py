@@ -73,9 +73,14 @@ class Browsers:
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
-            log.warning("refused a browser's request (%s): Host %r, Origin %r; more are "
-                        "refused quietly for %g s", code, (host or b"")[:100],
-                        (origin or b"")[:100], _WARN_EVERY)  # fmt: skip
+            log.warning(
+                "refused a browser's request (%s): Host %r, Origin %r; more are "
+                "refused quietly for %g s",
+                code,
+                (host or b"")[:100],
+                (origin or b"")[:100],
+                _WARN_EVERY,
+            )
 
 
 def _adding(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
@@ -91,10 +96,12 @@ async def _refuse(send: Send, error: Forbidden) -> None:
     await _answer(send, error.status, [_JSON], error.body())
 
 
-async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]],
-                  body: bytes) -> None:  # fmt: skip
-    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status,
-                                     "headers": headers}  # fmt: skip
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": headers,
+    }
     end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
     await send(start)
     await send(end)

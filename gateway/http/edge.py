@@ -81,8 +81,18 @@ class RequestMeter:
     the head are never taken for header bytes.
     """
 
-    __slots__ = ("_carry", "_headers", "_in_line", "_line", "_rest", "in_head", "max_header_bytes",
-                 "max_rest_bytes", "max_url_bytes", "started")  # fmt: skip
+    __slots__ = (
+        "_carry",
+        "_headers",
+        "_in_line",
+        "_line",
+        "_rest",
+        "in_head",
+        "max_header_bytes",
+        "max_rest_bytes",
+        "max_url_bytes",
+        "started",
+    )
 
     def __init__(self, max_url_bytes: int, max_header_bytes: int, max_rest_bytes: int) -> None:
         self.max_url_bytes = max_url_bytes
@@ -164,8 +174,13 @@ class EdgeProtocol(HttpToolsProtocol):
     edge: ClassVar[Edge]
     _warned_at: ClassVar[float] = -_WARN_EVERY
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._settings = settings = self.edge.server()
         # The rest of a request: its body, twice over for chunk framing, and trailers.
@@ -187,9 +202,13 @@ class EdgeProtocol(HttpToolsProtocol):
             self._seat = client
             self._arm(self._head_since)
         else:
-            self._warn("%s: past server.max_connections (%d) or max_connections_per_client "
-                       "(%d): new connections get 503, probes excepted", self._peer(), cap,
-                       settings.max_connections_per_client)  # fmt: skip
+            self._warn(
+                "%s: past server.max_connections (%d) or max_connections_per_client "
+                "(%d): new connections get 503, probes excepted",
+                self._peer(),
+                cap,
+                settings.max_connections_per_client,
+            )
             self._wait_for_probe()
 
     def _wait_for_probe(self) -> None:
@@ -259,8 +278,9 @@ class EdgeProtocol(HttpToolsProtocol):
             self._refuse(UrlTooLong(f"The request line is longer than the limit of {limit} bytes."))
         else:
             limit = self._settings.max_header_bytes
-            self._refuse(HeadersTooLarge(f"The request headers are larger than the limit of "
-                                         f"{limit} bytes."))  # fmt: skip
+            self._refuse(
+                HeadersTooLarge(f"The request headers are larger than the limit of {limit} bytes.")
+            )
 
     def _header_timeout(self) -> None:
         self._timer, since, now = None, self._head_since, self.loop.time()
@@ -355,9 +375,14 @@ def edge_protocol(config: GatewayConfig, server: Callable[[], ServerConfig]) -> 
     open_files = raise_open_files_limit()
     reserve = files_reserve(config)
     fd_cap = max(open_files - reserve, open_files // 2)
-    log.info("at most %d client connections (server.max_connections: %d; open-files limit %d "
-             "less %d kept for workers and upstream)", min(config.server.max_connections, fd_cap),
-             config.server.max_connections, open_files, reserve)  # fmt: skip
+    log.info(
+        "at most %d client connections (server.max_connections: %d; open-files limit %d "
+        "less %d kept for workers and upstream)",
+        min(config.server.max_connections, fd_cap),
+        config.server.max_connections,
+        open_files,
+        reserve,
+    )
     return bind_protocol(Edge(server, fd_cap))
 
 
@@ -392,6 +417,9 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
     soft = _NO_LIMIT if soft == resource.RLIM_INFINITY else soft
-    log.info("open-files limit: %d (hard limit: %s)", soft,
-             "unlimited" if hard == resource.RLIM_INFINITY else hard)  # fmt: skip
+    log.info(
+        "open-files limit: %d (hard limit: %s)",
+        soft,
+        "unlimited" if hard == resource.RLIM_INFINITY else hard,
+    )
     return soft

@@ -77,8 +77,9 @@ class Forward:
                 entered.set()
 
         began = time.perf_counter()
-        lease = await self.gateway.scheduler.acquire(self.model.name, self.ticket.key,
-                                                     queued=queued, prefix=self.prefix)  # fmt: skip
+        lease = await self.gateway.scheduler.acquire(
+            self.model.name, self.ticket.key, queued=queued, prefix=self.prefix
+        )
         noted.queue_wait = time.perf_counter() - began
         return lease
 
@@ -103,12 +104,14 @@ class Forward:
 
     async def _lease_again(self, avoid: Replica | None = None) -> Lease:
         """A lease for a retry, ahead of the queue; not on `avoid` if another is free."""
-        acquired = self.gateway.scheduler.acquire(self.model.name, self.ticket.key, first=True,
-                                                  prefix=self.prefix, avoid=avoid)  # fmt: skip
+        acquired = self.gateway.scheduler.acquire(
+            self.model.name, self.ticket.key, first=True, prefix=self.prefix, avoid=avoid
+        )
         return await until_disconnect(self.receive, acquired)
 
-    async def _retry_elsewhere(self, upstream: aiohttp.ClientResponse, lease: Lease,
-                               started: bool) -> Relay:  # fmt: skip
+    async def _retry_elsewhere(
+        self, upstream: aiohttp.ClientResponse, lease: Lease, started: bool
+    ) -> Relay:
         """Send once more, on another replica, a request answered 5xx before anything reached
         the client (a worker sends its status with its first token). The failed replica stays
         leased until the retry has its own, so the retry does not land on it again."""
@@ -126,8 +129,9 @@ class Forward:
         if read_to_end:
             lease.release()
         else:  # the worker may still be at it
-            self.gateway.proxy.release_when_done(lease, self.ticket.request_id,
-                                                 self.model.first_token_timeout)  # fmt: skip
+            self.gateway.proxy.release_when_done(
+                lease, self.ticket.request_id, self.model.first_token_timeout
+            )
 
     async def _send(self, lease: Lease) -> aiohttp.ClientResponse:
         """Send on `lease`; return once the worker's status and headers are in."""
@@ -156,12 +160,20 @@ class Forward:
         """The Relay releases the lease and settles the ticket once the answer is out."""
         limits, ticket, model = self.gateway.limits, self.ticket, self.model
         outliers, replica = self.gateway.outliers, lease.replica
-        return Relay(self.gateway.proxy, upstream, lease, ticket.request_id, model.idle_timeout,
-                     model.first_token_timeout, headers=answer_headers(ticket, marks(self.scope)),
-                     on_end=lambda usage: limits.finish(ticket, usage),
-                     started=started, max_bytes=self.gateway.config.server.max_upstream_bytes,
-                     on_verdict=lambda failed: outliers.answered(replica, failed),
-                     usage=self.usage)  # fmt: skip
+        return Relay(
+            self.gateway.proxy,
+            upstream,
+            lease,
+            ticket.request_id,
+            model.idle_timeout,
+            model.first_token_timeout,
+            headers=answer_headers(ticket, marks(self.scope)),
+            on_end=lambda usage: limits.finish(ticket, usage),
+            started=started,
+            max_bytes=self.gateway.config.server.max_upstream_bytes,
+            on_verdict=lambda failed: outliers.answered(replica, failed),
+            usage=self.usage,
+        )
 
     def _asking_usage(self, body: bytes, replica: Replica) -> bytes:
         """`body` as it goes to `replica`: a stream to a server that is not our worker asks for
@@ -182,11 +194,12 @@ class Forward:
 
 def answer_headers(ticket: Ticket, noted: Marks) -> list[tuple[bytes, bytes]]:
     """A limited key's x-ratelimit-* headers; a queued request's wait and position."""
-    headers = [(name.encode(), value.encode()) for name, value in
-               ticket.quota.headers().items()]  # fmt: skip
+    headers = [(name.encode(), value.encode()) for name, value in ticket.quota.headers().items()]
     if noted.queue_position:
-        headers += [(b"x-queue-wait-ms", str(round(noted.queue_wait * 1000)).encode()),
-                    (b"x-queue-position", str(noted.queue_position).encode())]  # fmt: skip
+        headers += [
+            (b"x-queue-wait-ms", str(round(noted.queue_wait * 1000)).encode()),
+            (b"x-queue-position", str(noted.queue_position).encode()),
+        ]
     return headers
 
 
@@ -200,8 +213,11 @@ class QueuedStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         forward, noted = self._forward, marks(scope)
-        headers = [*SSE_HEADERS, (b"x-request-id", forward.ticket.request_id.encode()),
-                   *answer_headers(forward.ticket, noted)]  # fmt: skip
+        headers = [
+            *SSE_HEADERS,
+            (b"x-request-id", forward.ticket.request_id.encode()),
+            *answer_headers(forward.ticket, noted),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             relay = await forward.serve(await self._wait(send), started=True)

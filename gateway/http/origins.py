@@ -31,27 +31,46 @@ __all__ = [
 ]
 
 # The headers these decisions read; ASGI servers give header names in lower case.
-_READ = frozenset({b"host", b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest",
-                   b"access-control-request-method",
-                   b"access-control-request-headers"})  # fmt: skip
+_READ = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"sec-fetch-site",
+        b"sec-fetch-mode",
+        b"sec-fetch-dest",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+    }
+)
 _OTHER_SITE = frozenset({b"cross-site", b"same-site"})  # same-site: another port of this host
 # What a page may read of an answer beyond the CORS-safelisted headers.
-EXPOSED = (b"x-request-id, retry-after, x-ratelimit-limit-requests, "
-           b"x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, "
-           b"x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, x-queue-wait-ms, "
-           b"x-queue-position")  # fmt: skip
+EXPOSED = (
+    b"x-request-id, retry-after, x-ratelimit-limit-requests, "
+    b"x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, "
+    b"x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, x-queue-wait-ms, "
+    b"x-queue-position"
+)
 _METHODS = b"GET, POST, OPTIONS, HEAD"
 _MAX_AGE = b"600"  # seconds a browser may reuse a preflight's answer
 # Access-Control-Request-Headers: header names, comma-separated. The gateway reads no header a
 # page could abuse (the key is the page's to send), so the names asked for are allowed as asked.
 _NAMES = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 
-_HOST_NOT_ALLOWED = ("host_not_allowed", "This gateway has no API keys and answers only requests "
-                    "addressed to a loopback name or one in server.allowed_hosts.")  # fmt: skip
-_ORIGIN_NOT_ALLOWED = ("origin_not_allowed", "This gateway has no API keys and answers web pages "
-                      "only from its own origin or one in server.cors.")  # fmt: skip
-_CROSS_SITE = ("cross_site_request", "This gateway has no API keys and answers no request "
-              "another site's page makes, but a link followed to it.")  # fmt: skip
+_HOST_NOT_ALLOWED = (
+    "host_not_allowed",
+    "This gateway has no API keys and answers only requests "
+    "addressed to a loopback name or one in server.allowed_hosts.",
+)
+_ORIGIN_NOT_ALLOWED = (
+    "origin_not_allowed",
+    "This gateway has no API keys and answers web pages "
+    "only from its own origin or one in server.cors.",
+)
+_CROSS_SITE = (
+    "cross_site_request",
+    "This gateway has no API keys and answers no request "
+    "another site's page makes, but a link followed to it.",
+)
 
 
 def browser_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
@@ -99,8 +118,11 @@ def _listed(origin: str, cors: tuple[str, ...]) -> bool:
 
 def _followed_link(seen: dict[bytes, bytes], method: str) -> bool:
     """A top-level navigation (not a frame, not a form's POST): someone opening /ui."""
-    return (method in ("GET", "HEAD") and seen.get(b"sec-fetch-mode") == b"navigate"
-            and seen.get(b"sec-fetch-dest", b"document") == b"document")  # fmt: skip
+    return (
+        method in ("GET", "HEAD")
+        and seen.get(b"sec-fetch-mode") == b"navigate"
+        and seen.get(b"sec-fetch-dest", b"document") == b"document"
+    )
 
 
 def cors_origin(seen: dict[bytes, bytes], cors: tuple[str, ...]) -> bytes | None:
@@ -117,9 +139,12 @@ def is_preflight(method: str, seen: dict[bytes, bytes]) -> bool:
 
 def preflight_headers(origin: bytes, seen: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     """The answer to an allowed origin's preflight: any of our methods, the headers it asks."""
-    headers = [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
-               (b"access-control-allow-methods", _METHODS),
-               (b"access-control-max-age", _MAX_AGE)]  # fmt: skip
+    headers = [
+        (b"access-control-allow-origin", origin),
+        (b"vary", b"Origin"),
+        (b"access-control-allow-methods", _METHODS),
+        (b"access-control-max-age", _MAX_AGE),
+    ]
     asked = seen.get(b"access-control-request-headers", b"").strip()
     if _NAMES.fullmatch(asked):
         headers.append((b"access-control-allow-headers", asked))
@@ -128,5 +153,8 @@ def preflight_headers(origin: bytes, seen: dict[bytes, bytes]) -> list[tuple[byt
 
 def response_headers(origin: bytes) -> list[tuple[bytes, bytes]]:
     """What an allowed origin's answer adds: the page may read it, and these headers of it."""
-    return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
-            (b"access-control-expose-headers", EXPOSED)]  # fmt: skip
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"vary", b"Origin"),
+        (b"access-control-expose-headers", EXPOSED),
+    ]

@@ -50,12 +50,16 @@ USAGE_REPORTED, USAGE_IN_ANSWER, USAGE_ASKED = 0, 1, 2
 _NOTHING_USED = Usage(0, 0)
 _ERROR_PREFIX = b'data: {"error"'
 # A stream's last event when a drain runs out of time: the 503 new requests get meanwhile.
-_CUT_EVENT = Unavailable("The gateway is shutting down: this answer was cut at "
-                         "server.drain_timeout; retry on another instance.",
-                         code="shutting_down").event()  # fmt: skip
+_CUT_EVENT = Unavailable(
+    "The gateway is shutting down: this answer was cut at "
+    "server.drain_timeout; retry on another instance.",
+    code="shutting_down",
+).event()
 # How a Responses stream ends where no `[DONE]` follows (OpenAI's, llama-server's): its last event.
-_RESPONSE_ENDS = tuple(b"event: " + end for end in (b"response.completed", b"response.incomplete",
-                                                      b"response.failed", b"error"))  # fmt: skip
+_RESPONSE_ENDS = tuple(
+    b"event: " + end
+    for end in (b"response.completed", b"response.incomplete", b"response.failed", b"error")
+)
 _USAGE_EVENT = b"\n\n" + USAGE_COMMENT  # JSON in a data line holds no raw newline: unambiguous
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -108,17 +112,36 @@ async def _read_capped(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
 class Relay:
     """An ASGI app sending one replica response to the client; releases its lease at the end."""
 
-    __slots__ = ("_busy_timeout", "_headers", "_idle_timeout", "_lease", "_max_bytes", "_on_end",
-                 "_on_verdict", "_proxy", "_request_id", "_started", "_upstream",
-                 "_usage")  # fmt: skip
+    __slots__ = (
+        "_busy_timeout",
+        "_headers",
+        "_idle_timeout",
+        "_lease",
+        "_max_bytes",
+        "_on_end",
+        "_on_verdict",
+        "_proxy",
+        "_request_id",
+        "_started",
+        "_upstream",
+        "_usage",
+    )
 
-    def __init__(self, proxy: Proxy, upstream: aiohttp.ClientResponse, lease: Lease,
-                 request_id: str, idle_timeout: float, busy_timeout: float,
-                 headers: list[tuple[bytes, bytes]] | None = None,
-                 on_end: Callable[[Usage | None], None] | None = None,
-                 started: bool = False, max_bytes: int = ServerConfig.max_upstream_bytes,
-                 on_verdict: Callable[[bool], None] | None = None,
-                 usage: int = USAGE_REPORTED):  # fmt: skip
+    def __init__(
+        self,
+        proxy: Proxy,
+        upstream: aiohttp.ClientResponse,
+        lease: Lease,
+        request_id: str,
+        idle_timeout: float,
+        busy_timeout: float,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        on_end: Callable[[Usage | None], None] | None = None,
+        started: bool = False,
+        max_bytes: int = ServerConfig.max_upstream_bytes,
+        on_verdict: Callable[[bool], None] | None = None,
+        usage: int = USAGE_REPORTED,
+    ):
         self._proxy = proxy
         self._upstream = upstream
         self._lease = lease
@@ -149,8 +172,9 @@ class Relay:
             if read_to_end:
                 self._lease.release()
             else:  # cut short: the worker may still be at it
-                self._proxy.release_when_done(self._lease, self._request_id.decode(),
-                                              self._busy_timeout)  # fmt: skip
+                self._proxy.release_when_done(
+                    self._lease, self._request_id.decode(), self._busy_timeout
+                )
 
     def _used(self, noted: Marks) -> Usage | None:
         """The tokens the request used: as the worker reported them; none for an answer that
@@ -166,21 +190,28 @@ class Relay:
             async with asyncio.timeout(self._idle_timeout):
                 body = await _read_capped(self._upstream, self._max_bytes)
             noted.upstream_ended = time.perf_counter()
-            noted.usage = (parse_usage(self._upstream.headers.get(USAGE_HEADER, ""))
-                           if self._usage == USAGE_REPORTED else usage_in_body(body))  # fmt: skip
+            noted.usage = (
+                parse_usage(self._upstream.headers.get(USAGE_HEADER, ""))
+                if self._usage == USAGE_REPORTED
+                else usage_in_body(body)
+            )
             status = self._upstream.status
         except UpstreamTooLarge as exc:  # what was read goes: the connection is closed
             return exc.status, exc.body()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("request %s: the upstream failed while answering: %r",
-                        self._request_id.decode(), exc)  # fmt: skip
+            log.warning(
+                "request %s: the upstream failed while answering: %r",
+                self._request_id.decode(),
+                exc,
+            )
             failure = UpstreamFailed("The model worker failed while answering.")
             return failure.status, failure.body()
         if self._upstream.content_type != "application/json":
             # A body we label JSON is JSON: a worker's (or its HTTP library's) plain-text error
             # becomes an OpenAI error that says what came back.
-            failure = UpstreamFailed(f"The model worker answered {status} with a "
-                                     f"{self._upstream.content_type} body.")  # fmt: skip
+            failure = UpstreamFailed(
+                f"The model worker answered {status} with a {self._upstream.content_type} body."
+            )
             return failure.status, failure.body()
         if self._usage != USAGE_REPORTED:  # not our worker: maybe llama-server, in its own words
             body = (in_openai_words(body) if status >= 400 else completed_chat(body)) or body
@@ -245,8 +276,11 @@ class Relay:
             task.uncancel()
             # A client that reads nothing holds a replica: let it go.
             if watchdog.sending and not cut:
-                log.warning("request %s: the client read nothing for %g s; stream ended",
-                            self._request_id.decode(), self._idle_timeout)  # fmt: skip
+                log.warning(
+                    "request %s: the client read nothing for %g s; stream ended",
+                    self._request_id.decode(),
+                    self._idle_timeout,
+                )
                 raise _ClientStuck() from None
             silent = f"The model worker sent nothing for {watchdog.allowed:g} s."
             tail = UpstreamTimeout(silent).event()

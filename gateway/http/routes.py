@@ -86,8 +86,10 @@ def _caller(request: Request[Any, Any, Any]) -> tuple[Gateway, KeyConfig]:
         caller = identify(auth, key)
     if caller is None:
         # OpenAI's words: clients (LiteLLM's) tell an AuthenticationError by them.
-        raise Unauthorized("Incorrect API key provided (or none); send 'Authorization: Bearer "
-                           "<key>' with a key of this gateway.")  # fmt: skip
+        raise Unauthorized(
+            "Incorrect API key provided (or none); send 'Authorization: Bearer "
+            "<key>' with a key of this gateway."
+        )
     marks(request.scope).key = caller.name
     return gateway, caller
 
@@ -102,12 +104,16 @@ def _admin(request: Request[Any, Any, Any]) -> Gateway:
             return gateway
         if caller.digest:
             raise Forbidden(f"The key '{caller.name}' may not call admin routes.")
-        raise Unauthorized("Incorrect API key provided (or none): admin routes need an admin "
-                           "key; send 'Authorization: Bearer <key>'.")  # fmt: skip
+        raise Unauthorized(
+            "Incorrect API key provided (or none): admin routes need an admin "
+            "key; send 'Authorization: Bearer <key>'."
+        )
     client = request.scope.get("client")
     if not is_loopback(client[0] if client else None):
-        raise Forbidden("Admin routes answer only loopback clients while auth.keys is empty; "
-                        "configure an admin key to reach them from elsewhere.")  # fmt: skip
+        raise Forbidden(
+            "Admin routes answer only loopback clients while auth.keys is empty; "
+            "configure an admin key to reach them from elsewhere."
+        )
     return gateway
 
 
@@ -170,16 +176,21 @@ def _prefix(body: bytes) -> list[bytes]:
 async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool) -> ASGIApp:
     gateway, caller = _caller(request)
     if gateway.draining:
-        raise Unavailable("The gateway is shutting down; retry on another instance.",
-                          retry_after=5, code="shutting_down")  # fmt: skip
+        raise Unavailable(
+            "The gateway is shutting down; retry on another instance.",
+            retry_after=5,
+            code="shutting_down",
+        )
     body = await _read_body(request, gateway.config.server)
     fields = _route_fields(body)
     if fields.stream and not can_stream:
         raise InvalidRequest(f"{path} does not support streaming.", param="stream")
     if fields.stream and request.scope.get("http_version") == "1.0":
         # An HTTP/1.0 client cannot take a chunked body (RFC 9112), and a stream has no length.
-        raise InvalidRequest("Streaming needs HTTP/1.1; send the request over HTTP/1.1 or "
-                             "without stream: true.", param="stream")  # fmt: skip
+        raise InvalidRequest(
+            "Streaming needs HTTP/1.1; send the request over HTTP/1.1 or without stream: true.",
+            param="stream",
+        )
     model = gateway.resolve(fields.model, caller)
     if path in model.unserved:  # its engine cannot: a 400 saying so, not the engine's 404 or 501
         raise InvalidRequest(model.unserved[path], param="model")
@@ -194,8 +205,9 @@ async def _forward(request: Request[Any, Any, Any], path: str, can_stream: bool)
     prefix = _prefix(body) if model.affinity else ()
     lease = scheduler.try_acquire(model.name, caller, prefix)
     try:
-        ticket = await gateway.limits.admit(caller, request_id, model.name, reserve, running,
-                                            with_slot=lease is not None)  # fmt: skip
+        ticket = await gateway.limits.admit(
+            caller, request_id, model.name, reserve, running, with_slot=lease is not None
+        )
     except BaseException:
         if lease is not None:
             lease.release()
@@ -234,8 +246,13 @@ def _model_entry(gateway: Gateway, name: str) -> dict[str, Any]:
     """OpenAI's model object, with where it stands here (llama.cpp's router says it so):
     `status.value` loaded, loading or unloaded (on demand, no replica running)."""
     state = gateway.registry.load_state(gateway.by_name[name].name)
-    return {"id": name, "object": "model", "created": gateway.started_at,
-            "owned_by": "llm-gateway", "status": {"value": state}}  # fmt: skip
+    return {
+        "id": name,
+        "object": "model",
+        "created": gateway.started_at,
+        "owned_by": "llm-gateway",
+        "status": {"value": state},
+    }
 
 
 @get("/v1/models")
@@ -268,8 +285,9 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     all_ready = all(status["ready"] for status in models.values()) and not gateway.draining
     state = "draining" if gateway.draining else "ready" if all_ready else "not_ready"
     body = {"status": state, "models": models}
-    return Response(msgspec.json.encode(body), status_code=200 if all_ready else 503,
-                    media_type=_JSON)  # fmt: skip
+    return Response(
+        msgspec.json.encode(body), status_code=200 if all_ready else 503, media_type=_JSON
+    )
 
 
 @get("/metrics")
@@ -278,8 +296,10 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     server.metrics_auth asks for a configured key (any: give the scraper one with no models)."""
     gateway = _state(request)
     if gateway.config.server.metrics_auth and not _caller(request)[1].digest:
-        raise Unauthorized("Incorrect API key provided (or none): /metrics needs an API key "
-                           "(server.metrics_auth: true).")  # fmt: skip
+        raise Unauthorized(
+            "Incorrect API key provided (or none): /metrics needs an API key "
+            "(server.metrics_auth: true)."
+        )
     registry: Metrics | None = request.app.state.metrics
     if registry is None:
         raise NotFoundException("Metrics are off (server.metrics: false).")
@@ -309,8 +329,13 @@ async def admin_stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
     gateway = _admin(request)
     recent: Recent = request.app.state.recent
     version = _reloader(request).status()["version"]
-    return {"object": "list", "data": recent.series(), "started_at": gateway.started_at,
-            "version": VERSION, "config_version": version}  # fmt: skip
+    return {
+        "object": "list",
+        "data": recent.series(),
+        "started_at": gateway.started_at,
+        "version": VERSION,
+        "config_version": version,
+    }
 
 
 @get("/ui", media_type="text/html", response_headers=UI_HEADERS)
@@ -380,8 +405,14 @@ async def admin_restart(request: Request[Any, Any, Any], name: str, index: int) 
     """Drain one local replica, stop its worker and start a new one in its slot."""
     gateway = _admin(request)
     model = _configured(gateway, name)
-    replica = next((r for r in gateway.supervisor.local(model.name) if r.index == index
-                    and r.state.value not in ("draining", "stopped")), None)  # fmt: skip
+    replica = next(
+        (
+            r
+            for r in gateway.supervisor.local(model.name)
+            if r.index == index and r.state.value not in ("draining", "stopped")
+        ),
+        None,
+    )
     if replica is None:
         raise InvalidRequest(f"Model '{model.name}' has no running local replica {index}.")
     await gateway.supervisor.retire(replica)
@@ -415,7 +446,27 @@ async def admin_config(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return _reloader(request).status()
 
 
-ROUTES = [chat_completions, completions, responses, embeddings, list_models, retrieve_model,
-          health, ready, metrics, admin_workers, admin_usage, admin_reload,
-          admin_config, admin_gateways, admin_requests, admin_stats, admin_load, admin_unload,
-          admin_restart, admin_reset_key, status_page, status_page_file]  # fmt: skip
+ROUTES = [
+    chat_completions,
+    completions,
+    responses,
+    embeddings,
+    list_models,
+    retrieve_model,
+    health,
+    ready,
+    metrics,
+    admin_workers,
+    admin_usage,
+    admin_reload,
+    admin_config,
+    admin_gateways,
+    admin_requests,
+    admin_stats,
+    admin_load,
+    admin_unload,
+    admin_restart,
+    admin_reset_key,
+    status_page,
+    status_page_file,
+]

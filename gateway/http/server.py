@@ -71,10 +71,16 @@ class GatewayServer(uvicorn.Server):
         would otherwise cancel it timeout_graceful_shutdown later, mid-answer)."""
         gateway = self._gateway
         refused = gateway.scheduler.queued_total()
-        error = Unavailable("The gateway is shutting down; retry on another instance.",
-                            retry_after=5, code="shutting_down")  # fmt: skip
+        error = Unavailable(
+            "The gateway is shutting down; retry on another instance.",
+            retry_after=5,
+            code="shutting_down",
+        )
         for model in gateway.config.models:
             gateway.scheduler.refuse(model.name, error)
         cut = await gateway.proxy.cut_streams(_CUT_WAIT)
-        log.warning("drain timeout: %d queued requests refused, %d streams ended with an "
-                    "error event", refused, cut)  # fmt: skip
+        log.warning(
+            "drain timeout: %d queued requests refused, %d streams ended with an error event",
+            refused,
+            cut,
+        )

@@ -37,8 +37,9 @@ class _Counts(msgspec.Struct):
 
     def usage(self) -> Usage | None:
         prompt = self.prompt_tokens if self.prompt_tokens is not None else self.input_tokens
-        answer = self.completion_tokens if self.completion_tokens is not None else (
-            self.output_tokens)  # fmt: skip
+        answer = (
+            self.completion_tokens if self.completion_tokens is not None else (self.output_tokens)
+        )
         if prompt is None and answer is None:
             return None
         return Usage(prompt or 0, answer or 0)
@@ -74,8 +75,10 @@ def ask_for_usage(body: bytes) -> bytes | None:
     options = fields.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return None
-    fields["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                "include_usage": True}  # fmt: skip
+    fields["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
     return msgspec.json.encode(fields)
 
 

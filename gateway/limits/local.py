@@ -46,8 +46,9 @@ __all__ = [
 DEFAULT_COMPLETION_ESTIMATE = 256  # tokens reserved for an answer when max_tokens is not given
 
 
-def estimate_tokens(body_bytes: int, max_tokens: int | None, choices: Any = 1,
-                    context: int | None = None) -> int:  # fmt: skip
+def estimate_tokens(
+    body_bytes: int, max_tokens: int | None, choices: Any = 1, context: int | None = None
+) -> int:
     """What a request may use, before the worker counts it: a token is ~4 bytes of JSON, and
     each of its `choices` (n, when an integer; the worker refuses past MAX_CHOICES) an answer of
     up to max_tokens. With the model's `context` known (tokens a request may hold), never more
@@ -144,16 +145,25 @@ def utc_day(seconds: float) -> str:
 
 def refuse(key: KeyConfig, what: str, wait: float, quota: Quota) -> RateLimited:
     """The 429 for `key` over its `what`, with Retry-After and the x-ratelimit-* headers."""
-    return RateLimited(f"Rate limit reached for key '{key.name}': {what}. Try again in "
-                       f"{duration(wait)}.", retry_after=max(1, math.ceil(wait)),
-                       headers=quota.headers())  # fmt: skip
+    return RateLimited(
+        f"Rate limit reached for key '{key.name}': {what}. Try again in {duration(wait)}.",
+        retry_after=max(1, math.ceil(wait)),
+        headers=quota.headers(),
+    )
 
 
 class Limits(Protocol):
     """Where the limits' state lives: this process (LocalLimits) or Redis (RedisLimits)."""
 
-    async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
-                    running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
+    async def admit(
+        self,
+        key: KeyConfig,
+        request_id: str,
+        model: str,
+        reserve: int,
+        running: int,
+        with_slot: bool = False,
+    ) -> Ticket:
         """A Ticket for a request within the key's limits; raise RateLimited (429) else.
         `running`: the key's requests holding a replica here; `with_slot`: this one has a
         replica already, so take its concurrency slot now."""
@@ -185,15 +195,23 @@ class LocalLimits:
         # (day, key, model) -> [requests, prompt tokens, completion tokens]
         self._usage: UsageTable = {}
 
-    async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
-                    running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
+    async def admit(
+        self,
+        key: KeyConfig,
+        request_id: str,
+        model: str,
+        reserve: int,
+        running: int,
+        with_slot: bool = False,
+    ) -> Ticket:
         """Check rpm, tpm and max_concurrent (`running`: the key's requests in flight here;
         the scheduler's count is the slot, so `with_slot` changes nothing here)."""
         if not key.limited:  # most requests: nothing to check, no quota to report
             return Ticket(key, request_id, model, reserve, _UNLIMITED)
         if key.max_concurrent is not None and running >= key.max_concurrent:
-            raise refuse(key, f"{key.max_concurrent} requests in flight at once", 1.0,
-                         self._quota(key))  # fmt: skip
+            raise refuse(
+                key, f"{key.max_concurrent} requests in flight at once", 1.0, self._quota(key)
+            )
         return self._check(key, request_id, model, reserve)
 
     def _check(self, key: KeyConfig, request_id: str, model: str, reserve: int) -> Ticket:
@@ -257,8 +275,10 @@ class LocalLimits:
         self._tokens.clear()
 
     async def usage(self) -> list[dict[str, Any]]:
-        return [usage_row(day, key, model, *counts)
-                for (day, key, model), counts in sorted(self._usage.items())]  # fmt: skip
+        return [
+            usage_row(day, key, model, *counts)
+            for (day, key, model), counts in sorted(self._usage.items())
+        ]
 
     async def close(self) -> None:
         pass
@@ -279,10 +299,17 @@ def count_usage(table: UsageTable, ticket: Ticket, usage: Usage | None) -> None:
         counts[2] += usage.completion_tokens
 
 
-def usage_row(day: str, key: str, model: str, requests: int, prompt: int,
-              completion: int) -> dict[str, Any]:  # fmt: skip
-    return {"day": day, "key": key, "model": model, "requests": requests,
-            "prompt_tokens": prompt, "completion_tokens": completion}  # fmt: skip
+def usage_row(
+    day: str, key: str, model: str, requests: int, prompt: int, completion: int
+) -> dict[str, Any]:
+    return {
+        "day": day,
+        "key": key,
+        "model": model,
+        "requests": requests,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
 
 
 def _level(bucket: Bucket | None, now: float, per_minute: int | None) -> float:

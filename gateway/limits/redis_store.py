@@ -178,8 +178,9 @@ class RedisLimits:
     def __init__(self, config: RedisConfig, fallback: LocalLimits | None = None) -> None:
         assert config.url is not None
         self._config = config
-        self._redis = redis.Redis.from_url(config.url, socket_timeout=2.0,
-                                           socket_connect_timeout=2.0)  # fmt: skip
+        self._redis = redis.Redis.from_url(
+            config.url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
         self._admit = self._redis.register_script(_ADMIT)
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._renew = self._redis.register_script(_RENEW)
@@ -201,17 +202,31 @@ class RedisLimits:
         # where the fallback starts in an outage.
         self._seen: dict[str, tuple[Quota, float]] = {}
 
-    async def admit(self, key: KeyConfig, request_id: str, model: str, reserve: int,
-                    running: int, with_slot: bool = False) -> Ticket:  # fmt: skip
+    async def admit(
+        self,
+        key: KeyConfig,
+        request_id: str,
+        model: str,
+        reserve: int,
+        running: int,
+        with_slot: bool = False,
+    ) -> Ticket:
         if not key.limited:
             return Ticket(key, request_id, model, reserve, Quota())
         slot = with_slot and key.max_concurrent is not None
         member = self._member + request_id if slot else ""
         owed = self._owed.pop(key.name, None) or _Owed()
         freed = owed.slots + self._settling.get(key.name, [])
-        args: list[int | float | str] = [key.rpm or 0, key.tpm or 0, key.max_concurrent or 0,
-                                         reserve, member, self._config.lease_seconds,
-                                         owed.tokens, *freed]  # fmt: skip
+        args: list[int | float | str] = [
+            key.rpm or 0,
+            key.tpm or 0,
+            key.max_concurrent or 0,
+            reserve,
+            member,
+            self._config.lease_seconds,
+            owed.tokens,
+            *freed,
+        ]
         try:
             answer = await self._call(lambda: self._admit(keys=_keys(key.name), args=args))
         except BaseException:
@@ -286,8 +301,9 @@ class RedisLimits:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for name, debt in owed.items():
-                await self._finish_script(keys=_keys(name)[1:], client=pipe,
-                                          args=[debt.tpm, debt.tokens, *debt.slots])  # fmt: skip
+                await self._finish_script(
+                    keys=_keys(name)[1:], client=pipe, args=[debt.tpm, debt.tokens, *debt.slots]
+                )
             sent = await self._call(pipe.execute, quiet=True)
         finally:
             self._settling = {}
@@ -341,8 +357,10 @@ class RedisLimits:
             for entry, value in (await self._redis.hgetall(name)).items():
                 key, model, what = _text(entry).split("\n")
                 counts.setdefault((day, key, model), dict.fromkeys(_FIELDS, 0))[what] = int(value)
-        return [usage_row(day, key, model, *(c[f] for f in _FIELDS))
-                for (day, key, model), c in sorted(counts.items())]  # fmt: skip
+        return [
+            usage_row(day, key, model, *(c[f] for f in _FIELDS))
+            for (day, key, model), c in sorted(counts.items())
+        ]
 
     async def close(self) -> None:
         for task in (self._renewer, self._flusher, self._settler):
@@ -384,14 +402,20 @@ class RedisLimits:
                     self._fallback.forget()
                 return result
         if self._config.on_error == "deny" and not quiet:
-            raise Unavailable("The limits store (Redis) is unreachable; try again shortly.",
-                              retry_after=1, code="limits_unavailable")  # fmt: skip
+            raise Unavailable(
+                "The limits store (Redis) is unreachable; try again shortly.",
+                retry_after=1,
+                code="limits_unavailable",
+            )
         return None
 
     def _went_down(self, now: float, exc: Exception) -> None:
         if not self._down_until:
-            how = "checking limits in this process" if self._config.on_error == "allow" else (
-                "refusing limited requests")  # fmt: skip
+            how = (
+                "checking limits in this process"
+                if self._config.on_error == "allow"
+                else ("refusing limited requests")
+            )
             log.warning("Redis unreachable (%s): %s until it is back", exc, how)
         self._down_until = now + _RETRY_AFTER_ERROR
 

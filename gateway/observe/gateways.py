@@ -40,11 +40,20 @@ class Gateways:
     def __init__(self, redis_url: str | None, port: int, facts: Facts) -> None:
         host = socket.gethostname()
         self.id = f"{host}:{os.getpid()}:{port}"
-        self._fixed = {"id": self.id, "host": host, "pid": os.getpid(), "port": port,
-                       "version": __version__, "started_at": time.time()}  # fmt: skip
+        self._fixed = {
+            "id": self.id,
+            "host": host,
+            "pid": os.getpid(),
+            "port": port,
+            "version": __version__,
+            "started_at": time.time(),
+        }
         self._facts = facts
-        self._redis = None if redis_url is None else redis.Redis.from_url(
-            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)  # fmt: skip
+        self._redis = (
+            None
+            if redis_url is None
+            else redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        )
         self._beating: asyncio.Task[None] | None = None
 
     def me(self) -> dict[str, Any]:

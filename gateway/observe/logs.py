@@ -44,8 +44,7 @@ class _KeyValues:
         self.fields = fields
 
     def __str__(self) -> str:
-        return " ".join(f"{key}={value}" for key, value in self.fields.items()
-                        if value is not None)  # fmt: skip
+        return " ".join(f"{key}={value}" for key, value in self.fields.items() if value is not None)
 
 
 class JsonFormatter(logging.Formatter):

@@ -18,9 +18,19 @@ NO_KEY = "none"  # ... before its caller was known
 class Marks:
     """What the routes and the relay note about one request, for the middleware to record."""
 
-    __slots__ = ("event_gaps", "failed_status", "key", "model", "queue_position", "queue_wait",
-                 "replica", "request_id", "upstream_ended", "upstream_started",
-                 "usage")  # fmt: skip
+    __slots__ = (
+        "event_gaps",
+        "failed_status",
+        "key",
+        "model",
+        "queue_position",
+        "queue_wait",
+        "replica",
+        "request_id",
+        "upstream_ended",
+        "upstream_started",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.model = NO_MODEL  # the configured name, once the request's model is resolved

@@ -38,22 +38,58 @@ __all__ = [
 ]
 
 # Seconds, from a cached answer's milliseconds to a long generation's minutes.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                   120.0, 300.0, 600.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 # Waiting for a replica: none at all (most requests) up to queue_timeout.
-QUEUE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                 120.0)  # fmt: skip
+QUEUE_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # The gateway's own share of a request: a fraction of a millisecond when all is well.
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                    0.25, 1.0)  # fmt: skip
+OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 # Between two tokens of a stream: a GPU's milliseconds to a loaded CPU's seconds.
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_ENDPOINTS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
-              "/v1/embeddings": "embeddings", "/v1/responses": "responses"}  # fmt: skip
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
 # Error codes (gateway/errors.py) that are a refusal to serve, by the reason ops graph.
-_REJECTIONS = {"rate_limit_exceeded": "queue_full", "queue_timeout": "queue_timeout",
-               "invalid_api_key": "auth", "forbidden": "auth", "shutting_down": "draining",
-               "model_unavailable": "unavailable"}  # fmt: skip
+_REJECTIONS = {
+    "rate_limit_exceeded": "queue_full",
+    "queue_timeout": "queue_timeout",
+    "invalid_api_key": "auth",
+    "forbidden": "auth",
+    "shutting_down": "draining",
+    "model_unavailable": "unavailable",
+}
 
 
 def rejection_reason(error: GatewayError) -> str | None:
@@ -66,35 +102,67 @@ class Metrics:
 
     def __init__(self, gateway: Gateway) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("llm_gateway_requests", "Requests answered, by model, endpoint, "
-                                "status code and key name", ["model", "endpoint", "status", "key"],
-                                registry=self.registry)  # fmt: skip
-        self.duration = Histogram("llm_gateway_request_duration_seconds", "Time from a request's "
-                                  "arrival to the end of its answer", ["model", "endpoint"],
-                                  buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.queue_time = Histogram("llm_gateway_request_queue_time_seconds", "Time a request "
-                                    "waited for a free replica", ["model"],
-                                    buckets=QUEUE_BUCKETS, registry=self.registry)  # fmt: skip
-        self.ttft = Histogram("llm_gateway_time_to_first_token_seconds", "Streams: time from "
-                              "a request's arrival to its first event", ["model", "endpoint"],
-                              buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.itl = Histogram("llm_gateway_inter_token_latency_seconds", "Streams: time between "
-                             "two successive events from the worker", ["model", "endpoint"],
-                             buckets=ITL_BUCKETS, registry=self.registry)  # fmt: skip
-        self.overhead = Histogram("llm_gateway_overhead_seconds", "Time a request spent in the "
-                                  "gateway itself: neither queued nor at its worker",
-                                  ["model", "endpoint"], buckets=OVERHEAD_BUCKETS,
-                                  registry=self.registry)  # fmt: skip
-        self.prompt_tokens = Counter("llm_gateway_prompt_tokens", "Prompt tokens processed "
-                                     "(the worker's count)", ["model", "endpoint", "key"],
-                                     registry=self.registry)  # fmt: skip
-        self.completion_tokens = Counter("llm_gateway_completion_tokens", "Tokens generated "
-                                         "(the worker's count)", ["model", "endpoint", "key"],
-                                         registry=self.registry)  # fmt: skip
-        self.rejected = Counter("llm_gateway_rejected_requests", "Requests refused, by reason: "
-                                "queue_full, queue_timeout, rate_limit, auth, draining, "
-                                "unavailable",
-                                ["model", "reason", "key"], registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "llm_gateway_requests",
+            "Requests answered, by model, endpoint, status code and key name",
+            ["model", "endpoint", "status", "key"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "llm_gateway_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "llm_gateway_request_queue_time_seconds",
+            "Time a request waited for a free replica",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "llm_gateway_time_to_first_token_seconds",
+            "Streams: time from a request's arrival to its first event",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "llm_gateway_inter_token_latency_seconds",
+            "Streams: time between two successive events from the worker",
+            ["model", "endpoint"],
+            buckets=ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "llm_gateway_overhead_seconds",
+            "Time a request spent in the gateway itself: neither queued nor at its worker",
+            ["model", "endpoint"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "llm_gateway_prompt_tokens",
+            "Prompt tokens processed (the worker's count)",
+            ["model", "endpoint", "key"],
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "llm_gateway_completion_tokens",
+            "Tokens generated (the worker's count)",
+            ["model", "endpoint", "key"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "llm_gateway_rejected_requests",
+            "Requests refused, by reason: "
+            "queue_full, queue_timeout, rate_limit, auth, draining, "
+            "unavailable",
+            ["model", "reason", "key"],
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(gateway))
 
     def render(self) -> bytes:
@@ -129,8 +197,7 @@ class _KeySeries:
 class MetricsMiddleware:
     """Counts and times every answer of the OpenAI endpoints; passes anything else through."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None,
-                 recent: Recent | None = None) -> None:  # fmt: skip
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, recent: Recent | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.recent = recent  # the last requests, for /admin/requests and /admin/stats
@@ -163,8 +230,9 @@ class MetricsMiddleware:
         finally:
             self._record(endpoint, noted, noted.failed_status or status, started, first_event)
 
-    def _record(self, endpoint: str, noted: Marks, status: int, started: float,
-                first_event: float) -> None:  # fmt: skip
+    def _record(
+        self, endpoint: str, noted: Marks, status: int, started: float, first_event: float
+    ) -> None:
         now = time.perf_counter()
         ttft = first_event - started if first_event > 0 else None
         record = _request_record(noted, endpoint, status, now - started, ttft)
@@ -226,18 +294,24 @@ class MetricsMiddleware:
         return found
 
 
-def _request_record(noted: Marks, endpoint: str, status: int, duration: float,
-                    ttft: float | None) -> dict[str, Any]:  # fmt: skip
+def _request_record(
+    noted: Marks, endpoint: str, status: int, duration: float, ttft: float | None
+) -> dict[str, Any]:
     """The request log's fields (times in milliseconds)."""
     usage = noted.usage
-    return {"request_id": noted.request_id, "key": noted.key, "model": noted.model,
-            "endpoint": endpoint,
-            "replica": noted.replica, "status": status,
-            "queue_wait_ms": round(noted.queue_wait * 1000, 3),
-            "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
-            "duration_ms": round(duration * 1000, 3),
-            "prompt_tokens": None if usage is None else usage.prompt_tokens,
-            "completion_tokens": None if usage is None else usage.completion_tokens}  # fmt: skip
+    return {
+        "request_id": noted.request_id,
+        "key": noted.key,
+        "model": noted.model,
+        "endpoint": endpoint,
+        "replica": noted.replica,
+        "status": status,
+        "queue_wait_ms": round(noted.queue_wait * 1000, 3),
+        "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+        "duration_ms": round(duration * 1000, 3),
+        "prompt_tokens": None if usage is None else usage.prompt_tokens,
+        "completion_tokens": None if usage is None else usage.completion_tokens,
+    }
 
 
 def _is_comment(message: Message) -> bool:
@@ -247,8 +321,10 @@ def _is_comment(message: Message) -> bool:
 
 
 def _is_stream(headers: Any) -> bool:
-    return any(name == b"content-type" and value.startswith(b"text/event-stream")
-               for name, value in headers)  # fmt: skip
+    return any(
+        name == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in headers
+    )
 
 
 class _PoolCollector(Collector):
@@ -274,8 +350,9 @@ class _PoolCollector(Collector):
             for key, value in replica.engine.items():
                 if key in _ENGINE_COUNTERS:
                     families[key].add_metric(labels, value)
-        queued = GaugeMetricFamily("llm_gateway_queue_depth", "Requests waiting for a replica",
-                                   labels=["model"])  # fmt: skip
+        queued = GaugeMetricFamily(
+            "llm_gateway_queue_depth", "Requests waiting for a replica", labels=["model"]
+        )
         for model in registry.models():
             queued.add_metric([model], scheduler.queued(model))
         yield from (*families.values(), queued)
@@ -286,39 +363,61 @@ class _PoolCollector(Collector):
 # rate(steps) the step time, rate(generated_tokens) the tokens/s of one model copy.
 _ENGINE_COUNTERS = {
     "steps": ("llm_gateway_replica_decode_steps", "Decode steps its engine loop has run"),
-    "sequences": ("llm_gateway_replica_batch_sequences", "Slots served by its decode steps, "
-                  "summed (over steps: the batch occupancy)"),
-    "decoded_tokens": ("llm_gateway_replica_decoded_tokens", "Tokens its decode steps have "
-                       "evaluated, prompts included"),
-    "generated_tokens": ("llm_gateway_replica_generated_tokens", "Tokens its engine has "
-                         "generated"),
-    "decode_seconds": ("llm_gateway_replica_decode_seconds", "Time its engine has spent in "
-                       "llama_decode"),
-}  # fmt: skip
+    "sequences": (
+        "llm_gateway_replica_batch_sequences",
+        "Slots served by its decode steps, summed (over steps: the batch occupancy)",
+    ),
+    "decoded_tokens": (
+        "llm_gateway_replica_decoded_tokens",
+        "Tokens its decode steps have evaluated, prompts included",
+    ),
+    "generated_tokens": ("llm_gateway_replica_generated_tokens", "Tokens its engine has generated"),
+    "decode_seconds": (
+        "llm_gateway_replica_decode_seconds",
+        "Time its engine has spent in llama_decode",
+    ),
+}
 
 
 def _replica_families() -> dict[str, Any]:
     replica = ["model", "replica"]
-    engine = {key: CounterMetricFamily(name, text, labels=replica)
-              for key, (name, text) in _ENGINE_COUNTERS.items()}  # fmt: skip
+    engine = {
+        key: CounterMetricFamily(name, text, labels=replica)
+        for key, (name, text) in _ENGINE_COUNTERS.items()
+    }
     return {
         **engine,
-        "state": GaugeMetricFamily("llm_gateway_replica_state", "1 for the state each replica "
-                                   "is in, 0 for the others", labels=[*replica, "state"]),
-        "in_flight": GaugeMetricFamily("llm_gateway_replica_in_flight", "Requests a replica "
-                                       "is serving now", labels=replica),
-        "served": CounterMetricFamily("llm_gateway_replica_requests", "Requests a replica has "
-                                      "served", labels=replica),
-        "restarts": CounterMetricFamily("llm_gateway_replica_restarts", "Times a replica's "
-                                        "worker has exited and been started again",
-                                        labels=replica),
-        "ejections": CounterMetricFamily("llm_gateway_replica_ejections", "Times a replica was "
-                                         "taken out of rotation for answers failing in a row "
-                                         "(outlier ejection)", labels=replica),
-        "load": GaugeMetricFamily("llm_gateway_replica_load_seconds", "How long a replica's "
-                                  "worker took from its start to ready (load and warm-up)",
-                                  labels=replica),
-        "info": GaugeMetricFamily("llm_gateway_replica_info", "Always 1: where each replica "
-                                  "runs (device: its CUDA_VISIBLE_DEVICES, or cpu)",
-                                  labels=[*replica, "device"]),
-    }  # fmt: skip
+        "state": GaugeMetricFamily(
+            "llm_gateway_replica_state",
+            "1 for the state each replica is in, 0 for the others",
+            labels=[*replica, "state"],
+        ),
+        "in_flight": GaugeMetricFamily(
+            "llm_gateway_replica_in_flight", "Requests a replica is serving now", labels=replica
+        ),
+        "served": CounterMetricFamily(
+            "llm_gateway_replica_requests", "Requests a replica has served", labels=replica
+        ),
+        "restarts": CounterMetricFamily(
+            "llm_gateway_replica_restarts",
+            "Times a replica's worker has exited and been started again",
+            labels=replica,
+        ),
+        "ejections": CounterMetricFamily(
+            "llm_gateway_replica_ejections",
+            "Times a replica was "
+            "taken out of rotation for answers failing in a row "
+            "(outlier ejection)",
+            labels=replica,
+        ),
+        "load": GaugeMetricFamily(
+            "llm_gateway_replica_load_seconds",
+            "How long a replica's worker took from its start to ready (load and warm-up)",
+            labels=replica,
+        ),
+        "info": GaugeMetricFamily(
+            "llm_gateway_replica_info",
+            "Always 1: where each replica runs (device: its CUDA_VISIBLE_DEVICES, or cpu)",
+            labels=[*replica, "device"],
+        ),
+    }

@@ -24,8 +24,13 @@ class _Second:
 
     def view(self) -> dict[str, Any]:
         ttft = round(self.ttft_sum / self.ttft_count, 3) if self.ttft_count else None
-        return {"time": self.at, "requests": self.requests, "errors": self.errors,
-                "ttft_ms": ttft, "queued": self.queued}  # fmt: skip
+        return {
+            "time": self.at,
+            "requests": self.requests,
+            "errors": self.errors,
+            "ttft_ms": ttft,
+            "queued": self.queued,
+        }
 
 
 class Recent:

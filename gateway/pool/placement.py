@@ -80,17 +80,23 @@ def used(residents: Iterable[Resident]) -> dict[str, int]:
     return dict(total)
 
 
-def rank_devices(devices: Iterable[str], budgets: Mapping[str, int],
-                 residents: Sequence[Resident], model: str) -> list[str]:  # fmt: skip
+def rank_devices(
+    devices: Iterable[str], budgets: Mapping[str, int], residents: Sequence[Resident], model: str
+) -> list[str]:
     """GPUs for a new replica of `model` (`gpus: auto`): those holding fewest of its replicas
     first (spread), then the most free budget."""
     taken, mine = used(residents), Counter(r.device for r in residents if r.model == model)
     return sorted(devices, key=lambda d: (mine[d], -(budgets.get(d, 0) - taken.get(d, 0)), d))
 
 
-def plan_start(label: str, candidates: Sequence[str], need_on: Callable[[str], Need],
-               budgets: Mapping[str, int], residents: Sequence[Resident],
-               preempt: bool = False) -> Decision:  # fmt: skip
+def plan_start(
+    label: str,
+    candidates: Sequence[str],
+    need_on: Callable[[str], Need],
+    budgets: Mapping[str, int],
+    residents: Sequence[Resident],
+    preempt: bool = False,
+) -> Decision:
     """Where replica `label` starts, among `candidates` in order of preference. `preempt`: it
     has waited long enough that replicas in use may be evicted for it too (drained first), once
     they have been loaded their minimum time, so a busy model cannot starve a waiting one."""
@@ -123,8 +129,12 @@ def _fits(need: Need, budgets: Mapping[str, int], taken: Mapping[str, int]) -> b
     )
 
 
-def _evictions(need: Need, budgets: Mapping[str, int], residents: Sequence[Resident],
-               may_go: Callable[[Resident], bool]) -> tuple[Resident, ...] | None:  # fmt: skip
+def _evictions(
+    need: Need,
+    budgets: Mapping[str, int],
+    residents: Sequence[Resident],
+    may_go: Callable[[Resident], bool],
+) -> tuple[Resident, ...] | None:
     """The least recently used residents that `may_go`, fewest first, whose leaving makes room
     for `need`; None if all of them leaving would not."""
     staying = list(residents)
@@ -138,14 +148,18 @@ def _evictions(need: Need, budgets: Mapping[str, int], residents: Sequence[Resid
     return tuple(gone) if _fits(need, budgets, used(staying)) else None
 
 
-def _refusal(label: str, device: str, need: Need, budgets: Mapping[str, int],
-             residents: Sequence[Resident]) -> str:  # fmt: skip
+def _refusal(
+    label: str, device: str, need: Need, budgets: Mapping[str, int], residents: Sequence[Resident]
+) -> str:
     short = [d for d, size in need.items() if d in budgets and size > 0]
     parts = []
     for d in short:
         holders = [r for r in residents if r.usage.get(d)]
-        held = ", ".join(f"{r.label} {show_size(r.usage[d])}" + (" (min)" if r.pinned else "")
-                         for r in holders)  # fmt: skip
-        parts.append(f"{d}: needs {show_size(need[d])} of a {show_size(budgets[d])} budget"
-                     + (f"; held by {held}" if held else ""))  # fmt: skip
+        held = ", ".join(
+            f"{r.label} {show_size(r.usage[d])}" + (" (min)" if r.pinned else "") for r in holders
+        )
+        parts.append(
+            f"{d}: needs {show_size(need[d])} of a {show_size(budgets[d])} budget"
+            + (f"; held by {held}" if held else "")
+        )
     return f"not enough memory to start {label} on {device} ({'; '.join(parts)})"

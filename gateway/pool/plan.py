@@ -9,8 +9,19 @@ from ..config.file import AuthConfig, GatewayConfig, ModelConfig
 __all__ = ["ModelChange", "ReloadPlan", "plan_reload"]
 
 # What a worker process is started with: changing any of these replaces its replicas.
-_WORKER_FIELDS = ("path", "engine", "llama", "standin", "gpus", "gpus_auto", "capacity",
-                  "matryoshka", "accept_token_ids", "server_args", "server_binary")  # fmt: skip
+_WORKER_FIELDS = (
+    "path",
+    "engine",
+    "llama",
+    "standin",
+    "gpus",
+    "gpus_auto",
+    "capacity",
+    "matryoshka",
+    "accept_token_ids",
+    "server_args",
+    "server_binary",
+)
 # What only a new process can apply: the listening socket, the metrics middleware.
 _RESTART_FIELDS = ("host", "port", "metrics")
 
@@ -90,10 +101,15 @@ def _key_changes(old: AuthConfig, new: AuthConfig) -> tuple[str, ...]:
     """Keys added, removed or changed (their models, limits, weight, role or key), by name."""
     before = {key.name: key for key in old.keys}
     after = {key.name: key for key in new.keys}
-    return (*(f"key {name} added" for name in after if name not in before),
-            *(f"key {name} removed" for name in before if name not in after),
-            *(f"key {name} changed" for name, key in after.items()
-              if name in before and before[name] != key))  # fmt: skip
+    return (
+        *(f"key {name} added" for name in after if name not in before),
+        *(f"key {name} removed" for name in before if name not in after),
+        *(
+            f"key {name} changed"
+            for name, key in after.items()
+            if name in before and before[name] != key
+        ),
+    )
 
 
 def _change(old: ModelConfig, new: ModelConfig) -> ModelChange:

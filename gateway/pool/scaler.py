@@ -39,8 +39,13 @@ _GONE = (S.DRAINING, S.STOPPED)
 class Scaler:
     """Starts replicas on demand, evicts for them, stops idle ones."""
 
-    def __init__(self, config: Callable[[], GatewayConfig], registry: Registry,
-                 scheduler: Scheduler, supervisor: Supervisor) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        registry: Registry,
+        scheduler: Scheduler,
+        supervisor: Supervisor,
+    ) -> None:
         self._config, self._registry = config, registry
         self._scheduler, self._supervisor = scheduler, supervisor
         self._budgets: tuple[GatewayConfig, dict[str, int]] | None = None
@@ -117,15 +122,25 @@ class Scaler:
     def residents(self) -> list[Resident]:
         """Every local replica holding memory, as placement sees it."""
         models = {m.name: m for m in self._config().models}
-        return [r for name in self._registry.models()
-                for r in self._residents_of(models.get(name), name)]  # fmt: skip
+        return [
+            r
+            for name in self._registry.models()
+            for r in self._residents_of(models.get(name), name)
+        ]
 
-    def _plan(self, model: ModelConfig, index: int, residents: list[Resident],
-              preempt: bool = False) -> Decision:  # fmt: skip
+    def _plan(
+        self, model: ModelConfig, index: int, residents: list[Resident], preempt: bool = False
+    ) -> Decision:
         """Where replica `index` of `model` would start now, and what must leave for it."""
         budgets = self.budgets()
-        return plan_start(f"{model.name}[{index}]", candidates(model, index, budgets, residents),
-                          functools.partial(needs, model), budgets, residents, preempt)  # fmt: skip
+        return plan_start(
+            f"{model.name}[{index}]",
+            candidates(model, index, budgets, residents),
+            functools.partial(needs, model),
+            budgets,
+            residents,
+            preempt,
+        )
 
     def _live(self, model: str) -> list[Replica]:
         """`model`'s local replicas neither leaving nor gone."""
@@ -133,21 +148,28 @@ class Scaler:
 
     def _residents_of(self, model: ModelConfig | None, name: str) -> list[Resident]:
         """`name`'s replicas (`model`: its entry, None once a reload removed it)."""
-        local = sorted((r for r in self._supervisor.local(name) if r.state is not S.STOPPED),
-                       key=lambda r: -r.last_used)  # fmt: skip
+        local = sorted(
+            (r for r in self._supervisor.local(name) if r.state is not S.STOPPED),
+            key=lambda r: -r.last_used,
+        )
         queued = self._scheduler.queued(name) if model is not None else 0
         staying = [r for r in local if r.state is not S.DRAINING]
         pinned = set(staying[: model.floor if model is not None else 0])  # the most recent
         return [
             Resident(
-                label=r.describe_name(), model=name, device=r.device,
+                label=r.describe_name(),
+                model=name,
+                device=r.device,
                 usage=needs(model, r.device) if model is not None and not r.failing else {},
-                last_used=r.last_used, pinned=r in pinned, leaving=r.state is S.DRAINING,
+                last_used=r.last_used,
+                pinned=r in pinned,
+                leaving=r.state is S.DRAINING,
                 idle=r.in_flight == 0 and not queued and r.state is S.READY,
-                settles_in=self._settles_in(r), ref=r,
+                settles_in=self._settles_in(r),
+                ref=r,
             )
             for r in local
-        ]  # fmt: skip
+        ]
 
     def _settles_in(self, replica: Replica) -> float:
         """Seconds until `replica` has been loaded for its minimum residency (inf: loading)."""
@@ -196,12 +218,18 @@ class Scaler:
             self._retry_when_settled(model.name, residents)
         elif isinstance(decision, Refuse):
             log.warning("%s", decision.reason)
-            self._scheduler.refuse(model.name, Unavailable(
-                decision.reason, retry_after=10, code="insufficient_memory"))  # fmt: skip
+            self._scheduler.refuse(
+                model.name, Unavailable(decision.reason, retry_after=10, code="insufficient_memory")
+            )
         else:
             await self._evict(decision.evict)
-            log.info("%s[%d]: starting on %s (%d waiting)", model.name, index, decision.device,
-                     self._scheduler.queued(model.name))  # fmt: skip
+            log.info(
+                "%s[%d]: starting on %s (%d waiting)",
+                model.name,
+                index,
+                decision.device,
+                self._scheduler.queued(model.name),
+            )
             self._supervisor.start_replica(model, index, decision.device)
 
     def _patience(self) -> float:
@@ -215,8 +243,9 @@ class Scaler:
         goes idle (`_on_change`)."""
         self._waiting.add(model)
         patience = self._waiting_since[model] + self._patience() - time.monotonic()
-        soonest = min((r.settles_in for r in residents if 0 < r.settles_in < float("inf")),
-                      default=patience)  # fmt: skip
+        soonest = min(
+            (r.settles_in for r in residents if 0 < r.settles_in < float("inf")), default=patience
+        )
         loop = asyncio.get_running_loop()
         for delay in {d for d in (soonest, patience) if d > 0}:
             loop.call_later(delay, self.demand, model)
@@ -260,15 +289,17 @@ class Scaler:
         live = self._live(model.name)
         surplus = len(live) - model.floor
         now = time.monotonic()
-        idle = [r for r in live if r.state is S.READY and not r.in_flight
-                and now - r.last_used >= ttl]  # fmt: skip
+        idle = [
+            r for r in live if r.state is S.READY and not r.in_flight and now - r.last_used >= ttl
+        ]
         for replica in sorted(idle, key=lambda r: r.last_used)[: max(surplus, 0)]:
             log.info("%s[%d]: idle for %g s; stopping", model.name, replica.index, ttl)
             await self._supervisor.retire(replica)
 
 
-def candidates(model: ModelConfig, index: int, budgets: Mapping[str, int],
-               residents: Sequence[Resident]) -> list[str]:  # fmt: skip
+def candidates(
+    model: ModelConfig, index: int, budgets: Mapping[str, int], residents: Sequence[Resident]
+) -> list[str]:
     """The devices replica `index` of `model` may start on, best first: its configured one; with
     `gpus: auto`, the GPUs with a budget ranked for it (the CPU on a machine without GPUs)."""
     if not model.gpus_auto:

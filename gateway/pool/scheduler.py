@@ -107,8 +107,9 @@ class Scheduler:
     def queued_total(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    def try_acquire(self, model: str, key: KeyConfig, prefix: Prefix = (),
-                    avoid: Replica | None = None) -> Lease | None:  # fmt: skip
+    def try_acquire(
+        self, model: str, key: KeyConfig, prefix: Prefix = (), avoid: Replica | None = None
+    ) -> Lease | None:
         """A lease at once if a replica (other than `avoid`) is free, nobody is queued and `key`
         may start another request; else None. `prefix`: the prompt's block hashes, for an
         affinity model."""
@@ -120,9 +121,15 @@ class Scheduler:
         replica = self._pick(model, prefix, avoid)
         return None if replica is None else self._lease(replica, key, prefix)
 
-    async def acquire(self, model: str, key: KeyConfig, first: bool = False,
-                      queued: Callable[[int], None] | None = None,
-                      prefix: Prefix = (), avoid: Replica | None = None) -> Lease:  # fmt: skip
+    async def acquire(
+        self,
+        model: str,
+        key: KeyConfig,
+        first: bool = False,
+        queued: Callable[[int], None] | None = None,
+        prefix: Prefix = (),
+        avoid: Replica | None = None,
+    ) -> Lease:
         """Wait for a free replica of `model`; raise QueueFull, QueueTimeout or Unavailable.
 
         `first` puts the request ahead of every other (a retry keeps its place in line);
@@ -211,9 +218,12 @@ class Scheduler:
         if not replicas or not all(r.failing for r in replicas):
             return None
         # Why (a load error: paths, library messages) is for ops: the log and /admin/workers.
-        return Unavailable(f"Model '{model}' is not available: its replicas failed to start "
-                           "(the gateway's log and /admin/workers say why).", retry_after=10,
-                           code="model_unavailable")  # fmt: skip
+        return Unavailable(
+            f"Model '{model}' is not available: its replicas failed to start "
+            "(the gateway's log and /admin/workers say why).",
+            retry_after=10,
+            code="model_unavailable",
+        )
 
     def _abandon(self, queue: FairQueue[Waiter], waiter: Waiter) -> None:
         """Leave the queue (timeout or client gone); hand back a lease granted meanwhile."""

@@ -19,8 +19,9 @@ class Driver:
 
     kind = ""
 
-    def __init__(self, registry: Registry, health: Callable[[], HealthConfig],
-                 session: aiohttp.ClientSession) -> None:  # fmt: skip
+    def __init__(
+        self, registry: Registry, health: Callable[[], HealthConfig], session: aiohttp.ClientSession
+    ) -> None:
         self._health = health
         self._registry = registry
         self._session = session  # for health checks: each sets its own timeout

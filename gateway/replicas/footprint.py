@@ -89,9 +89,13 @@ def estimate(model: ModelConfig, on_gpu: bool) -> Footprint:
     cells = n_ctx * model.capacity  # a batching worker's slots each have n_ctx
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = tokens.entries if isinstance(tokens, Strings) else 0
-    return Footprint(model.path.stat().st_size, _kv_bytes(meta, params, layers, cells),
-                     COMPUTE_BYTES + vocab * COMPUTE_BYTES_PER_TOKEN, share,
-                     PROCESS_BYTES if model.uses_worker else SERVER_PROCESS_BYTES)  # fmt: skip
+    return Footprint(
+        model.path.stat().st_size,
+        _kv_bytes(meta, params, layers, cells),
+        COMPUTE_BYTES + vocab * COMPUTE_BYTES_PER_TOKEN,
+        share,
+        PROCESS_BYTES if model.uses_worker else SERVER_PROCESS_BYTES,
+    )
 
 
 def _kv_bytes(meta: Mapping[str, Any], params: Mapping[str, Any], layers: int, cells: int) -> int:
@@ -100,8 +104,9 @@ def _kv_bytes(meta: Mapping[str, Any], params: Mapping[str, Any], layers: int, c
     head_size = int(_arch(meta, "embedding_length", heads)) // heads
     key = int(_arch(meta, "attention.key_length", head_size))
     value = int(_arch(meta, "attention.value_length", head_size))
-    per_cell = kv_heads * (key * _type_bytes(params.get("type_k")) +
-                           value * _type_bytes(params.get("type_v")))  # fmt: skip
+    per_cell = kv_heads * (
+        key * _type_bytes(params.get("type_k")) + value * _type_bytes(params.get("type_v"))
+    )
     return int(layers * cells * per_cell)
 
 

@@ -63,9 +63,23 @@ def worker_command(
     device: str = "cpu",
     listen_fd: int | None = None,
 ) -> list[str]:
-    command = [sys.executable, "-m", "workers", "--model-name", model.name,
-               "--replica", str(replica), "--host", "127.0.0.1", "--port", str(port),
-               "--engine", model.engine, "--parent-pid", str(parent_pid)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "workers",
+        "--model-name",
+        model.name,
+        "--replica",
+        str(replica),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--engine",
+        model.engine,
+        "--parent-pid",
+        str(parent_pid),
+    ]
     if phase_fd is not None:
         command += ["--phase-fd", str(phase_fd)]
     if listen_fd is not None:
@@ -194,16 +208,20 @@ def _engine_counters(status: Any) -> dict[str, float]:
     counters = status.get("batching") if isinstance(status, dict) else None
     if not isinstance(counters, dict):
         return {}
-    return {key: float(value) for key, value in counters.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
+    return {
+        key: float(value)
+        for key, value in counters.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-async def spawn(model: ModelConfig, index: int, device: str = "cpu",
-                spare: Spare | None = None) -> Launch:  # fmt: skip
+async def spawn(
+    model: ModelConfig, index: int, device: str = "cpu", spare: Spare | None = None
+) -> Launch:
     """Start a worker for replica `index` of `model` on `device`, on a fresh loopback port; on
     the CPU, by handing `spare` its arguments where one is given and alive."""
     if spare is not None and device == "cpu" and spare.alive:
@@ -211,8 +229,9 @@ async def spawn(model: ModelConfig, index: int, device: str = "cpu",
     sock, secret = listening_socket(), worker_secret(os.environ)
     port: int = sock.getsockname()[1]
     read_fd, write_fd = os.pipe()
-    command = worker_command(model, port, os.getpid(), write_fd, replica=index, device=device,
-                             listen_fd=sock.fileno())  # fmt: skip
+    command = worker_command(
+        model, port, os.getpid(), write_fd, replica=index, device=device, listen_fd=sock.fileno()
+    )
     env = {**worker_env(device, dict(os.environ)), SECRET_ENV: secret}
     proc = await _start(command, env, sock, read_fd, write_fd, asyncio.subprocess.DEVNULL)
     return Launch(proc, port, secret, *await _phase_reader(read_fd))
@@ -222,8 +241,13 @@ class Spare:
     """A worker process started ahead of need (workers/standby.py): its imports done, its port
     bound, it waits for a replica's arguments on stdin. CPU replicas only."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, fds: tuple[int, int],
-                 phases: tuple[asyncio.StreamReader, asyncio.BaseTransport]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        port: int,
+        fds: tuple[int, int],
+        phases: tuple[asyncio.StreamReader, asyncio.BaseTransport],
+    ) -> None:
         self.proc, self.port, self._fds, self._phases = proc, port, fds, phases
 
     @classmethod
@@ -244,8 +268,9 @@ class Spare:
     async def assign(self, model: ModelConfig, index: int) -> Launch:
         """Make it replica `index` of `model`: it loads the model from here on."""
         secret = worker_secret(os.environ)
-        command = worker_command(model, self.port, os.getpid(), self._fds[0], replica=index,
-                                 listen_fd=self._fds[1])  # fmt: skip
+        command = worker_command(
+            model, self.port, os.getpid(), self._fds[0], replica=index, listen_fd=self._fds[1]
+        )
         argv = command[3:]  # what follows `python -m workers`
         order = {"argv": argv, "env": {SECRET_ENV: secret}}
         assert self.proc.stdin is not None
@@ -267,8 +292,14 @@ class Spare:
         await self.proc.wait()
 
 
-async def _start(command: list[str], env: dict[str, str], sock: socket.socket, read_fd: int,
-                 write_fd: int, stdin: int) -> asyncio.subprocess.Process:  # fmt: skip
+async def _start(
+    command: list[str],
+    env: dict[str, str],
+    sock: socket.socket,
+    read_fd: int,
+    write_fd: int,
+    stdin: int,
+) -> asyncio.subprocess.Process:
     """Start a worker process holding `sock` and the write end of its phase pipe (only it: its
     exit ends the pipe); this process keeps the read end."""
     try:

@@ -41,9 +41,13 @@ class LocalDriver(Driver):
 
     kind = "local"
 
-    def __init__(self, registry: Registry, health: Callable[[], HealthConfig],
-                 session: aiohttp.ClientSession,
-                 wants_spare: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        health: Callable[[], HealthConfig],
+        session: aiohttp.ClientSession,
+        wants_spare: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(registry, health, session)
         self._procs: dict[Replica, asyncio.subprocess.Process] = {}
         # With replicas loaded on demand, one worker process waits ready-imported for the next
@@ -117,8 +121,13 @@ class LocalDriver(Driver):
         # How it says a request's end and the tokens used: our worker's way, or OpenAI's.
         replica.reports_ends = replica.reports_usage = launch.our_worker
         self._registry.mark_starting(replica, proc.pid, launch.port, launch.secret)
-        log.info("%s[%d]: started worker pid %d on port %d", model.name, replica.index,
-                 proc.pid, launch.port)  # fmt: skip
+        log.info(
+            "%s[%d]: started worker pid %d on port %d",
+            model.name,
+            replica.index,
+            proc.pid,
+            launch.port,
+        )
         try:
             error = await launch.until_ready(model.startup_timeout)
             self.prepare()  # the next spare, once this one's load no longer needs the CPU
@@ -135,8 +144,14 @@ class LocalDriver(Driver):
         self._procs.pop(replica, None)
         how = describe_exit(proc.returncode)
         said = error or launch.tail()
-        log.warning("%s[%d]: worker pid %d exited (%s)%s", model.name, replica.index, proc.pid,
-                    how, f": {said}" if said else "")  # fmt: skip
+        log.warning(
+            "%s[%d]: worker pid %d exited (%s)%s",
+            model.name,
+            replica.index,
+            proc.pid,
+            how,
+            f": {said}" if said else "",
+        )
         self._registry.mark_exited(replica, error, how)
         return error is None
 
@@ -157,8 +172,12 @@ class LocalDriver(Driver):
             failures += 1
             self._registry.mark_unhealthy(replica, f"{failures} status checks failed in a row")
             if failures >= self.health.failures:
-                log.warning("%s[%d]: worker pid %d stopped answering; killing it",
-                            replica.model, replica.index, proc.pid)  # fmt: skip
+                log.warning(
+                    "%s[%d]: worker pid %d stopped answering; killing it",
+                    replica.model,
+                    replica.index,
+                    proc.pid,
+                )
                 _signal(proc, signal.SIGKILL)
         return exited.result()
 

@@ -138,10 +138,19 @@ class Registry:
     def add_remote(self, model: str, index: int, upstream: UpstreamConfig) -> Replica:
         """A new remote replica: `upstream`, known as replica `index` of `model`."""
         auth = f"Bearer {upstream.api_key}" if upstream.api_key else ""
-        replica = Replica(model, index, "remote", upstream.capacity, kind="remote",
-                          url=upstream.root, api=upstream.url, auth=auth,
-                          upstream_model=upstream.upstream_model, reports_ends=False,
-                          reports_usage=False)  # fmt: skip
+        replica = Replica(
+            model,
+            index,
+            "remote",
+            upstream.capacity,
+            kind="remote",
+            url=upstream.root,
+            api=upstream.url,
+            auth=auth,
+            upstream_model=upstream.upstream_model,
+            reports_ends=False,
+            reports_usage=False,
+        )
         self._by_model[model].append(replica)
         return replica
 
@@ -256,8 +265,10 @@ class Registry:
 
     def others_in_rotation(self, replica: Replica) -> bool:
         """Whether another replica of its model takes requests (one to retry on)."""
-        return any(r is not replica and r.state in _IN_ROTATION
-                   for r in self._by_model.get(replica.model, ()))  # fmt: skip
+        return any(
+            r is not replica and r.state in _IN_ROTATION
+            for r in self._by_model.get(replica.model, ())
+        )
 
     # Retirement: asked for by the reloader.
 
@@ -297,9 +308,13 @@ class Registry:
         replicas = self._by_model[model]
         ready = sum(r.state in _IN_ROTATION for r in replicas)
         errors = sorted({r.error for r in replicas if r.error})
-        return {"ready": ready > 0 or (on_demand and not replicas), "ready_replicas": ready,
-                "replicas": len(replicas), "errors": errors,
-                "state": self.load_state(model)}  # fmt: skip
+        return {
+            "ready": ready > 0 or (on_demand and not replicas),
+            "ready_replicas": ready,
+            "replicas": len(replicas),
+            "errors": errors,
+            "state": self.load_state(model),
+        }
 
     def load_state(self, model: str) -> str:
         """ "loaded" (a replica serves), "loading" (one is starting) or "unloaded" (none)."""

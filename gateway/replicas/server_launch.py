@@ -38,8 +38,12 @@ _TAIL_LINES = 5
 _POLL = 0.1  # seconds between two /health polls while it loads
 _POLL_TIMEOUT = 5.0  # the most one poll waits (a process that exits meanwhile is noticed)
 _MEAN_POOLING = 1  # decoder GGUFs set no pooling; OpenAI's embeddings are one vector per input
-_LOAD_MODES = {(True, False): "mmap", (False, False): "none", (False, True): "mlock",
-               (True, True): "mmap+mlock"}  # fmt: skip
+_LOAD_MODES = {
+    (True, False): "mmap",
+    (False, False): "none",
+    (False, True): "mlock",
+    (True, True): "mmap+mlock",
+}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -53,12 +57,27 @@ def server_command(model: ModelConfig, port: int | str, device: str = "cpu") -> 
     if params.get("embedding"):
         params.setdefault("pooling_type", _MEAN_POOLING)
     load = (params.pop("use_mmap", True), params.pop("use_mlock", False))
-    command = [str(model.server_binary), "--host", "127.0.0.1", "--port", str(port),
-               "--metrics", "--no-webui", "-a", model.name, "-m", str(model.path),
-               "-np", str(model.capacity), "-c", str(n_ctx * model.capacity),
-               # No prompt cache in RAM beside the slots' (8 GiB by default): a replica's
-               # memory stays what its estimate and the budgets count.
-               "--cache-ram", "0"]  # fmt: skip
+    command = [
+        str(model.server_binary),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics",
+        "--no-webui",
+        "-a",
+        model.name,
+        "-m",
+        str(model.path),
+        "-np",
+        str(model.capacity),
+        "-c",
+        str(n_ctx * model.capacity),
+        # No prompt cache in RAM beside the slots' (8 GiB by default): a replica's
+        # memory stays what its estimate and the budgets count.
+        "--cache-ram",
+        "0",
+    ]
     if load != (True, False):
         command += ["-lm", _LOAD_MODES[load]]
     for key, value in params.items():
@@ -71,8 +90,9 @@ def slot_context(model: ModelConfig) -> int:
     return int(model.llama.get("n_ctx", DEFAULT_N_CTX))
 
 
-async def spawn_server(model: ModelConfig, index: int, device: str,
-                       session: aiohttp.ClientSession) -> ServerLaunch:  # fmt: skip
+async def spawn_server(
+    model: ModelConfig, index: int, device: str, session: aiohttp.ClientSession
+) -> ServerLaunch:
     """Start llama-server for replica `index` of `model` on `device`, on a free loopback port."""
     with listening_socket() as sock:
         port: int = sock.getsockname()[1]
@@ -147,8 +167,9 @@ class ServerLaunch:
             return False
         return True
 
-    async def _get(self, path: str, session: aiohttp.ClientSession,
-                   timeout: float | None = None) -> str:  # fmt: skip
+    async def _get(
+        self, path: str, session: aiohttp.ClientSession, timeout: float | None = None
+    ) -> str:
         """The text of a 200 answer to GET `path`; ClientResponseError for another status."""
         url = f"http://127.0.0.1:{self.port}{path}"
         headers = {"Authorization": f"Bearer {self.secret}"}
@@ -165,7 +186,8 @@ class ServerLaunch:
         verb = "crashed" if returncode is not None and returncode < 0 else "exited"
         said = self._output.lines()
         return f"llama-server {verb} while loading the model ({how})" + (
-            f": {said}" if said else "")  # fmt: skip
+            f": {said}" if said else ""
+        )
 
 
 class _Tail:

@@ -46,8 +46,9 @@ class Supervisor:
     async def start(self) -> None:
         """Register every replica and start them all at once; does not wait for them."""
         self._session = aiohttp.ClientSession()  # every check sets its own timeout
-        local = LocalDriver(self._registry, self._current_health, self._session,
-                            lambda: self._keep_spare)  # fmt: skip
+        local = LocalDriver(
+            self._registry, self._current_health, self._session, lambda: self._keep_spare
+        )
         self._drivers = {
             "local": local,
             "remote": RemoteDriver(self._registry, self._current_health, self._session),
@@ -102,8 +103,9 @@ class Supervisor:
             found = await resolve(entry)
             if found is not None:  # None: the lookup failed; keep what is there
                 for address in found - held.keys():
-                    held[address] = self._add_remote(model, self._free_index(model),
-                                                     entry.at(address))  # fmt: skip
+                    held[address] = self._add_remote(
+                        model, self._free_index(model), entry.at(address)
+                    )
                 for address in held.keys() - found:
                     self._retire_later(held.pop(address))
             await asyncio.sleep(entry.resolve_every)
@@ -136,8 +138,9 @@ class Supervisor:
 
     def local(self, model: str) -> list[Replica]:
         """`model`'s replicas in local slots (worker processes), by slot."""
-        return sorted((r for r in self._registry.replicas(model) if r.kind == "local"),
-                      key=lambda r: r.index)  # fmt: skip
+        return sorted(
+            (r for r in self._registry.replicas(model) if r.kind == "local"), key=lambda r: r.index
+        )
 
     async def replace_upstreams(self, model: ModelConfig) -> None:
         """Check `model`'s new upstreams, then forget the old ones (requests on them finish:

@@ -11,10 +11,18 @@ __all__ = ["CONFIG", "LLAMA"]
 LLAMA: dict[str, Any] = {"n_ctx": 1024, "n_threads": 1}
 CONFIG = {
     "models": [
-        {"name": "smollm2", "aliases": ["gpt-3.5-turbo"], "path": str(SMOLLM2), "replicas": 2,
-         "llama": LLAMA},
+        {
+            "name": "smollm2",
+            "aliases": ["gpt-3.5-turbo"],
+            "path": str(SMOLLM2),
+            "replicas": 2,
+            "llama": LLAMA,
+        },
         {"name": "gemma3-270m", "path": str(GEMMA3), "llama": LLAMA},
-        {"name": "smollm2-embed", "path": str(SMOLLM2),
-         "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True}},
+        {
+            "name": "smollm2-embed",
+            "path": str(SMOLLM2),
+            "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True},
+        },
     ]
-}  # fmt: skip
+}

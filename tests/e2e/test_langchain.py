@@ -24,8 +24,14 @@ def get_time(zone: str) -> str:
 
 @pytest.fixture(params=[False, True], ids=["chat-completions", "responses-api"])
 def chat(request: pytest.FixtureRequest, gateway: GatewayProcess) -> ChatOpenAI:
-    return ChatOpenAI(model="smollm2", base_url=gateway.url + "/v1", api_key="unused",  # type: ignore[arg-type,call-arg]
-                      max_retries=0, max_tokens=48, use_responses_api=request.param)  # fmt: skip
+    return ChatOpenAI(
+        model="smollm2",
+        base_url=gateway.url + "/v1",
+        api_key="unused",  # type: ignore[arg-type,call-arg]
+        max_retries=0,
+        max_tokens=48,
+        use_responses_api=request.param,
+    )
 
 
 def test_chat_openai_answers(chat: ChatOpenAI) -> None:

@@ -37,8 +37,12 @@ def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
 
 
 def test_models_lists_every_name_and_alias(client: openai.OpenAI, http: httpx.Client) -> None:
-    assert {m.id for m in client.models.list()} == {"smollm2", "gpt-3.5-turbo", "gemma3-270m",
-                                                     "smollm2-embed"}  # fmt: skip
+    assert {m.id for m in client.models.list()} == {
+        "smollm2",
+        "gpt-3.5-turbo",
+        "gemma3-270m",
+        "smollm2-embed",
+    }
     assert_valid("ListModelsResponse", http.get("/v1/models").json())
 
 
@@ -66,8 +70,13 @@ def test_chat_by_alias_is_served_by_the_same_pool(client: openai.OpenAI) -> None
 
 
 def test_chat_stream_chunks_are_valid_and_end_with_usage(http: httpx.Client) -> None:
-    body = {"model": "smollm2", "messages": HELLO, "max_tokens": 8, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "smollm2",
+        "messages": HELLO,
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     events = sse_data(http.post("/v1/chat/completions", json=body).text)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -110,9 +119,10 @@ def test_completions_stream_is_valid(http: httpx.Client) -> None:
 
 def test_embeddings_one_vector_per_input(client: openai.OpenAI) -> None:
     raw = client.embeddings.with_raw_response.create(
-        model="smollm2-embed", input=["hello world", "a longer sentence about cats"],
+        model="smollm2-embed",
+        input=["hello world", "a longer sentence about cats"],
         encoding_format="float",
-    )  # fmt: skip
+    )
     assert_valid("CreateEmbeddingResponse", raw.http_response.json())
     result = raw.parse()
     assert [d.index for d in result.data] == [0, 1]
@@ -136,10 +146,12 @@ def test_tool_choice_required_over_two_tools_calls_one(client: openai.OpenAI) ->
         }
 
     reply = client.chat.completions.create(  # type: ignore[call-overload]
-        model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        model="smollm2",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
         tools=[function("get_weather", "city"), function("get_time", "zone")],
-        tool_choice="required", max_tokens=48,
-    )  # fmt: skip
+        tool_choice="required",
+        max_tokens=48,
+    )
     (call,) = reply.choices[0].message.tool_calls
     assert call.function.name in ("get_weather", "get_time")
     assert json.loads(call.function.arguments)
@@ -152,8 +164,11 @@ def test_the_responses_api_answers_streamed_and_not(client: openai.OpenAI) -> No
     )
     assert_valid("Response", raw.http_response.json())
     assert raw.parse().output_text
-    events = list(client.responses.create(model="smollm2", input="Say hello.",
-                                          max_output_tokens=8, stream=True))  # fmt: skip
+    events = list(
+        client.responses.create(
+            model="smollm2", input="Say hello.", max_output_tokens=8, stream=True
+        )
+    )
     for event in events:
         assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True))
     assert events[-1].type in ("response.completed", "response.incomplete")
@@ -164,20 +179,36 @@ def test_the_responses_api_answers_streamed_and_not(client: openai.OpenAI) -> No
 def test_the_responses_api_follows_a_json_schema(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     reply = client.responses.create(
-        model="smollm2", input="Is the sky blue? Answer in JSON.", max_output_tokens=16,
+        model="smollm2",
+        input="Is the sky blue? Answer in JSON.",
+        max_output_tokens=16,
         text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
-    )  # fmt: skip
+    )
     assert isinstance(json.loads(reply.output_text)["ok"], bool)
 
 
 RESPONSE_TOOLS: list[Any] = [
-    {"type": "function", "name": "get_weather", "description": "The weather in a city",
-     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                    "required": ["city"]}},
-    {"type": "function", "name": "get_time", "description": "The time in a time zone",
-     "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
-                    "required": ["zone"]}},
-]  # fmt: skip
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+    {
+        "type": "function",
+        "name": "get_time",
+        "description": "The time in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
+    },
+]
 
 
 def test_the_responses_api_calls_one_of_two_tools_and_reads_its_output(
@@ -185,26 +216,38 @@ def test_the_responses_api_calls_one_of_two_tools_and_reads_its_output(
 ) -> None:
     question = "What is the weather in Paris?"
     raw = client.responses.with_raw_response.create(
-        model="smollm2", input=question, tools=RESPONSE_TOOLS, tool_choice="required",
+        model="smollm2",
+        input=question,
+        tools=RESPONSE_TOOLS,
+        tool_choice="required",
         max_output_tokens=48,
-    )  # fmt: skip
+    )
     assert_valid("Response", raw.http_response.json())
     (call,) = raw.parse().output
     assert call.type == "function_call" and call.name in ("get_weather", "get_time")
     assert json.loads(call.arguments)
-    history: Any = [{"role": "user", "content": question}, call.model_dump(exclude_none=True),
-                    {"type": "function_call_output", "call_id": call.call_id,
-                     "output": "Sunny, 21 C"}]  # fmt: skip
-    reply = client.responses.create(model="smollm2", input=history, tools=RESPONSE_TOOLS,
-                                    max_output_tokens=16)  # fmt: skip
+    history: Any = [
+        {"role": "user", "content": question},
+        call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"},
+    ]
+    reply = client.responses.create(
+        model="smollm2", input=history, tools=RESPONSE_TOOLS, max_output_tokens=16
+    )
     assert reply.output_text and reply.output[0].type == "message"
 
 
 def test_the_responses_api_streams_a_tool_call(client: openai.OpenAI) -> None:
-    events = list(client.responses.create(
-        model="smollm2", input="What time is it in Tokyo?", tools=RESPONSE_TOOLS,
-        tool_choice={"type": "function", "name": "get_time"}, max_output_tokens=32, stream=True,
-    ))  # fmt: skip
+    events = list(
+        client.responses.create(
+            model="smollm2",
+            input="What time is it in Tokyo?",
+            tools=RESPONSE_TOOLS,
+            tool_choice={"type": "function", "name": "get_time"},
+            max_output_tokens=32,
+            stream=True,
+        )
+    )
     for event in events:
         assert_valid("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True))
     (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
@@ -249,8 +292,9 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 def test_bad_json_is_400(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", content=b"{nope",
-                         headers={"content-type": "application/json"})  # fmt: skip
+    response = http.post(
+        "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert_valid("ErrorResponse", response.json())
 
@@ -270,9 +314,11 @@ def test_two_requests_run_at_once_on_two_replicas(
 ) -> None:
     def ask(request_id: str) -> None:
         client.chat.completions.create(
-            model="smollm2", messages=HELLO, max_tokens=24,
+            model="smollm2",
+            messages=HELLO,
+            max_tokens=24,
             extra_headers={"X-Request-Id": request_id},
-        )  # fmt: skip
+        )
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(ask, ["parallel-a", "parallel-b"]))
@@ -283,16 +329,22 @@ def test_two_requests_run_at_once_on_two_replicas(
 
 
 def test_one_replica_with_capacity_two_serves_two_requests_at_once(tmp_path: Path) -> None:
-    config = {"models": [{"name": "s", "path": str(SMOLLM2), "capacity": 2,
-                          "llama": {**LLAMA, "n_threads": 2}}]}  # fmt: skip
+    config = {
+        "models": [
+            {"name": "s", "path": str(SMOLLM2), "capacity": 2, "llama": {**LLAMA, "n_threads": 2}}
+        ]
+    }
     with contextmanager(running_gateway)(config, tmp_path) as gateway:
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
 
         def ask(request_id: str) -> str:
             reply = client.chat.completions.create(
-                model="s", messages=HELLO, max_tokens=24, temperature=0,
+                model="s",
+                messages=HELLO,
+                max_tokens=24,
+                temperature=0,
                 extra_headers={"X-Request-Id": request_id},
-            )  # fmt: skip
+            )
             return reply.choices[0].message.content or ""
 
         with ThreadPoolExecutor(2) as pool:
@@ -329,9 +381,10 @@ def test_alternating_between_models_loads_each_only_once(
             client.completions.create(model="gemma3-270m", prompt=f"Count {i}:", max_tokens=4)
         else:
             client.chat.completions.create(
-                model="smollm2", messages=[{"role": "user", "content": f"Number {i}?"}],
+                model="smollm2",
+                messages=[{"role": "user", "content": f"Number {i}?"}],
                 max_tokens=4,
-            )  # fmt: skip
+            )
     assert worker_facts(gateway) == before
     assert gateway.worker_status("gemma3-270m", 0)["requests_served"] - served_before == 10
 
@@ -339,10 +392,10 @@ def test_alternating_between_models_loads_each_only_once(
 def test_a_client_gone_mid_stream_frees_the_replica(
     gateway: GatewayProcess, http: httpx.Client
 ) -> None:
-    body = {"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 400,
-            "stream": True}  # fmt: skip
-    with http.stream("POST", "/v1/completions", json=body,
-                     headers={"X-Request-Id": "llama-walked-away"}) as response:  # fmt: skip
+    body = {"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 400, "stream": True}
+    with http.stream(
+        "POST", "/v1/completions", json=body, headers={"X-Request-Id": "llama-walked-away"}
+    ) as response:
         assert next(response.iter_lines()).startswith("data: ")
     left_at = time.time()
     assert wait_until(lambda: all(w["in_flight"] == 0 for w in gateway.workers()), 10)
@@ -376,8 +429,12 @@ def test_a_client_gone_before_the_first_token_of_a_stream_stops_the_generation(
     gateway: GatewayProcess,
 ) -> None:
     # A long prompt: the worker is still evaluating it (no byte sent) when the client leaves.
-    body = {"model": "gemma3-270m", "prompt": "Tell me more. " * 150, "max_tokens": 300,
-            "stream": True}  # fmt: skip
+    body = {
+        "model": "gemma3-270m",
+        "prompt": "Tell me more. " * 150,
+        "max_tokens": 300,
+        "stream": True,
+    }
     with pytest.raises(httpx.ReadTimeout), gateway.client(timeout=0.3) as impatient:
         impatient.post("/v1/completions", json=body, headers={"X-Request-Id": "left-early"})
     assert wait_until(lambda: all(w["in_flight"] == 0 for w in gateway.workers()), 15)

@@ -40,18 +40,36 @@ CONFIG: dict[str, Any] = {
     "memory": {"cpu": "8GiB", "0": "4GiB"},  # a budget for GPU 0: no nvidia-smi asked
     "models": [
         {"name": "ours", "path": str(SMOLLM2), "capacity": 2, "llama": LLAMA},
-        {"name": "server", "engine": "llama-server", "path": str(SMOLLM2), "capacity": 2,
-         "gpus": ["0"], "llama": LLAMA,
-         "server_args": ["--chat-template-file", str(TOOLS_TEMPLATE)]},
-        {"name": "server-embed", "engine": "llama-server", "path": str(SMOLLM2),
-         "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True}},
+        {
+            "name": "server",
+            "engine": "llama-server",
+            "path": str(SMOLLM2),
+            "capacity": 2,
+            "gpus": ["0"],
+            "llama": LLAMA,
+            "server_args": ["--chat-template-file", str(TOOLS_TEMPLATE)],
+        },
+        {
+            "name": "server-embed",
+            "engine": "llama-server",
+            "path": str(SMOLLM2),
+            "llama": {"n_ctx": 512, "n_threads": 1, "embedding": True},
+        },
     ],
-}  # fmt: skip
+}
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}  # fmt: skip
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +78,9 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 
 
 def post(gateway: GatewayProcess, path: str, **body: Any) -> httpx.Response:
-    return httpx.post(gateway.url + path, json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {TEAM}"})  # fmt: skip
+    return httpx.post(
+        gateway.url + path, json=body, timeout=120, headers={"Authorization": f"Bearer {TEAM}"}
+    )
 
 
 def worker(gateway: GatewayProcess, model: str) -> dict[str, Any]:
@@ -95,17 +114,37 @@ def test_both_engines_answer_chat_side_by_side(mixed: GatewayProcess) -> None:
 def test_a_llama_server_stream_is_valid_and_has_usage_only_when_asked(
     mixed: GatewayProcess,
 ) -> None:
-    plain = chunks(post(mixed, "/v1/chat/completions", model="server", messages=HELLO,
-                        max_tokens=6, stream=True))  # fmt: skip
+    plain = chunks(
+        post(
+            mixed, "/v1/chat/completions", model="server", messages=HELLO, max_tokens=6, stream=True
+        )
+    )
     for chunk in plain:
         assert_valid("CreateChatCompletionStreamResponse", chunk)
     assert all(chunk["choices"] and "usage" not in chunk for chunk in plain)
     include = {"include_usage": True}
-    asked = chunks(post(mixed, "/v1/chat/completions", model="server", messages=HELLO,
-                        max_tokens=6, stream=True, stream_options=include))  # fmt: skip
+    asked = chunks(
+        post(
+            mixed,
+            "/v1/chat/completions",
+            model="server",
+            messages=HELLO,
+            max_tokens=6,
+            stream=True,
+            stream_options=include,
+        )
+    )
     assert asked[-1]["choices"] == [] and asked[-1]["usage"]["completion_tokens"] > 0
-    completion = chunks(post(mixed, "/v1/completions", model="server", prompt="Once upon a",
-                             max_tokens=6, stream=True))  # fmt: skip
+    completion = chunks(
+        post(
+            mixed,
+            "/v1/completions",
+            model="server",
+            prompt="Once upon a",
+            max_tokens=6,
+            stream=True,
+        )
+    )
     assert_valid_completion_stream(completion)
     assert not any("usage" in chunk for chunk in completion)  # taken off its last chunk
 
@@ -114,19 +153,23 @@ def test_a_key_s_tokens_are_the_real_ones_streamed_or_not(mixed: GatewayProcess)
     exact = {"max_tokens": 5, "ignore_eos": True, "temperature": 0}  # 5 tokens, always
     before = used(mixed)
     chat = post(mixed, "/v1/chat/completions", model="server", messages=HELLO, **exact).json()
-    chunks(post(mixed, "/v1/chat/completions", model="server", messages=HELLO, stream=True,
-                **exact))  # fmt: skip
+    chunks(
+        post(mixed, "/v1/chat/completions", model="server", messages=HELLO, stream=True, **exact)
+    )
     text = post(mixed, "/v1/completions", model="server", prompt="One two three", **exact).json()
-    chunks(post(mixed, "/v1/completions", model="server", prompt="One two three", stream=True,
-                **exact))  # fmt: skip
-    response = post(mixed, "/v1/responses", model="server", input="Hi", max_output_tokens=5,
-                    stream=True)  # fmt: skip
+    chunks(
+        post(mixed, "/v1/completions", model="server", prompt="One two three", stream=True, **exact)
+    )
+    response = post(
+        mixed, "/v1/responses", model="server", input="Hi", max_output_tokens=5, stream=True
+    )
     assert response.status_code == 200 and '"error"' not in response.text  # ends as it should
     answered = json.loads(sse_data(response.text)[-1])["response"]["usage"]
     prompts = 2 * chat["usage"]["prompt_tokens"] + 2 * text["usage"]["prompt_tokens"]
     expected = (prompts + answered["input_tokens"], 4 * 5 + answered["output_tokens"])
-    assert wait_until(lambda: used(mixed) == (before[0] + expected[0], before[1] + expected[1]),
-                      5), (used(mixed), before, expected)  # fmt: skip
+    assert wait_until(
+        lambda: used(mixed) == (before[0] + expected[0], before[1] + expected[1]), 5
+    ), (used(mixed), before, expected)
 
 
 def test_tools_reach_llama_server_through_its_template_and_a_tool_result_is_read(
@@ -134,17 +177,36 @@ def test_tools_reach_llama_server_through_its_template_and_a_tool_result_is_read
 ) -> None:
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     bare = post(mixed, "/v1/chat/completions", model="server", messages=ask, max_tokens=4)
-    tooled = post(mixed, "/v1/chat/completions", model="server", messages=ask, max_tokens=4,
-                  tools=[WEATHER], tool_choice="auto")  # fmt: skip
+    tooled = post(
+        mixed,
+        "/v1/chat/completions",
+        model="server",
+        messages=ask,
+        max_tokens=4,
+        tools=[WEATHER],
+        tool_choice="auto",
+    )
     assert_valid("CreateChatCompletionResponse", tooled.json())
     grown = tooled.json()["usage"]["prompt_tokens"] - bare.json()["usage"]["prompt_tokens"]
     assert grown > 40  # the function's signature was rendered into the prompt
-    call = {"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
-    history = [*ask, {"role": "assistant", "content": None, "tool_calls": [call]},
-               {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]  # fmt: skip
-    answer = post(mixed, "/v1/chat/completions", model="server", messages=history, max_tokens=8,
-                  tools=[WEATHER])  # fmt: skip
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    history = [
+        *ask,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    answer = post(
+        mixed,
+        "/v1/chat/completions",
+        model="server",
+        messages=history,
+        max_tokens=8,
+        tools=[WEATHER],
+    )
     assert answer.status_code == 200, answer.text
     assert_valid("CreateChatCompletionResponse", answer.json())
 
@@ -211,8 +273,13 @@ def test_each_llama_server_is_pinned_to_its_slot_s_gpus_and_holds_the_worker_sec
 def test_a_llama_server_killed_is_restarted_and_serves_again(mixed: GatewayProcess) -> None:
     before = worker(mixed, "server-embed")
     os.kill(before["pid"], signal.SIGKILL)
-    assert wait_until(lambda: worker(mixed, "server-embed")["restarts"] == 1
-                      and worker(mixed, "server-embed")["state"] == "ready", 60)  # fmt: skip
+    assert wait_until(
+        lambda: (
+            worker(mixed, "server-embed")["restarts"] == 1
+            and worker(mixed, "server-embed")["state"] == "ready"
+        ),
+        60,
+    )
     after = worker(mixed, "server-embed")
     assert after["pid"] != before["pid"] and after["last_exit"] == "SIGKILL, signal 9"
     assert post(mixed, "/v1/embeddings", model="server-embed", input="again").status_code == 200
@@ -223,16 +290,25 @@ def test_a_llama_server_killed_is_restarted_and_serves_again(mixed: GatewayProce
 ON_DEMAND: dict[str, Any] = {
     "memory": {"cpu": "400MiB"},
     "scaling": {"min_residency": 0, "spare_worker": False},
-    "models": [{"name": name, "engine": engine, "path": str(SMOLLM2), "llama": LLAMA,
-                "replicas": {"min": 0, "max": 1}, "queue_timeout": 120}
-               for name, engine in (("ours", "llama"), ("server", "llama-server"))],
-}  # fmt: skip
+    "models": [
+        {
+            "name": name,
+            "engine": engine,
+            "path": str(SMOLLM2),
+            "llama": LLAMA,
+            "replicas": {"min": 0, "max": 1},
+            "queue_timeout": 120,
+        }
+        for name, engine in (("ours", "llama"), ("server", "llama-server"))
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def on_demand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from running_gateway(ON_DEMAND, tmp_path_factory.mktemp("on-demand-server"),
-                               log=("--log-level", "info"))  # fmt: skip
+    yield from running_gateway(
+        ON_DEMAND, tmp_path_factory.mktemp("on-demand-server"), log=("--log-level", "info")
+    )
 
 
 def loaded(gateway: GatewayProcess) -> list[str]:
@@ -244,8 +320,9 @@ def test_a_llama_server_model_loads_on_demand_and_evicts_and_is_evicted(
 ) -> None:
     assert loaded(on_demand) == []
     for model in ("server", "ours", "server"):
-        answer = post(on_demand, "/v1/completions", model=model, prompt="hello " * 300,
-                      max_tokens=4)  # fmt: skip
+        answer = post(
+            on_demand, "/v1/completions", model=model, prompt="hello " * 300, max_tokens=4
+        )
         assert answer.status_code == 200, answer.text
         assert loaded(on_demand) == [model]
     log = on_demand.log_path.read_text()
@@ -253,6 +330,7 @@ def test_a_llama_server_model_loads_on_demand_and_evicts_and_is_evicted(
     assert "ours[0]: evicted (least recently used)" in log
     (server,) = parse_config(ON_DEMAND, base_dir=Path.cwd()).models[1:]
     status = Path(f"/proc/{worker(on_demand, 'server')['pid']}/status").read_text()
-    (rss,) = [int(line.split()[1]) * 1024 for line in status.splitlines()
-              if line.startswith("VmRSS:")]  # fmt: skip
+    (rss,) = [
+        int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")
+    ]
     assert rss <= needs(server, "cpu")["cpu"] <= rss * 1.2  # the estimate eviction goes by

@@ -21,17 +21,23 @@ CONFIG: dict[str, Any] = {
     "memory": {"cpu": "500MiB"},
     "scaling": {"min_residency": 0},
     "models": [
-        {"name": name, "path": str(path), "replicas": {"min": 0, "max": 1}, "llama": LLAMA,
-         "queue_timeout": 120}
+        {
+            "name": name,
+            "path": str(path),
+            "replicas": {"min": 0, "max": 1},
+            "llama": LLAMA,
+            "queue_timeout": 120,
+        }
         for name, path in (("smollm2", SMOLLM2), ("gemma3-270m", GEMMA3))
     ],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("on-demand"),
-                               log=("--log-level", "info"))  # fmt: skip
+    yield from running_gateway(
+        CONFIG, tmp_path_factory.mktemp("on-demand"), log=("--log-level", "info")
+    )
 
 
 def loaded(gateway: GatewayProcess) -> list[str]:
@@ -59,8 +65,9 @@ def test_the_estimate_covers_what_the_real_worker_holds_within_a_fifth(
         openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused").completions.create(
             model=model.name, prompt="hello " * 300, max_tokens=4
         )
-        (worker,) = [w for w in gateway.workers() if w["model"] == model.name
-                     and w["state"] == "ready"]  # fmt: skip
+        (worker,) = [
+            w for w in gateway.workers() if w["model"] == model.name and w["state"] == "ready"
+        ]
         resident = _rss(worker["pid"])
         estimate = needs(model, "cpu")["cpu"]
         assert resident <= estimate <= resident * 1.2, (model.name, resident, estimate)

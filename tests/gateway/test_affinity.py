@@ -17,8 +17,10 @@ def turns(n: int, who: str = "a") -> list[dict[str, str]]:
     """A conversation's messages after n exchanges."""
     out = [SYSTEM]
     for i in range(n):
-        out += [{"role": "user", "content": f"{who} question {i} " * 30},
-                {"role": "assistant", "content": f"{who} answer {i} " * 30}]  # fmt: skip
+        out += [
+            {"role": "user", "content": f"{who} question {i} " * 30},
+            {"role": "assistant", "content": f"{who} answer {i} " * 30},
+        ]
     return out
 
 
@@ -103,18 +105,21 @@ async def test_the_scheduler_sends_a_conversation_back_where_it_was_served() -> 
     scheduler = affinity_scheduler()
     other = scheduler.try_acquire("m", ANONYMOUS)  # replica 0 busy: the conversation starts on 1
     assert other is not None and other.replica.index == 0
-    first = await scheduler.acquire("m", ANONYMOUS, prefix=prefix_hashes(prompt_text(
-        {"messages": turns(1)})))  # fmt: skip
+    first = await scheduler.acquire(
+        "m", ANONYMOUS, prefix=prefix_hashes(prompt_text({"messages": turns(1)}))
+    )
     assert first.replica.index == 1
     first.release()
     other.release()
     for n in range(2, 5):  # both free: least-busy would pick replica 0; the prefix is on 1
-        lease = await scheduler.acquire("m", ANONYMOUS, prefix=prefix_hashes(prompt_text(
-            {"messages": turns(n)})))  # fmt: skip
+        lease = await scheduler.acquire(
+            "m", ANONYMOUS, prefix=prefix_hashes(prompt_text({"messages": turns(n)}))
+        )
         assert lease.replica.index == 1
         lease.release()
-    fresh = scheduler.try_acquire("m", ANONYMOUS, prefix_hashes(prompt_text(
-        {"messages": turns(2, who="b")})))  # fmt: skip
+    fresh = scheduler.try_acquire(
+        "m", ANONYMOUS, prefix_hashes(prompt_text({"messages": turns(2, who="b")}))
+    )
     assert fresh is not None and fresh.replica.index == 1  # shares the system prompt's blocks
     fresh.release()
 

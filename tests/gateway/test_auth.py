@@ -37,9 +37,17 @@ def test_azure_clients_api_key_header_is_a_key_too() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "Bearer", "Bearer ", f"Basic {KEY}", f"Bearer {KEY}x", f"Bearer {KEY[:-1]}",
-     "Bearer café", f"{KEY}"],
-)  # fmt: skip
+    [
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Basic {KEY}",
+        f"Bearer {KEY}x",
+        f"Bearer {KEY[:-1]}",
+        "Bearer café",
+        f"{KEY}",
+    ],
+)
 def test_anything_else_is_refused_without_raising(value: str) -> None:
     assert caller(KEYED, value) is None
 
@@ -65,9 +73,19 @@ def test_an_open_gateway_serves_anyone_as_anonymous() -> None:
 
 @pytest.mark.parametrize(
     ("host", "local"),
-    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("::ffff:127.0.0.1", True),
-     ("10.0.0.5", False), ("192.168.1.2", False), ("::ffff:10.0.0.5", False),
-     ("2001:db8::1", False), ("", False), (None, False), ("localhost", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.5", False),
+        ("192.168.1.2", False),
+        ("::ffff:10.0.0.5", False),
+        ("2001:db8::1", False),
+        ("", False),
+        (None, False),
+        ("localhost", False),
+    ],
+)
 def test_only_loopback_addresses_count_as_local(host: str | None, local: bool) -> None:
     assert is_loopback(host) is local

@@ -21,8 +21,13 @@ from tests.support import GEMMA3, REPO, SMOLLM2
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
 
 
 def test_shipped_config_is_valid_and_its_plan_lists_every_replica() -> None:
@@ -165,16 +170,24 @@ def test_the_cli_starts_without_the_serving_stack_for_health_checks() -> None:
     """Docker runs `llm-gateway health` every few seconds: aiohttp, numpy and gguf (1 s of CPU
     to import) wait until a command needs them."""
     code = "import sys, gateway.cli; print(sorted({'aiohttp', 'numpy', 'gguf'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO, timeout=60, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
     assert result.stdout.strip() == "[]"
 
 
 def test_check_config_shows_a_llama_server_replica_s_command_or_says_its_binary_is_missing(
     tmp_path: Path,
 ) -> None:
-    entry = (f"{{name: s, engine: llama-server, path: {SMOLLM2}, capacity: 2, "
-             "llama: {n_ctx: 1024}, server_args: [--jinja]}")  # fmt: skip
+    entry = (
+        f"{{name: s, engine: llama-server, path: {SMOLLM2}, capacity: 2, "
+        "llama: {n_ctx: 1024}, server_args: [--jinja]}"
+    )
     config = tmp_path / "config.yaml"
     config.write_text(f"models:\n  - {entry}\n")
     result = check_config(config)

@@ -73,10 +73,15 @@ def test_gpus_give_each_replica_its_devices(tmp_path: Path, gguf: Path) -> None:
 def test_outlier_ejection_and_the_upstream_cap_have_envoy_like_defaults(
     tmp_path: Path, gguf: Path
 ) -> None:
-    outlier = {"consecutive_errors": 3, "base_ejection_time": 10, "max_ejection_time": 60,
-               "max_ejection_percent": 100}  # fmt: skip
-    config = parse(tmp_path, [model(), model(name="n", outlier=outlier)],
-                   server={"max_upstream_bytes": 1024})  # fmt: skip
+    outlier = {
+        "consecutive_errors": 3,
+        "base_ejection_time": 10,
+        "max_ejection_time": 60,
+        "max_ejection_percent": 100,
+    }
+    config = parse(
+        tmp_path, [model(), model(name="n", outlier=outlier)], server={"max_upstream_bytes": 1024}
+    )
     assert config.models[0].outlier == OutlierConfig(5, 30.0, 300.0, 50)
     assert config.models[1].outlier == OutlierConfig(3, 10.0, 60.0, 100)
     assert config.server.max_upstream_bytes == 1024
@@ -86,20 +91,35 @@ def test_outlier_ejection_and_the_upstream_cap_have_envoy_like_defaults(
 @pytest.mark.parametrize(
     ("models", "top", "named"),
     [
-        ([model(outlier={"consecutive_errors": 0})], {},
-         "models[0] (m).outlier.consecutive_errors: expected a positive integer"),
-        ([model(outlier={"max_ejection_percent": 101})], {},
-         "models[0] (m).outlier.max_ejection_percent: expected an integer from 0 to 100"),
-        ([model(outlier={"base_ejection_time": 60, "max_ejection_time": 30})], {},
-         "models[0] (m).outlier.max_ejection_time: expected seconds >= base_ejection_time"),
-        ([model(outlier={"base_ejection_time": 0})], {},
-         "models[0] (m).outlier.base_ejection_time: expected seconds > 0"),
+        (
+            [model(outlier={"consecutive_errors": 0})],
+            {},
+            "models[0] (m).outlier.consecutive_errors: expected a positive integer",
+        ),
+        (
+            [model(outlier={"max_ejection_percent": 101})],
+            {},
+            "models[0] (m).outlier.max_ejection_percent: expected an integer from 0 to 100",
+        ),
+        (
+            [model(outlier={"base_ejection_time": 60, "max_ejection_time": 30})],
+            {},
+            "models[0] (m).outlier.max_ejection_time: expected seconds >= base_ejection_time",
+        ),
+        (
+            [model(outlier={"base_ejection_time": 0})],
+            {},
+            "models[0] (m).outlier.base_ejection_time: expected seconds > 0",
+        ),
         ([model(outlier={"interval": 10})], {}, "models[0] (m).outlier.interval: unknown key"),
         ([model(outlier=5)], {}, "models[0] (m).outlier: expected a mapping"),
-        ([model()], {"server": {"max_upstream_bytes": 0}},
-         "server.max_upstream_bytes: expected a positive integer"),
+        (
+            [model()],
+            {"server": {"max_upstream_bytes": 0}},
+            "server.max_upstream_bytes: expected a positive integer",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_outlier_or_upstream_cap_setting_is_named(
     tmp_path: Path, gguf: Path, models: list[dict[str, Any]], top: dict[str, Any], named: str
 ) -> None:
@@ -209,12 +229,16 @@ def test_who_may_address_the_gateway_is_off_by_default(tmp_path: Path, gguf: Pat
 def test_hosts_origins_and_proxies_are_read_as_browsers_send_them(
     tmp_path: Path, gguf: Path
 ) -> None:
-    server = parse(tmp_path, [model()], server={
-        "allowed_hosts": ["Gateway.Internal", "[::1]", "*"],
-        "cors": ["https://App.example.com/", "http://127.0.0.1:5173", "*"],
-        "forwarded_allow_ips": ["10.0.0.0/8", "127.0.0.1", "::1", "*"],
-        "max_connections_per_client": 64,
-    }).server  # fmt: skip
+    server = parse(
+        tmp_path,
+        [model()],
+        server={
+            "allowed_hosts": ["Gateway.Internal", "[::1]", "*"],
+            "cors": ["https://App.example.com/", "http://127.0.0.1:5173", "*"],
+            "forwarded_allow_ips": ["10.0.0.0/8", "127.0.0.1", "::1", "*"],
+            "max_connections_per_client": 64,
+        },
+    ).server
     assert server.allowed_hosts == ("gateway.internal", "[::1]", "*")
     assert server.cors == ("https://app.example.com", "http://127.0.0.1:5173", "*")
     assert server.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1", "::1", "*")
@@ -223,13 +247,17 @@ def test_hosts_origins_and_proxies_are_read_as_browsers_send_them(
 
 @pytest.mark.parametrize(
     ("key", "value", "where"),
-    [("allowed_hosts", ["gw.example:8000"], "allowed_hosts[0]"),
-     ("allowed_hosts", "gw.example", "allowed_hosts"),
-     ("cors", ["https://app.example/path"], "cors[0]"), ("cors", ["app.example"], "cors[0]"),
-     ("cors", [""], "cors"), ("forwarded_allow_ips", ["proxy.internal"], "forwarded_allow_ips[0]"),
-     ("forwarded_allow_ips", [1], "forwarded_allow_ips"),
-     ("max_connections_per_client", 0, "max_connections_per_client")],
-)  # fmt: skip
+    [
+        ("allowed_hosts", ["gw.example:8000"], "allowed_hosts[0]"),
+        ("allowed_hosts", "gw.example", "allowed_hosts"),
+        ("cors", ["https://app.example/path"], "cors[0]"),
+        ("cors", ["app.example"], "cors[0]"),
+        ("cors", [""], "cors"),
+        ("forwarded_allow_ips", ["proxy.internal"], "forwarded_allow_ips[0]"),
+        ("forwarded_allow_ips", [1], "forwarded_allow_ips"),
+        ("max_connections_per_client", 0, "max_connections_per_client"),
+    ],
+)
 def test_a_bad_host_origin_or_proxy_names_its_key(
     tmp_path: Path, gguf: Path, key: str, value: Any, where: str
 ) -> None:
@@ -243,8 +271,9 @@ def test_a_keyless_gateway_on_a_public_address_needs_allowed_hosts(
     public = {"host": "0.0.0.0"}
     with pytest.raises(ConfigError, match=r"^server\.allowed_hosts: .*0\.0\.0\.0 with no API keys"):
         parse(tmp_path, [model()], server=public, auth={"required": False})
-    config = parse(tmp_path, [model()], server={**public, "allowed_hosts": ["*"]},
-                   auth={"required": False})  # fmt: skip
+    config = parse(
+        tmp_path, [model()], server={**public, "allowed_hosts": ["*"]}, auth={"required": False}
+    )
     assert config.server.allowed_hosts == ("*",)
     assert parse(tmp_path, [model()], server={"host": "127.0.0.2"}, auth={"required": False})
 
@@ -263,9 +292,14 @@ def test_a_llama_server_model_runs_the_configured_binary_with_its_own_args(
     tmp_path: Path, gguf: Path
 ) -> None:
     binary = _executable(tmp_path / "my-llama-server")
-    config = parse(tmp_path, [server_model(server_args=["--jinja", "-lv", "4"]),
-                              server_model(name="e", llama={"embedding": True})],
-                   llama_server={"binary": "my-llama-server"})  # fmt: skip
+    config = parse(
+        tmp_path,
+        [
+            server_model(server_args=["--jinja", "-lv", "4"]),
+            server_model(name="e", llama={"embedding": True}),
+        ],
+        llama_server={"binary": "my-llama-server"},
+    )
     chat, embed = config.models
     assert config.llama_server.binary == binary
     assert chat.server_binary == binary and chat.server_args == ("--jinja", "-lv", "4")

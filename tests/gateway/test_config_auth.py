@@ -19,12 +19,29 @@ def key(**fields: Any) -> dict[str, Any]:
 
 
 def test_a_key_by_hash_with_its_models_and_limits() -> None:
-    auth = parse_auth({"keys": [key(models=["smollm2", "gemma*"], rpm=600, tpm=200000,
-                                    max_concurrent=4, weight=2, admin=True)]})  # fmt: skip
+    auth = parse_auth(
+        {
+            "keys": [
+                key(
+                    models=["smollm2", "gemma*"],
+                    rpm=600,
+                    tpm=200000,
+                    max_concurrent=4,
+                    weight=2,
+                    admin=True,
+                )
+            ]
+        }
+    )
     (team,) = auth.keys
     assert team.digest == hash_key(KEY) and team.name == "team-a"
     assert (team.rpm, team.tpm, team.max_concurrent, team.weight, team.admin) == (
-        600, 200000, 4, 2.0, True)  # fmt: skip
+        600,
+        200000,
+        4,
+        2.0,
+        True,
+    )
     assert team.allows(("gemma-3",)) and team.allows(("other", "smollm2"))  # aliases count
     assert not team.allows(("llama",)) and not auth.open
 
@@ -49,8 +66,11 @@ def test_an_empty_or_short_key_in_the_environment_is_an_error(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("TEAM_A_KEY", value)  # "" is what ${VAR:-} gives for an unset variable
-    with pytest.raises(ConfigError, match=r"auth\.keys\[0\] \(team-a\)\.key_env: .* needs at "
-                                          r"least 16") as caught:  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"auth\.keys\[0\] \(team-a\)\.key_env: .* needs at "
+        r"least 16",
+    ) as caught:
         parse_auth({"keys": [{"name": "team-a", "key_env": "TEAM_A_KEY"}]})
     assert "short-key" not in str(caught.value)
 
@@ -69,17 +89,19 @@ def test_a_plain_key_in_the_file_is_refused_and_not_echoed() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "problem"),
-    [({"key_sha256": "abc"}, r"\.key_sha256: expected 64 hexadecimal"),
-     ({"key_sha256": DIGEST, "key_env": "X"}, r"\.key_sha256: give exactly one of"),
-     ({"key_sha256": None}, r"\.key_sha256: expected 64 hexadecimal"),
-     ({"rpm": 0}, r"\.rpm: expected a positive integer"),
-     ({"tpm": 1.5}, r"\.tpm: expected a positive integer"),
-     ({"max_concurrent": -1}, r"\.max_concurrent: expected a positive integer"),
-     ({"weight": 0}, r"\.weight: expected a number > 0"),
-     ({"admin": "yes"}, r"\.admin: expected true or false"),
-     ({"models": "smollm2"}, r"\.models: expected a list"),
-     ({"colour": "red"}, r"\.colour: unknown key")],
-)  # fmt: skip
+    [
+        ({"key_sha256": "abc"}, r"\.key_sha256: expected 64 hexadecimal"),
+        ({"key_sha256": DIGEST, "key_env": "X"}, r"\.key_sha256: give exactly one of"),
+        ({"key_sha256": None}, r"\.key_sha256: expected 64 hexadecimal"),
+        ({"rpm": 0}, r"\.rpm: expected a positive integer"),
+        ({"tpm": 1.5}, r"\.tpm: expected a positive integer"),
+        ({"max_concurrent": -1}, r"\.max_concurrent: expected a positive integer"),
+        ({"weight": 0}, r"\.weight: expected a number > 0"),
+        ({"admin": "yes"}, r"\.admin: expected true or false"),
+        ({"models": "smollm2"}, r"\.models: expected a list"),
+        ({"colour": "red"}, r"\.colour: unknown key"),
+    ],
+)
 def test_each_bad_field_is_named(fields: dict[str, Any], problem: str) -> None:
     entry = {"name": "team-a", **({"key_sha256": DIGEST} if "key_env" not in fields else {})}
     with pytest.raises(ConfigError, match=r"auth\.keys\[0\] \(team-a\)" + problem):

@@ -26,11 +26,22 @@ def test_a_plain_number_is_a_fixed_pool() -> None:
 
 
 def test_a_range_loads_on_demand_with_its_settings() -> None:
-    (model,) = parse(standin(replicas={"min": 0, "max": 2}, idle_ttl=600, scale_up_queue=2,
-                             gpus="auto", memory="1.5GiB")).models  # fmt: skip
+    (model,) = parse(
+        standin(
+            replicas={"min": 0, "max": 2},
+            idle_ttl=600,
+            scale_up_queue=2,
+            gpus="auto",
+            memory="1.5GiB",
+        )
+    ).models
     assert (model.floor, model.replicas, model.on_demand) == (0, 2, True)
     assert (model.idle_ttl, model.scale_up_queue, model.gpus_auto, model.gpus) == (
-        600.0, 2, True, None)  # fmt: skip
+        600.0,
+        2,
+        True,
+        None,
+    )
     assert model.memory == 3 << 29
 
 
@@ -68,16 +79,23 @@ def test_memory_budgets_and_scaling_settings() -> None:
         (standin(), {"scaling": {"spare_worker": "yes"}}, "spare_worker: expected auto, true or"),
     ],
 )
-def test_bad_values_name_their_key(model: dict[str, Any], top: dict[str, Any],
-                                   message: str) -> None:  # fmt: skip
-    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("(", r"\(")
-                       .replace(")", r"\)")):  # fmt: skip
+def test_bad_values_name_their_key(
+    model: dict[str, Any], top: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(
+        ConfigError, match=message.replace("{", r"\{").replace("(", r"\(").replace(")", r"\)")
+    ):
         parse(model, **top)
 
 
 def test_sizes_read_and_shown() -> None:
     assert [parse_size(v, "x") for v in (1024, "512MiB", "2 GiB", "1.5GB", "10kb")] == [
-        1024, 512 << 20, 2 << 30, 1_500_000_000, 10_000]  # fmt: skip
+        1024,
+        512 << 20,
+        2 << 30,
+        1_500_000_000,
+        10_000,
+    ]
     assert (show_size(97.9 * (1 << 20)), show_size(1.5 * (1 << 30))) == ("97.9 MiB", "1.50 GiB")
 
 

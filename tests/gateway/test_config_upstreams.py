@@ -26,7 +26,10 @@ def test_a_model_may_be_served_by_upstreams_alone(monkeypatch: pytest.MonkeyPatc
     assert (model.replicas, model.path) == (0, None)  # no local replica: no file to load
     (upstream,) = model.upstreams
     assert (upstream.url, upstream.root, upstream.capacity) == (
-        "http://10.0.0.5:9000/v1", "http://10.0.0.5:9000", 4)  # fmt: skip
+        "http://10.0.0.5:9000/v1",
+        "http://10.0.0.5:9000",
+        4,
+    )
     assert (upstream.api_key, upstream.upstream_model) == ("secret-value", "qwen")
     assert "secret-value" not in repr(upstream)
 
@@ -92,10 +95,10 @@ def test_a_bad_dns_entry_names_its_key(entry: dict[str, Any], message: str) -> N
 
 
 def test_a_dns_entry_makes_one_upstream_per_address(tmp_path: Path) -> None:
-    entry = {"dns": "workers.svc:9000", "capacity": 2, "upstream_model": "q",
-             "hosts_file": "hosts"}  # fmt: skip
-    (model,) = parse_config({"models": [{"name": "m", "upstreams": [entry]}]},
-                            base_dir=tmp_path).models  # fmt: skip
+    entry = {"dns": "workers.svc:9000", "capacity": 2, "upstream_model": "q", "hosts_file": "hosts"}
+    (model,) = parse_config(
+        {"models": [{"name": "m", "upstreams": [entry]}]}, base_dir=tmp_path
+    ).models
     (dns,) = model.upstreams
     assert isinstance(dns, DnsUpstream) and dns.hosts_file == tmp_path / "hosts"
     assert (dns.host, dns.port, dns.path, dns.resolve_every) == ("workers.svc", 9000, "/v1", 5.0)

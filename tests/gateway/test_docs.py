@@ -56,8 +56,9 @@ def test_every_key_of_every_section_is_documented_and_nothing_else() -> None:
     doc = yaml.safe_load(_block())
     assert set(doc) == keys(GatewayConfig)
     model = doc["models"][0]
-    assert set(model) == keys(ModelConfig, ("min_replicas", "gpus_auto", "server_binary",
-                                            "unserved"))  # fmt: skip
+    assert set(model) == keys(
+        ModelConfig, ("min_replicas", "gpus_auto", "server_binary", "unserved")
+    )
     for path in ("server", "health", "redis", "scaling", "llama_server", "auth"):
         assert set(doc[path]) == keys(*SECTIONS[path]), path
     assert set(model["outlier"]) == keys(OutlierConfig)
@@ -86,8 +87,9 @@ def _documented_defaults() -> list[tuple[str, str, float]]:
 
 
 @pytest.mark.parametrize(("section", "key", "value"), _documented_defaults())
-def test_each_default_the_reference_states_is_the_code_s(section: str, key: str,
-                                                         value: float) -> None:  # fmt: skip
+def test_each_default_the_reference_states_is_the_code_s(
+    section: str, key: str, value: float
+) -> None:
     classes = SECTIONS.get(section)
     assert classes is not None, f"{section}.{key}: a default in a section this test cannot check"
     applied = [defaults(cls)[key] for cls in classes if key in defaults(cls)]
@@ -103,8 +105,11 @@ def test_the_reference_states_defaults_at_all() -> None:
 def test_every_numeric_default_is_stated(section: str) -> None:
     stated = {key for where, key, _ in _documented_defaults() if where == section}
     (cls,) = SECTIONS[section]
-    numeric = {key for key, value in defaults(cls).items()
-               if isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
+    numeric = {
+        key
+        for key, value in defaults(cls).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
     numeric.discard("capacity")  # its default is auto (4 for a llama model), said in words
     assert numeric <= stated, f"{section}: no '(default N)' for {sorted(numeric - stated)}"
 
@@ -128,8 +133,11 @@ def test_every_link_in_the_readme_and_docs_resolves() -> None:
                 continue
             path, _, fragment = target.partition("#")
             linked = page if not path else (page.parent / path).resolve()
-            headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.M) if (
-                linked.suffix == ".md" and linked.exists()) else []  # fmt: skip
+            headings = (
+                re.findall(r"^#+ (.*)$", linked.read_text(), re.M)
+                if (linked.suffix == ".md" and linked.exists())
+                else []
+            )
             if not linked.exists() or (fragment and fragment not in map(_anchor, headings)):
                 broken.append(f"{page.name}: {target}")
     assert not broken, broken

@@ -114,8 +114,13 @@ def test_restart_counts_the_next_request_afresh() -> None:
     assert m.feed(big[10:]) == HEAD_COMPLETE
 
 
-LIMIT_KEYS = {"header_timeout": 10.0, "body_timeout": 30.0, "max_connections": 2048,
-              "max_header_bytes": 16384, "max_url_bytes": 8192}  # fmt: skip
+LIMIT_KEYS = {
+    "header_timeout": 10.0,
+    "body_timeout": 30.0,
+    "max_connections": 2048,
+    "max_header_bytes": 16384,
+    "max_url_bytes": 8192,
+}
 
 
 def _parse(tmp_path: Path, **server: Any) -> Any:
@@ -130,9 +135,15 @@ def test_the_connection_limits_have_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("header_timeout", 0), ("body_timeout", -1), ("max_connections", 0),
-     ("max_header_bytes", "16k"), ("max_url_bytes", 1.5), ("body_timeout", True)],
-)  # fmt: skip
+    [
+        ("header_timeout", 0),
+        ("body_timeout", -1),
+        ("max_connections", 0),
+        ("max_header_bytes", "16k"),
+        ("max_url_bytes", 1.5),
+        ("body_timeout", True),
+    ],
+)
 def test_a_bad_limit_names_its_key(tmp_path: Path, key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=rf"^server\.{key}: expected"):
         _parse(tmp_path, **{key: value})
@@ -152,8 +163,9 @@ print(protocol.edge.fd_cap, *resource.getrlimit(resource.RLIMIT_NOFILE))
 
 def _probe(ulimits: str) -> list[int]:
     command = f"{ulimits}; exec {sys.executable} -c '{PROBE}'"
-    run = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True,
-                         timeout=60, check=True)  # fmt: skip
+    run = subprocess.run(
+        ["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
     return [int(word) for word in run.stdout.split()]
 
 
@@ -197,10 +209,15 @@ def test_the_per_client_cap_counts_an_ipv6_clients_whole_64() -> None:
 
 @pytest.mark.parametrize(
     ("line", "probe"),
-    [(b"GET /health HTTP/1.1\r\n", True), (b"HEAD /ready HTTP/1.0\n", True),
-     (b"GET /ready?full=1 HTTP/1.1\r\n", True), (b"POST /health HTTP/1.1\r\n", False),
-     (b"GET /healthz HTTP/1.1\r\n", False), (b"GET /v1/models HTTP/1.1\r\n", False),
-     (b"GET /health", False)],
-)  # fmt: skip
+    [
+        (b"GET /health HTTP/1.1\r\n", True),
+        (b"HEAD /ready HTTP/1.0\n", True),
+        (b"GET /ready?full=1 HTTP/1.1\r\n", True),
+        (b"POST /health HTTP/1.1\r\n", False),
+        (b"GET /healthz HTTP/1.1\r\n", False),
+        (b"GET /v1/models HTTP/1.1\r\n", False),
+        (b"GET /health", False),
+    ],
+)
 def test_only_a_probes_request_line_is_served_from_the_reserve(line: bytes, probe: bool) -> None:
     assert is_probe(line) is probe

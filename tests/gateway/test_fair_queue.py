@@ -77,7 +77,10 @@ def test_an_idle_key_banks_no_credit(alone: int, weight: int) -> None:
 def test_a_retry_goes_ahead_of_everything_and_positions_are_reported() -> None:
     queue: FairQueue[str] = FairQueue()
     assert [queue.push("a", 1, "a1"), queue.push("a", 1, "a2"), queue.push("b", 1, "b1")] == [
-        0, 1, 1]  # fmt: skip
+        0,
+        1,
+        1,
+    ]
     assert queue.push("b", 1, "retry", first=True) == 0
     assert [queue.pop(), queue.pop()] == [("b", "retry"), ("a", "a1")]
     assert queue.remove("a2") and not queue.remove("a2")

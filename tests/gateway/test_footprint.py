@@ -82,5 +82,6 @@ def test_a_llama_server_replica_is_estimated_as_ours_but_for_its_lighter_process
     ours = model(llama={"n_ctx": 1024}, capacity=2)
     server = model(llama={"n_ctx": 1024}, capacity=2, engine="llama-server")
     assert needs(server, "cpu")["cpu"] == needs(ours, "cpu")["cpu"] - PROCESS_BYTES + (
-        SERVER_PROCESS_BYTES)  # fmt: skip
+        SERVER_PROCESS_BYTES
+    )
     assert needs(server, "0")["0"] == needs(ours, "0")["0"] > 100 * MiB  # on its GPU alike

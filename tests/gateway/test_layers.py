@@ -10,12 +10,12 @@ GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 # Bottom first. A module may import from its own layer and those below it, never above.
 LAYERS = [
     (
-        "gateway",
+        "gateway",  # the package itself: its version
         "gateway.errors",
         "gateway.observe.marks",
         "gateway.observe.logs",
         "gateway.observe.recent",
-    ),  # fmt: skip  (gateway: the package itself, its version)
+    ),
     ("gateway.config",),
     ("gateway.replicas",),
     ("gateway.limits", "gateway.pool"),
@@ -40,8 +40,10 @@ def _imports(path: Path) -> set[str]:
             parts = package.split(".")
             base = ".".join(parts[: len(parts) - node.level + 1]) if node.level else ""
             name = ".".join(filter(None, [base, node.module]))
-            found |= {f"{name}.{a.name}" if f"{name}.{a.name}" in GRAPH_NAMES else name
-                      for a in node.names}  # fmt: skip
+            found |= {
+                f"{name}.{a.name}" if f"{name}.{a.name}" in GRAPH_NAMES else name
+                for a in node.names
+            }
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
     return {name for name in found if name == "gateway" or name.startswith("gateway.")}
@@ -65,8 +67,12 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_layers_point_down_only() -> None:
-    upward = [(module, target) for module, targets in _graph().items() for target in targets
-              if _layer(target) > _layer(module)]  # fmt: skip
+    upward = [
+        (module, target)
+        for module, targets in _graph().items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    ]
     assert not upward, upward
 
 

@@ -36,8 +36,12 @@ def test_the_table_covers_every_state_and_stopped_is_final() -> None:
 
 
 def test_only_a_started_worker_becomes_ready() -> None:
-    assert [s for s in S if S.READY in TRANSITIONS[s]] == [S.STARTING, S.BUSY, S.UNHEALTHY,
-                                                          S.EJECTED]  # fmt: skip
+    assert [s for s in S if S.READY in TRANSITIONS[s]] == [
+        S.STARTING,
+        S.BUSY,
+        S.UNHEALTHY,
+        S.EJECTED,
+    ]
     assert S.READY not in TRANSITIONS[S.FAILED]  # a failed replica starts a new worker first
 
 
@@ -75,8 +79,11 @@ def test_failures_carry_their_reason_and_the_time_of_the_change() -> None:
     registry.mark_exited(replica, None, "SIGKILL, signal 9")  # killed: a new worker starts
     registry.mark_starting(replica, pid=2, port=2)
     registry.mark_exited(replica, "bad GGUF", "exit code 3")  # which cannot load
-    assert moves(changes)[-3:] == [("ready", "unhealthy"), ("unhealthy", "starting"),
-                                   ("starting", "failed")]  # fmt: skip
+    assert moves(changes)[-3:] == [
+        ("ready", "unhealthy"),
+        ("unhealthy", "starting"),
+        ("starting", "failed"),
+    ]
     described = replica.describe()
     assert (described["state"], described["error"]) == ("failed", "bad GGUF")
     assert described["state_since"] == changes[-1].at

@@ -39,16 +39,25 @@ def test_a_reservation_may_run_into_debt_then_settles_to_the_real_use() -> None:
 
 def test_durations_read_as_openai_writes_them() -> None:
     assert [duration(s) for s in (0.02, 1.0, 1.5, 59.9991, 360.0, 61.2)] == [
-        "20ms", "1s", "1.5s", "60s", "6m0s", "1m2s"]  # fmt: skip
+        "20ms",
+        "1s",
+        "1.5s",
+        "60s",
+        "6m0s",
+        "1m2s",
+    ]
 
 
 def test_quota_headers_name_limit_remaining_and_reset() -> None:
     headers = Quota(rpm=60, requests=59.5, tpm=1000, tokens=-20).headers()
     assert headers == {
-        "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
-        "x-ratelimit-reset-requests": "500ms", "x-ratelimit-limit-tokens": "1000",
-        "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m2s",
-    }  # fmt: skip
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "500ms",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "1m2s",
+    }
     assert Quota().headers() == {}  # an unlimited key sends none
 
 
@@ -114,11 +123,11 @@ async def test_max_concurrent_counts_requests_in_flight() -> None:
 
 async def test_usage_is_counted_by_day_key_and_model() -> None:
     limits = LocalLimits(Clock())
-    for key, model, usage in [("a", "m", Usage(3, 4)), ("a", "m", Usage(1, 1)),
-                              ("b", "n", None)]:  # fmt: skip
+    for key, model, usage in [("a", "m", Usage(3, 4)), ("a", "m", Usage(1, 1)), ("b", "n", None)]:
         limits.finish(await limits.admit(KeyConfig(key, b"x"), "r", model, 9, 0), usage)
     rows = await limits.usage()
-    assert [(r["key"], r["model"], r["requests"], r["prompt_tokens"],
-             r["completion_tokens"]) for r in rows] == [("a", "m", 2, 4, 5),
-                                                        ("b", "n", 1, 0, 0)]  # fmt: skip
+    assert [
+        (r["key"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"])
+        for r in rows
+    ] == [("a", "m", 2, 4, 5), ("b", "n", 1, 0, 0)]
     assert len(rows[0]["day"]) == 10

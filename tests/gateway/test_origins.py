@@ -28,14 +28,34 @@ def verdict(server: ServerConfig = PLAIN, method: str = "POST", **headers: str) 
     return None if why is None else why[0]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "LOCALHOST:1", "gw.localhost:80",
-                                  "[::1]:8000", "127.9.9.9", "[::ffff:127.0.0.1]"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:8000",
+        "localhost",
+        "LOCALHOST:1",
+        "gw.localhost:80",
+        "[::1]:8000",
+        "127.9.9.9",
+        "[::ffff:127.0.0.1]",
+    ],
+)
 def test_loopback_host_names_are_answered(host: str) -> None:
     assert verdict(host=host) is None
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example",
-                                  "10.0.0.5:8000", "[::2]", "0.0.0.0", "[::1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:8000",
+        "localhost.evil.example",
+        "10.0.0.5:8000",
+        "[::2]",
+        "0.0.0.0",
+        "[::1",
+    ],
+)
 def test_other_host_names_are_refused(host: str) -> None:
     assert verdict(host=host) == "host_not_allowed"
 
@@ -49,8 +69,15 @@ def test_allowed_hosts_adds_names_and_star_allows_any() -> None:
 
 def test_curl_and_sdk_requests_carry_nothing_to_refuse() -> None:
     assert verdict() is None  # no Host at all (HTTP/1.0)
-    assert verdict(host="127.0.0.1:8000", authorization="Bearer x", user_agent="OpenAI/Python",
-                   x_stainless_os="Linux") is None  # fmt: skip
+    assert (
+        verdict(
+            host="127.0.0.1:8000",
+            authorization="Bearer x",
+            user_agent="OpenAI/Python",
+            x_stainless_os="Linux",
+        )
+        is None
+    )
 
 
 def test_an_origin_is_served_if_it_is_the_gateways_own_or_listed() -> None:
@@ -82,7 +109,11 @@ def test_the_gateways_own_pages_and_typed_urls_are_served(site: str) -> None:
 
 def test_hostname_drops_the_port() -> None:
     assert [hostname(h) for h in (b"a.b:80", b"A.B", b"[::1]:8000", b"[::1]")] == [
-        "a.b", "a.b", "[::1]", "[::1]"]  # fmt: skip
+        "a.b",
+        "a.b",
+        "[::1]",
+        "[::1]",
+    ]
 
 
 def test_cors_answers_listed_origins_only() -> None:
@@ -98,8 +129,9 @@ def test_cors_answers_listed_origins_only() -> None:
 
 def test_a_preflight_allows_the_headers_asked_for_when_they_are_header_names() -> None:
     asked = b"authorization, content-type, x-stainless-os,x-stainless-retry-count"
-    headers = dict(preflight_headers(b"https://app.example",
-                                     {b"access-control-request-headers": asked}))  # fmt: skip
+    headers = dict(
+        preflight_headers(b"https://app.example", {b"access-control-request-headers": asked})
+    )
     assert headers[b"access-control-allow-headers"] == asked
     assert headers[b"access-control-allow-origin"] == b"https://app.example"
     assert headers[b"access-control-allow-methods"] == b"GET, POST, OPTIONS, HEAD"
@@ -111,5 +143,8 @@ def test_a_preflight_allows_the_headers_asked_for_when_they_are_header_names() -
 def test_every_rate_limit_and_queue_header_is_exposed() -> None:
     exposed = EXPOSED.decode().split(", ")
     assert {"x-request-id", "retry-after", "x-queue-wait-ms", "x-queue-position"} <= set(exposed)
-    assert {f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset")
-            for unit in ("requests", "tokens")} <= set(exposed)  # fmt: skip
+    assert {
+        f"x-ratelimit-{what}-{unit}"
+        for what in ("limit", "remaining", "reset")
+        for unit in ("requests", "tokens")
+    } <= set(exposed)

@@ -40,8 +40,10 @@ def test_as_many_are_evicted_as_it_takes_and_no_more() -> None:
 
 def test_busy_or_just_loaded_replicas_are_waited_for_not_evicted() -> None:
     budgets = {"cpu": 100 * MIB}
-    for holder in (resident("a[0]", 100, last_used=1.0, idle=False),
-                   resident("a[0]", 100, last_used=1.0, settles_in=2.0)):  # fmt: skip
+    for holder in (
+        resident("a[0]", 100, last_used=1.0, idle=False),
+        resident("a[0]", 100, last_used=1.0, settles_in=2.0),
+    ):
         assert isinstance(plan_start("b[0]", ["cpu"], need(60), budgets, [holder]), Wait)
 
 
@@ -84,9 +86,12 @@ def test_after_a_long_wait_replicas_in_use_are_preempted_but_never_min_or_unsett
     busy = resident("a[0]", 100, last_used=1.0, idle=False)
     assert isinstance(plan_start("b[0]", ["cpu"], need(60), budgets, [busy]), Wait)
     assert plan_start("b[0]", ["cpu"], need(60), budgets, [busy], preempt=True) == Start(
-        "cpu", (busy,))  # fmt: skip
-    for kept in (resident("a[0]", 100, last_used=1.0, idle=False, settles_in=1.0),
-                 resident("a[0]", 100, last_used=1.0, idle=False, pinned=True)):  # fmt: skip
+        "cpu", (busy,)
+    )
+    for kept in (
+        resident("a[0]", 100, last_used=1.0, idle=False, settles_in=1.0),
+        resident("a[0]", 100, last_used=1.0, idle=False, pinned=True),
+    ):
         assert not isinstance(plan_start("b[0]", ["cpu"], need(60), budgets, [kept], True), Start)
 
 

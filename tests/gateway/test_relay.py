@@ -73,9 +73,14 @@ async def upstream() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def relay(url: str, noted: Marks | None = None, max_bytes: int = 64 << 20,
-                verdicts: list[bool] | None = None, idle_timeout: float = 5,
-                usage: int = USAGE_REPORTED) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+async def relay(
+    url: str,
+    noted: Marks | None = None,
+    max_bytes: int = 64 << 20,
+    verdicts: list[bool] | None = None,
+    idle_timeout: float = 5,
+    usage: int = USAGE_REPORTED,
+) -> tuple[list[dict[str, Any]], int]:
     """Relay one answer of `url`; return what the client was sent and the replica's in_flight.
     `verdicts` is told whether the answer failed (for outlier ejection)."""
     registry = Registry()
@@ -95,9 +100,17 @@ async def relay(url: str, noted: Marks | None = None, max_bytes: int = 64 << 20,
         response = await proxy.send(url, "", b"{}", "id-1", 5)
         scope = {MARKS_KEY: noted or Marks()}
         receive = _never if response.content_type != "text/event-stream" else _connected
-        await Relay(proxy, response, lease, "id-1", idle_timeout, 5, max_bytes=max_bytes,
-                    on_verdict=None if verdicts is None else verdicts.append, usage=usage,
-                    )(scope, receive, send)  # type: ignore[arg-type]  # fmt: skip
+        await Relay(
+            proxy,
+            response,
+            lease,
+            "id-1",
+            idle_timeout,
+            5,
+            max_bytes=max_bytes,
+            on_verdict=None if verdicts is None else verdicts.append,
+            usage=usage,
+        )(scope, receive, send)  # type: ignore[arg-type]
     finally:
         await proxy.close()
     return sent, replica.in_flight
@@ -138,8 +151,9 @@ async def _never() -> dict[str, Any]:
     raise AssertionError("the relay of a plain body does not read from the client")
 
 
-async def _write_for_a_while(request: web.Request, response: web.StreamResponse,
-                             piece: bytes) -> web.StreamResponse:  # fmt: skip
+async def _write_for_a_while(
+    request: web.Request, response: web.StreamResponse, piece: bytes
+) -> web.StreamResponse:
     """Send `piece` again and again (2 MiB at most) until the gateway hangs up."""
     await response.prepare(request)
     try:
@@ -186,8 +200,10 @@ async def busy_first(request: web.Request) -> web.StreamResponse:
 
 
 # A Responses stream of OpenAI's (and llama-server's): no [DONE] after its last event.
-_COMPLETED = (b'event: response.completed\ndata: {"type":"response.completed","response":{'
-              b'"output":[],"usage":{"input_tokens":3,"output_tokens":4}}}\n\n')  # fmt: skip
+_COMPLETED = (
+    b'event: response.completed\ndata: {"type":"response.completed","response":{'
+    b'"output":[],"usage":{"input_tokens":3,"output_tokens":4}}}\n\n'
+)
 
 
 async def responses_stream(request: web.Request) -> web.StreamResponse:
@@ -209,9 +225,15 @@ async def completion_usage(request: web.Request) -> web.StreamResponse:
     return response
 
 
-MISBEHAVING = {"/declared-2gib": declared_2_gib, "/chunked-2mib": chunked_2_mib,
-               "/no-blank-line": no_blank_line, "/stall": stall, "/busy-first": busy_first,
-               "/responses": responses_stream, "/completion-usage": completion_usage}  # fmt: skip
+MISBEHAVING = {
+    "/declared-2gib": declared_2_gib,
+    "/chunked-2mib": chunked_2_mib,
+    "/no-blank-line": no_blank_line,
+    "/stall": stall,
+    "/busy-first": busy_first,
+    "/responses": responses_stream,
+    "/completion-usage": completion_usage,
+}
 
 
 async def test_an_answer_declaring_more_than_max_bytes_is_a_502_before_any_is_read(
@@ -236,19 +258,26 @@ async def test_an_event_growing_past_max_bytes_ends_its_stream_with_an_error_eve
     upstream: str,
 ) -> None:
     verdicts: list[bool] = []
-    sent, in_flight = await relay(upstream + "/no-blank-line", max_bytes=1 << 20,
-                                  verdicts=verdicts)  # fmt: skip
+    sent, in_flight = await relay(upstream + "/no-blank-line", max_bytes=1 << 20, verdicts=verdicts)
     relayed = b"".join(message.get("body", b"") for message in sent)
     assert len(relayed) < 1000  # nothing of the endless event reached the client
     assert json.loads(sse_data(relayed.decode())[-1])["error"]["code"] == "upstream_too_large"
     assert verdicts == [True] and in_flight == 0
 
 
-@pytest.mark.parametrize(("path", "failed"), [("/json", False), ("/v1/chat/completions", False),
-                                              ("/split", False), ("/500", True),
-                                              ("/stall", True)])  # fmt: skip
-async def test_the_relay_says_whether_an_answer_failed(upstream: str, path: str,
-                                                       failed: bool) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "failed"),
+    [
+        ("/json", False),
+        ("/v1/chat/completions", False),
+        ("/split", False),
+        ("/500", True),
+        ("/stall", True),
+    ],
+)
+async def test_the_relay_says_whether_an_answer_failed(
+    upstream: str, path: str, failed: bool
+) -> None:
     verdicts: list[bool] = []
     await relay(upstream + path, verdicts=verdicts, idle_timeout=0.3)
     assert verdicts == [failed]  # a 4xx (the client's fault) is no failure of the replica
@@ -274,8 +303,7 @@ async def test_sse_events_is_linear_in_what_a_server_sends_without_a_blank_line(
 
 
 async def test_sse_events_finds_a_blank_line_split_between_two_pieces() -> None:
-    assert await events([b"data: 1\n\ndata: 2", b"\n", b"\n"]) == [b"data: 1\n\n",
-                                                                  b"data: 2\n\n"]  # fmt: skip
+    assert await events([b"data: 1\n\ndata: 2", b"\n", b"\n"]) == [b"data: 1\n\n", b"data: 2\n\n"]
     assert await events([b"data: 1\n", b"\n"]) == [b"data: 1\n\n"]
 
 
@@ -299,8 +327,9 @@ async def test_a_responses_stream_ends_with_its_completed_event_and_says_its_usa
     upstream: str,
 ) -> None:
     noted, verdicts = Marks(), list[bool]()
-    sent, in_flight = await relay(upstream + "/responses", noted, verdicts=verdicts,
-                                  usage=USAGE_IN_ANSWER)  # fmt: skip
+    sent, in_flight = await relay(
+        upstream + "/responses", noted, verdicts=verdicts, usage=USAGE_IN_ANSWER
+    )
     relayed = b"".join(message.get("body", b"") for message in sent)
     assert relayed.endswith(_COMPLETED) and b"error" not in relayed  # no "stopped" event added
     assert noted.usage == Usage(3, 4) and verdicts == [False] and in_flight == 0

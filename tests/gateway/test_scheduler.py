@@ -16,8 +16,9 @@ from gateway.replicas.registry import Registry, Replica, ReplicaState
 KEY = ANONYMOUS
 
 
-def replica(index: int, state: ReplicaState = ReplicaState.READY, in_flight: int = 0,
-            capacity: int = 1) -> Replica:  # fmt: skip
+def replica(
+    index: int, state: ReplicaState = ReplicaState.READY, in_flight: int = 0, capacity: int = 1
+) -> Replica:
     return Replica("m", index, "cpu", capacity=capacity, state=state, in_flight=in_flight)
 
 

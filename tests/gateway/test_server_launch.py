@@ -66,16 +66,50 @@ def test_gpu_replicas_offload_every_layer_and_cpu_ones_none() -> None:
 
 
 def test_llama_options_become_llama_server_flags() -> None:
-    llama = {"n_batch": 256, "n_ubatch": 128, "flash_attn": False, "type_k": 8, "type_v": 30,
-             "offload_kqv": False, "use_mmap": False, "kv_unified": True, "seed": 7,
-             "split_mode": 2, "tensor_split": [0.5, 0.5], "rope_freq_base": 10000.0,
-             "last_n_tokens_size": 32}  # fmt: skip
+    llama = {
+        "n_batch": 256,
+        "n_ubatch": 128,
+        "flash_attn": False,
+        "type_k": 8,
+        "type_v": 30,
+        "offload_kqv": False,
+        "use_mmap": False,
+        "kv_unified": True,
+        "seed": 7,
+        "split_mode": 2,
+        "tensor_split": [0.5, 0.5],
+        "rope_freq_base": 10000.0,
+        "last_n_tokens_size": 32,
+    }
     given = flags(server_command(model(llama=llama), 1, "0,1"))
-    assert {key: given[key] for key in ("-b", "-ub", "-fa", "-ctk", "-ctv", "-lm", "-s", "-sm",
-                                        "-ts", "--rope-freq-base", "--repeat-last-n")} == {
-        "-b": "256", "-ub": "128", "-fa": "off", "-ctk": "q8_0", "-ctv": "bf16", "-lm": "none",
-        "-s": "7", "-sm": "row", "-ts": "0.5,0.5", "--rope-freq-base": "10000.0",
-        "--repeat-last-n": "32"}  # fmt: skip
+    assert {
+        key: given[key]
+        for key in (
+            "-b",
+            "-ub",
+            "-fa",
+            "-ctk",
+            "-ctv",
+            "-lm",
+            "-s",
+            "-sm",
+            "-ts",
+            "--rope-freq-base",
+            "--repeat-last-n",
+        )
+    } == {
+        "-b": "256",
+        "-ub": "128",
+        "-fa": "off",
+        "-ctk": "q8_0",
+        "-ctv": "bf16",
+        "-lm": "none",
+        "-s": "7",
+        "-sm": "row",
+        "-ts": "0.5,0.5",
+        "--rope-freq-base": "10000.0",
+        "--repeat-last-n": "32",
+    }
     assert "--no-kv-offload" in given and "--kv-unified" in given
     assert "-fa" not in flags(server_command(model(), 1))  # unset: llama-server's auto
 
@@ -98,12 +132,17 @@ def test_llama_server_metrics_become_our_engine_counters() -> None:
     }
     assert engine_counters("# only comments\nother_metric 3\n") == {}
     assert engine_counters("llamacpp:n_decode_total x\nllamacpp:tokens_predicted_total 4") == {
-        "generated_tokens": 4.0}  # fmt: skip
+        "generated_tokens": 4.0
+    }
 
 
 async def test_a_llama_server_that_cannot_start_is_a_failed_replica_saying_why() -> None:
-    entry = {"name": "m", "engine": "llama-server", "path": str(SMOLLM2),
-             "server_args": ["--no-such-flag"]}  # fmt: skip
+    entry = {
+        "name": "m",
+        "engine": "llama-server",
+        "path": str(SMOLLM2),
+        "server_args": ["--no-such-flag"],
+    }
     config = parse_config({"models": [entry]}, base_dir=Path.cwd())
     registry = Registry()
     supervisor = Supervisor(config, registry)

@@ -93,6 +93,7 @@ def test_each_worker_gets_a_fresh_random_secret_unless_the_gateway_was_given_one
 def test_a_model_s_embedding_policy_reaches_its_workers() -> None:
     plain = worker_command(model(), port=9001, parent_pid=1, replica=0)
     assert "--matryoshka" not in plain and "--accept-token-ids" not in plain
-    both = worker_command(model(matryoshka=True, accept_token_ids=True), port=9001,
-                          parent_pid=1, replica=0)  # fmt: skip
+    both = worker_command(
+        model(matryoshka=True, accept_token_ids=True), port=9001, parent_pid=1, replica=0
+    )
     assert "--matryoshka" in both and "--accept-token-ids" in both

@@ -18,8 +18,10 @@ SYSTEM = {"role": "system", "content": "You answer in one line. " * 30}
 def turns(n: int) -> list[dict[str, str]]:
     messages = [SYSTEM]
     for i in range(n):
-        messages += [{"role": "user", "content": f"question {i}, " * 40},
-                     {"role": "assistant", "content": f"answer {i}. " * 40}]  # fmt: skip
+        messages += [
+            {"role": "user", "content": f"question {i}, " * 40},
+            {"role": "assistant", "content": f"answer {i}. " * 40},
+        ]
     return [*messages, {"role": "user", "content": "and then?"}]
 
 
@@ -35,8 +37,11 @@ def served(gateway: GatewayProcess) -> list[int]:
 
 def test_a_conversation_goes_back_to_its_replica(gateway: GatewayProcess) -> None:
     def chat(messages: list[dict[str, str]]) -> None:
-        answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
-                            json={"model": "m", "messages": messages})  # fmt: skip
+        answer = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            timeout=30,
+            json={"model": "m", "messages": messages},
+        )
         assert answer.status_code == 200, answer.text
 
     other = threading.Thread(target=chat, args=([{"role": "user", "content": "other"}],))

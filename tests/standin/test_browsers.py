@@ -104,8 +104,11 @@ ATTACK = """async (gateway) => {
 def seen_by(gateway: GatewayProcess) -> tuple[Any, ...]:
     """The worker's pid, the last reload and the requests answered, as the admin routes say."""
     with gateway.client() as client:
-        return (gateway.workers()[0]["pid"], client.get("/admin/config").json()["last_reload"],
-                client.get("/admin/requests").json()["data"])  # fmt: skip
+        return (
+            gateway.workers()[0]["pid"],
+            client.get("/admin/config").json()["last_reload"],
+            client.get("/admin/requests").json()["data"],
+        )
 
 
 LINK = """(url) => { const a = document.createElement("a"); a.href = url; a.textContent = "status";
@@ -151,8 +154,7 @@ CALL = """async ([gateway, key, body]) => {
 
 
 def call(page: Page, gateway: GatewayProcess, key: str, **body: Any) -> dict[str, Any]:
-    answer: dict[str, Any] = page.evaluate(CALL, [gateway.url, key, {"model": "m", **CHAT,
-                                                                     **body}])  # fmt: skip
+    answer: dict[str, Any] = page.evaluate(CALL, [gateway.url, key, {"model": "m", **CHAT, **body}])
     return answer
 
 
@@ -175,16 +177,20 @@ def test_a_page_on_a_listed_origin_calls_the_gateway_and_reads_its_answers_other
 
 def test_a_preflight_from_a_listed_origin_is_answered(keyed: GatewayProcess, site: Site) -> None:
     asked = "authorization, content-type, x-stainless-os, x-stainless-retry-count"
-    headers = {"Origin": site.origin, "Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": asked}  # fmt: skip
+    headers = {
+        "Origin": site.origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": asked,
+    }
     response = httpx.options(keyed.url + "/v1/chat/completions", headers=headers)
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == site.origin
     assert response.headers["access-control-allow-headers"] == asked
     assert "POST" in response.headers["access-control-allow-methods"]
     assert response.headers["vary"] == "Origin"
-    other = httpx.options(keyed.url + "/v1/chat/completions",
-                          headers={**headers, "Origin": "https://evil.example"})  # fmt: skip
+    other = httpx.options(
+        keyed.url + "/v1/chat/completions", headers={**headers, "Origin": "https://evil.example"}
+    )
     assert "access-control-allow-origin" not in other.headers
 
 

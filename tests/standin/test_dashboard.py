@@ -58,10 +58,16 @@ def prometheus(gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     with (folder / "log").open("wb") as log:
-        proc = subprocess.Popen([tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={folder / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: _up(url), 30), (folder / "log").read_text()[-2000:]
@@ -105,8 +111,9 @@ def a_little_load(gateway: GatewayProcess) -> None:
         assert refused.status_code == 429
         client.post("/v1/chat/completions", json={"model": "nope", **CHAT})
         for i in range(20):
-            client.post("/v1/chat/completions",
-                        json={"model": "pair", "stream": i % 2 == 0, **CHAT})  # fmt: skip
+            client.post(
+                "/v1/chat/completions", json={"model": "pair", "stream": i % 2 == 0, **CHAT}
+            )
             time.sleep(0.1)
         for thread in waiting:
             thread.join()
@@ -114,20 +121,32 @@ def a_little_load(gateway: GatewayProcess) -> None:
 
 def panel_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"]
-            for target in panel["targets"]]  # fmt: skip
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
 
 
 def test_the_shipped_prometheus_config_is_valid() -> None:
-    result = subprocess.run([tool("promtool"), "check", "config", str(SHIPPED_CONFIG)],
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [tool("promtool"), "check", "config", str(SHIPPED_CONFIG)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_metrics_pass_promtool(gateway: GatewayProcess) -> None:
     text = httpx.get(gateway.url + "/metrics").text
-    result = subprocess.run([tool("promtool"), "check", "metrics"], input=text,
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [tool("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -35,10 +35,13 @@ from tests.support import (
 HEADER_TIMEOUT = BODY_TIMEOUT = 1.5
 MAX_CONNECTIONS = 32
 CONFIG = {
-    "server": {"header_timeout": HEADER_TIMEOUT, "body_timeout": BODY_TIMEOUT,
-               "max_connections": MAX_CONNECTIONS},
+    "server": {
+        "header_timeout": HEADER_TIMEOUT,
+        "body_timeout": BODY_TIMEOUT,
+        "max_connections": MAX_CONNECTIONS,
+    },
     "models": [standin("m")],
-}  # fmt: skip
+}
 MiB = 1 << 20
 
 
@@ -75,8 +78,12 @@ def assert_refused(data: bytes, status: int, code: str) -> dict[str, Any]:
     assert got == status, data[:300]
     assert headers["connection"] == "close"
     assert_valid("ErrorResponse", body)
-    assert body["error"]["code"] == code and set(body["error"]) == {"message", "type", "param",
-                                                                    "code"}  # fmt: skip
+    assert body["error"]["code"] == code and set(body["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
     error: dict[str, Any] = body["error"]
     return error
 
@@ -107,8 +114,10 @@ class HealthProbe(threading.Thread):
 
 HUGE_HEADER = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Junk: "
 # httptools buffers a chunked body's trailers as it does headers: quadratically.
-HUGE_TRAILER = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Junk: ")  # fmt: skip
+HUGE_TRAILER = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Junk: "
+)
 
 
 @pytest.mark.parametrize(
@@ -242,8 +251,10 @@ def test_a_busy_kept_alive_connection_outlives_header_timeout(gateway: GatewayPr
 
 
 def post_head(length: int) -> bytes:
-    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)  # fmt: skip
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length
+    )
 
 
 def test_a_body_shorter_than_its_content_length_gets_408_after_body_timeout(
@@ -315,9 +326,24 @@ def test_a_taken_port_fails_at_once_with_exit_code_2_before_any_worker_starts(
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         started = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                              "--port", str(port), "--log-level", "info"],
-                             cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--log-level",
+                "info",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip() == f"cannot listen on 127.0.0.1:{port}: Address already in use"
     assert "started worker" not in run.stdout + run.stderr
@@ -338,10 +364,14 @@ def test_the_port_is_free_again_for_the_next_gateway(tmp_path: Path) -> None:
 # A second gateway: low caps, so that a few dozen sockets reach them, and 127.0.0.1 listed as
 # a proxy whose X-Forwarded-For is believed.
 CAPPED = {
-    "server": {"max_connections": 24, "max_connections_per_client": 8, "header_timeout": 5,
-               "forwarded_allow_ips": ["127.0.0.1"]},
+    "server": {
+        "max_connections": 24,
+        "max_connections_per_client": 8,
+        "header_timeout": 5,
+        "forwarded_allow_ips": ["127.0.0.1"],
+    },
     "models": [standin("m")],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -365,8 +395,9 @@ def connect_from(gateway: GatewayProcess, address: str) -> socket.socket:
 def get_from(gateway: GatewayProcess, address: str, path: str) -> int:
     """GET `path` on a fresh connection from `address`: the status."""
     with connect_from(gateway, address) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-                     .encode())  # fmt: skip
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+        )
         data, _ = read_until_closed(sock)
     return answer(data)[0]
 

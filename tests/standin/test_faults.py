@@ -82,8 +82,9 @@ def replicas_of(gateway: GatewayProcess, model: str) -> list[dict[str, Any]]:
 
 def ask(gateway: GatewayProcess, model: str, stream: bool) -> tuple[int, str]:
     with gateway.client() as client:
-        response = client.post("/v1/chat/completions",
-                               json={"model": model, "stream": stream, **CHAT})  # fmt: skip
+        response = client.post(
+            "/v1/chat/completions", json={"model": model, "stream": stream, **CHAT}
+        )
         return response.status_code, response.text
 
 
@@ -94,8 +95,9 @@ def test_killing_one_of_two_replicas_under_load_fails_no_plain_request(
     timer = threading.Timer(0.5, os.kill, (victim, signal.SIGKILL))
     timer.start()
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda i: (i % 2 == 0, ask(gateway, "pair", i % 2 == 0)),
-                                range(20)))  # fmt: skip
+        results = list(
+            pool.map(lambda i: (i % 2 == 0, ask(gateway, "pair", i % 2 == 0)), range(20))
+        )
     timer.join()
     for stream, (status, text) in results:
         if not stream:
@@ -154,8 +156,9 @@ def test_a_stream_silent_past_idle_timeout_ends_with_an_error_event(
     gateway: GatewayProcess,
 ) -> None:
     with gateway.client() as client:
-        response = client.post("/v1/chat/completions",
-                               json={"model": "slowpoke", "stream": True, **CHAT})  # fmt: skip
+        response = client.post(
+            "/v1/chat/completions", json={"model": "slowpoke", "stream": True, **CHAT}
+        )
     events = sse_data(response.text)
     assert "[DONE]" not in events
     assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
@@ -220,8 +223,10 @@ def test_a_worker_that_crashes_on_a_request_is_restarted_and_its_caller_gets_a_c
         gateway.log()
     )
     assert "segv-request[0]: worker pid" in gateway.log_path.read_text()
-    assert re.search(r"segv-request\[0\]: worker pid \d+ exited \(SIGSEGV, signal 11\)",
-                     gateway.log_path.read_text())  # fmt: skip
+    assert re.search(
+        r"segv-request\[0\]: worker pid \d+ exited \(SIGSEGV, signal 11\)",
+        gateway.log_path.read_text(),
+    )
 
 
 def test_a_model_retrying_a_failed_load_answers_503_at_once(gateway: GatewayProcess) -> None:
@@ -244,9 +249,10 @@ def test_a_client_that_reads_nothing_frees_the_replica_after_idle_timeout(
     gateway: GatewayProcess,
 ) -> None:
     body = json.dumps({"model": "firehose", "stream": True, **CHAT}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()  # fmt: skip
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(head + body)
@@ -254,8 +260,9 @@ def test_a_client_that_reads_nothing_frees_the_replica_after_idle_timeout(
         # The socket stays open and unread: the replica must come back all the same.
         assert wait_until(lambda: replicas_of(gateway, "firehose")[0]["in_flight"] == 0, 20)
         with gateway.client() as client:
-            answer = client.post("/v1/chat/completions",
-                                 json={"model": "firehose", "max_tokens": 3, **CHAT})  # fmt: skip
+            answer = client.post(
+                "/v1/chat/completions", json={"model": "firehose", "max_tokens": 3, **CHAT}
+            )
         assert answer.status_code == 200, answer.text
     assert "read nothing for 1 s; stream ended" in gateway.log_path.read_text()
 
@@ -300,8 +307,10 @@ def test_load_retries_back_off(gateway: GatewayProcess) -> None:
 
 
 def draining_gateway(tmp_path: Path, drain_timeout: float, tokens: int = 40) -> GatewayProcess:
-    config = {"server": {"drain_timeout": drain_timeout},
-              "models": [standin("m", token_delay=0.05, tokens=tokens)]}  # fmt: skip
+    config = {
+        "server": {"drain_timeout": drain_timeout},
+        "models": [standin("m", token_delay=0.05, tokens=tokens)],
+    }
     return GatewayProcess(config, tmp_path).start()
 
 

@@ -19,8 +19,10 @@ ADMIN, TEAM = "sk-admin-0123456789abcdef", "sk-team-0123456789abcdef"
 def remote_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     remote = RemoteWorker("there", tokens=6).start()
     keys = [api_key("ops", ADMIN, admin=True), api_key("team", TEAM, tpm=10_000)]
-    config = {"auth": {"keys": keys},
-              "models": [{"name": "far", "upstreams": [upstream(remote.url)]}]}  # fmt: skip
+    config = {
+        "auth": {"keys": keys},
+        "models": [{"name": "far", "upstreams": [upstream(remote.url)]}],
+    }
     with pytest.MonkeyPatch.context() as env:
         env.setenv("NODE_KEY", NODE_KEY)
         with gateway_of(config, tmp_path_factory.mktemp("far"), api_key=ADMIN) as gateway:
@@ -36,8 +38,12 @@ def used(gateway: GatewayProcess) -> tuple[int, int]:
 
 
 def ask(gateway: GatewayProcess, **extra: object) -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/chat/completions", json={"model": "far", **CHAT, **extra},
-                      headers={"Authorization": f"Bearer {TEAM}"}, timeout=30)  # fmt: skip
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "far", **CHAT, **extra},
+        headers={"Authorization": f"Bearer {TEAM}"},
+        timeout=30,
+    )
 
 
 def test_a_remote_s_tokens_count_for_the_key_streamed_or_not(remote_only: GatewayProcess) -> None:

@@ -20,19 +20,28 @@ from tests.support import GatewayProcess, assert_valid, running_gateway, sse_dat
 MODELS = ["chat", "chat-alias"]
 CONFIG = {
     "server": {"max_body_bytes": 32 * 1024},
-    "models": [{**standin("chat", replicas=2, max_queue=64, token_delay=0.0, tokens=3),
-                "aliases": ["chat-alias"]}],
-}  # fmt: skip
+    "models": [
+        {
+            **standin("chat", replicas=2, max_queue=64, token_delay=0.0, tokens=3),
+            "aliases": ["chat-alias"],
+        }
+    ],
+}
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
-FUZZ = settings(max_examples=250, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+FUZZ = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 text = st.text(min_size=1, max_size=30)
 good_fields = {
     "stream": st.booleans(),
@@ -45,15 +54,35 @@ good_fields = {
     "user": text,
 }
 good_bodies = {
-    "/v1/chat/completions": {"messages": st.lists(
-        st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": text}),
-        min_size=1, max_size=3)},
+    "/v1/chat/completions": {
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": text}),
+            min_size=1,
+            max_size=3,
+        )
+    },
     "/v1/completions": {"prompt": text | st.lists(text, min_size=1, max_size=2)},
     "/v1/embeddings": {"input": text | st.lists(text, min_size=1, max_size=3)},
-}  # fmt: skip
-FIELDS = sorted({"model", "messages", "prompt", "input", "n", "response_format", "tools",
-                 "tool_choice", "logprobs", "top_logprobs", "logit_bias", "encoding_format",
-                 "presence_penalty", "unknown_field", *good_fields})  # fmt: skip
+}
+FIELDS = sorted(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "input",
+        "n",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "encoding_format",
+        "presence_penalty",
+        "unknown_field",
+        *good_fields,
+    }
+)
 
 
 def good_body(endpoint: str) -> st.SearchStrategy[dict[str, Any]]:
@@ -90,9 +119,11 @@ def check_answer(response: httpx.Response, endpoint: str) -> None:
     elif response.headers["content-type"].startswith("text/event-stream"):
         assert sse_data(response.text)[-1] == "[DONE]", response.text
     else:
-        schema = {"/v1/chat/completions": "CreateChatCompletionResponse",
-                  "/v1/completions": "CreateCompletionResponse",
-                  "/v1/embeddings": "CreateEmbeddingResponse"}[endpoint]  # fmt: skip
+        schema = {
+            "/v1/chat/completions": "CreateChatCompletionResponse",
+            "/v1/completions": "CreateCompletionResponse",
+            "/v1/embeddings": "CreateEmbeddingResponse",
+        }[endpoint]
         assert_valid(schema, response.json())
 
 
@@ -106,8 +137,10 @@ def test_any_json_body_gets_a_clean_answer(
 
 
 @FUZZ
-@given(endpoint=st.sampled_from(ENDPOINTS), raw=st.binary(max_size=200) | json_values.map(
-    lambda v: json.dumps(v).encode()))  # fmt: skip
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+)
 def test_any_bytes_get_a_clean_answer(client: httpx.Client, endpoint: str, raw: bytes) -> None:
     check_answer(client.post(endpoint, content=raw), endpoint)
 
@@ -122,9 +155,16 @@ def test_after_fuzzing_the_gateway_is_healthy_and_idle(gateway: GatewayProcess) 
 def test_a_body_cannot_choose_a_path_url_or_worker(
     gateway: GatewayProcess, client: httpx.Client
 ) -> None:
-    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}],
-            "model_path": "/etc/passwd", "base_url": "http://203.0.113.1", "api_base": "x",
-            "url": "http://127.0.0.1:1", "worker": 0, "port": 1}  # fmt: skip
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "hi"}],
+        "model_path": "/etc/passwd",
+        "base_url": "http://203.0.113.1",
+        "api_base": "x",
+        "url": "http://127.0.0.1:1",
+        "worker": 0,
+        "port": 1,
+    }
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200 and response.json()["model"] == "chat"
     assert_valid("CreateChatCompletionResponse", response.json())

@@ -108,10 +108,16 @@ def test_wrong_api_key_is_401(gateway: GatewayProcess) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/models"), ("GET", "/v1/models/fast"), ("GET", "/admin/workers"),
-     ("GET", "/admin/config"), ("POST", "/admin/reload"), ("POST", "/v1/embeddings"),
-     ("GET", "/admin/gateways")],
-)  # fmt: skip
+    [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/fast"),
+        ("GET", "/admin/workers"),
+        ("GET", "/admin/config"),
+        ("POST", "/admin/reload"),
+        ("POST", "/v1/embeddings"),
+        ("GET", "/admin/gateways"),
+    ],
+)
 def test_every_api_and_admin_route_needs_the_key(
     gateway: GatewayProcess, method: str, path: str
 ) -> None:
@@ -130,8 +136,10 @@ def test_a_malformed_or_non_ascii_authorization_is_a_401(
 
 def test_whitespace_around_the_key_is_not_part_of_it(gateway: GatewayProcess) -> None:
     # Raw bytes: httpx refuses to send a header value with trailing whitespace.
-    request = (f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer  {API_KEY} \t\r\n"
-               "Connection: close\r\n\r\n").encode()  # fmt: skip
+    request = (
+        f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer  {API_KEY} \t\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(request)
         reply = sock.makefile("rb").read()
@@ -156,36 +164,48 @@ def test_health_needs_no_key(gateway: GatewayProcess) -> None:
 
 def test_unknown_model_is_404_listing_the_available_names(client: httpx.Client) -> None:
     error = assert_error(
-        client.post("/v1/chat/completions", json={"model": "gpt-5", **CHAT}), 404,
+        client.post("/v1/chat/completions", json={"model": "gpt-5", **CHAT}),
+        404,
         "model_not_found",
-    )  # fmt: skip
+    )
     assert "gpt-5" in error["message"] and "fast-alias" in error["message"]
     assert error["param"] == "model"
 
 
 def test_malformed_json_is_400(client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", content=b'{"model": "fast",',
-                           headers={"content-type": "application/json"})  # fmt: skip
+    response = client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "fast",',
+        headers={"content-type": "application/json"},
+    )
     assert "not valid JSON" in assert_error(response, 400)["message"]
 
 
 def test_json_nested_too_deep_is_400(client: httpx.Client) -> None:
     body = b'{"model": "fast", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
-    response = client.post("/v1/chat/completions", content=body,
-                           headers={"Content-Type": "application/json"})  # fmt: skip
+    response = client.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 400)
 
 
 @pytest.mark.parametrize(
     ("given", "kept"),
-    [("trace-42.a:b_C", True), ("x" * 128, True), ("x" * 129, False), ("a b", False),
-     ("<script>", False), ("x" * 9000, False)],
-)  # fmt: skip
+    [
+        ("trace-42.a:b_C", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("a b", False),
+        ("<script>", False),
+        ("x" * 9000, False),
+    ],
+)
 def test_a_safe_request_id_is_echoed_and_any_other_replaced(
     gateway: GatewayProcess, client: httpx.Client, given: str, kept: bool
 ) -> None:
-    response = client.post("/v1/chat/completions", json={"model": "fast", **CHAT},
-                           headers={"X-Request-ID": given})  # fmt: skip
+    response = client.post(
+        "/v1/chat/completions", json={"model": "fast", **CHAT}, headers={"X-Request-ID": given}
+    )
     assert response.status_code == 200, response.text
     echoed = response.headers["x-request-id"]
     assert (echoed == given) is kept
@@ -217,8 +237,16 @@ def test_unknown_route_is_an_openai_shaped_404(client: httpx.Client) -> None:
 def test_models_lists_names_and_aliases(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert_valid("ListModelsResponse", body)
-    assert {m["id"] for m in body["data"]} == {"fast", "fast-alias", "slow", "impatient", "long",
-                                              "restart", "crashy", "wide"}  # fmt: skip
+    assert {m["id"] for m in body["data"]} == {
+        "fast",
+        "fast-alias",
+        "slow",
+        "impatient",
+        "long",
+        "restart",
+        "crashy",
+        "wide",
+    }
 
 
 def test_a_model_can_be_retrieved_by_alias(client: httpx.Client) -> None:
@@ -281,8 +309,11 @@ def test_a_client_gone_while_queued_leaves_the_queue(
     running = in_background(client, "slow")
     assert wait_until(lambda: busy(gateway, "slow"), 5)
     with pytest.raises(httpx.ReadTimeout), gateway.client(timeout=0.5) as impatient:
-        impatient.post("/v1/chat/completions", json={"model": "slow", **CHAT},
-                       headers={"X-Request-Id": "gave-up-while-queued"})  # fmt: skip
+        impatient.post(
+            "/v1/chat/completions",
+            json={"model": "slow", **CHAT},
+            headers={"X-Request-Id": "gave-up-while-queued"},
+        )
     assert wait_until(lambda: queued(gateway, "slow") == 0, 5)
     running.join()
     recent = gateway.worker_status("slow", 0)["recent"]
@@ -293,14 +324,18 @@ def test_a_client_gone_mid_stream_frees_the_replica_at_once(
     gateway: GatewayProcess, client: httpx.Client
 ) -> None:
     body = {"model": "long", "stream": True, **CHAT}
-    with client.stream("POST", "/v1/chat/completions", json=body,
-                       headers={"X-Request-Id": "walked-away"}) as response:  # fmt: skip
+    with client.stream(
+        "POST", "/v1/chat/completions", json=body, headers={"X-Request-Id": "walked-away"}
+    ) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     left_at = time.time()
     assert wait_until(lambda: busy(gateway, "long", 0), 5)
-    response = client.post("/v1/chat/completions", json={"model": "long", "max_tokens": 2, **CHAT},
-                           headers={"X-Request-Id": "next"})  # fmt: skip
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": "long", "max_tokens": 2, **CHAT},
+        headers={"X-Request-Id": "next"},
+    )
     assert response.status_code == 200
     records = {r["id"]: r for r in gateway.worker_status("long", 0)["recent"]}
     assert records["walked-away"]["outcome"] == "cancelled"
@@ -328,8 +363,9 @@ def test_a_worker_dying_before_answering_is_retried_once_then_a_clean_502(
     response = client.post("/v1/chat/completions", json={"model": "crashy", **CHAT})
     assert_error(response, 502, "upstream_error")
     # Both attempts reached a worker: the first one and its restarted successor.
-    assert wait_until(lambda: [w["restarts"] for w in gateway.workers()
-                               if w["model"] == "crashy"] == [2], 10)  # fmt: skip
+    assert wait_until(
+        lambda: [w["restarts"] for w in gateway.workers() if w["model"] == "crashy"] == [2], 10
+    )
 
 
 def test_a_replica_with_capacity_serves_that_many_requests_at_once(
@@ -364,11 +400,13 @@ def test_sigterm_stops_workers_and_exits_cleanly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
-    [("POST", "/v1/chat/completions", b"{not json", 400),
-     ("POST", "/v1/chat/completions", b'{"model": "gpt-5", "messages": []}', 404),
-     ("POST", "/v1/assistants", b"{}", 404),
-     ("GET", "/health", None, 200)],
-)  # fmt: skip
+    [
+        ("POST", "/v1/chat/completions", b"{not json", 400),
+        ("POST", "/v1/chat/completions", b'{"model": "gpt-5", "messages": []}', 404),
+        ("POST", "/v1/assistants", b"{}", 404),
+        ("GET", "/health", None, 200),
+    ],
+)
 def test_every_answer_carries_a_request_id_errors_the_gateway_makes_included(
     client: httpx.Client, method: str, path: str, body: bytes | None, status: int
 ) -> None:
@@ -382,8 +420,11 @@ def test_every_answer_carries_a_request_id_errors_the_gateway_makes_included(
 
 
 def test_an_unknown_endpoint_says_this_gateway_does_not_serve_it(client: httpx.Client) -> None:
-    for method, path in [("POST", "/v1/audio/speech"), ("GET", "/v1/files"),
-                         ("POST", "/v1/moderations")]:  # fmt: skip
+    for method, path in [
+        ("POST", "/v1/audio/speech"),
+        ("GET", "/v1/files"),
+        ("POST", "/v1/moderations"),
+    ]:
         error = assert_error(client.request(method, path, json={}), 404, "not_found")
         assert error["message"].startswith(f"Invalid URL ({method} {path}): llm-gateway does not")
         assert "POST /v1/chat/completions" in error["message"]
@@ -394,9 +435,11 @@ def test_an_http_1_0_client_gets_a_clear_400_for_a_stream_and_a_whole_answer_oth
 ) -> None:
     def over_http_1_0(stream: bool) -> bytes:
         body = json.dumps({"model": "fast", "stream": stream, **CHAT}).encode()
-        head = (f"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer "
-                f"{API_KEY}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+        head = (
+            f"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer "
+            f"{API_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(head + body)
             return sock.makefile("rb").read()
@@ -418,9 +461,13 @@ def test_a_large_json_answer_is_gzipped_when_asked_and_a_stream_never(
     assert packed.headers["content-encoding"] == "gzip" and packed.json() == plain.json()
     assert int(packed.headers["content-length"]) < len(plain.content) / 2
     assert_valid("CreateEmbeddingResponse", packed.json())
-    small = client.post("/v1/chat/completions", json={"model": "fast", **CHAT},
-                        headers={"Accept-Encoding": "gzip"})  # fmt: skip
+    small = client.post(
+        "/v1/chat/completions", json={"model": "fast", **CHAT}, headers={"Accept-Encoding": "gzip"}
+    )
     assert small.status_code == 200 and "content-encoding" not in small.headers  # not worth it
-    streamed = client.post("/v1/chat/completions", headers={"Accept-Encoding": "gzip"},
-                           json={"model": "fast", **CHAT, "stream": True})  # fmt: skip
+    streamed = client.post(
+        "/v1/chat/completions",
+        headers={"Accept-Encoding": "gzip"},
+        json={"model": "fast", **CHAT, "stream": True},
+    )
     assert streamed.status_code == 200 and "content-encoding" not in streamed.headers

@@ -26,16 +26,19 @@ ANSWER = 3000  # tokens the stand-in produces when max_tokens does not stop it
 def config(store: str) -> dict[str, Any]:
     return {
         **({"redis": {"url": SHARED_REDIS}} if store == "redis" else {}),
-        "auth": {"keys": [
-            api_key("ops", ADMIN, admin=True),
-            api_key("careless", KEYS["careless"], tpm=2000),
-            api_key("burst", KEYS["burst"], tpm=TPM),
-            api_key("rpm", KEYS["rpm"], rpm=1),
-            api_key("team", KEYS["team"]),
-        ]},
-        "models": [standin("m", replicas=4, max_queue=64, token_delay=0.0002, tokens=ANSWER,
-                           n_ctx=N_CTX)],
-    }  # fmt: skip
+        "auth": {
+            "keys": [
+                api_key("ops", ADMIN, admin=True),
+                api_key("careless", KEYS["careless"], tpm=2000),
+                api_key("burst", KEYS["burst"], tpm=TPM),
+                api_key("rpm", KEYS["rpm"], rpm=1),
+                api_key("team", KEYS["team"]),
+            ]
+        },
+        "models": [
+            standin("m", replicas=4, max_queue=64, token_delay=0.0002, tokens=ANSWER, n_ctx=N_CTX)
+        ],
+    }
 
 
 @pytest.fixture(scope="module", params=["local", "redis"])
@@ -49,8 +52,12 @@ def gateway(
 
 
 def chat(gateway: GatewayProcess, key: str, **extra: Any) -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/chat/completions", json={"model": "m", **CHAT, **extra},
-                      headers={"Authorization": f"Bearer {KEYS[key]}"}, timeout=60)  # fmt: skip
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "m", **CHAT, **extra},
+        headers={"Authorization": f"Bearer {KEYS[key]}"},
+        timeout=60,
+    )
 
 
 def used_tokens(gateway: GatewayProcess, key: str) -> int:
@@ -95,8 +102,9 @@ def test_an_admin_resets_a_key_s_limits(gateway: GatewayProcess) -> None:
     assert chat(gateway, "rpm", max_tokens=1).status_code == 200
     assert_error(chat(gateway, "rpm", max_tokens=1), 429)
     with httpx.Client(base_url=gateway.url, timeout=10) as anyone:
-        refused = anyone.post("/admin/keys/rpm/reset",
-                              headers={"Authorization": f"Bearer {KEYS['team']}"})  # fmt: skip
+        refused = anyone.post(
+            "/admin/keys/rpm/reset", headers={"Authorization": f"Bearer {KEYS['team']}"}
+        )
         assert_error(refused, 403)
     with gateway.client() as admin:
         assert_error(admin.post("/admin/keys/nobody/reset"), 404, "not_found")
@@ -107,18 +115,28 @@ def test_an_admin_resets_a_key_s_limits(gateway: GatewayProcess) -> None:
 
 @pytest.fixture(scope="module")
 def one_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    config = {"auth": {"keys": [api_key("ops", ADMIN, admin=True),
-                                api_key("heavy", KEYS["team"]), api_key("light", KEYS["rpm"])]},
-              "models": [standin("q", max_queue=8, token_delay=0.05, tokens=6)]}  # fmt: skip
+    config = {
+        "auth": {
+            "keys": [
+                api_key("ops", ADMIN, admin=True),
+                api_key("heavy", KEYS["team"]),
+                api_key("light", KEYS["rpm"]),
+            ]
+        },
+        "models": [standin("q", max_queue=8, token_delay=0.05, tokens=6)],
+    }
     yield from running_gateway(config, tmp_path_factory.mktemp("queue"), api_key=ADMIN)
 
 
 def test_one_key_flooding_the_queue_leaves_room_for_another(one_replica: GatewayProcess) -> None:
     def ask(key: str, delay: float) -> tuple[int, float]:
         time.sleep(delay)
-        answer = httpx.post(one_replica.url + "/v1/chat/completions",
-                            json={"model": "q", **CHAT}, timeout=60,
-                            headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        answer = httpx.post(
+            one_replica.url + "/v1/chat/completions",
+            json={"model": "q", **CHAT},
+            timeout=60,
+            headers={"Authorization": f"Bearer {key}"},
+        )
         return answer.status_code, time.monotonic()
 
     with ThreadPoolExecutor(36) as pool:

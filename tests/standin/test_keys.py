@@ -31,8 +31,11 @@ from tests.support import (
 ADMIN = "sk-admin-0123456789abcdef"
 TEAM_A = "sk-team-a-0123456789abcdef"
 TEAM_B = "sk-team-b-0123456789abcdef"
-KEYS = [api_key("ops", ADMIN, admin=True), api_key("team-a", TEAM_A, models=["fast*"]),
-        api_key("team-b", TEAM_B)]  # fmt: skip
+KEYS = [
+    api_key("ops", ADMIN, admin=True),
+    api_key("team-a", TEAM_A, models=["fast*"]),
+    api_key("team-b", TEAM_B),
+]
 CONFIG: dict[str, Any] = {
     "auth": {"keys": KEYS},
     "models": [
@@ -44,8 +47,7 @@ CONFIG: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("keys"), api_key=ADMIN,
-                               log=JSON_LOG)  # fmt: skip
+    yield from running_gateway(CONFIG, tmp_path_factory.mktemp("keys"), api_key=ADMIN, log=JSON_LOG)
 
 
 def as_key(gateway: GatewayProcess, key: str) -> httpx.Client:
@@ -56,15 +58,21 @@ def test_a_key_sees_and_uses_only_its_models(gateway: GatewayProcess) -> None:
     with as_key(gateway, TEAM_A) as client:
         listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
         assert sorted(listed) == ["fast", "fast-alias"]
-        assert client.post("/v1/chat/completions",
-                           json={"model": "fast-alias", **CHAT}).status_code == 200  # fmt: skip
-        error = assert_error(client.post("/v1/chat/completions", json={"model": "slow", **CHAT}),
-                             404, "model_not_found")  # fmt: skip
+        assert (
+            client.post("/v1/chat/completions", json={"model": "fast-alias", **CHAT}).status_code
+            == 200
+        )
+        error = assert_error(
+            client.post("/v1/chat/completions", json={"model": "slow", **CHAT}),
+            404,
+            "model_not_found",
+        )
         assert "slow" not in error["message"].split("Available models:")[1]  # as if not there
         assert_error(client.get("/v1/models/slow"), 404, "model_not_found")
     with as_key(gateway, TEAM_B) as client:
-        assert client.post("/v1/chat/completions",
-                           json={"model": "slow", **CHAT}).status_code == 200  # fmt: skip
+        assert (
+            client.post("/v1/chat/completions", json={"model": "slow", **CHAT}).status_code == 200
+        )
 
 
 def test_the_official_client_works_with_a_key_and_azure_s_header_too(
@@ -76,14 +84,19 @@ def test_the_official_client_works_with_a_key_and_azure_s_header_too(
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/admin/workers"),
-                                              ("GET", "/admin/config"),
-                                              ("GET", "/admin/requests"),
-                                              ("GET", "/admin/stats"),
-                                              ("POST", "/admin/models/x/unload"),
-                                              ("POST", "/admin/workers/x/0/restart"),
-                                              ("POST", "/admin/keys/team-b/reset"),
-                                              ("POST", "/admin/reload")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/workers"),
+        ("GET", "/admin/config"),
+        ("GET", "/admin/requests"),
+        ("GET", "/admin/stats"),
+        ("POST", "/admin/models/x/unload"),
+        ("POST", "/admin/workers/x/0/restart"),
+        ("POST", "/admin/keys/team-b/reset"),
+        ("POST", "/admin/reload"),
+    ],
+)
 def test_admin_routes_need_an_admin_key(gateway: GatewayProcess, method: str, path: str) -> None:
     assert_error(httpx.request(method, gateway.url + path), 401, "invalid_api_key")
     with as_key(gateway, TEAM_B) as client:
@@ -122,17 +135,37 @@ def test_the_key_s_name_is_in_the_request_log_and_metrics_never_the_key(
     gateway: GatewayProcess,
 ) -> None:
     with as_key(gateway, TEAM_B) as client:
-        client.post("/v1/chat/completions", json={"model": "fast", "stream": True, **CHAT},
-                    headers={"X-Request-ID": "keyed-1"})  # fmt: skip
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "fast", "stream": True, **CHAT},
+            headers={"X-Request-ID": "keyed-1"},
+        )
     httpx.get(gateway.url + "/v1/models", headers={"Authorization": "Bearer sk-wrong-0123456789"})
     assert wait_until(lambda: any(r.get("request_id") == "keyed-1" for r in records(gateway)), 5)
     (logged,) = [r for r in records(gateway) if r.get("request_id") == "keyed-1"]
     assert logged["key"] == "team-b" and logged["completion_tokens"] == 8
     samples = scrape(gateway)
-    assert value(samples, "llm_gateway_requests_total", model="fast",
-                 endpoint="chat_completions", status="200", key="team-b") >= 1  # fmt: skip
-    assert value(samples, "llm_gateway_completion_tokens_total", model="fast",
-                 endpoint="chat_completions", key="team-b") >= 8  # fmt: skip
+    assert (
+        value(
+            samples,
+            "llm_gateway_requests_total",
+            model="fast",
+            endpoint="chat_completions",
+            status="200",
+            key="team-b",
+        )
+        >= 1
+    )
+    assert (
+        value(
+            samples,
+            "llm_gateway_completion_tokens_total",
+            model="fast",
+            endpoint="chat_completions",
+            key="team-b",
+        )
+        >= 8
+    )
     text = gateway.log_path.read_text() + httpx.get(gateway.url + "/metrics").text
     for key in (ADMIN, TEAM_A, TEAM_B, "sk-wrong"):
         assert key not in text
@@ -153,8 +186,9 @@ def test_a_reload_adds_and_removes_keys_without_dropping_a_request(
             )
         )
         slow.start()  # in flight under team-b while team-b is removed
-        assert wait_until(lambda: any(w["in_flight"] for w in gateway.workers()
-                                      if w["model"] == "slow"), 5)  # fmt: skip
+        assert wait_until(
+            lambda: any(w["in_flight"] for w in gateway.workers() if w["model"] == "slow"), 5
+        )
         gateway.config_path.write_text(yaml.safe_dump(config))
         try:
             with gateway.client() as admin:
@@ -175,8 +209,9 @@ def test_keygen_prints_a_key_and_the_lines_that_admit_it(tmp_path: Any) -> None:
     command = [sys.executable, "-m", "gateway", "keygen", "--name", "team-z"]
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
     key = next(line for line in printed.splitlines() if line.startswith("sk-"))
-    entry = yaml.safe_load("\n".join(line for line in printed.splitlines()
-                                     if not line.startswith(("#", "sk-"))))  # fmt: skip
+    entry = yaml.safe_load(
+        "\n".join(line for line in printed.splitlines() if not line.startswith(("#", "sk-")))
+    )
     assert entry[0]["name"] == "team-z" and key not in printed.split(key, 1)[1]
     config = {"auth": {"keys": entry}, "models": [standin("m")]}
     gateway = GatewayProcess(config, tmp_path, api_key=key).start()
@@ -192,8 +227,18 @@ def test_keygen_prints_a_key_and_the_lines_that_admit_it(tmp_path: Any) -> None:
 
 def test_no_keys_on_a_public_address_refuses_to_start(tmp_path: Any) -> None:
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"models": [standin("m")]}))
-    command = [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "config.yaml"),
-               "--host", "0.0.0.0", "--port", "0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2
     assert "listens on 0.0.0.0 with no API keys" in done.stderr
@@ -201,9 +246,11 @@ def test_no_keys_on_a_public_address_refuses_to_start(tmp_path: Any) -> None:
 
 def test_metrics_may_be_kept_to_key_holders(tmp_path: Any) -> None:
     scraper = "sk-prometheus-0123456789abcdef"
-    config = {"server": {"metrics_auth": True},
-              "auth": {"keys": [api_key("prometheus", scraper, models=[])]},
-              "models": [standin("m")]}  # fmt: skip
+    config = {
+        "server": {"metrics_auth": True},
+        "auth": {"keys": [api_key("prometheus", scraper, models=[])]},
+        "models": [standin("m")],
+    }
     gateway = GatewayProcess(config, tmp_path, api_key=scraper).start()
     try:
         assert_error(httpx.get(gateway.url + "/metrics"), 401, "invalid_api_key")

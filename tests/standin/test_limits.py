@@ -27,25 +27,28 @@ from tests.support import (
 )
 
 ADMIN = "sk-admin-0123456789abcdef"
-KEYS = {name: f"sk-{name}-0123456789abcdef"
-        for name in ("rpm", "tpm", "conc", "light", "heavy", "resp")}  # fmt: skip
+KEYS = {
+    name: f"sk-{name}-0123456789abcdef" for name in ("rpm", "tpm", "conc", "light", "heavy", "resp")
+}
 CONFIG = {
-    "auth": {"keys": [
-        api_key("ops", ADMIN, admin=True),
-        api_key("rpm", KEYS["rpm"], rpm=3),
-        api_key("tpm", KEYS["tpm"], tpm=300),
-        api_key("conc", KEYS["conc"], max_concurrent=1),
-        api_key("light", KEYS["light"], weight=1),
-        api_key("heavy", KEYS["heavy"], weight=3),
-        api_key("resp", KEYS["resp"], tpm=1000),
-    ]},
+    "auth": {
+        "keys": [
+            api_key("ops", ADMIN, admin=True),
+            api_key("rpm", KEYS["rpm"], rpm=3),
+            api_key("tpm", KEYS["tpm"], tpm=300),
+            api_key("conc", KEYS["conc"], max_concurrent=1),
+            api_key("light", KEYS["light"], weight=1),
+            api_key("heavy", KEYS["heavy"], weight=3),
+            api_key("resp", KEYS["resp"], tpm=1000),
+        ]
+    },
     "models": [
         standin("m", max_queue=200),
         standin("busy", max_queue=200, token_delay=0.01, tokens=5),
         standin("slow", token_delay=0.1, tokens=10),
         standin("impatient", queue_timeout=0.5, token_delay=0.1, tokens=20),
     ],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +77,16 @@ def test_over_rpm_is_a_429_with_retry_after_and_openai_s_headers(gateway: Gatewa
     assert answers[3].headers["x-ratelimit-reset-requests"].endswith("s")
     assert "x-ratelimit-limit-tokens" not in answers[0].headers  # no tpm: no token headers
     samples = scrape(gateway)
-    assert value(samples, "llm_gateway_rejected_requests_total", model="m", reason="rate_limit",
-                 key="rpm") == 1  # fmt: skip
+    assert (
+        value(
+            samples,
+            "llm_gateway_rejected_requests_total",
+            model="m",
+            reason="rate_limit",
+            key="rpm",
+        )
+        == 1
+    )
 
 
 def test_tpm_counts_the_worker_s_tokens(gateway: GatewayProcess) -> None:
@@ -99,8 +110,14 @@ def test_over_max_concurrent_is_a_429_and_its_slot_comes_back(gateway: GatewayPr
         holder = threading.Thread(target=lambda: chat(client, "slow"))
         holder.start()
         with gateway.client() as admin:
-            assert wait_until(lambda: any(w["in_flight"] for w in admin.get(
-                "/admin/workers").json()["data"] if w["model"] == "slow"), 5)  # fmt: skip
+            assert wait_until(
+                lambda: any(
+                    w["in_flight"]
+                    for w in admin.get("/admin/workers").json()["data"]
+                    if w["model"] == "slow"
+                ),
+                5,
+            )
         assert_error(chat(other), 429, "rate_limit_exceeded")
         holder.join()
         assert chat(other).status_code == 200
@@ -122,8 +139,9 @@ def test_two_keys_at_weights_1_to_3_get_about_1_to_3_of_a_saturated_model(
 
     async def saturate() -> None:
         until = time.monotonic() + 6
-        await asyncio.gather(*(client(name, until) for name in ("light", "heavy")
-                               for _ in range(16)))  # fmt: skip
+        await asyncio.gather(
+            *(client(name, until) for name in ("light", "heavy") for _ in range(16))
+        )
 
     asyncio.run(saturate())
     share = done["heavy"] / (done["light"] + done["heavy"])
@@ -136,8 +154,14 @@ def test_a_request_that_waited_says_how_long_and_where_it_entered(
     with gateway.client() as client:
         holder = threading.Thread(target=lambda: chat(client, "slow"))
         holder.start()
-        assert wait_until(lambda: any(w["in_flight"] for w in client.get(
-            "/admin/workers").json()["data"] if w["model"] == "slow"), 5)  # fmt: skip
+        assert wait_until(
+            lambda: any(
+                w["in_flight"]
+                for w in client.get("/admin/workers").json()["data"]
+                if w["model"] == "slow"
+            ),
+            5,
+        )
         waited = chat(client, "slow")
         holder.join()
         fast = chat(client, "slow")
@@ -169,8 +193,14 @@ def hold(gateway: GatewayProcess, model: str) -> threading.Thread:
     holder = threading.Thread(target=run)
     holder.start()
     with gateway.client() as admin:
-        assert wait_until(lambda: any(w["in_flight"] for w in admin.get(
-            "/admin/workers").json()["data"] if w["model"] == model), 5)  # fmt: skip
+        assert wait_until(
+            lambda: any(
+                w["in_flight"]
+                for w in admin.get("/admin/workers").json()["data"]
+                if w["model"] == model
+            ),
+            5,
+        )
     return holder
 
 
@@ -179,8 +209,10 @@ def test_a_stream_that_waits_is_told_its_place_in_line_then_streams(
 ) -> None:
     holder = hold(gateway, "slow")
     body = {"model": "slow", "stream": True, **CHAT}
-    with gateway.client() as client, client.stream("POST", "/v1/chat/completions",
-                                                   json=body) as response:  # fmt: skip
+    with (
+        gateway.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
         chunks = response.iter_bytes()
         first = next(chunks)  # before the holder's answer is done
         assert holder.is_alive() and first.startswith(b": queued position=1\n\n")
@@ -209,8 +241,9 @@ def test_a_stream_that_times_out_in_line_ends_with_an_error_event(
 ) -> None:
     holder = hold(gateway, "impatient")
     with gateway.client() as client:
-        response = client.post("/v1/chat/completions",
-                               json={"model": "impatient", "stream": True, **CHAT})  # fmt: skip
+        response = client.post(
+            "/v1/chat/completions", json={"model": "impatient", "stream": True, **CHAT}
+        )
     holder.join()
     assert response.status_code == 200 and response.text.startswith(": queued position=1")
     (event,) = sse_data(response.text)  # no [DONE]: the stream failed
@@ -218,10 +251,27 @@ def test_a_stream_that_times_out_in_line_ends_with_an_error_event(
     assert_valid("ErrorResponse", error)
     assert error["error"]["code"] == "queue_timeout"
     samples = scrape(gateway)
-    assert value(samples, "llm_gateway_requests_total", model="impatient",
-                 endpoint="chat_completions", status="503", key="ops") == 1  # fmt: skip
-    assert value(samples, "llm_gateway_rejected_requests_total", model="impatient",
-                 reason="queue_timeout", key="ops") == 1  # fmt: skip
+    assert (
+        value(
+            samples,
+            "llm_gateway_requests_total",
+            model="impatient",
+            endpoint="chat_completions",
+            status="503",
+            key="ops",
+        )
+        == 1
+    )
+    assert (
+        value(
+            samples,
+            "llm_gateway_rejected_requests_total",
+            model="impatient",
+            reason="queue_timeout",
+            key="ops",
+        )
+        == 1
+    )
 
 
 def test_a_responses_request_reserves_its_max_output_tokens(gateway: GatewayProcess) -> None:

@@ -40,9 +40,11 @@ def scrape(gateway: GatewayProcess) -> Samples:
     response = httpx.get(gateway.url + "/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples}  # fmt: skip
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -69,39 +71,70 @@ def test_answers_are_counted_and_timed_by_the_configured_model_name(
     before = scrape(gateway)
     with gateway.client() as client:
         for _ in range(3):  # by alias: counted under the model's own name
-            assert client.post("/v1/chat/completions",
-                               json={"model": "pair-alias", **CHAT}).status_code == 200  # fmt: skip
+            assert (
+                client.post(
+                    "/v1/chat/completions", json={"model": "pair-alias", **CHAT}
+                ).status_code
+                == 200
+            )
         assert (
             client.post("/v1/chat/completions", json={"model": "nope", **CHAT}).status_code == 404
         )
     after = scrape(gateway)
     ok = {"model": "pair", "endpoint": "chat_completions", "status": "200", "key": "anonymous"}
-    assert value(after, "llm_gateway_requests_total", **ok) - value(
-        before, "llm_gateway_requests_total", **ok) == 3  # fmt: skip
+    assert (
+        value(after, "llm_gateway_requests_total", **ok)
+        - value(before, "llm_gateway_requests_total", **ok)
+        == 3
+    )
     timed = {"model": "pair", "endpoint": "chat_completions"}
     assert value(after, "llm_gateway_request_duration_seconds_count", **timed) >= 3
     unknown = {"model": "none", "endpoint": "chat_completions", "status": "404", "key": "anonymous"}
     assert value(after, "llm_gateway_requests_total", **unknown) >= 1
     assert not any(dict(labels).get("model") in ("pair-alias", "nope") for _, labels in after)
-    served = sum(value(after, "llm_gateway_replica_requests_total", model="pair", replica=i)
-                 for i in ("0", "1"))  # fmt: skip
+    served = sum(
+        value(after, "llm_gateway_replica_requests_total", model="pair", replica=i)
+        for i in ("0", "1")
+    )
     assert served >= 3
 
 
 def test_a_full_queue_is_counted_as_a_rejection(gateway: GatewayProcess) -> None:
     with gateway.client() as client:
-        holder = threading.Thread(target=lambda: client.post(
-            "/v1/chat/completions", json={"model": "slow", **CHAT}))  # fmt: skip
+        holder = threading.Thread(
+            target=lambda: client.post("/v1/chat/completions", json={"model": "slow", **CHAT})
+        )
         holder.start()
-        assert wait_until(lambda: value(scrape(gateway), "llm_gateway_replica_in_flight",
-                                        model="slow", replica="0") == 1, 5)  # fmt: skip
-        assert value(scrape(gateway), "llm_gateway_replica_state", model="slow", replica="0",
-                     state="busy") == 1  # fmt: skip
+        assert wait_until(
+            lambda: (
+                value(scrape(gateway), "llm_gateway_replica_in_flight", model="slow", replica="0")
+                == 1
+            ),
+            5,
+        )
+        assert (
+            value(
+                scrape(gateway),
+                "llm_gateway_replica_state",
+                model="slow",
+                replica="0",
+                state="busy",
+            )
+            == 1
+        )
         refused = client.post("/v1/chat/completions", json={"model": "slow", **CHAT})
         holder.join()
     assert refused.status_code == 429
-    assert value(scrape(gateway), "llm_gateway_rejected_requests_total", model="slow",
-                 reason="queue_full", key="anonymous") == 1  # fmt: skip
+    assert (
+        value(
+            scrape(gateway),
+            "llm_gateway_rejected_requests_total",
+            model="slow",
+            reason="queue_full",
+            key="anonymous",
+        )
+        == 1
+    )
 
 
 def test_streams_record_time_to_first_token_and_every_answer_its_overhead(
@@ -109,8 +142,9 @@ def test_streams_record_time_to_first_token_and_every_answer_its_overhead(
 ) -> None:
     before = scrape(gateway)
     with gateway.client() as client:
-        streamed = client.post("/v1/chat/completions",
-                               json={"model": "pair", "stream": True, **CHAT})  # fmt: skip
+        streamed = client.post(
+            "/v1/chat/completions", json={"model": "pair", "stream": True, **CHAT}
+        )
         assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
     after = scrape(gateway)
     labels = {"model": "pair", "endpoint": "chat_completions"}
@@ -132,8 +166,9 @@ def test_tokens_are_counted_from_the_worker_s_usage_streams_included(
 ) -> None:
     before = scrape(gateway)
     with gateway.client() as client:
-        streamed = client.post("/v1/chat/completions",
-                               json={"model": "pair", "stream": True, **CHAT})  # fmt: skip
+        streamed = client.post(
+            "/v1/chat/completions", json={"model": "pair", "stream": True, **CHAT}
+        )
         embedded = client.post("/v1/embeddings", json={"model": "pair", "input": "a b c"})
     assert streamed.status_code == embedded.status_code == 200
     # The client asked for no usage chunk and got none: the worker's report was taken out.
@@ -157,8 +192,11 @@ def test_metrics_can_be_turned_off_and_the_request_log_stays(tmp_path: Path) -> 
     gateway.start()
     try:
         with gateway.client() as client:
-            answer = client.post("/v1/chat/completions", json={"model": "m", **CHAT},
-                                 headers={"X-Request-ID": "unmetered"})  # fmt: skip
+            answer = client.post(
+                "/v1/chat/completions",
+                json={"model": "m", **CHAT},
+                headers={"X-Request-ID": "unmetered"},
+            )
             assert answer.status_code == 200
             error = assert_error(client.get("/metrics"), 404)
         assert "server.metrics: false" in error["message"]

@@ -115,14 +115,16 @@ def peak_rss(pid: int) -> int:
 
 def ask(gateway: GatewayProcess, stream: bool) -> httpx.Response:
     with gateway.client(timeout=30) as client:
-        return client.post("/v1/chat/completions",
-                           json={"model": "m", "stream": stream, **CHAT})  # fmt: skip
+        return client.post("/v1/chat/completions", json={"model": "m", "stream": stream, **CHAT})
 
 
 def scrape(gateway: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = httpx.get(gateway.url + "/metrics").text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_an_upstream_answering_500_is_retried_elsewhere_then_ejected(
@@ -156,8 +158,10 @@ def test_a_stream_with_no_blank_line_ends_with_an_error_event_at_little_cpu(
     tmp_path: Path,
 ) -> None:
     fake = FakeUpstream(endless_event)
-    config = {"server": {"max_upstream_bytes": 1 << 20},
-              "models": [{"name": "m", "upstreams": [{"url": fake.url}]}]}  # fmt: skip
+    config = {
+        "server": {"max_upstream_bytes": 1 << 20},
+        "models": [{"name": "m", "upstreams": [{"url": fake.url}]}],
+    }
     with gateway_of(config, tmp_path) as gateway:
         assert gateway.proc is not None
         before = cpu_seconds(gateway.proc.pid)

@@ -36,10 +36,19 @@ def on_demand(
     return {**entry, "replicas": {"min": low, "max": high}, "memory": f"{mib}MiB", **fields}
 
 
-def config(*models: dict[str, Any], budget: str = "250MiB", residency: float = 0,
-           spare: bool = False, **top: Any) -> dict[str, Any]:  # fmt: skip
-    return {"models": list(models), "memory": {"cpu": budget},
-            "scaling": {"min_residency": residency, "spare_worker": spare}, **top}  # fmt: skip
+def config(
+    *models: dict[str, Any],
+    budget: str = "250MiB",
+    residency: float = 0,
+    spare: bool = False,
+    **top: Any,
+) -> dict[str, Any]:
+    return {
+        "models": list(models),
+        "memory": {"cpu": budget},
+        "scaling": {"min_residency": residency, "spare_worker": spare},
+        **top,
+    }
 
 
 @pytest.fixture
@@ -100,8 +109,9 @@ def test_a_model_with_min_0_loads_on_its_first_request(start: Any) -> None:
 def test_a_stream_waiting_for_a_load_is_told_so(start: Any) -> None:
     gateway = start(config(on_demand("lazy", options={"load_seconds": 0.5})))
     with gateway.client() as client:
-        response = client.post("/v1/chat/completions",
-                               json={"model": "lazy", "stream": True, **CHAT})  # fmt: skip
+        response = client.post(
+            "/v1/chat/completions", json={"model": "lazy", "stream": True, **CHAT}
+        )
     assert response.text.startswith(": queued position=1 loading\n\n"), response.text[:200]
     assert sse_data(response.text)[-1] == "[DONE]"
 
@@ -142,8 +152,9 @@ def test_a_busy_replica_is_never_evicted_the_new_one_waits_for_it(start: Any) ->
 def test_min_replicas_are_never_evicted_and_a_request_that_cannot_fit_gets_503(
     start: Any,
 ) -> None:
-    gateway = start(config(on_demand("pinned", low=1, mib=100), on_demand("extra", mib=100),
-                           budget="150MiB"))  # fmt: skip
+    gateway = start(
+        config(on_demand("pinned", low=1, mib=100), on_demand("extra", mib=100), budget="150MiB")
+    )
     response = chat(gateway, "extra")
     error = assert_error(response, 503, "insufficient_memory")
     assert "extra[0]" in error["message"] and "pinned[0] 100.0 MiB (min)" in error["message"]
@@ -223,8 +234,9 @@ def test_a_replica_loaded_on_demand_starts_in_a_spare_worker_already_imported(
 
 def test_a_model_kept_busy_does_not_starve_one_waiting_for_its_memory(start: Any) -> None:
     busy = {"token_delay": 0.1, "tokens": 5}  # 0.5 s a request
-    gateway = start(config(on_demand("a", options=busy), on_demand("b"), budget="150MiB",
-                           residency=1))  # fmt: skip
+    gateway = start(
+        config(on_demand("a", options=busy), on_demand("b"), budget="150MiB", residency=1)
+    )
     assert chat(gateway, "a").status_code == 200
     stop = threading.Event()
     served: list[int] = []
@@ -268,8 +280,9 @@ def test_a_reload_adds_an_on_demand_model_and_a_smaller_budget_applies_to_the_ne
 
 
 def test_an_admin_loads_and_unloads_a_model_and_restarts_a_replica(start: Any) -> None:
-    gateway = start(config(on_demand("a"), on_demand("b"), on_demand("fixed", low=1),
-                           budget="250MiB"))  # fmt: skip
+    gateway = start(
+        config(on_demand("a"), on_demand("b"), on_demand("fixed", low=1), budget="250MiB")
+    )
     with gateway.client() as client:
         loaded = client.post("/admin/models/a/load")
         assert loaded.status_code == 200 and loaded.json() == {"model": "a", "started": "a[0]"}

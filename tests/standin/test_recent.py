@@ -16,8 +16,9 @@ from tests.support import CHAT, GatewayProcess, running_gateway, standin
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     slow = standin("slow", token_delay=0.1, tokens=15)  # 1.5 s a request, one at a time
-    yield from running_gateway({"models": [slow]}, tmp_path_factory.mktemp("recent"),
-                               log=("--log-level", "info"))  # fmt: skip
+    yield from running_gateway(
+        {"models": [slow]}, tmp_path_factory.mktemp("recent"), log=("--log-level", "info")
+    )
 
 
 def admin(gateway: GatewayProcess, path: str) -> list[dict[str, Any]]:

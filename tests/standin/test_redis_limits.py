@@ -42,22 +42,33 @@ LEASE = 2.0
 def config(url: str, on_error: str = "allow") -> dict[str, Any]:
     return {
         "redis": {"url": url, "on_error": on_error, "lease_seconds": LEASE},
-        "auth": {"keys": [api_key("ops", ADMIN, admin=True), api_key("rated", RATED, rpm=20),
-                          api_key("capped", CAPPED, max_concurrent=1)]},
+        "auth": {
+            "keys": [
+                api_key("ops", ADMIN, admin=True),
+                api_key("rated", RATED, rpm=20),
+                api_key("capped", CAPPED, max_concurrent=1),
+            ]
+        },
         "models": [standin("m"), standin("slow", token_delay=0.2, tokens=50)],
-    }  # fmt: skip
+    }
 
 
 def post(gateway: GatewayProcess, key: str, model: str = "m") -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/chat/completions", json={"model": model, **CHAT},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": model, **CHAT},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     redis.Redis.from_url(SHARED_REDIS).flushdb()
-    gateways = [GatewayProcess(config(SHARED_REDIS), tmp_path_factory.mktemp(f"gw{i}"),
-                               api_key=ADMIN) for i in range(2)]  # fmt: skip
+    gateways = [
+        GatewayProcess(config(SHARED_REDIS), tmp_path_factory.mktemp(f"gw{i}"), api_key=ADMIN)
+        for i in range(2)
+    ]
     for gateway in gateways:
         gateway.start()
     try:
@@ -95,8 +106,9 @@ def test_a_gateway_killed_mid_request_leaves_no_slot_past_the_lease(
     holder = threading.Thread(target=lambda: _quietly(lambda: post(doomed, CAPPED, "slow")))
     holder.start()
     try:
-        assert wait_until(lambda: any(w["in_flight"] for w in doomed.workers()
-                                      if w["model"] == "slow"), 10)  # fmt: skip
+        assert wait_until(
+            lambda: any(w["in_flight"] for w in doomed.workers() if w["model"] == "slow"), 10
+        )
         assert_error(post(pair[0], CAPPED), 429, "rate_limit_exceeded")  # the slot is shared
         assert doomed.proc is not None
         os.kill(doomed.proc.pid, signal.SIGKILL)
@@ -114,9 +126,22 @@ def _quietly(call: Any) -> None:
 
 
 def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no", "--dir", str(folder)],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
     assert wait_until(lambda: _pings(client), 10), "redis-server did not start"
     return server
@@ -135,8 +160,9 @@ def test_redis_stopped_and_started_gives_on_error_then_recovers(tmp_path: Path) 
     server = start_redis(port, tmp_path)
     (tmp_path / "allow").mkdir()
     (tmp_path / "deny").mkdir()
-    allow = GatewayProcess(config(url, "allow"), tmp_path / "allow", api_key=ADMIN,
-                           log=("--log-level", "info"))  # fmt: skip
+    allow = GatewayProcess(
+        config(url, "allow"), tmp_path / "allow", api_key=ADMIN, log=("--log-level", "info")
+    )
     deny = GatewayProcess(config(url, "deny"), tmp_path / "deny", api_key=ADMIN)
     for gateway in (allow, deny):
         gateway.start()

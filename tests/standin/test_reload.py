@@ -129,9 +129,13 @@ def test_replicas_scale_up_and_down_under_load(gateway: GatewayProcess) -> None:
     with SteadyLoad(gateway) as load:
         apply(gateway, {**BASE, "models": [{**STEADY, "replicas": 3}]})
         # Ready, or busy with the steady load's requests: serving either way.
-        assert wait_until(lambda: [w["state"] in ("ready", "busy")
-                                   for w in replicas_of(gateway, "steady")] == [True] * 3,
-                          15)  # fmt: skip
+        assert wait_until(
+            lambda: (
+                [w["state"] in ("ready", "busy") for w in replicas_of(gateway, "steady")]
+                == [True] * 3
+            ),
+            15,
+        )
         apply(gateway, {**BASE, "models": [{**STEADY, "replicas": 1}]})
     assert [w["replica"] for w in replicas_of(gateway, "steady")] == [0]
     assert not load.failures and load.done > 0

@@ -29,10 +29,16 @@ def record(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
 
 def test_each_answer_is_one_json_record_with_its_figures(gateway: GatewayProcess) -> None:
     with gateway.client() as client:
-        client.post("/v1/chat/completions", json={"model": "m-alias", **CHAT},
-                    headers={"X-Request-ID": "plain-1"})  # fmt: skip
-        client.post("/v1/chat/completions", json={"model": "m", "stream": True, **CHAT},
-                    headers={"X-Request-ID": "stream-1"})  # fmt: skip
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "m-alias", **CHAT},
+            headers={"X-Request-ID": "plain-1"},
+        )
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "stream": True, **CHAT},
+            headers={"X-Request-ID": "stream-1"},
+        )
     assert wait_until(lambda: any(r.get("request_id") == "stream-1" for r in lines(gateway)), 5)
     plain = record(gateway, "plain-1")
     assert plain["logger"] == "gateway.requests" and plain["level"] == "info"

@@ -21,9 +21,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
         "auth": {"keys": [api_key("ops", ADMIN, admin=True), api_key("team", TEAM)]},
-        "models": [standin("slow", token_delay=0.2, tokens=20),
-                   {**standin("lazy"), "replicas": {"min": 0, "max": 1}}],
-    }  # fmt: skip
+        "models": [
+            standin("slow", token_delay=0.2, tokens=20),
+            {**standin("lazy"), "replicas": {"min": 0, "max": 1}},
+        ],
+    }
     yield from running_gateway(config, tmp_path_factory.mktemp("ui"), api_key=ADMIN)
 
 
@@ -51,8 +53,11 @@ def sign_in(page: Page, key: str) -> None:
 
 def ask(gateway: GatewayProcess, key: str = TEAM) -> None:
     with gateway.client() as client:
-        client.post("/v1/chat/completions", json={"model": "slow", **CHAT},
-                    headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "slow", **CHAT},
+            headers={"Authorization": f"Bearer {key}"},
+        )
 
 
 def test_without_the_admin_key_the_page_shows_nothing_and_says_why(page: Page) -> None:

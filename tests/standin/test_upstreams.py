@@ -40,8 +40,9 @@ NODE_KEY = "node-key-0123456789abcdef"
 class RemoteWorker:
     """`llm-gateway worker` on its own port, as on another host, requiring NODE_KEY."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int | None = None,
-                 **standin_options: Any) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, host: str = "127.0.0.1", port: int | None = None, **standin_options: Any
+    ) -> None:
         self.host, self.port, self.name = host, port or free_port(), name
         self.options = {"token_delay": 0.01, "tokens": 8, **standin_options}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -51,12 +52,26 @@ class RemoteWorker:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> RemoteWorker:
-        command = [sys.executable, "-m", "gateway", "worker", "--model-name", self.name,
-                   "--engine", "standin", "--standin-json", json.dumps(self.options),
-                   "--host", self.host, "--port", str(self.port)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "worker",
+            "--model-name",
+            self.name,
+            "--engine",
+            "standin",
+            "--standin-json",
+            json.dumps(self.options),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         env = {**os.environ, SECRET_ENV: NODE_KEY}
-        self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         health = f"http://{self.host}:{self.port}/health"
         auth = {"Authorization": f"Bearer {NODE_KEY}"}
         assert wait_until(lambda: _status(health, auth) == 200, 30), "remote worker not ready"
@@ -92,14 +107,19 @@ def upstream(url: str, **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def mixed(remote: RemoteWorker, tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewayProcess]:  # fmt: skip
+def mixed(
+    remote: RemoteWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[GatewayProcess]:
     monkeypatch.setenv("NODE_KEY", NODE_KEY)
-    config = {"models": [
-        {**standin("m", max_queue=64), "upstreams": [upstream(remote.url, capacity=2,
-                                                              upstream_model="m-there")]},
-        {"name": "only-remote", "upstreams": [upstream(remote.url)]},
-    ]}  # fmt: skip
+    config = {
+        "models": [
+            {
+                **standin("m", max_queue=64),
+                "upstreams": [upstream(remote.url, capacity=2, upstream_model="m-there")],
+            },
+            {"name": "only-remote", "upstreams": [upstream(remote.url)]},
+        ]
+    }
     yield from running_gateway(config, tmp_path)
 
 
@@ -173,14 +193,22 @@ class Recorder:
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.seen.append({"path": request.path, "auth": request.headers.get("Authorization"),
-                          "body": body})  # fmt: skip
+        self.seen.append(
+            {"path": request.path, "auth": request.headers.get("Authorization"), "body": body}
+        )
         message = {"role": "assistant", "content": "recorded", "refusal": None}
-        return web.json_response({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})  # fmt: skip
+        return web.json_response(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
 
 
 def test_the_url_s_path_the_upstream_s_name_and_its_key_are_what_is_sent(
@@ -211,8 +239,13 @@ def test_a_dns_name_s_addresses_are_the_replicas_and_follow_it(
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.2 workers.test\n127.0.0.3 workers.test  # both pods\n")
     monkeypatch.setenv("NODE_KEY", NODE_KEY)
-    entry = {"dns": f"workers.test:{port}", "resolve_every": 0.2, "hosts_file": str(hosts),
-             "api_key_env": "NODE_KEY", "capacity": 2}  # fmt: skip
+    entry = {
+        "dns": f"workers.test:{port}",
+        "resolve_every": 0.2,
+        "hosts_file": str(hosts),
+        "api_key_env": "NODE_KEY",
+        "capacity": 2,
+    }
     config = {"models": [{"name": "m", "upstreams": [entry]}]}
     try:
         with gateway_of(config, tmp_path) as gateway:
@@ -225,8 +258,9 @@ def test_a_dns_name_s_addresses_are_the_replicas_and_follow_it(
             with ThreadPoolExecutor(4) as pool:
                 assert all(pool.map(lambda _: chat(gateway), range(8)))
             hosts.write_text("127.0.0.2 workers.test\n")  # a pod went away: drains and leaves
-            assert wait_until(lambda: [w["api"] for w in gateway.workers()]
-                              == [f"http://127.0.0.2:{port}/v1"], 10)  # fmt: skip
+            assert wait_until(
+                lambda: [w["api"] for w in gateway.workers()] == [f"http://127.0.0.2:{port}/v1"], 10
+            )
             assert chat(gateway)
             hosts.write_text("127.0.0.2 workers.test\n127.0.0.3 workers.test\n")  # it is back
             assert wait_until(lambda: apis() == both, 10)

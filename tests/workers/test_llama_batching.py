@@ -16,8 +16,12 @@ from tests.support import SMOLLM2, assert_valid, wait_until
 from tests.workers.support import WorkerProcess
 from tests.workers.test_llama_worker import NO_EOS, llama_worker, record, stream_chunks
 
-PROMPTS = ["Name three colours.", "Why is the sky blue?", "Describe a day in Paris.",
-           "Give me a recipe for bread."]  # fmt: skip
+PROMPTS = [
+    "Name three colours.",
+    "Why is the sky blue?",
+    "Describe a day in Paris.",
+    "Give me a recipe for bread.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +49,21 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
 def test_status_reports_four_slots(batching: WorkerProcess) -> None:
     body = batching.status()
     assert (body["capacity"], body["slots_busy"], body["n_ctx"]) == (4, 0, 512)
-    assert set(body["batching"]) == {"steps", "sequences", "decoded_tokens", "generated_tokens",
-                                     "mean_sequences", "decode_seconds"}  # fmt: skip
+    assert set(body["batching"]) == {
+        "steps",
+        "sequences",
+        "decoded_tokens",
+        "generated_tokens",
+        "mean_sequences",
+        "decode_seconds",
+    }
 
 
 def test_four_concurrent_streams_with_different_settings_each_get_what_they_asked_for(
     batching: WorkerProcess,
 ) -> None:
     colours = ["red", "green", "blue"]
-    schema = {"type": "object", "properties": {"colour": {"enum": colours}},
-              "required": ["colour"]}  # fmt: skip
+    schema = {"type": "object", "properties": {"colour": {"enum": colours}}, "required": ["colour"]}
     tool = {
         "type": "function",
         "function": {
@@ -72,17 +81,31 @@ def test_four_concurrent_streams_with_different_settings_each_get_what_they_aske
     ).json()
     stop = " " + greedy["choices"][0]["message"]["content"].split()[3]
     bodies = [
-        chat("Pick a colour.", max_tokens=40, temperature=0.9, seed=3,
-             response_format={"type": "json_schema",
-                              "json_schema": {"name": "c", "schema": schema}}),
+        chat(
+            "Pick a colour.",
+            max_tokens=40,
+            temperature=0.9,
+            seed=3,
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        ),
         chat(PROMPTS[1], max_tokens=24, temperature=0, stop=[stop]),
         chat(PROMPTS[2], max_tokens=20, temperature=0.7, top_p=0.5, logit_bias=NO_EOS),
-        chat("What time is it in Tokyo?", max_tokens=40, tools=[tool],
-             tool_choice={"type": "function", "function": {"name": "get_time"}}),
-    ]  # fmt: skip
+        chat(
+            "What time is it in Tokyo?",
+            max_tokens=40,
+            tools=[tool],
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+        ),
+    ]
     before = batching.status()["batching"]
-    streams = run_together([lambda b=b: stream_chunks(batching, "/v1/chat/completions", {
-        **b, "stream_options": {"include_usage": True}}) for b in bodies])  # fmt: skip
+    streams = run_together(
+        [
+            lambda b=b: stream_chunks(
+                batching, "/v1/chat/completions", {**b, "stream_options": {"include_usage": True}}
+            )
+            for b in bodies
+        ]
+    )
     for chunks in streams:
         for chunk in chunks:
             assert_valid("CreateChatCompletionStreamResponse", chunk)
@@ -109,16 +132,18 @@ def test_a_cancelled_slot_frees_at_once_while_the_others_continue(
     long = chat(PROMPTS[3], max_tokens=120, logit_bias=NO_EOS, stream=True)
 
     def read_all() -> dict[str, Any]:
-        chunks = stream_chunks(batching, "/v1/chat/completions",
-                               {**long, "stream_options": {"include_usage": True}})  # fmt: skip
+        chunks = stream_chunks(
+            batching, "/v1/chat/completions", {**long, "stream_options": {"include_usage": True}}
+        )
         usage: dict[str, Any] = chunks[-1]["usage"]
         return usage
 
     with ThreadPoolExecutor(1) as pool:
         other = pool.submit(read_all)
         headers = {"X-Request-Id": "to-cancel"}
-        with batching.client.stream("POST", "/v1/chat/completions", json=long,
-                                    headers=headers) as response:  # fmt: skip
+        with batching.client.stream(
+            "POST", "/v1/chat/completions", json=long, headers=headers
+        ) as response:
             lines = response.iter_lines()
             next(lines), next(lines)  # the first event: it is generating
         closed = time.monotonic()
@@ -167,6 +192,9 @@ def test_a_conversation_s_next_turn_goes_back_to_the_slot_that_holds_its_beginni
         ask([{"role": "user", "content": p}], f"other-{i}")[1] for i, p in enumerate(PROMPTS[:2])
     }
     assert slot not in others
-    follow_up = [*first, {"role": "assistant", "content": reply},
-                 {"role": "user", "content": "And then?"}]  # fmt: skip
+    follow_up = [
+        *first,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And then?"},
+    ]
     assert ask(follow_up, "turn-2")[1] == slot

@@ -23,8 +23,9 @@ NO_EOS = {"2": -100}
 
 def llama_worker(name: str, path: Path, slots: int = 1, **llama: Any) -> WorkerProcess:
     options = json.dumps({**LLAMA, **llama})
-    return WorkerProcess(name, "--model-path", str(path), "--llama-json", options,
-                         "--concurrency", str(slots))  # fmt: skip
+    return WorkerProcess(
+        name, "--model-path", str(path), "--llama-json", options, "--concurrency", str(slots)
+    )
 
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["1-slot", "4-slots"])
@@ -45,8 +46,9 @@ def smol(slots: int) -> Iterator[WorkerProcess]:
 def smol_embed() -> Iterator[WorkerProcess]:
     options = json.dumps({**LLAMA, "embedding": True})
     # Token ids welcome: the vocabulary check below sends one to /v1/embeddings.
-    embed = WorkerProcess("smol-embed", "--model-path", str(SMOLLM2), "--llama-json", options,
-                          "--accept-token-ids")  # fmt: skip
+    embed = WorkerProcess(
+        "smol-embed", "--model-path", str(SMOLLM2), "--llama-json", options, "--accept-token-ids"
+    )
     with embed as w:
         w.wait_ready()
         yield w
@@ -162,8 +164,11 @@ def test_chat_stream_validates_and_usage_matches_non_stream(smol: WorkerProcess)
 
 def test_stream_usage_excludes_the_end_token(smol: WorkerProcess) -> None:
     # Without the ban, the model ends on its own: the end token is not a completion token.
-    body = {"messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 16,
-            "temperature": 0}  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "Say yes."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
     plain = smol.client.post("/v1/chat/completions", json=body).json()
     chunks = stream_chunks(
         smol, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}}
@@ -215,8 +220,9 @@ def test_input_that_cannot_fit_is_refused_before_the_template_runs(
     # 100k one-letter messages (3.5 MB): the template and tokenizer took over 5 minutes on them.
     messages = [{"role": "user" if i % 2 else "assistant", "content": "a"} for i in range(100_000)]
     began = time.monotonic()
-    response = smol.client.post("/v1/chat/completions", timeout=30,
-                                json={"messages": messages, "stream": stream})  # fmt: skip
+    response = smol.client.post(
+        "/v1/chat/completions", timeout=30, json={"messages": messages, "stream": stream}
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "context_length_exceeded" and "at least" in error["message"]
@@ -387,8 +393,13 @@ def test_logprobs_of_a_model_loaded_for_embeddings_need_logits_all(
 
 
 def test_chat_logprobs_validate_with_top_n(smol_logprobs: WorkerProcess) -> None:
-    body = {"messages": USER, "max_tokens": 3, "logprobs": True, "top_logprobs": 2,
-            "logit_bias": NO_EOS}  # fmt: skip
+    body = {
+        "messages": USER,
+        "max_tokens": 3,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "logit_bias": NO_EOS,
+    }
     answer = smol_logprobs.client.post("/v1/chat/completions", json=body).json()
     assert_valid("CreateChatCompletionResponse", answer)
     content = answer["choices"][0]["logprobs"]["content"]
@@ -396,8 +407,13 @@ def test_chat_logprobs_validate_with_top_n(smol_logprobs: WorkerProcess) -> None
 
 
 def test_chat_logprobs_stream_one_token_per_chunk(smol_logprobs: WorkerProcess) -> None:
-    body = {"messages": USER, "max_tokens": 3, "logprobs": True, "top_logprobs": 1,
-            "logit_bias": NO_EOS}  # fmt: skip
+    body = {
+        "messages": USER,
+        "max_tokens": 3,
+        "logprobs": True,
+        "top_logprobs": 1,
+        "logit_bias": NO_EOS,
+    }
     chunks = stream_chunks(smol_logprobs, "/v1/chat/completions", body)
     for chunk in chunks:
         assert_valid("CreateChatCompletionStreamResponse", chunk)
@@ -457,8 +473,12 @@ def test_auto_tool_choice_can_call(smol_tools: WorkerProcess) -> None:
 
 def test_auto_tool_choice_message_is_not_empty(smol_tools: WorkerProcess) -> None:
     # llama's own "auto" message path always answers "" (see workers.api.chatml_tools).
-    body = {"messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS,
-            "temperature": 0, "max_tokens": 8}  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "tools": TOOLS,
+        "temperature": 0,
+        "max_tokens": 8,
+    }
     answer = smol_tools.client.post("/v1/chat/completions", json=body).json()
     assert_valid("CreateChatCompletionResponse", answer)
     assert answer["choices"][0]["message"]["content"]
@@ -474,10 +494,16 @@ def test_auto_tool_call_streams(smol_tools: WorkerProcess) -> None:
 
 
 def test_tool_results_in_history_are_answered(smol_tools: WorkerProcess) -> None:
-    call = {"id": "c1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
-    messages = [*WEATHER, {"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 C"}]  # fmt: skip
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages = [
+        *WEATHER,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 C"},
+    ]
     body = {"messages": messages, "tools": TOOLS, "tool_choice": "none", "max_tokens": 6}
     answer = smol_tools.client.post("/v1/chat/completions", json=body).json()
     assert_valid("CreateChatCompletionResponse", answer)
@@ -486,9 +512,18 @@ def test_tool_results_in_history_are_answered(smol_tools: WorkerProcess) -> None
 
 TWO_TOOLS = [
     *TOOLS,
-    {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}},
-]  # fmt: skip
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string"}},
+                "required": ["zone"],
+            },
+        },
+    },
+]
 
 
 @pytest.mark.parametrize("fixture", ["smol", "smol_tools"])
@@ -508,8 +543,13 @@ def test_required_with_two_tools_calls_one_of_them(
 
 
 def test_required_with_two_tools_streams_the_call(smol: WorkerProcess) -> None:
-    body = {"messages": WEATHER, "tools": TWO_TOOLS, "tool_choice": "required", "max_tokens": 48,
-            "stream": True}  # fmt: skip
+    body = {
+        "messages": WEATHER,
+        "tools": TWO_TOOLS,
+        "tool_choice": "required",
+        "max_tokens": 48,
+        "stream": True,
+    }
     chunks = stream_chunks(smol, "/v1/chat/completions", body)
     for chunk in chunks:
         assert_valid("CreateChatCompletionStreamResponse", chunk)
@@ -546,8 +586,13 @@ def test_a_stream_with_logprobs_keeps_characters_split_over_tokens(smol: WorkerP
 
 
 def test_chat_logprobs_give_each_token_its_own_bytes(smol: WorkerProcess) -> None:
-    body = {"messages": STARS, "max_tokens": 9, "temperature": 0, "logprobs": True,
-            "top_logprobs": 3}  # fmt: skip
+    body = {
+        "messages": STARS,
+        "max_tokens": 9,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
     answer = smol.client.post("/v1/chat/completions", json=body).json()
     assert_valid("CreateChatCompletionResponse", answer)
     content = answer["choices"][0]["logprobs"]["content"]
@@ -560,8 +605,13 @@ def test_chat_logprobs_give_each_token_its_own_bytes(smol: WorkerProcess) -> Non
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_completion_tokens_never_exceed_max_tokens(smol: WorkerProcess, stream: bool) -> None:
-    body = {"messages": STARS, "max_tokens": 4, "temperature": 0, "logprobs": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "messages": STARS,
+        "max_tokens": 4,
+        "temperature": 0,
+        "logprobs": True,
+        "stream_options": {"include_usage": True},
+    }
     if stream:
         usage = stream_chunks(smol, "/v1/chat/completions", body)[-1]["usage"]
     else:
@@ -570,8 +620,7 @@ def test_completion_tokens_never_exceed_max_tokens(smol: WorkerProcess, stream: 
 
 
 def test_ignore_eos_generates_to_max_tokens(smol: WorkerProcess) -> None:
-    body = {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 40,
-            "temperature": 0}  # fmt: skip
+    body = {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 40, "temperature": 0}
     ended = smol.client.post("/v1/chat/completions", json=body).json()
     assert ended["usage"]["completion_tokens"] < 40  # it ends on its own...
     ignored = smol.client.post("/v1/chat/completions", json={**body, "ignore_eos": True}).json()
@@ -582,8 +631,14 @@ def test_ignore_eos_generates_to_max_tokens(smol: WorkerProcess) -> None:
 
 
 def test_echo_with_logprobs_gives_the_prompt_tokens_their_own(smol: WorkerProcess) -> None:
-    body = {"prompt": "1, 2, 3,", "max_tokens": 2, "echo": True, "logprobs": 1,
-            "temperature": 0, "logit_bias": NO_EOS}  # fmt: skip
+    body = {
+        "prompt": "1, 2, 3,",
+        "max_tokens": 2,
+        "echo": True,
+        "logprobs": 1,
+        "temperature": 0,
+        "logit_bias": NO_EOS,
+    }
     answer = smol.client.post("/v1/completions", json=body).json()
     choice, prompt_tokens = answer["choices"][0], answer["usage"]["prompt_tokens"]
     logprobs = choice["logprobs"]

@@ -24,10 +24,11 @@ def test_a_long_prompt_is_ingested_in_chunks_beside_the_generating_slots() -> No
 
 
 @given(
-    st.lists(st.tuples(st.integers(min_value=0, max_value=2000), st.booleans()),
-             min_size=1, max_size=16),
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2000), st.booleans()), min_size=1, max_size=16
+    ),
     st.integers(min_value=16, max_value=2048),
-)  # fmt: skip
+)
 def test_a_step_never_overfills_never_takes_more_than_left_and_always_progresses(
     jobs: list[tuple[int, bool]], budget: int
 ) -> None:
@@ -36,6 +37,9 @@ def test_a_step_never_overfills_never_takes_more_than_left_and_always_progresses
     plan = plan_step(remaining, budget, generating)
     assert sum(plan) <= budget
     assert all(took == 1 for took, busy in zip(plan, generating, strict=True) if busy)
-    assert all(0 <= took <= left for took, left, busy in zip(plan, remaining, generating,
-                                                             strict=True) if not busy)  # fmt: skip
+    assert all(
+        0 <= took <= left
+        for took, left, busy in zip(plan, remaining, generating, strict=True)
+        if not busy
+    )
     assert sum(plan) > 0

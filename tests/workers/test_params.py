@@ -132,7 +132,8 @@ def test_required_with_several_tools_is_left_to_the_engine() -> None:
     body = {"messages": USER, "tools": [tool("f"), tool("g")], "tool_choice": "required"}
     assert parse_chat(body).options["tool_choice"] == "required"  # workers.api.required_call
     assert rejected(parse_chat, {"messages": USER, "tool_choice": "required"}).param == (
-        "tool_choice")  # fmt: skip
+        "tool_choice"
+    )
 
 
 def test_named_tool_choice_without_tools_is_400() -> None:
@@ -287,10 +288,21 @@ def test_out_of_range_sampling_is_400(key: str, value: float, code: str) -> None
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("temperature", 0), ("temperature", 2), ("top_p", 0), ("top_p", 1),
-     ("presence_penalty", -2), ("frequency_penalty", 2), ("min_p", 0), ("min_p", 1),
-     ("top_k", 0), ("seed", -1), ("seed", 2**63 - 1), ("repeat_penalty", 0.01)],
-)  # fmt: skip
+    [
+        ("temperature", 0),
+        ("temperature", 2),
+        ("top_p", 0),
+        ("top_p", 1),
+        ("presence_penalty", -2),
+        ("frequency_penalty", 2),
+        ("min_p", 0),
+        ("min_p", 1),
+        ("top_k", 0),
+        ("seed", -1),
+        ("seed", 2**63 - 1),
+        ("repeat_penalty", 0.01),
+    ],
+)
 def test_range_limits_are_accepted(key: str, value: float) -> None:
     assert parse_chat({"messages": USER, key: value}).options[key] == value
 
@@ -374,9 +386,32 @@ def test_unhashable_or_odd_role_is_400(role: Any) -> None:
 
 # Numbers at and past every limit the parser knows, as json.loads can produce them.
 EDGE_NUMBERS = st.sampled_from(
-    [0, 1, -1, 2, 4, 5, 20, 21, 100, 101, 2**31, 2**63, -(2**63) - 1, 10**400, -(10**400),
-     0.5, -0.01, 2.01, 100.5, 1e308, float("inf"), float("-inf"), float("nan")]
-)  # fmt: skip
+    [
+        0,
+        1,
+        -1,
+        2,
+        4,
+        5,
+        20,
+        21,
+        100,
+        101,
+        2**31,
+        2**63,
+        -(2**63) - 1,
+        10**400,
+        -(10**400),
+        0.5,
+        -0.01,
+        2.01,
+        100.5,
+        1e308,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+    ]
+)
 JSON_SCALARS = (
     st.none()
     | st.booleans()
@@ -384,9 +419,25 @@ JSON_SCALARS = (
     | EDGE_NUMBERS
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=8)
-    | st.sampled_from(["", "user", "assistant", "tool", "function", "text", "auto", "none",
-                       "required", "json_object", "json_schema", "float", "base64", "f"])
-)  # fmt: skip
+    | st.sampled_from(
+        [
+            "",
+            "user",
+            "assistant",
+            "tool",
+            "function",
+            "text",
+            "auto",
+            "none",
+            "required",
+            "json_object",
+            "json_schema",
+            "float",
+            "base64",
+            "f",
+        ]
+    )
+)
 JSON = st.recursive(
     JSON_SCALARS,
     lambda inner: (
@@ -401,48 +452,76 @@ def some(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[st
     return st.fixed_dictionaries({}, optional={k: v | JSON for k, v in fields.items()})
 
 
-FUNCTION = some({"name": st.sampled_from(["f", "g", 'a"b']), "parameters": JSON,
-                 "arguments": st.text(max_size=4)})  # fmt: skip
+FUNCTION = some(
+    {
+        "name": st.sampled_from(["f", "g", 'a"b']),
+        "parameters": JSON,
+        "arguments": st.text(max_size=4),
+    }
+)
 TOOL = some({"type": st.just("function"), "function": FUNCTION})
 TOOL_CALL = some({"id": st.text(max_size=3), "type": st.just("function"), "function": FUNCTION})
 PART = some({"type": st.sampled_from(["text", "image_url"]), "text": JSON})
-MESSAGE = some({
-    "role": st.sampled_from(sorted(["system", "developer", "user", "assistant", "tool",
-                                    "function", "robot"])),
-    "content": st.text(max_size=6) | st.lists(PART, max_size=3),
-    "tool_calls": st.lists(TOOL_CALL, max_size=2),
-    "tool_call_id": st.text(max_size=3),
-    "name": JSON,
-})  # fmt: skip
+MESSAGE = some(
+    {
+        "role": st.sampled_from(
+            sorted(["system", "developer", "user", "assistant", "tool", "function", "robot"])
+        ),
+        "content": st.text(max_size=6) | st.lists(PART, max_size=3),
+        "tool_calls": st.lists(TOOL_CALL, max_size=2),
+        "tool_call_id": st.text(max_size=3),
+        "name": JSON,
+    }
+)
 SAMPLING = {
-    "n": JSON, "max_tokens": JSON, "max_completion_tokens": JSON, "temperature": JSON,
-    "top_p": JSON, "presence_penalty": JSON, "frequency_penalty": JSON, "min_p": JSON,
-    "repeat_penalty": JSON, "seed": JSON, "top_k": JSON,
+    "n": JSON,
+    "max_tokens": JSON,
+    "max_completion_tokens": JSON,
+    "temperature": JSON,
+    "top_p": JSON,
+    "presence_penalty": JSON,
+    "frequency_penalty": JSON,
+    "min_p": JSON,
+    "repeat_penalty": JSON,
+    "seed": JSON,
+    "top_k": JSON,
     "stop": st.lists(st.text(max_size=3), max_size=6),
     "logit_bias": st.dictionaries(st.text(max_size=4), JSON, max_size=3),
-    "stream": st.booleans(), "stream_options": some({"include_usage": st.booleans()}),
-    "logprobs": JSON, "user": JSON,
-}  # fmt: skip
-CHAT_BODY = some({
-    **SAMPLING,
-    "messages": st.lists(MESSAGE, max_size=3),
-    "top_logprobs": JSON,
-    "response_format": some({"type": JSON, "json_schema": some({"schema": JSON})}),
-    "tools": st.lists(TOOL, max_size=3),
-    "tool_choice": JSON | some({"type": JSON, "function": FUNCTION}),
-    "functions": st.lists(FUNCTION, max_size=2),
-    "function_call": JSON | FUNCTION,
-})  # fmt: skip
+    "stream": st.booleans(),
+    "stream_options": some({"include_usage": st.booleans()}),
+    "logprobs": JSON,
+    "user": JSON,
+}
+CHAT_BODY = some(
+    {
+        **SAMPLING,
+        "messages": st.lists(MESSAGE, max_size=3),
+        "top_logprobs": JSON,
+        "response_format": some({"type": JSON, "json_schema": some({"schema": JSON})}),
+        "tools": st.lists(TOOL, max_size=3),
+        "tool_choice": JSON | some({"type": JSON, "function": FUNCTION}),
+        "functions": st.lists(FUNCTION, max_size=2),
+        "function_call": JSON | FUNCTION,
+    }
+)
 TOKENS = st.lists(st.integers(min_value=-2, max_value=2**40), max_size=4)
-COMPLETION_BODY = some({
-    **SAMPLING,
-    "prompt": st.text(max_size=6) | st.lists(st.text(max_size=4) | TOKENS, max_size=3) | TOKENS,
-    "echo": JSON, "suffix": JSON, "best_of": JSON,
-})  # fmt: skip
-EMBEDDING_BODY = some({
-    "input": st.text(max_size=6) | st.lists(st.text(max_size=4) | TOKENS, max_size=3) | TOKENS,
-    "encoding_format": JSON, "dimensions": JSON, "model": JSON,
-})  # fmt: skip
+COMPLETION_BODY = some(
+    {
+        **SAMPLING,
+        "prompt": st.text(max_size=6) | st.lists(st.text(max_size=4) | TOKENS, max_size=3) | TOKENS,
+        "echo": JSON,
+        "suffix": JSON,
+        "best_of": JSON,
+    }
+)
+EMBEDDING_BODY = some(
+    {
+        "input": st.text(max_size=6) | st.lists(st.text(max_size=4) | TOKENS, max_size=3) | TOKENS,
+        "encoding_format": JSON,
+        "dimensions": JSON,
+        "model": JSON,
+    }
+)
 
 
 def mutated(base: dict[str, Any], keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
@@ -453,8 +532,16 @@ def mutated(base: dict[str, Any], keys: list[str]) -> st.SearchStrategy[dict[str
 
 
 SAMPLING_KEYS = sorted(SAMPLING)
-CHAT_KEYS = [*SAMPLING_KEYS, "messages", "top_logprobs", "response_format", "tools",
-             "tool_choice", "functions", "function_call"]  # fmt: skip
+CHAT_KEYS = [
+    *SAMPLING_KEYS,
+    "messages",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+]
 CHAT_BASE = {"messages": USER, "logprobs": True, "tools": [tool("f")]}
 ONE_BAD_MESSAGE = mutated(
     {"role": "user", "content": "hi"}, ["role", "content", "tool_calls", "tool_call_id", "name"]

@@ -15,8 +15,12 @@ from workers.errors import ApiError
 from workers.wire import Usage
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
-           "parameters": CITY}  # fmt: skip
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": CITY,
+}
 TIME = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
 
 
@@ -27,26 +31,48 @@ def parsed(**body: Any) -> tuple[Any, ResponseMeta]:
 def test_function_call_items_become_the_assistant_s_tool_calls_and_tool_messages() -> None:
     history = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"type": "message", "role": "assistant", "content": [
-            {"type": "output_text", "text": "Checking."}]},
-        {"type": "function_call", "call_id": "call_1", "name": "get_weather",
-         "arguments": '{"city": "Paris"}', "id": "fc_1", "status": "completed"},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Checking."}],
+        },
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+            "id": "fc_1",
+            "status": "completed",
+        },
         {"type": "function_call", "call_id": "call_2", "name": "get_time", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-        {"type": "function_call_output", "call_id": "call_2",
-         "output": [{"type": "input_text", "text": "noon"}]},
-    ]  # fmt: skip
+        {
+            "type": "function_call_output",
+            "call_id": "call_2",
+            "output": [{"type": "input_text", "text": "noon"}],
+        },
+    ]
     params, _ = parse_response_request({"input": history, "tools": [WEATHER, TIME]}, "m")
-    call = {"type": "function", "function": {"name": "get_weather",
-                                             "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    call = {
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
     assert params.messages[1:] == [
-        {"role": "assistant", "content": "Checking.", "tool_calls": [
-            {"id": "call_1", **call},
-            {"id": "call_2", "type": "function",
-             "function": {"name": "get_time", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {"id": "call_1", **call},
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": "{}"},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
-    ]  # fmt: skip
+    ]
 
 
 def test_a_call_with_no_text_before_it_is_an_assistant_turn_of_its_own() -> None:
@@ -57,8 +83,9 @@ def test_a_call_with_no_text_before_it_is_an_assistant_turn_of_its_own() -> None
 
 
 def test_function_tools_and_tool_choice_are_nested_the_chat_way_and_echoed() -> None:
-    params, meta = parsed(tools=[WEATHER, TIME], tool_choice={"type": "function",
-                                                              "name": "get_time"})  # fmt: skip
+    params, meta = parsed(
+        tools=[WEATHER, TIME], tool_choice={"type": "function", "name": "get_time"}
+    )
     names = [tool["function"]["name"] for tool in params.options["tools"]]
     assert names == ["get_weather", "get_time"]
     assert params.options["tools"][0]["function"]["description"] == "Weather in a city"
@@ -88,16 +115,21 @@ def test_allowed_tools_keeps_the_listed_functions_and_chooses_as_its_mode_says()
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({"tools": [{"type": "web_search"}]}, "tools[0]"),
-     ({"tools": {"type": "function"}}, "tools"),
-     ({"tools": [WEATHER], "tool_choice": {"type": "mcp", "server_label": "x"}}, "tool_choice"),
-     ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
-     ({"tools": [{"type": "function", "name": "bad name"}]}, "tools"),
-     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
-     ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
-     ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
-     ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content")],
-)  # fmt: skip
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"tools": {"type": "function"}}, "tools"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "mcp", "server_label": "x"}}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"tools": [{"type": "function", "name": "bad name"}]}, "tools"),
+        (
+            {"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
+            "input[0].call_id",
+        ),
+        ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content"),
+    ],
+)
 def test_what_cannot_be_served_is_a_400_naming_the_parameter(
     body: dict[str, Any], param: str
 ) -> None:
@@ -134,17 +166,25 @@ def events_of(meta: ResponseMeta, raws: list[dict[str, Any]]) -> list[dict[str, 
 
 def test_a_streamed_tool_call_opens_an_item_sends_argument_pieces_and_closes_it() -> None:
     _, meta = parsed(tools=[WEATHER])
-    events = events_of(meta, [
-        raw_chat_chunk({"role": "assistant", "content": None, "tool_calls": None}, None),
-        raw_chat_chunk(raw_tool_delta('{"city"'), None),
-        raw_chat_chunk(raw_tool_delta(': "Paris"}'), None),
-        raw_chat_chunk({"role": None, "content": None, "tool_calls": None}, "tool_calls"),
-    ])  # fmt: skip
+    events = events_of(
+        meta,
+        [
+            raw_chat_chunk({"role": "assistant", "content": None, "tool_calls": None}, None),
+            raw_chat_chunk(raw_tool_delta('{"city"'), None),
+            raw_chat_chunk(raw_tool_delta(': "Paris"}'), None),
+            raw_chat_chunk({"role": None, "content": None, "tool_calls": None}, "tool_calls"),
+        ],
+    )
     assert [event["type"] for event in events] == [
-        "response.created", "response.in_progress", "response.output_item.added",
-        "response.function_call_arguments.delta", "response.function_call_arguments.delta",
-        "response.function_call_arguments.done", "response.output_item.done",
-        "response.completed"]  # fmt: skip
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     added, done = events[2]["item"], events[6]["item"]
     assert (added["arguments"], added["status"], added["call_id"]) == (
         "",
@@ -158,8 +198,13 @@ def test_a_streamed_tool_call_opens_an_item_sends_argument_pieces_and_closes_it(
 
 def test_text_then_a_call_are_two_output_items_in_order() -> None:
     _, meta = parsed(tools=[WEATHER])
-    events = events_of(meta, [raw_chat_chunk({"content": "Let me look."}, None),
-                              raw_chat_chunk(raw_tool_delta("{}"), "tool_calls")])  # fmt: skip
+    events = events_of(
+        meta,
+        [
+            raw_chat_chunk({"content": "Let me look."}, None),
+            raw_chat_chunk(raw_tool_delta("{}"), "tool_calls"),
+        ],
+    )
     output = events[-1]["response"]["output"]
     assert [item["type"] for item in output] == ["message", "function_call"]
     assert output[0]["content"][0]["text"] == "Let me look."

@@ -248,9 +248,15 @@ def test_streamed_tool_call_is_named_once_then_arguments_only() -> None:
     first = shaper.chunk(raw_chat_chunk(raw_tool_delta('{"city"'), None))
     second = shaper.chunk(raw_chat_chunk(raw_tool_delta(': "Paris"}'), None))
     assert first["choices"][0]["delta"] == {
-        "tool_calls": [{"index": 0, "id": CALL["id"], "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city"'}}]
-    }  # fmt: skip
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": CALL["id"],
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city"'},
+            }
+        ]
+    }
     assert second["choices"][0]["delta"] == {
         "tool_calls": [{"index": 0, "function": {"arguments": ': "Paris"}'}}]
     }

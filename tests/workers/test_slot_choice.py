@@ -30,6 +30,7 @@ def test_only_free_slots_are_chosen() -> None:
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_shared_length_is_the_common_prefix(a: str, b: str) -> None:
     # The reference: characters compared one by one, as os.path.commonprefix does (on strings).
-    expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                    min(len(a), len(b)))  # fmt: skip
+    expected = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
     assert shared_length(a, b) == expected

@@ -23,15 +23,29 @@ from tests.workers.support import WorkerProcess, assert_valid_completion_chunk
 
 USER = [{"role": "user", "content": "hello there"}]
 STATUS_KEYS = {
-    "state", "model", "engine", "path", "pid", "device", "n_gpu_layers", "n_ctx", "embedding",
-    "capacity", "slots_busy", "batching",
-    "requests_served", "load_seconds", "loaded_at", "started_at", "error", "recent",
-}  # fmt: skip
+    "state",
+    "model",
+    "engine",
+    "path",
+    "pid",
+    "device",
+    "n_gpu_layers",
+    "n_ctx",
+    "embedding",
+    "capacity",
+    "slots_busy",
+    "batching",
+    "requests_served",
+    "load_seconds",
+    "loaded_at",
+    "started_at",
+    "error",
+    "recent",
+}
 
 
 def standin(name: str, *flags: str, **options: Any) -> WorkerProcess:
-    return WorkerProcess(name, "--engine", "standin", "--standin-json", json.dumps(options),
-                         *flags)  # fmt: skip
+    return WorkerProcess(name, "--engine", "standin", "--standin-json", json.dumps(options), *flags)
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +226,10 @@ def test_a_stream_nobody_reads_pauses_its_generation_instead_of_filling_memory()
         body = b'{"stream": true, "messages": [{"role": "user", "content": "hi"}]}'
         with socket.create_connection(("127.0.0.1", w.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                         b"application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(body), body))  # fmt: skip
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             time.sleep(4)  # read nothing: at full speed the queue grew ~30 MB a second
             grown = rss_mib(w.proc.pid) - before
         assert grown < 20, f"worker memory grew {grown:.0f} MiB under a stream nobody read"
@@ -495,8 +510,9 @@ def test_worker_dies_with_its_parent() -> None:
 
 def test_a_standin_with_concurrency_serves_requests_at_once() -> None:
     options = '{"token_delay": 0.05, "tokens": 6}'
-    with WorkerProcess("wide", "--engine", "standin", "--standin-json", options,
-                       "--concurrency", "3") as wide:  # fmt: skip
+    with WorkerProcess(
+        "wide", "--engine", "standin", "--standin-json", options, "--concurrency", "3"
+    ) as wide:
         wide.wait_ready()
         body = {"model": "wide", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -512,24 +528,45 @@ def test_a_standin_with_concurrency_serves_requests_at_once() -> None:
 
 def test_an_embedding_llama_worker_refuses_concurrency() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "workers", "--model-name", "x", "--port", "1",
-         "--model-path", "x.gguf", "--concurrency", "2", "--llama-json", '{"embedding": true}'],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "workers",
+            "--model-name",
+            "x",
+            "--port",
+            "1",
+            "--model-path",
+            "x.gguf",
+            "--concurrency",
+            "2",
+            "--llama-json",
+            '{"embedding": true}',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--concurrency must be 1 for an embedding" in result.stderr
 
 
 def test_embedding_policy_dimensions_and_token_ids_end_to_end() -> None:
-    with standin("plain", token_delay=0.0) as plain, standin(
-        "nested", "--matryoshka", token_delay=0.0, embedding_dim=8
-    ) as nested:  # fmt: skip
+    with (
+        standin("plain", token_delay=0.0) as plain,
+        standin("nested", "--matryoshka", token_delay=0.0, embedding_dim=8) as nested,
+    ):
         plain.wait_ready()
         nested.wait_ready()
-        error = assert_error(plain.client.post("/v1/embeddings", json={"input": [[15339, 1917]]}),
-                             400, "input")  # fmt: skip
+        error = assert_error(
+            plain.client.post("/v1/embeddings", json={"input": [[15339, 1917]]}), 400, "input"
+        )
         assert "check_embedding_ctx_length=False" in error["message"]
-        assert_error(plain.client.post("/v1/embeddings", json={"input": "a", "dimensions": 4}),
-                     400, "dimensions")  # fmt: skip
+        assert_error(
+            plain.client.post("/v1/embeddings", json={"input": "a", "dimensions": 4}),
+            400,
+            "dimensions",
+        )
         body = nested.client.post("/v1/embeddings", json={"input": "a b", "dimensions": 4}).json()
         assert_valid("CreateEmbeddingResponse", body)
         (vector,) = [item["embedding"] for item in body["data"]]
@@ -562,10 +599,18 @@ def test_responses_stream_is_openai_s_event_sequence(worker: WorkerProcess) -> N
     for event in events:
         assert_valid("ResponseStreamEvent", event)
     kinds = [e["type"] for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress",
-                         "response.output_item.added", "response.content_part.added"]  # fmt: skip
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done",
-                          "response.output_item.done", "response.completed"]  # fmt: skip
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert deltas == events[-4]["text"] == " ".join(f"tok{i}" for i in range(8))
@@ -573,8 +618,10 @@ def test_responses_stream_is_openai_s_event_sequence(worker: WorkerProcess) -> N
 
 
 def test_responses_answer_a_forced_tool_call_streamed_and_not(worker: WorkerProcess) -> None:
-    tools = [{"type": "function", "name": name, "parameters": {"type": "object"}}
-             for name in ("get_weather", "get_time")]  # fmt: skip
+    tools = [
+        {"type": "function", "name": name, "parameters": {"type": "object"}}
+        for name in ("get_weather", "get_time")
+    ]
     body = {"input": "hi", "tools": tools, "tool_choice": {"type": "function", "name": "get_time"}}
     answer = worker.client.post("/v1/responses", json=body).json()
     assert_valid("Response", answer)
@@ -590,16 +637,18 @@ def test_responses_answer_a_forced_tool_call_streamed_and_not(worker: WorkerProc
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-     ({"input": "hi", "conversation": "conv_1"}, "conversation"),
-     ({"input": "hi", "conversation": {"id": "conv_1"}}, "conversation"),
-     ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
-     ({"input": "hi", "background": True}, "background"),
-     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
-     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
-     ({"input": ""}, "input"),
-     ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format")],
-)  # fmt: skip
+    [
+        ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": "hi", "conversation": "conv_1"}, "conversation"),
+        ({"input": "hi", "conversation": {"id": "conv_1"}}, "conversation"),
+        ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"input": "hi", "background": True}, "background"),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"input": ""}, "input"),
+        ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
+    ],
+)
 def test_responses_say_what_they_do_not_serve(
     worker: WorkerProcess, body: dict[str, Any], param: str
 ) -> None:

@@ -118,8 +118,11 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionParams:
     stream, include_usage = _stream_flags(body)
     n = _choices(body)
     if len(prompts) * n > MAX_CHOICES:
-        raise invalid_request(f"{len(prompts)} prompts x n={n} would be {len(prompts) * n} "
-                              f"choices; at most {MAX_CHOICES} here", "n")  # fmt: skip
+        raise invalid_request(
+            f"{len(prompts)} prompts x n={n} would be {len(prompts) * n} "
+            f"choices; at most {MAX_CHOICES} here",
+            "n",
+        )
     return CompletionParams(prompts, stream, include_usage, options, n, _ignore_eos(body))
 
 

@@ -26,12 +26,14 @@ def call_schema(tools: list[Mapping[str, Any]]) -> dict[str, Any]:
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": tool["function"]["name"]},
-                           "arguments": tool["function"]["parameters"]},
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                "arguments": tool["function"]["parameters"],
+            },
             "required": ["name", "arguments"],
         }
         for tool in tools
-    ]  # fmt: skip
+    ]
     return calls[0] if len(calls) == 1 else {"oneOf": calls}
 
 
@@ -44,10 +46,17 @@ def as_tool_call(raw: Mapping[str, Any]) -> dict[str, Any]:
         name, arguments = call["name"], call["arguments"]
     except (ValueError, TypeError, KeyError):
         # The grammar allows nothing else: only running out of tokens can leave it unfinished.
-        raise invalid_request("max_tokens ran out before the required tool call was complete; "
-                              "allow more tokens", "max_tokens") from None  # fmt: skip
+        raise invalid_request(
+            "max_tokens ran out before the required tool call was complete; allow more tokens",
+            "max_tokens",
+        ) from None
     function = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
-    message = {"role": "assistant", "content": None, "function_call": function,
-               "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                               "function": function}]}  # fmt: skip
+    message = {
+        "role": "assistant",
+        "content": None,
+        "function_call": function,
+        "tool_calls": [
+            {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": function}
+        ],
+    }
     return {**raw, "choices": [{**choice, "message": message, "finish_reason": "tool_calls"}]}

@@ -42,17 +42,24 @@ def chat_answer(raw: RawChunk) -> Answer:
 
 
 def _call_item(call_id: Any, function: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}",
-            "call_id": call_id or f"call_{uuid.uuid4().hex[:24]}", "name": function.get("name"),
-            "arguments": function.get("arguments") or "", "status": "completed"}  # fmt: skip
+    return {
+        "type": "function_call",
+        "id": f"fc_{uuid.uuid4().hex}",
+        "call_id": call_id or f"call_{uuid.uuid4().hex[:24]}",
+        "name": function.get("name"),
+        "arguments": function.get("arguments") or "",
+        "status": "completed",
+    }
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
-    return {"input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens}  # fmt: skip
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
 
 
 def _part(text: str) -> dict[str, Any]:
@@ -60,8 +67,13 @@ def _part(text: str) -> dict[str, Any]:
 
 
 def _message(meta: ResponseMeta, text: str | None, status: str) -> dict[str, Any]:
-    return {"type": "message", "id": meta.message_id, "status": status, "role": "assistant",
-            "content": [] if text is None else [_part(text)]}  # fmt: skip
+    return {
+        "type": "message",
+        "id": meta.message_id,
+        "status": status,
+        "role": "assistant",
+        "content": [] if text is None else [_part(text)],
+    }
 
 
 def _item_status(finish: str | None) -> str:
@@ -75,22 +87,33 @@ def answer_output(meta: ResponseMeta, answer: Answer) -> list[dict[str, Any]]:
     return message + [{**call, "status": status} for call in answer.calls]
 
 
-def response_body(meta: ResponseMeta, output: list[dict[str, Any]] | None, usage: Usage | None,
-                  finish: str | None) -> dict[str, Any]:  # fmt: skip
+def response_body(
+    meta: ResponseMeta, output: list[dict[str, Any]] | None, usage: Usage | None, finish: str | None
+) -> dict[str, Any]:
     """The Response: in progress (`output` None), completed, or cut short by max_output_tokens."""
     done, cut = output is not None, finish == "length"
     status = "in_progress" if not done else "incomplete" if cut else "completed"
     body: dict[str, Any] = {
-        "id": meta.id, "object": "response", "created_at": meta.created_at, "status": status,
+        "id": meta.id,
+        "object": "response",
+        "created_at": meta.created_at,
+        "status": status,
         "completed_at": int(time.time()) if status == "completed" else None,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if done and cut else None,
-        "instructions": meta.instructions, "max_output_tokens": meta.max_output_tokens,
-        "model": meta.model, "metadata": meta.metadata, "output": output or [],
-        "parallel_tool_calls": meta.parallel_tool_calls, "temperature": meta.temperature,
-        "top_p": meta.top_p, "tool_choice": meta.tool_choice, "tools": meta.tools,
-        "store": False, "text": {"format": meta.text_format},
-    }  # fmt: skip
+        "instructions": meta.instructions,
+        "max_output_tokens": meta.max_output_tokens,
+        "model": meta.model,
+        "metadata": meta.metadata,
+        "output": output or [],
+        "parallel_tool_calls": meta.parallel_tool_calls,
+        "temperature": meta.temperature,
+        "top_p": meta.top_p,
+        "tool_choice": meta.tool_choice,
+        "tools": meta.tools,
+        "store": False,
+        "text": {"format": meta.text_format},
+    }
     if usage is not None:  # the spec has no null usage: an unfinished Response has none
         body["usage"] = _usage(usage)
     return body
@@ -114,8 +137,10 @@ class ResponseStream:
 
     def opening(self) -> list[dict[str, Any]]:
         pending = response_body(self.meta, None, None, None)
-        return [self._event("response.created", response=pending),
-                self._event("response.in_progress", response=pending)]  # fmt: skip
+        return [
+            self._event("response.created", response=pending),
+            self._event("response.in_progress", response=pending),
+        ]
 
     def chunk(self, raw: RawChunk) -> list[dict[str, Any]]:
         choice = (raw.get("choices") or [{}])[0]
@@ -145,35 +170,53 @@ class ResponseStream:
         self._items.append(_message(self.meta, None, "in_progress"))
         index = len(self._items) - 1
         self._at = {"output_index": index, "content_index": 0, "item_id": self.meta.message_id}
-        return [self._added(index),
-                self._event("response.content_part.added", **self._at, part=_part(""))]  # fmt: skip
+        return [
+            self._added(index),
+            self._event("response.content_part.added", **self._at, part=_part("")),
+        ]
 
     def _call_delta(self, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
         function, index = raw.get("function") or {}, raw.get("index", 0)
         events = []
         if index not in self._calls:  # llama repeats id and name in every delta: use the first
-            item = {**_call_item(raw.get("id"), {"name": function.get("name")}),
-                    "status": "in_progress"}  # fmt: skip
+            item = {
+                **_call_item(raw.get("id"), {"name": function.get("name")}),
+                "status": "in_progress",
+            }
             self._items.append(item)
             self._calls[index] = len(self._items) - 1
             events.append(self._added(self._calls[index]))
         at, piece = self._calls[index], function.get("arguments") or ""
         if piece:
             self._items[at]["arguments"] += piece
-            events.append(self._event("response.function_call_arguments.delta", delta=piece,
-                                      output_index=at, item_id=self._items[at]["id"]))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    delta=piece,
+                    output_index=at,
+                    item_id=self._items[at]["id"],
+                )
+            )
         return events
 
     def _closed(self, index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
         if item["type"] == "function_call":
-            events = [self._event("response.function_call_arguments.done", output_index=index,
-                                  item_id=item["id"], name=item["name"],
-                                  arguments=item["arguments"])]  # fmt: skip
+            events = [
+                self._event(
+                    "response.function_call_arguments.done",
+                    output_index=index,
+                    item_id=item["id"],
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            ]
         else:
             text = "".join(self._text)
             item["content"] = [part := _part(text)]
-            events = [self._event("response.output_text.done", **self._at, text=text, logprobs=[]),
-                      self._event("response.content_part.done", **self._at, part=part)]  # fmt: skip
+            events = [
+                self._event("response.output_text.done", **self._at, text=text, logprobs=[]),
+                self._event("response.content_part.done", **self._at, part=part),
+            ]
         return [*events, self._event("response.output_item.done", output_index=index, item=item)]
 
     def _added(self, index: int) -> dict[str, Any]:
@@ -187,5 +230,10 @@ class ResponseStream:
 
 def sse(event: Mapping[str, Any]) -> bytes:
     """One Responses event as SSE, named like OpenAI's (`event:` then `data:`)."""
-    return (b"event: " + str(event["type"]).encode() + b"\ndata: "
-            + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")  # fmt: skip
+    return (
+        b"event: "
+        + str(event["type"]).encode()
+        + b"\ndata: "
+        + json.dumps(event, separators=(",", ":")).encode()
+        + b"\n\n"
+    )

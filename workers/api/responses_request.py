@@ -52,12 +52,12 @@ class ResponseMeta:
 # Fields that need state this server does not keep: each a 400 saying why, never ignored.
 _UNSERVED = {
     "previous_response_id": "previous_response_id is not supported: responses are not stored "
-                            "here; send the whole conversation as 'input'",
+    "here; send the whole conversation as 'input'",
     "conversation": "conversation is not supported: conversations are not stored here; send "
-                    "the whole conversation as 'input'",
+    "the whole conversation as 'input'",
     "prompt": "prompt (a stored prompt template) is not supported: send its text as "
-              "'instructions' and 'input'",
-}  # fmt: skip
+    "'instructions' and 'input'",
+}
 
 
 def parse_response_request(body: Mapping[str, Any], model: str) -> tuple[ChatParams, ResponseMeta]:
@@ -73,8 +73,12 @@ def parse_response_request(body: Mapping[str, Any], model: str) -> tuple[ChatPar
         raise invalid_request("'instructions' must be a string", "instructions")
     system = [{"role": "system", "content": instructions}] if instructions else []
     text_format = _text_format(body.get("text"))
-    chat = {"messages": system + _turns(body.get("input")), "stream": bool(body.get("stream")),
-            **_chat_options(body, text_format), **_chat_tools(body)}  # fmt: skip
+    chat = {
+        "messages": system + _turns(body.get("input")),
+        "stream": bool(body.get("stream")),
+        **_chat_options(body, text_format),
+        **_chat_tools(body),
+    }
     params = parse_chat(chat)
     return params, _meta(body, model, params, text_format)
 
@@ -84,17 +88,26 @@ def _meta(
 ) -> ResponseMeta:
     given, tools = body.get("metadata"), [_echoed_tool(t) for t in body.get("tools") or []]
     return ResponseMeta(
-        model, body.get("instructions"), float(params.options.get("temperature", 1.0)),
-        float(params.options.get("top_p", 1.0)), params.options.get("max_tokens"), text_format,
-        given if isinstance(given, dict) else {}, tools, body.get("tool_choice") or "auto",
+        model,
+        body.get("instructions"),
+        float(params.options.get("temperature", 1.0)),
+        float(params.options.get("top_p", 1.0)),
+        params.options.get("max_tokens"),
+        text_format,
+        given if isinstance(given, dict) else {},
+        tools,
+        body.get("tool_choice") or "auto",
         body.get("parallel_tool_calls") is not False,
-    )  # fmt: skip
+    )
 
 
 def _chat_options(body: Mapping[str, Any], text_format: dict[str, Any]) -> dict[str, Any]:
     chat: dict[str, Any] = {}
-    for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
-                         ("top_p", "top_p")):  # fmt: skip
+    for ours, theirs in (
+        ("max_output_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+    ):
         if body.get(ours) is not None:
             chat[theirs] = body[ours]
     if text_format["type"] != "text":
@@ -131,8 +144,13 @@ def _chat_tool(tool: Any, param: str) -> dict[str, Any]:
 
 def _echoed_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     """A FunctionTool as a Response lists it (`strict` as given: nothing here enforces it)."""
-    return {"type": "function", "name": tool.get("name"), "description": tool.get("description"),
-            "parameters": tool.get("parameters"), "strict": tool.get("strict")}  # fmt: skip
+    return {
+        "type": "function",
+        "name": tool.get("name"),
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
 
 
 def _allowed(tools: list[dict[str, Any]], choice: Mapping[str, Any]) -> tuple[list[Any], Any]:
@@ -149,9 +167,11 @@ def _chat_tool_choice(choice: Any) -> Any:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
-    raise invalid_request("'tool_choice' must be auto, none, required, a function "
-                          "({\"type\": \"function\", \"name\": ...}) or allowed_tools",
-                          "tool_choice")  # fmt: skip
+    raise invalid_request(
+        "'tool_choice' must be auto, none, required, a function "
+        '({"type": "function", "name": ...}) or allowed_tools',
+        "tool_choice",
+    )
 
 
 # Input items
@@ -181,24 +201,33 @@ def _add_turn(turns: list[dict[str, Any]], item: Any, param: str) -> None:
         output = _text(item.get("output"), f"{param}.output")
         turns.append({"role": "tool", "tool_call_id": call_id, "content": output})
     else:
-        raise invalid_request(f"{param}: items of type '{kind}' are not supported here "
-                              "(message, function_call and function_call_output are)",
-                              param)  # fmt: skip
+        raise invalid_request(
+            f"{param}: items of type '{kind}' are not supported here "
+            "(message, function_call and function_call_output are)",
+            param,
+        )
 
 
 def _message(item: Mapping[str, Any], param: str) -> dict[str, Any]:
     role = item.get("role")
     if role not in _ROLES:
         raise invalid_request(f"{param}.role must be one of {sorted(_ROLES)}", f"{param}.role")
-    return {"role": "system" if role == "developer" else role,
-            "content": _text(item.get("content"), f"{param}.content")}  # fmt: skip
+    return {
+        "role": "system" if role == "developer" else role,
+        "content": _text(item.get("content"), f"{param}.content"),
+    }
 
 
 def _add_call(turns: list[dict[str, Any]], item: Mapping[str, Any], param: str) -> None:
     """A function call the model made: one of the assistant turn's tool calls."""
-    call = {"id": _string(item, "call_id", param), "type": "function",
-            "function": {"name": _string(item, "name", param),
-                         "arguments": _string(item, "arguments", param)}}  # fmt: skip
+    call = {
+        "id": _string(item, "call_id", param),
+        "type": "function",
+        "function": {
+            "name": _string(item, "name", param),
+            "arguments": _string(item, "arguments", param),
+        },
+    }
     last = turns[-1] if turns else None
     if last is not None and last["role"] == "assistant":  # its text, then its calls
         last.setdefault("tool_calls", []).append(call)
@@ -236,8 +265,9 @@ def _text_format(text: Any) -> dict[str, Any]:
     if fmt is None:
         return {"type": "text"}
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise invalid_request("'text.format.type' must be text, json_object or json_schema",
-                              "text.format")  # fmt: skip
+        raise invalid_request(
+            "'text.format.type' must be text, json_object or json_schema", "text.format"
+        )
     return dict(fmt)
 
 

@@ -211,8 +211,9 @@ class LlamaEngine:
             llama.meter = self._meter
         self._literal = LiteralContents(llama)
         if max_token_bytes is None:
-            max_token_bytes = _longest_token_bytes(self.model_path, llama_cpp, vocab,
-                                                   int(llama.n_vocab()))  # fmt: skip
+            max_token_bytes = _longest_token_bytes(
+                self.model_path, llama_cpp, vocab, int(llama.n_vocab())
+            )
         self._max_token_bytes = max_token_bytes
         self._llama = llama
         return self
@@ -350,8 +351,11 @@ class LlamaEngine:
     def _required_call(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> RawChunk:
         """A call to one of several tools: the answer constrained to their calls' union."""
         schema = call_schema(options["tools"])
-        constrained = {**options, "tool_choice": "none",
-                       "response_format": {"type": "json_object", "schema": schema}}  # fmt: skip
+        constrained = {
+            **options,
+            "tool_choice": "none",
+            "response_format": {"type": "json_object", "schema": schema},
+        }
         return as_tool_call(self._create_chat(messages, constrained))
 
     @staticmethod

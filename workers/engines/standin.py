@@ -93,9 +93,14 @@ class StandinEngine:
         stand-in token were a decode step of one sequence: dashboards see them move."""
         with self._lock:
             steps, seconds = self._tokens, self._tokens * self.options.token_delay
-        return {"steps": steps, "sequences": steps, "decoded_tokens": steps,
-                "generated_tokens": steps, "mean_sequences": 1.0 if steps else 0.0,
-                "decode_seconds": seconds}  # fmt: skip
+        return {
+            "steps": steps,
+            "sequences": steps,
+            "decoded_tokens": steps,
+            "generated_tokens": steps,
+            "mean_sequences": 1.0 if steps else 0.0,
+            "decode_seconds": seconds,
+        }
 
     def warm_up(self) -> None:
         if self.options.crash_on_warmup:
@@ -227,17 +232,21 @@ def _forced_call(options: dict[str, Any]) -> dict[str, Any] | None:
         name = choice["function"]["name"]
     else:
         return None
-    return {"id": "call_standin", "type": "function",
-            "function": {"name": name, "arguments": "{}"}}  # fmt: skip
+    return {"id": "call_standin", "type": "function", "function": {"name": name, "arguments": "{}"}}
 
 
 def _tool_call_answer(call: dict[str, Any], usage: Usage) -> RawChunk:
     message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    return {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
-            "created": int(time.time()), "model": "standin",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls"}],
-            "usage": _usage_dict(usage)}  # fmt: skip
+    return {
+        "id": f"chatcmpl-{uuid.uuid4()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "standin",
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        ],
+        "usage": _usage_dict(usage),
+    }
 
 
 def _usage_dict(usage: Usage) -> dict[str, int]:

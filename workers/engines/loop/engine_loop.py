@@ -136,20 +136,31 @@ class EngineLoop:
         `steps`, the mean batch occupancy, near the busy slots' count when they batch well), the
         tokens decoded and generated, and the time decoding. The gateway exports them."""
         mean = self.sequences / self.steps if self.steps else 0.0
-        return {"steps": self.steps, "sequences": self.sequences, "decoded_tokens": self.decoded,
-                "generated_tokens": self.generated, "mean_sequences": mean,
-                "decode_seconds": self.decode_seconds}  # fmt: skip
+        return {
+            "steps": self.steps,
+            "sequences": self.sequences,
+            "decoded_tokens": self.decoded,
+            "generated_tokens": self.generated,
+            "mean_sequences": mean,
+            "decode_seconds": self.decode_seconds,
+        }
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (control tokens: none), kept once asked for."""
         piece = self._pieces.get(token)
         if piece is None:
-            size = int(self._llama_cpp.llama_token_to_piece(
-                self._vocab, token, self._buffer, len(self._buffer), 0, False))  # fmt: skip
+            size = int(
+                self._llama_cpp.llama_token_to_piece(
+                    self._vocab, token, self._buffer, len(self._buffer), 0, False
+                )
+            )
             if size < 0:  # a longer piece: its size, negated
                 buffer = ctypes.create_string_buffer(-size)
-                size = int(self._llama_cpp.llama_token_to_piece(
-                    self._vocab, token, buffer, -size, 0, False))  # fmt: skip
+                size = int(
+                    self._llama_cpp.llama_token_to_piece(
+                        self._vocab, token, buffer, -size, 0, False
+                    )
+                )
                 piece = buffer.raw[:size]
             else:
                 piece = self._buffer.raw[:size]
@@ -242,8 +253,9 @@ class EngineLoop:
         """Put the planned tokens in the batch; each job's tokens, the row it samples, and the
         row of its first token (a prompt read for its logprobs has logits on every row)."""
         jobs = self._active
-        plan = plan_step([len(j.pending) for j in jobs], self.n_batch,
-                         [j.next_token is not None for j in jobs])  # fmt: skip
+        plan = plan_step(
+            [len(j.pending) for j in jobs], self.n_batch, [j.next_token is not None for j in jobs]
+        )
         batch, planned, i = self._batch, [], 0
         # In the batch, tokens lie in sequence order: with KV split per slot llama.cpp cuts a
         # batch into micro-batches of equal share per sequence, and tokens out of that order

@@ -58,8 +58,9 @@ class LoopLlamaModel:
         self._slots = [first.adopt(SlotLlama.of(base, loop, 0, n_ctx))]
         for seq in range(1, self.n_slots):
             self._slots.append(first.sibling(SlotLlama.of(base, loop, seq, n_ctx)))
-        return EngineInfo(n_ctx=n_ctx, n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)),
-                          embedding=False)  # fmt: skip
+        return EngineInfo(
+            n_ctx=n_ctx, n_gpu_layers=int(self.kwargs.get("n_gpu_layers", 0)), embedding=False
+        )
 
     def _share_context(self, base: Any, llama_cpp: Any) -> Any:
         """Replace `base`'s one-sequence context with one of N sequences, owned like it."""

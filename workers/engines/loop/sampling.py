@@ -42,14 +42,20 @@ class SamplingSpec:
         (the engine loop takes it off the row itself, not through a chain that copies the
         whole vocabulary into candidates: 262,144 of them for Gemma 3)."""
         no_penalty = (self.repeat_penalty, self.frequency_penalty, self.presence_penalty) == (
-            1.0, 0.0, 0.0)  # fmt: skip
+            1.0,
+            0.0,
+            0.0,
+        )
         return self.temperature == 0 and not self.logit_bias and self.grammar is None and no_penalty
 
     @classmethod
     def of(cls, options: Mapping[str, Any], default_seed: int, last_n: int) -> SamplingSpec:
         """From `create_completion`'s keyword arguments (llama-cpp-python's names)."""
-        numbers = {name: options[key] for key, name in _OPTION_NAMES.items()
-                   if options.get(key) is not None}  # fmt: skip
+        numbers = {
+            name: options[key]
+            for key, name in _OPTION_NAMES.items()
+            if options.get(key) is not None
+        }
         seed = options.get("seed")
         grammar = options.get("grammar")
         bias = options.get("logit_bias") or {}
@@ -62,6 +68,7 @@ class SamplingSpec:
         )
 
 
+# One table, read as pairs: create_completion's keyword and the SamplingSpec field it sets.
 _OPTION_NAMES = {
     "temperature": "temperature",
     "top_k": "top_k",
@@ -74,7 +81,7 @@ _OPTION_NAMES = {
     "mirostat_mode": "mirostat_mode",
     "mirostat_tau": "mirostat_tau",
     "mirostat_eta": "mirostat_eta",
-}  # fmt: skip - one table, read as pairs
+}
 
 
 def _bias(llama_cpp: Any, n_vocab: int, pairs: Iterable[tuple[int, float]]) -> Any:
@@ -92,11 +99,17 @@ def _draw(llama_cpp: Any, spec: SamplingSpec, n_vocab: int) -> list[Any]:
     if spec.temperature == 0:
         return [llama_cpp.llama_sampler_init_greedy()]
     if spec.mirostat_mode == 1:
-        return [llama_cpp.llama_sampler_init_mirostat(
-            n_vocab, spec.seed, spec.mirostat_tau, spec.mirostat_eta, 100)]  # fmt: skip
+        return [
+            llama_cpp.llama_sampler_init_mirostat(
+                n_vocab, spec.seed, spec.mirostat_tau, spec.mirostat_eta, 100
+            )
+        ]
     if spec.mirostat_mode == 2:
-        return [llama_cpp.llama_sampler_init_mirostat_v2(
-            spec.seed, spec.mirostat_tau, spec.mirostat_eta)]  # fmt: skip
+        return [
+            llama_cpp.llama_sampler_init_mirostat_v2(
+                spec.seed, spec.mirostat_tau, spec.mirostat_eta
+            )
+        ]
     return [
         llama_cpp.llama_sampler_init_top_k(spec.top_k),
         llama_cpp.llama_sampler_init_typical(spec.typical_p, 1),
@@ -117,9 +130,15 @@ def build_chain(spec: SamplingSpec, vocab: Any, n_vocab: int) -> Any:
     if bias:
         samplers.append(_bias(llama_cpp, n_vocab, bias))
     if (spec.repeat_penalty, spec.frequency_penalty, spec.presence_penalty) != (1.0, 0.0, 0.0):
-        samplers.append(llama_cpp.llama_sampler_init_penalties(
-            n_vocab, spec.penalty_last_n, spec.repeat_penalty, spec.frequency_penalty,
-            spec.presence_penalty))  # fmt: skip
+        samplers.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab,
+                spec.penalty_last_n,
+                spec.repeat_penalty,
+                spec.frequency_penalty,
+                spec.presence_penalty,
+            )
+        )
     if spec.grammar is not None:
         grammar = llama_cpp.llama_sampler_init_grammar(vocab, spec.grammar.encode(), b"root")
         if not grammar:

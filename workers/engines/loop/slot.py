@@ -98,11 +98,16 @@ class SlotLlama(Llama):
         if len(tokens) >= self._n_ctx:
             raise ContextLengthExceeded(len(tokens), self._n_ctx)
         self.meter.check_prompt(len(tokens))
-        job = self._job(tokens, max_tokens, stop, logprobs, grammar, options,
-                        echo and logprobs is not None)  # fmt: skip
+        job = self._job(
+            tokens, max_tokens, stop, logprobs, grammar, options, echo and logprobs is not None
+        )
         echoed = self._echo_text(prompt, tokens) if echo else ""
-        head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion",
-                "created": int(time.time()), "model": self.model_path}  # fmt: skip
+        head = {
+            "id": f"cmpl-{uuid.uuid4()}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_path,
+        }
         answer = _Answer(head, echoed, len(tokens), logprobs is not None)
         if stream:
             return self._chunks(answer, self._run(job))
@@ -143,9 +148,18 @@ class SlotLlama(Llama):
             raise invalid_request(f"The request's grammar was refused: {exc}") from exc
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         limit = max_tokens if max_tokens is not None and max_tokens > 0 else None
-        return Job(self._seq, tokens, chain, lambda _: None, limit, stops, logprobs,
-                   argmax=spec.plain_greedy, banned=frozenset(spec.banned),
-                   echo_logprobs=echo_logprobs)  # fmt: skip
+        return Job(
+            self._seq,
+            tokens,
+            chain,
+            lambda _: None,
+            limit,
+            stops,
+            logprobs,
+            argmax=spec.plain_greedy,
+            banned=frozenset(spec.banned),
+            echo_logprobs=echo_logprobs,
+        )
 
     def _run(self, job: Job) -> Iterator[Delta]:
         """Submit `job` and yield what the loop delivers, until its end; a cancelled request
@@ -216,8 +230,11 @@ class SlotLlama(Llama):
         echoed_logprobs = bool(answer.echoed and tokens and tokens[0].logprob is None)
         logprobs = answer.logprobs(tuple(tokens), 0 if echoed_logprobs else len(answer.echoed))
         prompt = answer.prompt_tokens
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}  # fmt: skip
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         choice = _choice("".join(texts), logprobs, finish)
         return {**answer.head, "choices": [choice], "usage": usage}
 
