@@ -85,7 +85,7 @@ test-fast: $(INSTALLED)
 	$(PY) -m pytest -m unit -q
 
 # deploy/Dockerfile built and driven in a real Docker engine (about 10 minutes; as root it starts
-# a dockerd of its own when none answers): never part of `make test`. README "Docker".
+# a dockerd of its own when none answers): never part of `make test`. docs/docker.md.
 image-test:
 	deploy/image-test.sh
 
